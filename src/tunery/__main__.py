@@ -1,0 +1,5 @@
+"""`python -m tunery` runs the command-line interface."""
+
+from tunery.cli.main import main
+
+main()
