@@ -93,8 +93,6 @@ class ExampleTokenizer(Protocol):
         """The most tokens one training example may have."""
         ...
 
-    def count_chat(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> tuple[int, int]:
+    def count_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> tuple[int, int]:
         """Return (total tokens, trainable tokens): trainable = assistant tokens whose ``weight`` is not 0."""
         ...

@@ -26,7 +26,13 @@ class PageRequest:
 
     @classmethod
     def build(
-        cls, *, limit: int | None, after: str | None, order: str | None, default_limit: int, max_limit: int,
+        cls,
+        *,
+        limit: int | None,
+        after: str | None,
+        order: str | None,
+        default_limit: int,
+        max_limit: int,
         default_order: Order = Order.DESC,
     ) -> PageRequest:
         """Check the caller's values and fill in the defaults.

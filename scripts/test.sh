@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# README command 2: set up (first time) and run the whole test suite: lint, layer contracts, unit,
+# API, storage on SQLite and PostgreSQL, integration against a real server, and the slow end-to-end tests.
+#   scripts/test.sh              everything (what CI runs)
+#   scripts/test.sh -m "not slow and not integration"   the fast part; arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+
+# PostgreSQL on loopback for the storage and API tests, unless the caller points at one already.
+if [ -z "${TUNERY_TEST_DATABASE_URL:-}" ]; then
+  if [ "$(id -u)" = "0" ] || command -v pg_ctlcluster >/dev/null 2>&1; then
+    eval "$(bash scripts/postgres.sh)"  # prints: export TUNERY_TEST_DATABASE_URL=...
+  else
+    echo "warning: not root and no PostgreSQL: the PostgreSQL half of the storage tests will be skipped" >&2
+  fi
+fi
+
+.venv/bin/ruff check src tests bench
+.venv/bin/lint-imports
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,1 @@
+"""The HTTP edge: FastAPI only; converts wire <-> domain; no SQL, no torch."""

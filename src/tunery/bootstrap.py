@@ -1,0 +1,87 @@
+"""Builds the concrete objects of one Tunery process from settings: the only module that knows them all.
+
+Preparing a bundled base model needs torch; that runs in a child process (``python -m tunery.catalog``)
+so the web process never imports the ML stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from functools import cache
+
+from tunery.catalog import Catalog, parse_model_ref
+from tunery.config import Settings
+from tunery.domain.datasets import ExampleTokenizer
+from tunery.domain.errors import Unavailable
+from tunery.services.container import Services
+from tunery.services.files import FileRules, FileService
+from tunery.services.keys import KeyService
+from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from tunery.storage.db import Database
+from tunery.storage.files import FileStore
+from tunery.storage.projects import ApiKeyStore, ProjectStore
+
+log = logging.getLogger(__name__)
+
+
+def build_catalog(settings: Settings) -> Catalog:
+    return Catalog([parse_model_ref(ref) for ref in settings.models.base_models], settings.model_cache_dir)
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    if settings.storage.blob_backend == "s3":
+        if not settings.storage.s3_bucket:
+            raise ValueError("TUNERY_STORAGE__S3_BUCKET must be set when blob_backend is 's3'")
+        import boto3  # the optional 's3' extra
+
+        client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url)
+        return S3BlobStore(settings.storage.s3_bucket, settings.storage.s3_prefix, client)
+    return LocalBlobStore(settings.data_dir / "blobs")
+
+
+def prepare_base_model(settings: Settings, name: str | None = None, *, weights: bool = False) -> None:
+    """Make a base model's tokenizer (and optionally weights) ready in the model cache.
+
+    Runs in a child process because it imports transformers; a no-op when already prepared.
+    """
+    catalog = build_catalog(settings)
+    spec = catalog.get(name) if name else catalog.default
+    if catalog.is_prepared(spec.name, "weights" if weights else "tokenizer"):
+        return
+    ref = next(r for r in settings.models.base_models if parse_model_ref(r).name == spec.name)
+    command = [sys.executable, "-m", "tunery.catalog", "prepare", ref, "--cache-dir", str(settings.model_cache_dir)]
+    if weights:
+        command.append("--all")
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def build_services(settings: Settings, *, background_checks: bool = True) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.database_url)
+    database.upgrade()
+    catalog = build_catalog(settings)
+
+    @cache
+    def default_tokenizer() -> ExampleTokenizer | None:
+        try:
+            return catalog.chat_tokenizer(catalog.default.name)
+        except Unavailable as exc:
+            log.warning("file statistics will have no token counts: %s", exc.message)
+            return None
+
+    files = FileService(
+        FileStore(database),
+        build_blob_store(settings),
+        FileRules(
+            max_upload_bytes=settings.files.max_upload_bytes,
+            min_examples=settings.files.min_examples,
+            max_reported_problems=settings.files.max_reported_problems,
+            max_files_per_project=settings.files.max_files_per_project,
+        ),
+        default_tokenizer,
+        background=background_checks,
+    )
+    keys = KeyService(ProjectStore(database), ApiKeyStore(database))
+    return Services(keys=keys, files=files)

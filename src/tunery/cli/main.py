@@ -1,0 +1,95 @@
+"""``tunery``: the root command. Settings are read here, once, and handed down.
+
+Server commands (``serve``, ``keys``) work on the local database directly; client commands (``files``,
+…) talk to a running server through the official ``openai`` SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from tunery import __version__
+from tunery.cli import files
+from tunery.cli.output import console
+from tunery.config import Settings
+
+app = typer.Typer(
+    help="Tunery: self-hosted fine-tuning with the Azure OpenAI / OpenAI API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create API keys (works on the local database; the server need not run).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(files.app, name="files")
+
+DEFAULT_PROJECT = "default"
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8000)")] = None,
+    prepare: Annotated[bool, typer.Option(help="Prepare the default base model's tokenizer before serving")] = True,
+    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Start the API server (and its background file checks) on the configured storage."""
+    import uvicorn
+
+    from tunery.api.app import create_app
+    from tunery.bootstrap import build_services, prepare_base_model
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    host = host or settings.api.host
+    port = port or settings.api.port
+    if prepare:
+        with console.status("Preparing the default base model's tokenizer…"):
+            prepare_base_model(settings)
+    services = build_services(settings)
+    first_key = None
+    if not services.keys.has_keys():
+        first_key = services.keys.create(DEFAULT_PROJECT)
+    recovered = services.files.recover()
+    if recovered:
+        logging.getLogger("tunery").info("re-checking %d file(s) left unfinished by a restart", recovered)
+    app_ = create_app(
+        services, max_upload_bytes=settings.files.max_upload_bytes, cors_origins=settings.api.cors_origins
+    )
+    url = f"http://{host}:{port}"
+    console.print(f"[bold green]Tunery {__version__}[/bold green] serving on [bold]{url}[/bold]")
+    console.print(f"  OpenAI layout: {url}/v1   Azure: {url}/openai/v1  ·  data in {settings.data_dir}")
+    if first_key:
+        console.print(f"  API key for project '{first_key.project.name}': [bold]{first_key.secret}[/bold]")
+        console.print("  (shown once; `tunery keys create --project NAME` makes more)")
+    try:
+        uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
+    finally:
+        services.close()
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option(help="Project the key belongs to (created on first use)")] = DEFAULT_PROJECT,
+) -> None:
+    """Create an API key and print it (it is shown only once)."""
+    from tunery.bootstrap import build_services
+
+    services = build_services(Settings(), background_checks=False)
+    try:
+        issued = services.keys.create(project)
+    finally:
+        services.close()
+    console.print(issued.secret, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def version() -> None:
+    """Print Tunery's version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,85 @@
+"""Process settings, read once at the edge (the CLI) and handed down as plain values.
+
+Environment variables use the prefix ``TUNERY_`` and ``__`` for nesting, e.g.
+``TUNERY_STORAGE__DATABASE_URL=postgresql+psycopg://...``. Nothing below the edges imports this module
+(an import-linter contract holds that line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+class StorageSettings(BaseModel):
+    """Where rows and blobs live."""
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite file tunery.db in the data directory. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    )
+    blob_backend: str = Field(default="local", description="'local' (files under data_dir/blobs) or 's3'")
+    s3_bucket: str | None = Field(default=None, description="Bucket for blob_backend='s3'")
+    s3_prefix: str = Field(default="tunery/", description="Key prefix inside the bucket")
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph...)")
+
+    @field_validator("blob_backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in {"local", "s3"}:
+            raise ValueError("blob_backend must be 'local' or 's3'")
+        return value
+
+
+class FilesSettings(BaseModel):
+    """Rules for uploaded training files."""
+
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, description="Largest accepted upload")
+    min_examples: int = Field(default=10, description="Fewest valid examples a training file may have")
+    max_reported_problems: int = Field(default=20, description="Problems listed per bad file")
+    max_files_per_project: int = Field(default=50, description="Files a project may keep (quota)")
+
+
+class ModelsSettings(BaseModel):
+    """The base-model catalog."""
+
+    base_models: list[str] = Field(
+        default_factory=lambda: ["SmolLM2-135M-Instruct"],
+        description="Base models offered for fine-tuning: a bundled name, a local Hugging Face directory, "
+        "'name=/path/to/dir' or 'name=hub:org/model'. The first one counts tokens in uploaded files.",
+    )
+
+
+class ApiSettings(BaseModel):
+    """The HTTP edge."""
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on")
+    port: int = Field(default=8000, description="TCP port")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS")
+
+
+class Settings(BaseSettings):
+    """Everything a Tunery process needs to know, from the environment and defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNERY_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".tunery"), description="Database, blobs and model cache live here")
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    files: FilesSettings = Field(default_factory=FilesSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @property
+    def database_url(self) -> str:
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite:///{(self.data_dir / 'tunery.db').resolve()}"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"

@@ -1,0 +1,1 @@
+"""Use cases: the product rules. The only layer that combines storage, training and inference."""

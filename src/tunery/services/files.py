@@ -1,0 +1,240 @@
+"""Files: upload, list, retrieve, delete, download, and the background checks of training data.
+
+An upload is streamed into the blob store and recorded as ``pending``; the dataset checks then run on a
+background thread (``pending → running → processed | error``). A file left ``pending`` or ``running`` by
+a crash is checked again at start-up (``recover``), so an accepted upload is never lost. This module
+does not know about HTTP or dialects; the API edge translates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from tunery.domain.datasets import DatasetFormat, ExampleTokenizer, ValidationReport
+from tunery.domain.errors import InvalidRequest, NotFound, QuotaExceeded, ServiceError
+from tunery.domain.files import UPLOADABLE_PURPOSES, FilePurpose, FileRecord, FileStatus
+from tunery.domain.ids import new_id
+from tunery.domain.pagination import Page, PageRequest
+from tunery.storage.blobs import BlobStore
+from tunery.storage.files import FileStore
+from tunery.training.datasets import validate_jsonl
+
+log = logging.getLogger(__name__)
+
+MAX_FILENAME_CHARS = 255
+
+
+@dataclass(frozen=True, slots=True)
+class FileRules:
+    """Per-deployment limits for uploads (plain values handed down from settings)."""
+
+    max_upload_bytes: int
+    min_examples: int = 10
+    max_reported_problems: int = 20
+    max_files_per_project: int = 50
+
+
+TokenizerProvider = Callable[[], ExampleTokenizer | None]
+
+
+def blob_key(record: FileRecord) -> str:
+    return f"files/{record.project_id}/{record.id}"
+
+
+class FileService:
+    def __init__(
+        self,
+        store: FileStore,
+        blobs: BlobStore,
+        rules: FileRules,
+        tokenizer: TokenizerProvider,
+        *,
+        clock: Callable[[], float] = time.time,
+        background: bool = True,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._rules = rules
+        self._tokenizer = tokenizer
+        self._clock = clock
+        self._background = background
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-file-checks")
+        self._pending: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------- upload
+    def create(self, project_id: str, *, filename: str, purpose: str, chunks: Iterable[bytes]) -> FileRecord:
+        """Store an upload and schedule its checks.
+
+        Raises:
+            InvalidRequest: unknown purpose or bad filename.
+            PayloadTooLarge: the upload is over the configured limit.
+            QuotaExceeded: the project already keeps the most files allowed.
+        """
+        checked_purpose = self._check_purpose(purpose)
+        name = filename.strip() if filename else ""
+        if not name or len(name) > MAX_FILENAME_CHARS or "/" in name or "\\" in name:
+            raise InvalidRequest(
+                f"filename must be 1 to {MAX_FILENAME_CHARS} characters without path separators",
+                param="file",
+            )
+        if self._store.count(project_id) >= self._rules.max_files_per_project:
+            raise QuotaExceeded(
+                f"This project already has {self._rules.max_files_per_project} files, the most allowed. "
+                "Delete files you no longer need and try again.",
+                param="file",
+            )
+        record = FileRecord(
+            id=new_id("file"),
+            project_id=project_id,
+            filename=name,
+            purpose=checked_purpose,
+            bytes=0,
+            created_at=int(self._clock()),
+            status=FileStatus.PENDING,
+        )
+        size = self._blobs.write(blob_key(record), chunks, max_bytes=self._rules.max_upload_bytes)
+        record = record.with_changes(bytes=size)
+        self._store.insert(record)
+        self._schedule(record.id)
+        return record
+
+    def create_results(self, project_id: str, *, filename: str, data: bytes) -> FileRecord:
+        """Store a file Tunery wrote itself (``results.csv``); it needs no checks."""
+        record = FileRecord(
+            id=new_id("file"),
+            project_id=project_id,
+            filename=filename,
+            purpose=FilePurpose.FINE_TUNE_RESULTS,
+            bytes=len(data),
+            created_at=int(self._clock()),
+            status=FileStatus.PROCESSED,
+        )
+        self._blobs.write(blob_key(record), [data])
+        self._store.insert(record)
+        return record
+
+    # ----------------------------------------------------------------------------------------- reads
+    def retrieve(self, project_id: str, file_id: str) -> FileRecord:
+        return self._store.get(project_id, file_id)
+
+    def list(self, project_id: str, page: PageRequest, purpose: str | None = None) -> Page[FileRecord]:
+        checked = self._check_purpose(purpose, uploadable_only=False) if purpose else None
+        return self._store.list(project_id, page, purpose=checked)
+
+    def content(self, project_id: str, file_id: str) -> tuple[FileRecord, BinaryIO]:
+        record = self._store.get(project_id, file_id)
+        return record, self._blobs.open(blob_key(record))
+
+    def delete(self, project_id: str, file_id: str) -> FileRecord:
+        """Delete a file. Allowed even when a job used it: jobs keep their own copy of the data."""
+        record = self._store.get(project_id, file_id)
+        self._store.mark_deleted(project_id, file_id)
+        self._blobs.delete(blob_key(record))
+        return record
+
+    # ----------------------------------------------------------------------------------------- checks
+    def check(self, file_id: str) -> None:
+        """Run the dataset checks for one pending file, exactly once across threads and processes."""
+        if not self._store.set_status(file_id, FileStatus.RUNNING, expect={FileStatus.PENDING}):
+            return
+        try:
+            record = self._store.get_any(file_id)
+        except NotFound:
+            return  # deleted between claim and read
+        try:
+            report = self.inspect(record)
+        except ServiceError as exc:
+            self._finish(record.with_changes(status=FileStatus.ERROR, status_details=exc.message))
+            return
+        except Exception:
+            log.exception("checking file %s failed", file_id)
+            self._finish(
+                record.with_changes(
+                    status=FileStatus.ERROR,
+                    status_details="Tunery could not check this file because of an internal error; "
+                    "upload it again, and report it if it happens again.",
+                )
+            )
+            return
+        self._finish(
+            record.with_changes(
+                status=FileStatus.PROCESSED if report.ok else FileStatus.ERROR,
+                status_details=report.summary(),
+                problems=report.problems,
+                problem_count=report.problem_count,
+                stats=report.stats,
+                format=report.format.value if report.format else None,
+            )
+        )
+
+    def _finish(self, record: FileRecord) -> None:
+        """Store the outcome; a file deleted while it was being checked stays deleted."""
+        try:
+            self._store.update(record)
+        except NotFound:
+            log.info("file %s was deleted while being checked", record.id)
+
+    def inspect(self, record: FileRecord, expected: DatasetFormat | None = None) -> ValidationReport:
+        """Run the dataset checks on a stored file (also used again when a job starts)."""
+        with self._blobs.open(blob_key(record)) as stream:
+            return validate_jsonl(
+                stream,
+                expected=expected,
+                tokenizer=self._tokenizer(),
+                min_examples=self._rules.min_examples,
+                max_problems=self._rules.max_reported_problems,
+            )
+
+    def recover(self) -> int:
+        """Re-check files a crash left ``pending`` or ``running``. Returns how many were re-queued."""
+        stranded = self._store.list_by_status({FileStatus.PENDING, FileStatus.RUNNING})
+        for record in stranded:
+            if record.status is FileStatus.RUNNING:
+                self._store.set_status(record.id, FileStatus.PENDING, expect={FileStatus.RUNNING})
+            self._schedule(record.id)
+        return len(stranded)
+
+    def wait_idle(self, timeout: float | None = None) -> None:
+        """Block until scheduled checks have finished (tests and orderly shutdown)."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            future.result(timeout=timeout)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=False)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _schedule(self, file_id: str) -> None:
+        if not self._background:
+            self.check(file_id)
+            return
+        future = self._executor.submit(self.check, file_id)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    @staticmethod
+    def _check_purpose(purpose: str | None, *, uploadable_only: bool = True) -> FilePurpose:
+        allowed = UPLOADABLE_PURPOSES if uploadable_only else set(FilePurpose)
+        try:
+            parsed = FilePurpose(purpose or "")
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed not in allowed:
+            names = ", ".join(sorted(p.value for p in allowed))
+            raise InvalidRequest(
+                f"purpose must be one of: {names} (got {purpose!r})", param="purpose", code="invalidPayload"
+            )
+        return parsed

@@ -1,0 +1,21 @@
+"""Persistence: SQL rows and blobs. Knows nothing about HTTP or torch, and never reads settings.
+
+``Database`` holds the engine and runs migrations; one store per resource converts rows to domain records;
+``BlobStore`` keeps file contents on disk (``LocalBlobStore``) or in S3 (``S3BlobStore``).
+"""
+
+from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from tunery.storage.db import Database, sqlite_url
+from tunery.storage.files import FileStore
+from tunery.storage.projects import ApiKeyStore, ProjectStore
+
+__all__ = [
+    "ApiKeyStore",
+    "BlobStore",
+    "Database",
+    "FileStore",
+    "LocalBlobStore",
+    "ProjectStore",
+    "S3BlobStore",
+    "sqlite_url",
+]

@@ -1,0 +1,379 @@
+"""Check a JSONL training file: problems with line numbers, and token statistics when a tokenizer is given.
+
+The driver of the dataset checks (spec §5.1, §5.8): it streams the file through ``training.jsonl_lines``,
+decodes and parses each line, decides the file's format, applies ``training.example_rules`` and counts
+tokens, then builds a ``ValidationReport``. Memory stays flat whatever the file size. It imports nothing
+heavy (the API process runs it on upload) and does not tokenize by itself: the caller passes an
+``ExampleTokenizer``.
+
+Decisions worth knowing:
+
+* Problem messages never start with "Line N": ``Problem.describe()`` adds that.
+* The first JSON object with ``messages`` (chat) or ``input``/``preferred_output``/``non_preferred_output``
+  (preference) decides the format, even if that line has other problems; ``expected`` overrides it.
+* ``report.examples`` counts lines that pass the format rules; an example over the tokenizer's context
+  length is still counted (and reported as ``exceeds_max_tokens``). The minimum-examples check counts
+  those valid lines only, so a 12-line file with 3 broken lines has 9 examples.
+* Blank lines in the middle are problems; blank lines at the very end are ignored.
+* A file that is not UTF-8 text (UTF-16, gzip, NUL bytes on line 1) gets one whole-file problem and is
+  not read further.
+* An example the tokenizer's chat template cannot render is a ``chat_template_error`` problem on its line
+  and is left out of the statistics (``stats.examples`` counts the tokenized examples only).
+* Preference token counts: the prompt (``input.messages``, its assistant turns as context) plus the longer
+  of the two outputs is the example's length; trainable tokens are those of the preferred output.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from itertools import chain
+from typing import Any, BinaryIO
+
+from tunery.domain.datasets import DatasetFormat, DatasetStats, ExampleTokenizer, Problem, ValidationReport
+from tunery.domain.errors import InvalidRequest
+from tunery.training.example_rules import (
+    Issue,
+    check_example,
+    describe_format,
+    detect_format,
+    json_kind,
+    output_of,
+    unrecognized_format,
+)
+from tunery.training.jsonl_lines import read_chunks, read_head, sniff_not_text, split_lines
+
+DEFAULT_MIN_EXAMPLES = 10
+DEFAULT_MAX_PROBLEMS = 20
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+_WARNING_SAMPLES = 3
+_HINT_CHARS = 20
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def validate_jsonl(
+    stream: BinaryIO,
+    *,
+    expected: DatasetFormat | None = None,
+    tokenizer: ExampleTokenizer | None = None,
+    min_examples: int = DEFAULT_MIN_EXAMPLES,
+    max_problems: int = DEFAULT_MAX_PROBLEMS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> ValidationReport:
+    """Read a JSONL training file once, streaming, and report what is wrong with it.
+
+    Args:
+        stream: the file's bytes; only ``stream.read(n)`` is used, in 1 MiB chunks.
+        expected: the format the job needs; ``None`` lets the first example decide.
+        tokenizer: the base model's tokenizer; with it, examples are counted and checked against its
+            context length and ``stats`` is filled.
+        min_examples: fewer valid examples than this is a whole-file ``invalid_n_examples`` problem.
+        max_problems: how many problems ``report.problems`` keeps; ``problem_count`` counts them all.
+        max_line_bytes: a longer line is a ``line_too_long`` problem; it is skipped, never held whole.
+
+    Returns:
+        The report; ``report.ok`` is true when there are no problems (warnings do not count).
+    """
+    check = _FileCheck(expected, tokenizer, max_problems, max_line_bytes)
+    chunks = read_chunks(stream)
+    first = read_head(chunks)
+    reason = sniff_not_text(first)
+    if reason is not None:
+        check.give_up("invalid_file_format", reason)
+    else:
+        if first.startswith(codecs.BOM_UTF8):
+            first = first[len(codecs.BOM_UTF8) :]
+        for number, line in enumerate(split_lines(chain((first,), chunks), max_line_bytes), start=1):
+            check.line(number, line)
+    return check.finish(min_examples)
+
+
+class _Problems:
+    """Keeps the first ``cap`` problems and counts them all."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept: list[Problem] = []
+        self.count = 0
+
+    def add(self, line: int | None, code: str, message: str) -> None:
+        self.count += 1
+        if len(self.kept) < self.cap:
+            self.kept.append(Problem(line=line, code=code, message=message))
+
+
+class _LineSample:
+    """Counts lines with some property and remembers the first few of them (for warnings)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lines: list[int] = []
+
+    def add(self, line: int) -> None:
+        self.count += 1
+        if len(self.lines) < _WARNING_SAMPLES:
+            self.lines.append(line)
+
+    def warning(self, what: str) -> str | None:
+        if not self.count:
+            return None
+        return f"{self.count} example(s) {what} (e.g. line {', '.join(map(str, self.lines))})"
+
+
+class _TokenTally:
+    """Token statistics over the valid examples, as ``DatasetStats``."""
+
+    def __init__(self, tokenizer: ExampleTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = tokenizer.context_length
+        self.examples = 0
+        self.total = 0
+        self.smallest = 0
+        self.largest = 0
+        self.trainable = 0
+        self.over_context = 0
+
+    def add(self, tokens: int, trainable: int) -> None:
+        self.smallest = tokens if not self.examples else min(self.smallest, tokens)
+        self.largest = max(self.largest, tokens)
+        self.examples += 1
+        self.total += tokens
+        self.trainable += trainable
+        self.over_context += tokens > self.context_length
+
+    def stats(self) -> DatasetStats:
+        return DatasetStats(
+            examples=self.examples,
+            tokens_total=self.total,
+            tokens_min=self.smallest,
+            tokens_mean=round(self.total / self.examples, 1) if self.examples else 0.0,
+            tokens_max=self.largest,
+            trainable_tokens=self.trainable,
+            examples_over_context=self.over_context,
+            context_length=self.context_length,
+            tokenizer=self.tokenizer.name,
+        )
+
+
+class _FileCheck:
+    """The state of one pass over a file: format, counts, problems so far."""
+
+    def __init__(
+        self,
+        expected: DatasetFormat | None,
+        tokenizer: ExampleTokenizer | None,
+        max_problems: int,
+        max_line_bytes: int,
+    ) -> None:
+        self.expected = expected
+        self.format: DatasetFormat | None = expected
+        self.format_line: int | None = None  # the line that decided the format, when not expected
+        self.tokens = _TokenTally(tokenizer) if tokenizer is not None else None
+        self.max_line_bytes = max_line_bytes
+        self.problems = _Problems(max_problems)
+        self.lines = 0  # non-blank lines
+        self.examples = 0
+        self.given_up = False
+        self.blank_start = 0
+        self.blank_count = 0
+        self.no_system = _LineSample()
+        self.no_user = _LineSample()
+
+    # ------------------------------------------------------------------------------- whole file
+    def give_up(self, code: str, message: str) -> None:
+        self.problems.add(None, code, message)
+        self.given_up = True
+
+    def finish(self, min_examples: int) -> ValidationReport:
+        if not self.given_up:
+            if not self.lines:
+                what = "has only blank lines" if self.blank_count else "is empty"
+                self.problems.add(None, "empty_file", f"File {what}; it must hold one JSON object per line")
+            elif self.examples < min_examples:
+                self.problems.add(None, "invalid_n_examples", self._too_few(min_examples))
+        warnings = [
+            w
+            for w in (self.no_system.warning("have no system message"), self.no_user.warning("have no user message"))
+            if w
+        ]
+        return ValidationReport(
+            format=self.format,
+            examples=self.examples,
+            problems=self.problems.kept,
+            problem_count=self.problems.count,
+            warnings=warnings,
+            stats=self.tokens.stats() if self.tokens is not None else None,
+        )
+
+    def _too_few(self, min_examples: int) -> str:
+        message = f"Training file has {self.examples} example(s), but must have at least {min_examples} examples"
+        rejected = self.lines - self.examples
+        if rejected:
+            message += f" ({rejected} line(s) with problems are not counted)"
+        return message
+
+    # -------------------------------------------------------------------------------- each line
+    def line(self, number: int, line: bytes | int) -> None:
+        if isinstance(line, int):
+            self._flush_blanks()
+            self.lines += 1
+            self.problems.add(
+                number,
+                "line_too_long",
+                f"this line is {line:,} bytes long; the limit is {self.max_line_bytes:,} bytes per line "
+                "(one example per line: is the file missing line breaks?)",
+            )
+            return
+        if not line or line.isspace():
+            if not self.blank_count:
+                self.blank_start = number
+            self.blank_count += 1
+            return
+        self._flush_blanks()
+        self.lines += 1
+        example = self._parse(number, line)
+        if example is None:
+            return
+        fmt = self._format_of(number, example)
+        if fmt is None:
+            return
+        issues = check_example(example, fmt)
+        if issues:
+            self._report(number, issues)
+            return
+        self.examples += 1
+        self._note_roles(number, example, fmt)
+        if self.tokens is not None:
+            self._count_tokens(number, example, fmt, self.tokens)
+
+    def _flush_blanks(self) -> None:
+        """Blank lines followed by more content are problems (trailing ones at the end are not)."""
+        if not self.blank_count:
+            return
+        room = max(self.problems.cap - len(self.problems.kept), 0)
+        for number in range(self.blank_start, self.blank_start + min(self.blank_count, room)):
+            self.problems.add(
+                number, "empty_line", "this line is empty; every line must be one JSON object (remove blank lines)"
+            )
+        self.problems.count += max(self.blank_count - room, 0)
+        self.blank_count = 0
+
+    def _report(self, number: int, issues: list[Issue]) -> None:
+        for issue in issues:
+            self.problems.add(number, issue.code, issue.message)
+
+    def _parse(self, number: int, line: bytes) -> dict[str, Any] | None:
+        """Decode and parse one line; report and return ``None`` unless it is a JSON object."""
+        if 0 in line:
+            self._report(number, [Issue("binary_content", _BINARY_MESSAGE)])
+            return None
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = (
+                f"this line is not valid UTF-8: byte 0x{line[exc.start]:02x} at byte {exc.start + 1} of the line "
+                "cannot be decoded; save the file as UTF-8"
+            )
+            self._report(number, [Issue("invalid_encoding", message)])
+            return None
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            message = f"this line is not valid JSON: {exc.msg} at column {exc.colno} (line starts with: {_hint(text)})"
+            self._report(number, [Issue("invalid_json", message)])
+            return None
+        except RecursionError:
+            self._report(number, [Issue("invalid_json", "this line is not valid JSON: it is nested too deeply")])
+            return None
+        if not isinstance(value, dict):
+            message = (
+                "Expected file to have JSONL format, where every line is a JSON dictionary. This line is "
+                f"{json_kind(value)}, not a dictionary (HINT: line starts with: {_hint(text)})"
+            )
+            self._report(number, [Issue("data_type", message)])
+            return None
+        return value
+
+    def _format_of(self, number: int, example: dict[str, Any]) -> DatasetFormat | None:
+        """The format to check this line against; ``None`` (after reporting) when it cannot be."""
+        found = detect_format(example)
+        if self.expected is not None:
+            if found is not None and found is not self.expected:
+                message = (
+                    f"this line is a {describe_format(found)} example, but this file must hold "
+                    f"{describe_format(self.expected)} examples"
+                )
+                self._report(number, [Issue("unexpected_format", message)])
+                return None
+            return self.expected
+        if self.format is None:
+            if found is None:
+                self._report(number, [unrecognized_format(example)])
+                return None
+            self.format, self.format_line = found, number
+            return found
+        if found is not None and found is not self.format:
+            message = (
+                f"this line is a {describe_format(found)} example, but line {self.format_line} made this a "
+                f"{self.format.value} file; every line must use the same format"
+            )
+            self._report(number, [Issue("mixed_formats", message)])
+            return None
+        return self.format
+
+    def _note_roles(self, number: int, example: dict[str, Any], fmt: DatasetFormat) -> None:
+        messages = example["messages"] if fmt is DatasetFormat.CHAT else example["input"]["messages"]
+        roles = {message["role"] for message in messages}
+        if roles.isdisjoint(_SYSTEM_ROLES):
+            self.no_system.add(number)
+        if "user" not in roles:
+            self.no_user.add(number)
+
+    def _count_tokens(self, number: int, example: dict[str, Any], fmt: DatasetFormat, tally: _TokenTally) -> None:
+        tokenizer = tally.tokenizer
+        try:
+            if fmt is DatasetFormat.CHAT:
+                tokens, trainable = tokenizer.count_chat(example["messages"], _chat_tools(example))
+            else:
+                tokens, trainable = _count_preference(example, tokenizer)
+        except InvalidRequest as exc:  # the base model's chat template cannot render this example
+            hint = "; this example calls tools, which that template may not support" if _calls_tools(example) else ""
+            self._report(number, [Issue("chat_template_error", exc.message + hint)])
+            return
+        tally.add(tokens, trainable)
+        if tokens > tally.context_length:
+            message = f"example has {tokens} tokens; {tokenizer.name} accepts at most {tally.context_length}"
+            self._report(number, [Issue("exceeds_max_tokens", message)])
+
+
+_BINARY_MESSAGE = "this line contains NUL (0x00) bytes, so it is binary data, not JSON text"
+
+
+def _chat_tools(example: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The example's tools for the chat template; legacy ``functions`` are shown to it as tools."""
+    if example.get("tools"):
+        tools: list[dict[str, Any]] = example["tools"]
+        return tools
+    if example.get("functions"):
+        return [{"type": "function", "function": function} for function in example["functions"]]
+    return None
+
+
+def _calls_tools(example: dict[str, Any]) -> bool:
+    messages = example["messages"] if "messages" in example else example["input"]["messages"]
+    return any(m["role"] in ("tool", "function") or "tool_calls" in m or "function_call" in m for m in messages)
+
+
+def _count_preference(example: dict[str, Any], tokenizer: ExampleTokenizer) -> tuple[int, int]:
+    prompt = example["input"]
+    # Assistant turns inside the prompt are context: only the preferred output is trained on.
+    context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt["messages"]]
+    tools = prompt.get("tools") or None
+    tokens, trainable = tokenizer.count_chat(context + output_of(example, "preferred_output"), tools)
+    rejected, _ = tokenizer.count_chat(context + output_of(example, "non_preferred_output"), tools)
+    return max(tokens, rejected), trainable
+
+
+def _hint(text: str) -> str:
+    start = text.lstrip()[:_HINT_CHARS]
+    return f"'{start}...'" if len(text.lstrip()) > _HINT_CHARS else f"'{start}'"

@@ -1,0 +1,36 @@
+"""Validates response bodies against OpenAI's published OpenAPI schemas (``../shared/spec``)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SPEC = Path(__file__).resolve().parents[4] / "shared" / "spec" / "openai-openapi.yaml"
+
+
+@cache
+def _validators() -> tuple[Any, dict[str, Any]]:
+    import jsonschema
+    import yaml
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document = yaml.load(SPEC.read_text(), Loader=loader)
+    resource = Resource.from_contents(document, default_specification=DRAFT202012)
+    registry = Registry().with_resource("openapi.yaml", resource)
+    return jsonschema, {"registry": registry, "document": document}
+
+
+def assert_matches(schema_name: str, body: Any) -> None:
+    """Fail with the validator's message when ``body`` does not match ``#/components/schemas/<name>``."""
+    if not SPEC.exists():
+        pytest.skip(f"{SPEC} not found (the shared spec sits beside the repository in CI)")
+    jsonschema, ctx = _validators()
+    schema = {"$ref": f"openapi.yaml#/components/schemas/{schema_name}"}
+    validator = jsonschema.Draft202012Validator(schema, registry=ctx["registry"])
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.path))
+    assert not errors, f"{schema_name}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
