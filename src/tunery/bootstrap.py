@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from functools import cache
+from pathlib import Path
 
 from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
@@ -17,11 +18,19 @@ from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import Unavailable
 from tunery.services.container import Services
 from tunery.services.files import FileRules, FileService
+from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
+from tunery.services.models import ModelService
+from tunery.services.runs import RunService, RunSettings
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
+from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
+from tunery.storage.jobs import JobStore
+from tunery.storage.models import ModelStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
+from tunery.training.spec import LoraSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +80,10 @@ def build_services(settings: Settings, *, background_checks: bool = True) -> Ser
             log.warning("file statistics will have no token counts: %s", exc.message)
             return None
 
+    blobs = build_blob_store(settings)
     files = FileService(
         FileStore(database),
-        build_blob_store(settings),
+        blobs,
         FileRules(
             max_upload_bytes=settings.files.max_upload_bytes,
             min_examples=settings.files.min_examples,
@@ -84,4 +94,50 @@ def build_services(settings: Settings, *, background_checks: bool = True) -> Ser
         background=background_checks,
     )
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
-    return Services(keys=keys, files=files)
+    jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
+    model_store = ModelStore(database)
+    models = ModelService(catalog, model_store, checkpoints, jobs_store)
+    jobs = JobService(
+        jobs_store,
+        events,
+        checkpoints,
+        model_store,
+        files,
+        models,
+        JobRules(
+            max_jobs_per_project=settings.jobs.max_jobs_per_project,
+            max_waiting_per_project=settings.jobs.max_waiting_per_project,
+        ),
+    )
+
+    def base_weights(name: str) -> Path:
+        prepare_base_model(settings, name, weights=True)
+        return catalog.weights_dir(name)
+
+    worker = settings.worker
+    runs = RunService(
+        jobs_store,
+        events,
+        checkpoints,
+        MetricStore(database),
+        model_store,
+        files,
+        blobs,
+        base_weights,
+        RunSettings(
+            run_root=settings.run_root,
+            metrics_every=worker.metrics_every,
+            max_seq_len=worker.max_seq_len,
+            lora=LoraSpec(
+                r=worker.lora_r,
+                alpha=worker.lora_alpha,
+                dropout=worker.lora_dropout,
+                target_modules=tuple(worker.lora_target_modules) if worker.lora_target_modules else None,
+            ),
+            dtype=worker.dtype,
+            device=worker.device,
+            num_threads=worker.num_threads,
+            stale_after_s=worker.stale_after_s,
+        ),
+    )
+    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs)

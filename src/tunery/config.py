@@ -55,6 +55,32 @@ class ModelsSettings(BaseModel):
     )
 
 
+class JobsSettings(BaseModel):
+    """Per-project job limits (spec §11)."""
+
+    max_jobs_per_project: int = Field(default=100, description="Jobs a project may keep in total")
+    max_waiting_per_project: int = Field(default=20, description="Jobs a project may have pending or queued")
+
+
+class WorkerSettings(BaseModel):
+    """How the worker runs training."""
+
+    enabled: bool = Field(default=True, description="Run a worker thread inside `tunery serve`")
+    poll_interval_s: float = Field(default=1.0, description="How often an idle worker looks for jobs")
+    metrics_every: int = Field(default=10, description="A metrics event (with a validation batch) every N steps")
+    max_seq_len: int = Field(default=2048, description="Longest packed training row in tokens")
+    lora_r: int = Field(default=16, description="LoRA rank")
+    lora_alpha: int = Field(default=32, description="LoRA alpha")
+    lora_dropout: float = Field(default=0.0, description="LoRA dropout")
+    lora_target_modules: list[str] | None = Field(
+        default=None, description="Modules to adapt; default: attention and MLP projections"
+    )
+    dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
+    num_threads: int | None = Field(default=None, description="CPU threads for training (default: all cores)")
+    stale_after_s: float = Field(default=30.0, description="A job whose worker is silent this long is recovered")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -72,6 +98,8 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     files: FilesSettings = Field(default_factory=FilesSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property
@@ -83,3 +111,7 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def run_root(self) -> Path:
+        return self.data_dir / "runs"

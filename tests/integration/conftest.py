@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +49,27 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[dict[str, str], Path], tuple[subprocess.Popen[str], str]]]:
+    """Start extra servers (own env, own log); each is killed at the end of the test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
+        port = free_port()
+        with log.open("a") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tunery", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(proc, url, log)
+        return proc, url
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

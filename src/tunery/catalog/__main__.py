@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tunery.catalog.materialize import prepare
-from tunery.catalog.models import parse_model_ref
+from tunery.catalog.models import Catalog, parse_model_ref
+from tunery.domain.errors import ServiceError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         spec = parse_model_ref(args.name)
     except ValueError as exc:
         parser.error(str(exc))
-    folder = prepare(spec, args.cache_dir, "all" if args.all else "tokenizer")
+    catalog = Catalog([spec], args.cache_dir)
+    if catalog.is_prepared(spec.name, "weights" if args.all else "tokenizer"):
+        folder = catalog.weights_dir(spec.name) if args.all else catalog.tokenizer_dir(spec.name)
+    else:
+        from tunery.catalog.materialize import prepare  # torch and transformers: ~5 s, only when needed
+
+        try:
+            folder = prepare(spec, args.cache_dir, "all" if args.all else "tokenizer")
+        except ServiceError as exc:
+            sys.stderr.write(f"error: {exc.message}\n")
+            return 1
     sys.stdout.write(f"{folder}\n")
     return 0
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import files
+from tunery.cli import files, jobs
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -24,6 +24,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create API keys (works on the local database; the server need not run).")
 app.add_typer(keys_app, name="keys")
 app.add_typer(files.app, name="files")
+app.add_typer(jobs.app, name="jobs")
 
 DEFAULT_PROJECT = "default"
 
@@ -33,13 +34,19 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (default 8000)")] = None,
     prepare: Annotated[bool, typer.Option(help="Prepare the default base model's tokenizer before serving")] = True,
+    worker: Annotated[
+        bool | None, typer.Option("--worker/--no-worker", help="Run a training worker in this process")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
-    """Start the API server (and its background file checks) on the configured storage."""
+    """Start the API server, its background file checks and (by default) a training worker."""
+    import threading
+
     import uvicorn
 
     from tunery.api.app import create_app
     from tunery.bootstrap import build_services, prepare_base_model
+    from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -58,6 +65,12 @@ def serve(
     app_ = create_app(
         services, max_upload_bytes=settings.files.max_upload_bytes, cors_origins=settings.api.cors_origins
     )
+    stop = threading.Event()
+    worker_thread = None
+    if settings.worker.enabled if worker is None else worker:
+        runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
+        worker_thread = threading.Thread(target=runner.run, args=(stop,), name="tunery-worker", daemon=True)
+        worker_thread.start()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]Tunery {__version__}[/bold green] serving on [bold]{url}[/bold]")
     console.print(f"  OpenAI layout: {url}/v1   Azure: {url}/openai/v1  ·  data in {settings.data_dir}")
@@ -66,6 +79,35 @@ def serve(
         console.print("  (shown once; `tunery keys create --project NAME` makes more)")
     try:
         uvicorn.run(app_, host=host, port=port, log_level=log_level.lower())
+    finally:
+        stop.set()
+        if worker_thread is not None:
+            worker_thread.join(timeout=30)
+        services.close()
+
+
+@app.command("worker")
+def worker_command(
+    log_level: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Run a training worker (several may share one PostgreSQL database)."""
+    import signal
+    import threading
+
+    from tunery.bootstrap import build_services
+    from tunery.worker.runner import Worker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    services = build_services(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
+    console.print(f"Tunery worker {runner.worker_id} waiting for jobs (Ctrl-C to stop)")
+    try:
+        runner.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
     finally:
         services.close()
 

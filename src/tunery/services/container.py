@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunery.services.files import FileService
+from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
+from tunery.services.models import ModelService
+from tunery.services.runs import RunService
 
 
 @dataclass(slots=True)
 class Services:
     keys: KeyService
     files: FileService
+    jobs: JobService
+    models: ModelService
+    runs: RunService
 
     def close(self) -> None:
         self.files.close()

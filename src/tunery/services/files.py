@@ -28,6 +28,7 @@ from tunery.training.datasets import validate_jsonl
 log = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 255
+CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +183,12 @@ class FileService:
             log.info("file %s was deleted while being checked", record.id)
 
     def inspect(self, record: FileRecord, expected: DatasetFormat | None = None) -> ValidationReport:
-        """Run the dataset checks on a stored file (also used again when a job starts)."""
-        with self._blobs.open(blob_key(record)) as stream:
+        """Run the dataset checks on a stored file."""
+        return self.inspect_blob(blob_key(record), expected)
+
+    def inspect_blob(self, key: str, expected: DatasetFormat | None = None) -> ValidationReport:
+        """Run the dataset checks on any stored JSONL (jobs check their own copies again at start)."""
+        with self._blobs.open(key) as stream:
             return validate_jsonl(
                 stream,
                 expected=expected,
@@ -191,6 +196,11 @@ class FileService:
                 min_examples=self._rules.min_examples,
                 max_problems=self._rules.max_reported_problems,
             )
+
+    def copy_to(self, record: FileRecord, key: str) -> None:
+        """Copy a file's bytes to another key (a job keeps its own copy, so deleting the file is safe)."""
+        with self._blobs.open(blob_key(record)) as source:
+            self._blobs.write(key, iter(lambda: source.read(CHUNK_BYTES), b""))
 
     def recover(self) -> int:
         """Re-check files a crash left ``pending`` or ``running``. Returns how many were re-queued."""

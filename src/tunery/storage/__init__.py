@@ -5,16 +5,25 @@
 """
 
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
+from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database, sqlite_url
+from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
+from tunery.storage.jobs import JobStore
+from tunery.storage.models import ModelStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
 
 __all__ = [
     "ApiKeyStore",
     "BlobStore",
+    "CheckpointStore",
     "Database",
+    "EventStore",
     "FileStore",
+    "JobStore",
     "LocalBlobStore",
+    "MetricStore",
+    "ModelStore",
     "ProjectStore",
     "S3BlobStore",
     "sqlite_url",

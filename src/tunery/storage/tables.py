@@ -8,7 +8,7 @@ they outlive 2038). Records are converted to and from rows in the stores, not he
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Integer, MetaData, String, Table, Text
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -58,4 +58,92 @@ files = Table(
     Column("problem_count", Integer, nullable=False),
     Column("stats", JSON(none_as_null=True), nullable=True),  # DatasetStats.to_dict() or SQL NULL
     Column("format", ENUM, nullable=True),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("model", String, nullable=False),  # as the user named it
+    Column("base_model", String, nullable=False),
+    Column("training_file", ID, nullable=False),
+    Column("validation_file", ID, nullable=True),
+    Column("method", ENUM, nullable=False),
+    Column("hyperparameters", JSON, nullable=False),  # Hyperparameters.to_dict(): as requested
+    Column("seed", BigInteger, nullable=False),
+    Column("status", ENUM, nullable=False, index=True),
+    Column("parent_model", String, nullable=True),
+    Column("resolved", JSON(none_as_null=True), nullable=True),  # Hyperparameters.to_dict() or SQL NULL
+    Column("suffix", String, nullable=True),
+    Column("metadata", JSON(none_as_null=True), nullable=True),  # {str: str} or SQL NULL
+    Column("integrations", JSON(none_as_null=True), nullable=True),  # [{...}, ...] or SQL NULL
+    Column("training_type", ENUM, nullable=True),
+    Column("extras", JSON, nullable=False),  # {name: value}
+    Column("error", JSON(none_as_null=True), nullable=True),  # {"code", "message", "param"} or SQL NULL
+    Column("fine_tuned_model", String, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("started_at", BigInteger, nullable=True),
+    Column("trained_tokens", BigInteger, nullable=True),
+    Column("result_files", JSON, nullable=False),  # [file id, ...]
+    Column("estimated_finish", BigInteger, nullable=True),
+    Column("step", Integer, nullable=False),
+    Column("total_steps", Integer, nullable=True),
+    # The worker that holds the job and its last sign of life (Unix seconds, fractional).
+    Column("worker_id", String, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("trainer_pid", Integer, nullable=True),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("job_id", ID, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("level", ENUM, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("type", ENUM, nullable=False),
+    Column("data", JSON(none_as_null=True), nullable=True),  # {name: value} or SQL NULL
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("job_id", ID, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("project_id", ID, nullable=False),  # the job's, copied so lookups by name need no join
+    Column("created_at", BigInteger, nullable=False),
+    Column("step_number", Integer, nullable=False),
+    Column("fine_tuned_model_checkpoint", String, nullable=False, unique=True),
+    Column("adapter_key", String, nullable=False),
+    Column("metrics", JSON, nullable=False),  # {column: value}
+)
+
+job_metrics = Table(
+    "job_metrics",
+    metadata,
+    # One results.csv row per optimizer step; a resumed run rewrites its steps in place.
+    Column("job_id", ID, ForeignKey("jobs.id"), primary_key=True),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("values", JSON, nullable=False),  # {column: value}; read it as job_metrics.c["values"]
+)
+
+fine_tuned_models = Table(
+    "fine_tuned_models",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String, nullable=False, unique=True),  # the model name: <base>.ft-<job hex>[-<suffix>]
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("job_id", ID, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("base_model", String, nullable=False),
+    Column("parent_model", String, nullable=True),
+    Column("adapter_key", String, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("method", ENUM, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),  # set by a delete; the row stays (the name is taken)
 )

@@ -32,16 +32,9 @@ from typing import Any, BinaryIO
 
 from tunery.domain.datasets import DatasetFormat, DatasetStats, ExampleTokenizer, Problem, ValidationReport
 from tunery.domain.errors import InvalidRequest
-from tunery.training.example_rules import (
-    Issue,
-    check_example,
-    describe_format,
-    detect_format,
-    json_kind,
-    output_of,
-    unrecognized_format,
-)
+from tunery.training.example_rules import check_example, describe_format, detect_format, output_of, unrecognized_format
 from tunery.training.jsonl_lines import read_chunks, read_head, sniff_not_text, split_lines
+from tunery.training.message_rules import Issue, json_kind
 
 DEFAULT_MIN_EXAMPLES = 10
 DEFAULT_MAX_PROBLEMS = 20

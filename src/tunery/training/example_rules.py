@@ -160,7 +160,7 @@ def _check_input(example: dict[str, Any], out: list[Issue]) -> None:
         return
     _check_keys(prompt, _INPUT_KEY_SET, INPUT_KEYS, "input", out, where="input ")
     check_tool_fields(prompt, "input.", out)
-    messages = prompt.get("messages")
+    messages: Any = prompt.get("messages")
     if check_messages(messages, "input.messages", out) and messages[-1]["role"] not in ("user", "tool"):
         out.append(
             Issue(

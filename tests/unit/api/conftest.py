@@ -1,4 +1,5 @@
-"""An in-process Tunery app (FastAPI TestClient) on real stores: SQLite, and PostgreSQL when configured."""
+"""An in-process Tunery app (FastAPI TestClient) built by ``bootstrap`` on real stores: SQLite, and
+PostgreSQL when TUNERY_TEST_DATABASE_URL is set. File checks run inline so tests need not wait."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tunery.api.app import create_app
-from tunery.catalog.chat_tokenizer import ChatTokenizer
+from tunery.bootstrap import build_services
+from tunery.config import FilesSettings, ModelsSettings, Settings, StorageSettings
 from tunery.services.container import Services
-from tunery.services.files import FileRules, FileService
-from tunery.services.keys import KeyService
-from tunery.storage import ApiKeyStore, FileStore, LocalBlobStore, ProjectStore
+from tunery.storage import Database, FileStore, LocalBlobStore
 from tunery.testing.databases import POSTGRES_URL_VARIABLE, fresh_database
 
 MAX_UPLOAD_BYTES = 64 * 1024
@@ -25,13 +25,25 @@ MAX_UPLOAD_BYTES = 64 * 1024
 class Api:
     client: TestClient
     services: Services
+    settings: Settings
     key: str
     other_key: str
-    store: FileStore
-    blobs: LocalBlobStore
+    db: Database
+
+    @property
+    def store(self) -> FileStore:
+        return FileStore(self.db)
+
+    @property
+    def blobs(self) -> LocalBlobStore:
+        return LocalBlobStore(self.settings.data_dir / "blobs")
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
+
+    @property
+    def project_id(self) -> str:
+        return self.services.keys.authenticate(self.key).project_id
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -41,20 +53,17 @@ def api(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) ->
         url = os.environ.get(POSTGRES_URL_VARIABLE)
         if not url:
             pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set (scripts/postgres.sh starts a local server)")
-    tokenizer = ChatTokenizer.from_dir(tiny_model_dir, name="tiny-llama", context_length=256)
     with fresh_database(tmp_path, url) as db:
-        store, blobs = FileStore(db), LocalBlobStore(tmp_path / "blobs")
-        files = FileService(
-            store,
-            blobs,
-            FileRules(max_upload_bytes=MAX_UPLOAD_BYTES, max_files_per_project=8),
-            lambda: tokenizer,
-            background=False,
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            storage=StorageSettings(database_url=db.url.render_as_string(hide_password=False)),
+            files=FilesSettings(max_upload_bytes=MAX_UPLOAD_BYTES, max_files_per_project=8),
+            models=ModelsSettings(base_models=[f"tiny-llama={tiny_model_dir}"]),
         )
-        services = Services(keys=KeyService(ProjectStore(db), ApiKeyStore(db)), files=files)
+        services = build_services(settings, background_checks=False)
         key = services.keys.create("team").secret
         other_key = services.keys.create("intruder").secret
         app = create_app(services, max_upload_bytes=MAX_UPLOAD_BYTES)
         with TestClient(app) as client:
-            yield Api(client=client, services=services, key=key, other_key=other_key, store=store, blobs=blobs)
+            yield Api(client=client, services=services, settings=settings, key=key, other_key=other_key, db=db)
         services.close()

@@ -104,6 +104,11 @@ def test_module_entry_prints_the_prepared_folder(
     assert capsys.readouterr().out == f"{tiny_model_dir}\n"
 
 
+def test_module_entry_reports_a_missing_folder_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", f"gone={tmp_path / 'gone'}", "--cache-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"error: Model 'gone': the folder {tmp_path / 'gone'} does not exist.\n"
+
+
 def test_module_entry_rejects_an_unclear_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["prepare", "Org/unclear", "--cache-dir", str(tmp_path)])

@@ -1,0 +1,142 @@
+"""``/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, delete, events, checkpoints (§3.2)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import JSONResponse
+
+from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
+from tunery.api.dialects import Dialect
+from tunery.api.schemas.common import ListResponse
+from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+from tunery.domain.errors import NotFound
+from tunery.domain.pagination import Order, PageRequest
+
+router = APIRouter(tags=["fine-tuning"])
+
+METADATA_QUERY = re.compile(r"^metadata\[(?P<key>[^\]]+)\]$")
+JOBS_PAGE = {"default_limit": 20, "max_limit": 100}
+EVENTS_PAGE = {"default_limit": 20, "max_limit": 1000}
+CHECKPOINTS_PAGE = {"default_limit": 10, "max_limit": 100}
+
+
+def _page(limit: int | None, after: str | None, bounds: dict[str, int]) -> PageRequest:
+    return PageRequest.build(limit=limit, after=after, order=None, default_order=Order.DESC, **bounds)
+
+
+@router.post("/fine_tuning/jobs", response_model=FineTuningJob)
+def create_job(
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    dialect: DialectDep,
+    body: Annotated[dict[str, Any], Body()],
+) -> Response:
+    job = services.jobs.create(principal.project_id, body)
+    headers = {}
+    if dialect.created_status == 201:
+        headers["Location"] = f"{str(request.base_url).rstrip('/')}/openai/fine_tuning/jobs/{job.id}"
+    payload = FineTuningJob.from_domain(job, dialect).model_dump(mode="json")
+    return JSONResponse(payload, status_code=dialect.created_status, headers=headers)
+
+
+@router.get("/fine_tuning/jobs", response_model=ListResponse[FineTuningJob])
+def list_jobs(
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    dialect: DialectDep,
+    limit: int | None = None,
+    after: str | None = None,
+) -> ListResponse[FineTuningJob]:
+    metadata = {
+        match.group("key"): value
+        for name, value in request.query_params.items()
+        if (match := METADATA_QUERY.match(name))
+    }
+    result = services.jobs.list(principal.project_id, _page(limit, after, JOBS_PAGE), metadata or None)
+    data = [FineTuningJob.from_domain(job, dialect) for job in result.data]
+    return ListResponse[FineTuningJob].of(data, result.has_more)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob)
+def retrieve_job(
+    fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
+) -> FineTuningJob:
+    return FineTuningJob.from_domain(services.jobs.retrieve(principal.project_id, fine_tuning_job_id), dialect)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(
+    fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
+) -> FineTuningJob:
+    return FineTuningJob.from_domain(services.jobs.cancel(principal.project_id, fine_tuning_job_id), dialect)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", response_model=FineTuningJob)
+def pause_job(
+    fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
+) -> FineTuningJob:
+    return FineTuningJob.from_domain(services.jobs.pause(principal.project_id, fine_tuning_job_id), dialect)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", response_model=FineTuningJob)
+def resume_job(
+    fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
+) -> FineTuningJob:
+    return FineTuningJob.from_domain(services.jobs.resume(principal.project_id, fine_tuning_job_id), dialect)
+
+
+@router.delete("/fine_tuning/jobs/{fine_tuning_job_id}", status_code=204)
+def delete_job(
+    fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
+) -> Response:
+    if dialect is not Dialect.AZURE_DATED:
+        raise NotFound(
+            "Deleting a job is part of Azure's dated API (/openai/fine_tuning/jobs/{id}?api-version=...); "
+            "on this layout delete the fine-tuned model with DELETE /models/{model}.",
+            param="fine_tuning_job_id",
+        )
+    services.jobs.delete(principal.project_id, fine_tuning_job_id)
+    return Response(status_code=204)
+
+
+# The Azure REST how-to shows POST for events and checkpoints (a docs bug; GET is right): accept both.
+@router.api_route(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/events",
+    methods=["GET", "POST"],
+    response_model=ListResponse[FineTuningJobEvent],
+)
+def list_events(
+    fine_tuning_job_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    dialect: DialectDep,
+    limit: int | None = None,
+    after: str | None = None,
+) -> ListResponse[FineTuningJobEvent]:
+    page = services.jobs.list_events(principal.project_id, fine_tuning_job_id, _page(limit, after, EVENTS_PAGE))
+    data = [FineTuningJobEvent.from_domain(event, dialect) for event in page.data]
+    return ListResponse[FineTuningJobEvent].of(data, page.has_more)
+
+
+@router.api_route(
+    "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+    methods=["GET", "POST"],
+    response_model=ListResponse[FineTuningJobCheckpoint],
+)
+def list_checkpoints(
+    fine_tuning_job_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    limit: int | None = None,
+    after: str | None = None,
+) -> ListResponse[FineTuningJobCheckpoint]:
+    page = services.jobs.list_checkpoints(
+        principal.project_id, fine_tuning_job_id, _page(limit, after, CHECKPOINTS_PAGE)
+    )
+    data = [FineTuningJobCheckpoint.from_domain(checkpoint) for checkpoint in page.data]
+    return ListResponse[FineTuningJobCheckpoint].of(data, page.has_more, ids=True)

@@ -1,0 +1,184 @@
+"""Fine-tuning wire objects: ``FineTuningJob``, ``FineTuningJobEvent``, ``FineTuningJobCheckpoint``.
+
+Named and shaped as in ``openai.types.fine_tuning``; the dialect decides status names, ``"auto"`` vs
+Azure's ``-1``, and the event level spelling (spec §4.2, §12).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
+from tunery.api.dialects import Dialect
+from tunery.domain.checkpoints import Checkpoint
+from tunery.domain.events import EventLevel, JobEvent
+from tunery.domain.jobs import Hyperparameters, Job, JobStatus, Method
+
+# The OpenAI layout speaks OpenAI's status vocabulary (spec §4.2); Azure layouts show Azure's.
+OPENAI_STATUS = {
+    JobStatus.PENDING: "validating_files",
+    JobStatus.PAUSING: "running",
+    JobStatus.RESUMING: "queued",
+}
+
+
+def status_for(status: JobStatus, dialect: Dialect) -> str:
+    if dialect is Dialect.OPENAI:
+        return OPENAI_STATUS.get(status, status.value)
+    return status.value
+
+
+def hyperparameters_for(values: Hyperparameters, dialect: Dialect, method: Method) -> dict[str, Any]:
+    """Numbers once resolved; before that ``"auto"`` (OpenAI, Azure v1) or ``-1`` (Azure dated)."""
+    auto: Any = -1 if dialect is Dialect.AZURE_DATED else "auto"
+    shown = {
+        "n_epochs": values.n_epochs if values.n_epochs is not None else auto,
+        "batch_size": values.batch_size if values.batch_size is not None else auto,
+        "learning_rate_multiplier": (
+            values.learning_rate_multiplier if values.learning_rate_multiplier is not None else auto
+        ),
+    }
+    if method is Method.DPO:
+        shown["beta"] = values.beta if values.beta is not None else auto
+    return shown
+
+
+class JobErrorObject(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobProgress(BaseModel):
+    """Tunery extension: how far a job has got (null before it starts)."""
+
+    step: int
+    total_steps: int | None
+    trained_tokens: int | None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    model: str
+    """The model the job fine-tunes: a base model, or a fine-tuned model / checkpoint (continuous)."""
+    status: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    seed: int
+    fine_tuned_model: str | None
+    finished_at: int | None
+    trained_tokens: int | None
+    result_files: list[str]
+    error: JobErrorObject | None
+    estimated_finish: int | None
+    organization_id: str | None
+    integrations: list[dict[str, Any]] | None
+    metadata: dict[str, str] | None
+    suffix: str | None
+    """Azure's name for the suffix; OpenAI's is ``user_provided_suffix``."""
+    user_provided_suffix: str | None
+    trainingType: str | None = None
+    prompt_loss_weight: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in ("trainingType", "prompt_loss_weight"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    @classmethod
+    def from_domain(cls, job: Job, dialect: Dialect) -> FineTuningJob:
+        values = job.resolved or job.hyperparameters
+        hyper = hyperparameters_for(values, dialect, job.method)
+        section: dict[str, Any] = {"hyperparameters": dict(hyper)}
+        if job.method is Method.DPO and "l2_multiplier" in job.extras:
+            section["l2_multiplier"] = job.extras["l2_multiplier"]
+        return cls(
+            id=job.id,
+            created_at=job.created_at,
+            model=job.model,
+            status=status_for(job.status, dialect),
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            hyperparameters={k: v for k, v in hyper.items() if k != "beta"},
+            method={"type": job.method.value, job.method.value: section},
+            seed=job.seed,
+            fine_tuned_model=job.fine_tuned_model,
+            finished_at=job.finished_at,
+            trained_tokens=job.trained_tokens if job.status.terminal else None,  # "null while running"
+            result_files=list(job.result_files),
+            error=JobErrorObject(code=job.error.code, message=job.error.message, param=job.error.param)
+            if job.error
+            else None,
+            estimated_finish=job.estimated_finish if job.status in (JobStatus.RUNNING, JobStatus.PAUSING) else None,
+            organization_id=None if dialect is Dialect.AZURE_DATED else job.project_id,
+            integrations=job.integrations,
+            metadata=job.metadata,
+            suffix=job.suffix,
+            user_provided_suffix=job.suffix,
+            trainingType=job.training_type if dialect.is_azure else None,
+            prompt_loss_weight=job.extras.get("prompt_loss_weight"),
+            progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)
+            if job.started_at
+            else None,
+        )
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    """``info`` | ``warn`` | ``error`` (Azure's dated layout says ``warning``)."""
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("data") is None:
+            data.pop("data", None)
+        return data
+
+    @classmethod
+    def from_domain(cls, event: JobEvent, dialect: Dialect) -> FineTuningJobEvent:
+        level = event.level.value
+        if event.level is EventLevel.WARN and dialect is Dialect.AZURE_DATED:
+            level = "warning"
+        return cls(
+            id=event.id,
+            created_at=event.created_at,
+            level=level,
+            message=event.message,
+            type=event.type.value,
+            data=event.data,
+        )
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, float]
+
+    @classmethod
+    def from_domain(cls, checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
+        return cls(
+            id=checkpoint.id,
+            created_at=checkpoint.created_at,
+            fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
+            fine_tuning_job_id=checkpoint.job_id,
+            step_number=checkpoint.step_number,
+            metrics=checkpoint.metrics,
+        )

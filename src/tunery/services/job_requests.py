@@ -1,0 +1,240 @@
+"""Checks a fine-tuning job request and turns it into plain values, naming the ``param`` of every problem.
+
+Covers the shapes clients really send (spec §3.2.1, §6.1, §12): ``method`` with nested hyperparameters, the
+legacy top-level ``hyperparameters``, DPO's ``beta`` directly under ``method.dpo``, Azure's ``-1`` for auto,
+``trainingType`` spelled any way the docs spell it, suffix/seed/metadata/integrations limits.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.domain.errors import InvalidRequest
+from tunery.domain.jobs import Hyperparameters, Method
+
+MAX_SEED = 2_147_483_647
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+MAX_INTEGRATIONS = 5
+TRAINING_TYPES = {
+    "standard": "Standard",
+    "globalstandard": "GlobalStandard",
+    "developer": "Developer",
+    "developertier": "Developer",
+    "1": "Standard",
+    "2": "GlobalStandard",
+    "3": "Developer",
+}
+# Fields some clients send that Tunery accepts, stores and echoes without acting on them.
+TOLERATED_DPO_FIELDS = ("l2_multiplier",)
+TOLERATED_TOP_LEVEL = ("prompt_loss_weight",)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    # name: (min, max, integer?)
+    "n_epochs": (1, 50, True),
+    "batch_size": (1, 256, True),
+    "learning_rate_multiplier": (0, 10, False),
+    "beta": (0, 2, False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A checked create request; file ids and model names are resolved by the job service."""
+
+    model: str
+    training_file: str
+    validation_file: str | None
+    method: Method
+    hyperparameters: Hyperparameters
+    seed: int
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    training_type: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_job_request(body: dict[str, Any]) -> JobRequest:
+    """Raises:
+    InvalidRequest: naming the offending field in ``param``.
+    """
+    model = _required_string(body, "model")
+    training_file = _required_string(body, "training_file")
+    validation_file = body.get("validation_file")
+    if validation_file is not None and (not isinstance(validation_file, str) or not validation_file):
+        raise InvalidRequest("validation_file must be a file id or null.", param="validation_file")
+    if validation_file == training_file:
+        raise InvalidRequest(
+            "validation_file must differ from training_file: the same data should not be in both.",
+            param="validation_file",
+        )
+    method, hyperparameters, method_extras = _parse_method(body.get("method"), body.get("hyperparameters"))
+    extras = dict(method_extras)
+    for name in TOLERATED_TOP_LEVEL:
+        if body.get(name) is not None:
+            extras[name] = _number(body[name], name)
+    return JobRequest(
+        model=model,
+        training_file=training_file,
+        validation_file=validation_file,
+        method=method,
+        hyperparameters=hyperparameters,
+        seed=_parse_seed(body.get("seed")),
+        suffix=_parse_suffix(body.get("suffix")),
+        metadata=_parse_metadata(body.get("metadata")),
+        integrations=_parse_integrations(body.get("integrations")),
+        training_type=_parse_training_type(body.get("trainingType", body.get("training_type"))),
+        extras=extras,
+    )
+
+
+def _required_string(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if value is None:
+        raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{name} must be a non-empty string.", param=name)
+    return value.strip()
+
+
+def _parse_method(method: Any, legacy: Any) -> tuple[Method, Hyperparameters, dict[str, Any]]:
+    if method is None:
+        return Method.SUPERVISED, _parse_hyperparameters(legacy, "hyperparameters", Method.SUPERVISED), {}
+    if not isinstance(method, dict):
+        raise InvalidRequest("method must be an object such as {'type': 'supervised'}.", param="method")
+    kind = method.get("type")
+    if kind == "reinforcement":
+        raise InvalidRequest(
+            "Reinforcement fine-tuning needs a reasoning model and graders; Tunery supports 'supervised' and 'dpo'.",
+            param="method.type",
+        )
+    try:
+        parsed = Method(kind)
+    except ValueError:
+        raise InvalidRequest(
+            f"method.type must be 'supervised' or 'dpo' (got {kind!r}).", param="method.type"
+        ) from None
+    section = method.get(parsed.value) or {}
+    if not isinstance(section, dict):
+        raise InvalidRequest(f"method.{parsed.value} must be an object.", param=f"method.{parsed.value}")
+    nested = section.get("hyperparameters")
+    extras: dict[str, Any] = {}
+    if parsed is Method.DPO:
+        # The Azure DPO how-to puts beta (and l2_multiplier) directly under method.dpo: accept both places.
+        loose = {k: section[k] for k in ("beta",) if k in section}
+        if loose:
+            nested = {**loose, **(nested or {})}
+        for name in TOLERATED_DPO_FIELDS:
+            if section.get(name) is not None:
+                extras[name] = _number(section[name], f"method.dpo.{name}")
+    if nested is not None and legacy is not None:
+        raise InvalidRequest(
+            "Give hyperparameters either in method or in the deprecated top-level 'hyperparameters', not both.",
+            param="hyperparameters",
+        )
+    where = f"method.{parsed.value}.hyperparameters" if nested is not None else "hyperparameters"
+    return parsed, _parse_hyperparameters(nested if nested is not None else legacy, where, parsed), extras
+
+
+def _parse_hyperparameters(raw: Any, where: str, method: Method) -> Hyperparameters:
+    if raw is None:
+        return Hyperparameters()
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where} must be an object.", param=where)
+    allowed = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if method is Method.DPO else set())
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown hyperparameter {unknown[0]!r} in {where}; allowed: {', '.join(sorted(allowed))}.",
+            param=f"{where}.{unknown[0]}",
+        )
+    values = {name: _hyperparameter(raw.get(name), name, f"{where}.{name}") for name in allowed}
+    return Hyperparameters(**values)
+
+
+def _hyperparameter(value: Any, name: str, param: str) -> Any:
+    """``None``/``"auto"``/``-1`` (Azure) mean auto; anything else must be in range."""
+    if value is None or value == "auto" or (value == -1 and not isinstance(value, bool)):
+        return None
+    low, high, integer = RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{param} must be 'auto' or a number (got {value!r}).", param=param)
+    if integer and (not isinstance(value, int) and not float(value).is_integer()):
+        raise InvalidRequest(f"{param} must be a whole number (got {value!r}).", param=param)
+    if integer and not low <= value <= high:
+        raise InvalidRequest(f"{param} must be between {low} and {high} (got {value}).", param=param)
+    if not integer and not low < value <= high:
+        raise InvalidRequest(f"{param} must be greater than {low} and at most {high} (got {value}).", param=param)
+    return int(value) if integer else float(value)
+
+
+def _number(value: Any, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{param} must be a number (got {value!r}).", param=param)
+    return float(value)
+
+
+def _parse_seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InvalidRequest(f"seed must be an integer between 0 and {MAX_SEED} (got {value!r}).", param="seed")
+    return value
+
+
+def _parse_suffix(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not SUFFIX_RE.match(value):
+        raise InvalidRequest(
+            f"suffix must be 1 to 40 characters of letters, digits, '-' and '_' (got {value!r}).", param="suffix"
+        )
+    return value
+
+
+def _parse_metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("metadata must be an object of string keys and values.", param="metadata")
+    if len(value) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(f"metadata may have at most {MAX_METADATA_PAIRS} pairs.", param="metadata")
+    for key, item in value.items():
+        if not isinstance(item, str) or len(key) > MAX_METADATA_KEY or len(item) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"metadata[{key!r}]: keys are at most {MAX_METADATA_KEY} characters and values strings of at most "
+                f"{MAX_METADATA_VALUE}.",
+                param=f"metadata.{key}",
+            )
+    return dict(value)
+
+
+def _parse_integrations(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_INTEGRATIONS:
+        raise InvalidRequest(f"integrations must be a list of at most {MAX_INTEGRATIONS} items.", param="integrations")
+    for index, item in enumerate(value):
+        wandb = item.get("wandb") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or item.get("type") != "wandb" or not isinstance(wandb, dict):
+            raise InvalidRequest(
+                "each integration must be {'type': 'wandb', 'wandb': {'project': ...}}.",
+                param=f"integrations[{index}]",
+            )
+        if not isinstance(wandb.get("project"), str) or not wandb["project"]:
+            raise InvalidRequest("wandb.project is required.", param=f"integrations[{index}].wandb.project")
+    return value
+
+
+def _parse_training_type(value: Any) -> str | None:
+    if value is None:
+        return None
+    key = str(value).strip().lower().replace("_", "").replace(" ", "")
+    if isinstance(value, bool) or key not in TRAINING_TYPES:
+        raise InvalidRequest(
+            f"trainingType must be Standard, GlobalStandard or Developer (got {value!r}).", param="trainingType"
+        )
+    return TRAINING_TYPES[key]

@@ -1,0 +1,253 @@
+"""Fine-tuning jobs as users see them: create, retrieve, list, cancel, pause, resume, delete, events,
+checkpoints (spec §3.2). Nothing trains here: create records a ``pending`` job and returns at once; the
+worker (``services.runs``) does the rest. Every state change goes through the transitions table and a
+compare-and-set in the store, so a user's cancel and a worker's progress never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.domain.checkpoints import Checkpoint
+from tunery.domain.datasets import DatasetFormat
+from tunery.domain.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
+from tunery.domain.events import EventLevel, JobEvent
+from tunery.domain.files import FilePurpose, FileRecord, FileStatus
+from tunery.domain.ids import new_id
+from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
+from tunery.domain.pagination import Page, PageRequest
+from tunery.services.files import FileService
+from tunery.services.job_requests import JobRequest, parse_job_request
+from tunery.services.models import ModelService
+from tunery.storage.checkpoints import CheckpointStore
+from tunery.storage.events import EventStore
+from tunery.storage.jobs import JobStore
+from tunery.storage.models import ModelStore
+
+FORMAT_FOR_METHOD = {Method.SUPERVISED: DatasetFormat.CHAT, Method.DPO: DatasetFormat.PREFERENCE}
+CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class JobRules:
+    max_jobs_per_project: int = 100
+    max_waiting_per_project: int = 20  # pending + queued (spec §11: "Max training jobs queued 20")
+
+
+def training_copy_key(job_id: str, which: str) -> str:
+    """Where a job keeps its own copy of its training/validation data."""
+    return f"jobs/{job_id}/{which}.jsonl"
+
+
+class JobService:
+    def __init__(
+        self,
+        jobs: JobStore,
+        events: EventStore,
+        checkpoints: CheckpointStore,
+        models: ModelStore,
+        files: FileService,
+        model_service: ModelService,
+        rules: JobRules,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._jobs = jobs
+        self._events = events
+        self._checkpoints = checkpoints
+        self._models = models
+        self._files = files
+        self._model_service = model_service
+        self._rules = rules
+        self._clock = clock
+
+    # ----------------------------------------------------------------------------------------- create
+    def create(self, project_id: str, body: dict[str, Any]) -> Job:
+        """Check the request, keep a copy of the data, and record a pending job.
+
+        Raises:
+            InvalidRequest: a bad field, an unknown model, or a file that is not usable (``param`` names it).
+            QuotaExceeded: too many jobs in this project.
+        """
+        request = parse_job_request(body)
+        try:
+            ref = self._model_service.resolve(project_id, request.model)
+        except NotFound as exc:
+            raise InvalidRequest(exc.message, param="model", code="model_not_found") from None
+        expected = FORMAT_FOR_METHOD[request.method]
+        training = self._usable_file(project_id, request.training_file, "training_file", expected, request)
+        validation = (
+            self._usable_file(project_id, request.validation_file, "validation_file", expected, request)
+            if request.validation_file
+            else None
+        )
+        self._check_quota(project_id)
+        now = int(self._clock())
+        job = Job(
+            id=new_id("ftjob"),
+            project_id=project_id,
+            created_at=now,
+            model=request.model,
+            base_model=ref.base_model,
+            parent_model=ref.name if ref.adapter_key else None,
+            training_file=training.id,
+            validation_file=validation.id if validation else None,
+            method=request.method,
+            hyperparameters=request.hyperparameters,
+            seed=request.seed,
+            status=JobStatus.PENDING,
+            suffix=request.suffix,
+            metadata=request.metadata,
+            integrations=request.integrations,
+            training_type=request.training_type,
+            extras=request.extras,
+        )
+        self._files.copy_to(training, training_copy_key(job.id, "training"))
+        if validation is not None:
+            self._files.copy_to(validation, training_copy_key(job.id, "validation"))
+        self._jobs.insert(job)
+        self.log(job.id, f"Created fine-tuning job: {job.id}")
+        return job
+
+    # ----------------------------------------------------------------------------------------- reads
+    def retrieve(self, project_id: str, job_id: str) -> Job:
+        return self._jobs.get(project_id, job_id)
+
+    def list(self, project_id: str, page: PageRequest, metadata: dict[str, str] | None = None) -> Page[Job]:
+        return self._jobs.list(project_id, page, metadata=metadata)
+
+    def list_events(self, project_id: str, job_id: str, page: PageRequest) -> Page[JobEvent]:
+        self._jobs.get(project_id, job_id)
+        return self._events.list(job_id, page)
+
+    def list_checkpoints(self, project_id: str, job_id: str, page: PageRequest) -> Page[Checkpoint]:
+        self._jobs.get(project_id, job_id)
+        return self._checkpoints.list(job_id, page)
+
+    # ----------------------------------------------------------------------------------------- control
+    def cancel(self, project_id: str, job_id: str) -> Job:
+        """Any non-terminal job can be cancelled; a running trainer stops within one optimizer step."""
+        job = self._move(
+            project_id, job_id, JobStatus.CANCELLED, "cancel", finished_at=int(self._clock()), estimated_finish=None
+        )
+        self.log(job.id, "Job cancelled.")
+        return job
+
+    def pause(self, project_id: str, job_id: str) -> Job:
+        """Only a running job that has trained at least one step can pause (spec §3.2.6)."""
+        job = self._jobs.get(project_id, job_id)
+        if job.status is JobStatus.RUNNING and job.step < 1:
+            raise Conflict(
+                f"Cannot pause job {job.id} yet: it has not trained a step. Pause is allowed once a running "
+                "job has trained at least one step.",
+                param="fine_tuning_job_id",
+                code="unexpectedEntityState",
+            )
+        job = self._move(project_id, job_id, JobStatus.PAUSING, "pause", expect={JobStatus.RUNNING})
+        self.log(job.id, "Pause requested; the job pauses after the current step and saves a checkpoint.")
+        return job
+
+    def resume(self, project_id: str, job_id: str) -> Job:
+        job = self._move(project_id, job_id, JobStatus.RESUMING, "resume", expect={JobStatus.PAUSED}, finished_at=None)
+        self.log(job.id, "Job resume requested.")
+        return job
+
+    def delete(self, project_id: str, job_id: str) -> None:
+        """Delete a finished job, its fine-tuned model and checkpoints (Azure dated ``DELETE``).
+
+        Raises:
+            Conflict: the job is still active (cancel it first), or its model is deployed.
+        """
+        job = self._jobs.get(project_id, job_id)
+        if job.status not in TERMINAL | {JobStatus.PAUSED}:
+            raise Conflict(
+                f"Cannot delete job {job.id} while it is {job.status.value}; cancel it first.",
+                param="fine_tuning_job_id",
+                code="unexpectedEntityState",
+            )
+        if job.fine_tuned_model and self._models.get(project_id, job.fine_tuned_model) is not None:
+            self._model_service.delete(project_id, job.fine_tuned_model)
+        self._jobs.delete(project_id, job_id)
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def log(self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO) -> None:
+        self._events.append(
+            JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(self._clock()), level=level, message=message)
+        )
+
+    def _move(
+        self,
+        project_id: str,
+        job_id: str,
+        target: JobStatus,
+        action: str,
+        *,
+        expect: set[JobStatus] | None = None,
+        **changes: Any,
+    ) -> Job:
+        """Compare-and-set ``target``, re-reading when a worker changed the job in between."""
+        for _ in range(CAS_ATTEMPTS):
+            job = self._jobs.get(project_id, job_id)
+            if expect is not None and job.status not in expect:
+                allowed = " or ".join(sorted(s.value for s in expect))
+                raise Conflict(
+                    f"Cannot {action} job {job.id}: it is {job.status.value}; only a {allowed} job can {action}.",
+                    param="fine_tuning_job_id",
+                    code="unexpectedEntityState",
+                )
+            check_transition(job.id, job.status, target, action)
+            updated = self._jobs.transition(job.id, target, expect={job.status}, **changes)
+            if updated is not None:
+                return updated
+        raise Conflict(f"Job {job_id} is changing state; try again.", param="fine_tuning_job_id")
+
+    def _usable_file(
+        self, project_id: str, file_id: str, param: str, expected: DatasetFormat, request: JobRequest
+    ) -> FileRecord:
+        try:
+            record = self._files.retrieve(project_id, file_id)
+        except NotFound:
+            raise InvalidRequest(f"{param} '{file_id}' does not exist in this project.", param=param) from None
+        if record.purpose is not FilePurpose.FINE_TUNE:
+            raise InvalidRequest(
+                f"{param} '{file_id}' has purpose '{record.purpose.value}'; upload it with purpose 'fine-tune'.",
+                param=param,
+            )
+        if record.status is FileStatus.ERROR:
+            first = record.problems[0].describe() if record.problems else (record.status_details or "")
+            raise InvalidRequest(
+                f"{param} '{file_id}' failed validation ({record.problem_count} problem(s); first: {first}). "
+                "Fix the file and upload it again.",
+                param=param,
+                code="invalid_training_file" if param == "training_file" else "invalid_validation_file",
+            )
+        if record.status is not FileStatus.PROCESSED:
+            raise InvalidRequest(
+                f"{param} '{file_id}' is still being checked (status {record.status.value}); wait until it is "
+                "processed (client.files.wait_for_processing) and try again.",
+                param=param,
+                code="file_not_ready",
+            )
+        if record.format and record.format != expected.value:
+            raise InvalidRequest(
+                f"{param} '{file_id}' holds {record.format} data, but method '{request.method.value}' needs "
+                f"{expected.value} data.",
+                param=param,
+            )
+        return record
+
+    def _check_quota(self, project_id: str) -> None:
+        if self._jobs.count(project_id) >= self._rules.max_jobs_per_project:
+            raise QuotaExceeded(
+                f"This project already has {self._rules.max_jobs_per_project} fine-tuning jobs, the most allowed.",
+                param="model",
+            )
+        waiting = self._jobs.count(project_id, {JobStatus.PENDING, JobStatus.QUEUED})
+        if waiting >= self._rules.max_waiting_per_project:
+            raise QuotaExceeded(
+                f"This project already has {waiting} jobs waiting to run; wait for some to start.",
+                param="model",
+            )

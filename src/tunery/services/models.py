@@ -1,0 +1,163 @@
+"""Models: what a name means (base model, fine-tuned model, or checkpoint), listing, and deletion.
+
+``resolve`` is the one place that turns a user-given model name into (base model, adapter); jobs use it
+for continuous fine-tuning, and chat and deployments use it to serve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunery.catalog import BaseModelSpec, Catalog
+from tunery.domain.checkpoints import Checkpoint
+from tunery.domain.errors import Conflict, NotFound
+from tunery.domain.ids import has_prefix
+from tunery.domain.models import AdapterRef, FineTunedModel
+from tunery.storage.checkpoints import CheckpointStore
+from tunery.storage.jobs import JobStore
+from tunery.storage.models import ModelStore
+
+# Something that answers "is this model deployed?" (deployments are added by the serving layer).
+DeploymentCheck = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One row of ``/models``: a base model or a fine-tuned model of the caller's project."""
+
+    id: str
+    created_at: int
+    owned_by: str
+    base_model: str | None = None  # for fine-tuned models
+    job_id: str | None = None
+    parent_model: str | None = None
+    fine_tunable: bool = True
+    context_length: int | None = None
+    description: str = ""
+
+
+class ModelService:
+    def __init__(
+        self,
+        catalog: Catalog,
+        models: ModelStore,
+        checkpoints: CheckpointStore,
+        jobs: JobStore,
+        *,
+        is_deployed: DeploymentCheck | None = None,
+        started_at: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._catalog = catalog
+        self._models = models
+        self._checkpoints = checkpoints
+        self._jobs = jobs
+        self._is_deployed = is_deployed or (lambda _project, _model: False)
+        self._started_at = started_at or int(clock())
+        self._clock = clock
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def set_deployment_check(self, check: DeploymentCheck) -> None:
+        self._is_deployed = check
+
+    def resolve(self, project_id: str, name: str) -> AdapterRef:
+        """Raises:
+        NotFound: no base model, fine-tuned model or checkpoint of this project has that name (param model).
+        """
+        try:
+            spec = self._catalog.get(name)
+        except NotFound:
+            pass
+        else:
+            return AdapterRef(name=spec.name, base_model=spec.name, adapter_key=None)
+        model = self._models.get(project_id, name)
+        if model is not None:
+            return AdapterRef(
+                name=model.id,
+                base_model=model.base_model,
+                adapter_key=model.adapter_key,
+                project_id=project_id,
+                job_id=model.job_id,
+            )
+        checkpoint = self._checkpoint(project_id, name)
+        if checkpoint is not None:
+            job = self._jobs.get(project_id, checkpoint.job_id)
+            return AdapterRef(
+                name=checkpoint.fine_tuned_model_checkpoint,
+                base_model=job.base_model,
+                adapter_key=checkpoint.adapter_key,
+                project_id=project_id,
+                job_id=job.id,
+            )
+        available = ", ".join(spec.name for spec in self._catalog.list())
+        raise NotFound(
+            f"The model '{name}' does not exist: it is not a base model ({available}) nor a fine-tuned model "
+            "or checkpoint of this project.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def list(self, project_id: str) -> list[ModelEntry]:
+        entries = [self._base_entry(spec) for spec in self._catalog.list()]
+        entries += [self._fine_tuned_entry(model) for model in self._models.list(project_id)]
+        return entries
+
+    def retrieve(self, project_id: str, name: str) -> ModelEntry:
+        ref = self.resolve(project_id, name)
+        if ref.adapter_key is None:
+            return self._base_entry(self._catalog.get(ref.name))
+        model = self._models.get(project_id, ref.name)
+        if model is not None:
+            return self._fine_tuned_entry(model)
+        return ModelEntry(
+            id=ref.name, created_at=self._started_at, owned_by=project_id, base_model=ref.base_model, job_id=ref.job_id
+        )
+
+    def delete(self, project_id: str, name: str) -> FineTunedModel:
+        """Delete a fine-tuned model (its adapters stay with the job's checkpoints until the job is deleted).
+
+        Raises:
+            NotFound: not a fine-tuned model of this project.
+            Conflict: it is deployed; delete the deployment first.
+        """
+        model = self._models.get(project_id, name)
+        if model is None:
+            raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
+        if self._is_deployed(project_id, name):
+            raise Conflict(
+                f"The model '{name}' has a deployment; delete the deployment first.",
+                param="model",
+                code="conflict",
+            )
+        self._models.mark_deleted(project_id, name, int(self._clock()))
+        return model
+
+    def _checkpoint(self, project_id: str, name: str) -> Checkpoint | None:
+        if has_prefix(name, "ftchkpt"):
+            return self._checkpoints.get(project_id, name)
+        return self._checkpoints.get_by_name(project_id, name)
+
+    def _base_entry(self, spec: BaseModelSpec) -> ModelEntry:
+        return ModelEntry(
+            id=spec.name,
+            created_at=self._started_at,
+            owned_by="tunery",
+            context_length=spec.context_length,
+            description=spec.description,
+        )
+
+    @staticmethod
+    def _fine_tuned_entry(model: FineTunedModel) -> ModelEntry:
+        return ModelEntry(
+            id=model.id,
+            created_at=model.created_at,
+            owned_by=model.project_id,
+            base_model=model.base_model,
+            job_id=model.job_id,
+            parent_model=model.parent_model,
+        )

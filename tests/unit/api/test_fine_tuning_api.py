@@ -1,0 +1,284 @@
+"""The fine-tuning jobs API in-process: request checks, dialects, the state machine, events, models.
+
+No trainer runs here (no worker); job states are moved with the store where a test needs a worker's
+step. Run alone: ``.venv/bin/pytest tests/unit/api/test_fine_tuning_api.py``
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai.types.fine_tuning
+import pytest
+
+from tests.unit.api.conftest import Api
+from tests.unit.api.openapi_contract import assert_matches
+from tunery.domain.jobs import JobStatus
+from tunery.storage import JobStore
+
+
+def chat_jsonl(n: int = 10) -> bytes:
+    rows = [
+        {"messages": [{"role": "user", "content": f"hello {i}"}, {"role": "assistant", "content": f"hi {i}"}]}
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(r) for r in rows).encode() + b"\n"
+
+
+def preference_jsonl(n: int = 10) -> bytes:
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"q {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"good {i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"bad {i}"}],
+        }
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(r) for r in rows).encode() + b"\n"
+
+
+def upload(api: Api, data: bytes, *, key: str | None = None) -> str:
+    response = api.client.post(
+        "/v1/files", headers=api.headers(key), files={"file": ("d.jsonl", data)}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def create(api: Api, body: dict[str, Any], *, prefix: str = "/v1", key: str | None = None) -> Any:
+    return api.client.post(f"{prefix}/fine_tuning/jobs", headers=api.headers(key), json=body)
+
+
+@pytest.fixture
+def train_id(api: Api) -> str:
+    return upload(api, chat_jsonl())
+
+
+def test_create_returns_pending_job_matching_openai_schema(api: Api, train_id: str) -> None:
+    response = create(api, {"model": "tiny-llama", "training_file": train_id, "seed": 105, "suffix": "colours"})
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert_matches("FineTuningJob", job)
+    openai.types.fine_tuning.FineTuningJob.model_validate(job, strict=True)
+    assert job["status"] == "validating_files"
+    assert job["seed"] == 105
+    assert job["hyperparameters"] == {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert job["method"]["type"] == "supervised"
+    assert job["user_provided_suffix"] == "colours"
+    assert job["result_files"] == []
+    assert job["error"] is None
+
+
+def test_dated_layout_speaks_azure(api: Api, train_id: str) -> None:
+    body = {"model": "tiny-llama", "training_file": train_id, "trainingType": "globalstandard"}
+    response = create(api, body, prefix="/openai")
+    assert response.status_code == 400  # api-version is required there
+    response = api.client.post(
+        "/openai/fine_tuning/jobs?api-version=2025-04-01-preview", headers={"api-key": api.key}, json=body
+    )
+    assert response.status_code == 201
+    job = response.json()
+    assert response.headers["location"].endswith(f"/openai/fine_tuning/jobs/{job['id']}")
+    assert job["status"] == "pending"
+    assert job["hyperparameters"]["n_epochs"] == -1
+    assert job["trainingType"] == "GlobalStandard"
+    assert job["organization_id"] is None
+
+
+def test_seed_is_generated_when_absent(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    assert isinstance(job["seed"], int)
+    assert 0 <= job["seed"] <= 2_147_483_647
+
+
+BAD_REQUESTS = [
+    ({"model": "gpt-99"}, "model"),
+    ({"training_file": "file-00000000000000000000000000000000"}, "training_file"),
+    ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"n_epochs": 51}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"batch_size": 257}}, "hyperparameters.batch_size"),
+    ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),
+    ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
+    (
+        {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "many"}}}},
+        "method.supervised.hyperparameters.n_epochs",
+    ),
+    ({"method": {"type": "reinforcement"}}, "method.type"),
+    ({"method": {"type": "magic"}}, "method.type"),
+    ({"method": {"type": "dpo"}}, "training_file"),  # chat data cannot train DPO
+    ({"suffix": "has.dots"}, "suffix"),
+    ({"suffix": "x" * 41}, "suffix"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2_147_483_648}, "seed"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"integrations": [{"type": "slack"}]}, "integrations[0]"),
+    ({"trainingType": "Premium"}, "trainingType"),
+]
+
+
+@pytest.mark.parametrize(("change", "param"), BAD_REQUESTS, ids=[p for _, p in BAD_REQUESTS])
+def test_bad_requests_name_the_param(api: Api, train_id: str, change: dict[str, Any], param: str) -> None:
+    body = {"model": "tiny-llama", "training_file": train_id, **change}
+    response = create(api, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert len(error["message"]) > 20
+
+
+def test_missing_model_and_bad_json(api: Api, train_id: str) -> None:
+    missing = create(api, {"training_file": train_id})
+    assert missing.status_code == 400
+    assert missing.json()["error"]["param"] == "model"
+    garbled = api.client.post(
+        "/v1/fine_tuning/jobs", headers={**api.headers(), "content-type": "application/json"}, content=b"{nope"
+    )
+    assert garbled.status_code == 400
+
+
+def test_file_with_errors_and_same_validation_file_are_refused(api: Api, train_id: str) -> None:
+    bad = upload(api, b'{"messages": []}\n' * 12)
+    response = create(api, {"model": "tiny-llama", "training_file": bad})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_training_file"
+    assert "Line 1" in response.json()["error"]["message"]
+    same = create(api, {"model": "tiny-llama", "training_file": train_id, "validation_file": train_id})
+    assert same.json()["error"]["param"] == "validation_file"
+
+
+def test_dpo_accepts_beta_in_both_places_and_echoes_tolerated_fields(api: Api) -> None:
+    prefs = upload(api, preference_jsonl())
+    nested = create(
+        api,
+        {
+            "model": "tiny-llama",
+            "training_file": prefs,
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+        },
+    ).json()
+    assert nested["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    loose = create(
+        api,
+        {
+            "model": "tiny-llama",
+            "training_file": prefs,
+            "prompt_loss_weight": 0.1,
+            "method": {"type": "dpo", "dpo": {"beta": 0.3, "l2_multiplier": 0.1}},
+        },
+    ).json()
+    assert loose["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
+    assert loose["method"]["dpo"]["l2_multiplier"] == 0.1
+    assert loose["prompt_loss_weight"] == 0.1
+
+
+def test_state_machine_refusals_are_409(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    base = f"/openai/v1/fine_tuning/jobs/{job['id']}"
+    pause = api.client.post(f"{base}/pause", headers=api.headers())
+    assert pause.status_code == 409
+    assert "pending" in pause.json()["error"]["message"]
+    assert api.client.post(f"{base}/resume", headers=api.headers()).status_code == 409
+
+    store = JobStore(api.db)
+    store.transition(job["id"], JobStatus.QUEUED, expect={JobStatus.PENDING})
+    store.transition(job["id"], JobStatus.RUNNING, expect={JobStatus.QUEUED})
+    early = api.client.post(f"{base}/pause", headers=api.headers())
+    assert early.status_code == 409
+    assert "at least one step" in early.json()["error"]["message"]
+    store.transition(job["id"], JobStatus.RUNNING, expect={JobStatus.RUNNING}, step=3)
+    paused = api.client.post(f"{base}/pause", headers=api.headers())
+    assert paused.status_code == 200
+    assert paused.json()["status"] == "pausing"
+    assert api.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.headers()).json()["status"] == "running"
+
+    cancelled = api.client.post(f"{base}/cancel", headers=api.headers())
+    assert cancelled.json()["status"] == "cancelled"
+    assert cancelled.json()["finished_at"] is not None
+    again = api.client.post(f"{base}/cancel", headers=api.headers())
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "unexpectedEntityState"
+
+
+def test_paused_job_resumes(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    store = JobStore(api.db)
+    for target, source in (
+        (JobStatus.QUEUED, JobStatus.PENDING),
+        (JobStatus.RUNNING, JobStatus.QUEUED),
+        (JobStatus.PAUSING, JobStatus.RUNNING),
+        (JobStatus.PAUSED, JobStatus.PAUSING),
+    ):
+        assert store.transition(job["id"], target, expect={source}) is not None
+    resumed = api.client.post(f"/openai/v1/fine_tuning/jobs/{job['id']}/resume", headers=api.headers())
+    assert resumed.status_code == 200
+    assert resumed.json()["status"] == "resuming"
+    openai_view = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.headers()).json()
+    assert openai_view["status"] == "queued"
+
+
+def test_events_newest_first_and_paginated(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    api.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=api.headers())
+    events = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", headers=api.headers()).json()
+    assert_matches("ListFineTuningJobEventsResponse", events)
+    messages = [e["message"] for e in events["data"]]
+    assert messages == ["Job cancelled.", f"Created fine-tuning job: {job['id']}"]
+    first = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}/events?limit=1", headers=api.headers()).json()
+    assert first["has_more"] is True
+    rest = api.client.get(
+        f"/v1/fine_tuning/jobs/{job['id']}/events?limit=1&after={first['data'][0]['id']}", headers=api.headers()
+    ).json()
+    assert [e["message"] for e in rest["data"]] == messages[1:]
+    via_post = api.client.post(f"/openai/v1/fine_tuning/jobs/{job['id']}/events", headers=api.headers())
+    assert via_post.status_code == 200  # the Azure docs show POST; accepted as an alias
+
+
+def test_list_jobs_with_metadata_filter_and_pages(api: Api, train_id: str) -> None:
+    ids = [
+        create(api, {"model": "tiny-llama", "training_file": train_id, "metadata": {"team": t}}).json()["id"]
+        for t in ("red", "blue", "red")
+    ]
+    listing = api.client.get("/v1/fine_tuning/jobs?limit=2", headers=api.headers()).json()
+    assert_matches("ListPaginatedFineTuningJobsResponse", listing)
+    assert [j["id"] for j in listing["data"]] == ids[::-1][:2]
+    assert listing["has_more"] is True
+    red = api.client.get("/v1/fine_tuning/jobs", params={"metadata[team]": "red"}, headers=api.headers()).json()
+    assert [j["id"] for j in red["data"]] == [ids[2], ids[0]]
+
+
+def test_delete_is_dated_only_and_refused_while_active(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    assert api.client.delete(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.headers()).status_code == 404
+    dated = f"/openai/fine_tuning/jobs/{job['id']}?api-version=2024-10-21"
+    active = api.client.delete(dated, headers=api.headers())
+    assert active.status_code == 409
+    api.client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=api.headers())
+    assert api.client.delete(dated, headers=api.headers()).status_code == 204
+    assert api.client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=api.headers()).status_code == 404
+
+
+def test_other_project_sees_404(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/checkpoints")):
+        response = api.client.request(
+            method, f"/v1/fine_tuning/jobs/{job['id']}{path}", headers=api.headers(api.other_key)
+        )
+        assert response.status_code == 404, (method, path)
+    foreign_file = create(api, {"model": "tiny-llama", "training_file": train_id}, key=api.other_key)
+    assert foreign_file.status_code == 400
+    assert foreign_file.json()["error"]["param"] == "training_file"
+
+
+def test_models_list_base_models_as_fine_tunable(api: Api) -> None:
+    listing = api.client.get("/v1/models", headers=api.headers()).json()
+    assert_matches("ListModelsResponse", listing)
+    (tiny,) = [m for m in listing["data"] if m["id"] == "tiny-llama"]
+    assert tiny["capabilities"]["fine_tune"] is True
+    assert api.client.get("/v1/models/tiny-llama", headers=api.headers()).json()["id"] == "tiny-llama"
+    missing = api.client.get("/v1/models/nope", headers=api.headers())
+    assert missing.status_code == 404
+    assert missing.json()["error"]["param"] == "model"
+    assert api.client.delete("/v1/models/tiny-llama", headers=api.headers()).status_code == 404
