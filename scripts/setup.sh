@@ -35,9 +35,11 @@ fi
 
 stamp=".venv/.tunery-setup${extras:+-dev}"
 want="$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  exit 0
-fi
+for done_stamp in "$stamp" ".venv/.tunery-setup-dev"; do  # a dev install includes the runtime one
+  if [ -f "$done_stamp" ] && [ "$(cat "$done_stamp")" = "$want" ]; then
+    exit 0
+  fi
+done
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q "torch==2.13.0"

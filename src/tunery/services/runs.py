@@ -136,8 +136,12 @@ class RunService:
         run_dir = self.run_dir(job.id)
         resuming = job.status is JobStatus.RESUMING and (run_dir / "state").is_dir()
         if not resuming:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            crashes = (run_dir / CRASH_FILE).read_text() if (run_dir / CRASH_FILE).exists() else None
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start: nothing from an earlier attempt
             self._metrics.delete_after(job.id, 0)
+            if crashes is not None:  # but the retry budget survives the wipe
+                run_dir.mkdir(parents=True)
+                (run_dir / CRASH_FILE).write_text(crashes)
         run_dir.mkdir(parents=True, exist_ok=True)
         _rotate_progress(run_dir)
         (run_dir / "control.json").unlink(missing_ok=True)
@@ -255,7 +259,7 @@ class RunService:
             return self._complete(job, data)
         if kind is ProgressKind.FAILED:
             error = JobError(str(data.get("code") or "internal_error"), str(data.get("message") or "Training failed."))
-            return self._fail(job, error) or job
+            return self._fail(job, error)
         return job
 
     def _on_step(self, job: Job, worker_id: str, data: dict[str, Any]) -> Job:
@@ -318,7 +322,7 @@ class RunService:
         model_name = fine_tuned_model_name(job.base_model, job.id, job.suffix)
         checkpoints = self._checkpoints.list_all(job.id)
         if not checkpoints:
-            return self._fail(job, JobError("internal_error", "Training finished without saving a model.")) or job
+            return self._fail(job, JobError("internal_error", "Training finished without saving a model."))
         newest = checkpoints[-1]
         self._checkpoints.rename(newest.id, model_name)
         results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job.id))
@@ -416,7 +420,8 @@ class RunService:
         return recovered
 
     # ----------------------------------------------------------------------------------------- helpers
-    def _fail(self, job: Job, error: JobError) -> Job | None:
+    def _fail(self, job: Job, error: JobError) -> Job:
+        """Fail the job unless it already ended (a user's cancel wins). Returns the job as it now stands."""
         failed = self._jobs.transition(
             job.id,
             JobStatus.FAILED,
@@ -425,8 +430,9 @@ class RunService:
             finished_at=int(self._clock()),
             estimated_finish=None,
         )
-        if failed is not None:
-            self._log(job.id, f"Job failed: {error.message}", level=EventLevel.ERROR)
+        if failed is None:
+            return self._jobs.get_any(job.id)
+        self._log(job.id, f"Job failed: {error.message}", level=EventLevel.ERROR)
         return failed
 
     def _log(self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO) -> None:

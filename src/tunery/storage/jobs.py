@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import fields
 from typing import Any
 
@@ -109,7 +110,7 @@ class JobStore:
                     scan = query.where(beyond(rows[-1]["seq"]))
         return Page(data=found[: page.limit], has_more=len(found) > page.limit)
 
-    def count(self, project_id: str, statuses: set[JobStatus] | None = None) -> int:
+    def count(self, project_id: str, statuses: AbstractSet[JobStatus] | None = None) -> int:
         """The project's jobs, only those in ``statuses`` when given (for quotas)."""
         query = select(func.count()).select_from(jobs).where(jobs.c.project_id == project_id)
         if statuses is not None:
@@ -135,7 +136,9 @@ class JobStore:
         if result.rowcount != 1:
             raise _not_found(job.id)
 
-    def transition(self, job_id: str, target: JobStatus, *, expect: set[JobStatus], **changes: Any) -> Job | None:
+    def transition(
+        self, job_id: str, target: JobStatus, *, expect: AbstractSet[JobStatus], **changes: Any
+    ) -> Job | None:
         """Compare-and-set: if the job's status is in ``expect``, set it to ``target`` along with ``changes``
         (``Job`` field names: ``error=``, ``finished_at=``, ``worker_id=`` ...), all in one transaction.
 
@@ -176,18 +179,21 @@ class JobStore:
             jobs.c.heartbeat_at.is_(None),
             jobs.c.heartbeat_at < now - stale_after,
         )
-        # PostgreSQL locks the row it picks and skips rows that other claimers hold locked, re-checking the
-        # conditions on rows changed meanwhile; SQLite ignores FOR UPDATE: its write transaction
-        # (BEGIN IMMEDIATE) already lets one claimer in at a time.
-        pick = (
+        oldest_free = (
             select(jobs.c.seq)
             .where(jobs.c.status.in_([s.value for s in CLAIMABLE]), free)
             .order_by(jobs.c.seq)
             .limit(1)
-            .with_for_update(skip_locked=True)
         )
+        # Idle workers poll: look first without the write lock (SQLite) or any row lock.
+        with self._db.read() as conn:
+            if conn.scalar(oldest_free) is None:
+                return None
+        # PostgreSQL locks the row it picks and skips rows that other claimers hold locked, re-checking the
+        # conditions on rows changed meanwhile; SQLite ignores FOR UPDATE: its write transaction
+        # (BEGIN IMMEDIATE) already lets one claimer in at a time.
         with self._db.transaction() as conn:
-            seq = conn.scalar(pick)
+            seq = conn.scalar(oldest_free.with_for_update(skip_locked=True))
             if seq is None:
                 return None
             row = (

@@ -1,0 +1,177 @@
+"""The worker-facing run service with scripted progress records instead of a trainer process.
+
+Covers what the worker makes of a trainer's records: events, results.csv, checkpoint retention and naming,
+model registration, pause, crash retries and recovery. Run: ``.venv/bin/pytest tests/unit/services``
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunery.bootstrap import build_services
+from tunery.config import ModelsSettings, Settings
+from tunery.domain.jobs import Job, JobStatus
+from tunery.domain.pagination import PageRequest
+from tunery.services.container import Services
+from tunery.storage import Database, JobStore, LocalBlobStore
+from tunery.training.progress import ProgressKind, ProgressRecord
+
+WORKER = "worker-test"
+
+
+def chat_jsonl(n: int = 12) -> bytes:
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+@pytest.fixture
+def services(tmp_path: Path, tiny_model_dir: Path) -> Services:
+    settings = Settings(data_dir=tmp_path, models=ModelsSettings(base_models=[f"tiny-llama={tiny_model_dir}"]))
+    built = build_services(settings, background_checks=False)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def project(services: Services) -> str:
+    return services.keys.create("p").project.id
+
+
+def new_job(services: Services, project: str, **body: Any) -> Job:
+    file = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
+    return services.jobs.create(project, {"model": "tiny-llama", "training_file": file.id, **body})
+
+
+def start(services: Services, job: Job) -> Job:
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    assert claimed.id == job.id
+    queued = services.runs.validate(claimed)
+    assert queued is not None
+    assert queued.status is JobStatus.QUEUED
+    spec = services.runs.start(queued)
+    assert spec is not None
+    assert spec.n_epochs == 8  # auto: 100 // 12 examples
+    return services.jobs.retrieve(job.project_id, job.id)
+
+
+def adapter(tmp_path: Path, step: int) -> Path:
+    folder = tmp_path / f"adapter-{step}"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "adapter_model.safetensors").write_bytes(b"weights %d" % step)
+    return folder
+
+
+def feed(services: Services, job: Job, kind: ProgressKind, **data: Any) -> Job:
+    return services.runs.record(job, WORKER, ProgressRecord(kind=kind, time=0.0, data=data))
+
+
+def test_a_full_run_registers_model_checkpoints_and_results(services: Services, project: str, tmp_path: Path) -> None:
+    job = start(services, new_job(services, project, suffix="s"))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=40)
+    for step in range(1, 41):
+        values = {"train_loss": 2.0 / step, "train_mean_token_accuracy": 0.5}
+        if step % 5 == 0:
+            values |= {"full_valid_loss": 1.0 / step, "full_valid_mean_token_accuracy": 0.9}
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=40, trained_tokens=step * 10, **values)
+        if step % 5 == 0:
+            feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)), metrics=values)
+    done = feed(services, job, ProgressKind.COMPLETED, step=40, trained_tokens=400)
+
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.fine_tuned_model == f"tiny-llama.ft-{job.job_hex}-s"
+    assert done.trained_tokens == 400
+    checkpoints = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    assert [c.step_number for c in checkpoints] == [40, 35, 30], "only the last three are kept"
+    assert checkpoints[0].fine_tuned_model_checkpoint == done.fine_tuned_model
+    assert checkpoints[1].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-35"
+    ref = services.models.resolve(project, done.fine_tuned_model)
+    assert ref.adapter_key == checkpoints[0].adapter_key
+    assert services.models.resolve(project, checkpoints[2].id).name.endswith(":ckpt-step-30")
+
+    record, stream = services.files.content(project, done.result_files[0])
+    assert record.filename == "results.csv"
+    rows = list(csv.DictReader(io.StringIO(stream.read().decode())))
+    assert len(rows) == 40
+    assert rows[4]["full_valid_loss"] == repr(1.0 / 5)
+    assert rows[3]["full_valid_loss"] == ""
+
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=500)).data]
+    assert events[0].startswith("Training hours billed: ")
+    assert "Job succeeded." in events
+    metrics = [e for e in services.jobs.list_events(project, job.id, PageRequest(limit=500)).data if e.data]
+    # every 10th step, plus the other epoch-end (full validation) steps: 5, 15, 25, 35
+    assert len(metrics) == 4 + 4
+    assert metrics[0].message == "Step 40/40: training loss=0.0500"
+
+
+def test_pause_then_trainer_reports_paused(services: Services, project: str, tmp_path: Path) -> None:
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STEP, step=3, total_steps=40, train_loss=1.0)
+    services.jobs.pause(project, job.id)
+    assert services.runs.control(job.id) == "pause"
+    paused = feed(services, job, ProgressKind.PAUSED, step=3, state_path="x", checkpoint=str(adapter(tmp_path, 3)))
+    assert paused.status is JobStatus.PAUSED
+    assert paused.finished_at is not None
+    names = [
+        c.fine_tuned_model_checkpoint for c in services.jobs.list_checkpoints(project, job.id, PageRequest(10)).data
+    ]
+    assert names == [f"tiny-llama.ft-{job.job_hex}:ckpt-step-3"]
+
+
+def test_cancel_is_passed_to_the_trainer_and_completion_cannot_undo_it(services: Services, project: str) -> None:
+    job = start(services, new_job(services, project))
+    services.jobs.cancel(project, job.id)
+    assert services.runs.control(job.id) == "cancel"
+    after = feed(services, job, ProgressKind.COMPLETED, step=1, trained_tokens=1)
+    assert after.status is JobStatus.CANCELLED
+
+
+def test_a_crashed_trainer_is_retried_once_then_fails_clearly(services: Services, project: str) -> None:
+    job = start(services, new_job(services, project))
+    retried = services.runs.trainer_exited(job, -9, "")
+    assert retried.status is JobStatus.QUEUED  # no saved state yet: start over
+    again = services.runs.start(services.runs.claim_next(WORKER))  # type: ignore[arg-type]
+    assert again is not None
+    failed = services.runs.trainer_exited(services.jobs.retrieve(project, job.id), 1, "Traceback...\nMemoryError")
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.code == "trainer_crashed"
+    assert "MemoryError" in failed.error.message
+
+
+def test_bad_data_at_job_start_fails_with_the_line(services: Services, project: str, tmp_path: Path) -> None:
+    job = new_job(services, project)
+    # The job's own copy is what the worker checks; corrupt it to simulate bad data found at start.
+    LocalBlobStore(tmp_path / "blobs").write(f"jobs/{job.id}/training.jsonl", [b'{"messages": []}\n' * 12])
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    assert services.runs.validate(claimed) is not None
+    failed = services.jobs.retrieve(project, job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error is not None
+    assert failed.error.param == "training_file"
+    assert "Line 1" in failed.error.message
+
+
+def test_recovery_hands_back_a_dead_workers_job(services: Services, project: str, tmp_path: Path) -> None:
+    job = start(services, new_job(services, project))
+    (services.runs.run_dir(job.id) / "state").mkdir()
+    store = JobStore(Database(f"sqlite:///{tmp_path / 'tunery.db'}"))
+    store.heartbeat(job.id, WORKER, 0.0)  # its worker went silent long ago
+    killed: list[int] = []
+    assert services.runs.recover("new-worker", lambda _pid, _job: False, killed.append) == 1
+    recovered = services.jobs.retrieve(project, job.id)
+    assert recovered.status is JobStatus.RESUMING
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=50)).data]
+    assert any("worker restarted" in m for m in events)
