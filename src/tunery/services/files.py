@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 255
 CHUNK_BYTES = 1024 * 1024
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 2_592_000  # OpenAI's range for expires_after.seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,15 @@ class FileService:
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- upload
-    def create(self, project_id: str, *, filename: str, purpose: str, chunks: Iterable[bytes]) -> FileRecord:
+    def create(
+        self,
+        project_id: str,
+        *,
+        filename: str,
+        purpose: str,
+        chunks: Iterable[bytes],
+        expires_after: tuple[str | None, int | None] = (None, None),
+    ) -> FileRecord:
         """Store an upload and schedule its checks.
 
         Raises:
@@ -85,6 +94,7 @@ class FileService:
                 f"filename must be 1 to {MAX_FILENAME_CHARS} characters without path separators",
                 param="file",
             )
+        expires_at = self._expiry(expires_after)
         if self._store.count(project_id) >= self._rules.max_files_per_project:
             raise QuotaExceeded(
                 f"This project already has {self._rules.max_files_per_project} files, the most allowed. "
@@ -99,6 +109,7 @@ class FileService:
             bytes=0,
             created_at=int(self._clock()),
             status=FileStatus.PENDING,
+            expires_at=expires_at,
         )
         size = self._blobs.write(blob_key(record), chunks, max_bytes=self._rules.max_upload_bytes)
         record = record.with_changes(bytes=size)
@@ -234,6 +245,19 @@ class FileService:
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
             self._pending.discard(future)
+
+    def _expiry(self, expires_after: tuple[str | None, int | None]) -> int | None:
+        anchor, seconds = expires_after
+        if anchor is None and seconds is None:
+            return None
+        if anchor != "created_at":
+            raise InvalidRequest("expires_after.anchor must be 'created_at'.", param="expires_after.anchor")
+        if seconds is None or not MIN_EXPIRY_S <= seconds <= MAX_EXPIRY_S:
+            raise InvalidRequest(
+                f"expires_after.seconds must be between {MIN_EXPIRY_S} (1 hour) and {MAX_EXPIRY_S} (30 days).",
+                param="expires_after.seconds",
+            )
+        return int(self._clock()) + seconds
 
     @staticmethod
     def _check_purpose(purpose: str | None, *, uploadable_only: bool = True) -> FilePurpose:

@@ -191,3 +191,26 @@ def test_recover_rechecks_files_left_by_a_crash(api: Api) -> None:
 def test_both_key_headers_work(api: Api, header: str) -> None:
     value = api.key if header == "api-key" else f"Bearer {api.key}"
     assert api.client.get("/openai/v1/files", headers={header: value}).status_code == 200
+
+
+def test_expires_after_in_both_spellings(api: Api) -> None:
+    for anchor, seconds in (
+        ("expires_after[anchor]", "expires_after[seconds]"),
+        ("expires_after.anchor", "expires_after.seconds"),
+    ):
+        response = api.client.post(
+            "/v1/files",
+            headers=api.headers(),
+            files={"file": ("e.jsonl", chat_jsonl(10))},
+            data={"purpose": "fine-tune", anchor: "created_at", seconds: "7200"},
+        )
+        body = response.json()
+        assert body["expires_at"] == body["created_at"] + 7200
+    bad = api.client.post(
+        "/v1/files",
+        headers=api.headers(),
+        files={"file": ("e.jsonl", chat_jsonl(10))},
+        data={"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "5"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "expires_after.seconds"

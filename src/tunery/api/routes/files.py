@@ -32,9 +32,18 @@ def create_file(
     dialect: DialectDep,
     file: Annotated[UploadFile, Form()],
     purpose: Annotated[str, Form()],
+    expires_anchor: Annotated[str | None, Form(alias="expires_after[anchor]")] = None,
+    expires_seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
+    expires_anchor_dotted: Annotated[str | None, Form(alias="expires_after.anchor")] = None,
+    expires_seconds_dotted: Annotated[int | None, Form(alias="expires_after.seconds")] = None,
 ) -> Response:
+    # The openai SDK writes nested form keys with brackets; Azure's dated spec names them with dots.
     record = services.files.create(
-        principal.project_id, filename=file.filename or "", purpose=purpose, chunks=_chunks(file)
+        principal.project_id,
+        filename=file.filename or "",
+        purpose=purpose,
+        chunks=_chunks(file),
+        expires_after=(expires_anchor or expires_anchor_dotted, expires_seconds or expires_seconds_dotted),
     )
     body = FileObject.from_domain(record, dialect).model_dump(mode="json")
     headers = {}
