@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import Unavailable
+from tunery.inference.engine import Engine
+from tunery.services.chat import ChatService
 from tunery.services.container import Services
+from tunery.services.deployments import DeploymentRules, DeploymentService
 from tunery.services.files import FileRules, FileService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
@@ -25,6 +29,7 @@ from tunery.services.runs import RunService, RunSettings
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
+from tunery.storage.deployments import DeploymentStore
 from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
@@ -66,7 +71,10 @@ def prepare_base_model(settings: Settings, name: str | None = None, *, weights: 
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
-def build_services(settings: Settings, *, background_checks: bool = True) -> Services:
+def build_services(
+    settings: Settings, *, background_checks: bool = True, engine: Callable[[], Engine] | None = None
+) -> Services:
+    """Everything one process needs. ``engine`` replaces the serving engine (tests pass a fake)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     database = Database(settings.database_url)
     database.upgrade()
@@ -140,4 +148,30 @@ def build_services(settings: Settings, *, background_checks: bool = True) -> Ser
             stale_after_s=worker.stale_after_s,
         ),
     )
-    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs)
+    deployments = DeploymentService(
+        DeploymentStore(database),
+        models,
+        DeploymentRules(
+            max_per_project=settings.deployments.max_per_project,
+            inactivity_days=settings.deployments.inactivity_days,
+        ),
+        background=background_checks,
+    )
+    chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
+    deployments.set_warmup(chat.warm)
+    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
+
+
+def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:
+    """The serving engine; built on the first chat request, so serving files and jobs never loads torch."""
+    inference = settings.inference
+    from tunery.inference.hf_engine import HFEngine  # transformers + peft: only the edge imports it
+
+    return HFEngine(
+        base_weights,
+        max_loaded_adapters=inference.max_loaded_adapters,
+        max_batch_size=inference.max_batch_size,
+        device=inference.device,
+        dtype=inference.dtype,
+        num_threads=inference.num_threads,
+    )

@@ -81,6 +81,24 @@ class WorkerSettings(BaseModel):
     stale_after_s: float = Field(default=30.0, description="A job whose worker is silent this long is recovered")
 
 
+class InferenceSettings(BaseModel):
+    """The serving engine."""
+
+    max_loaded_adapters: int = Field(default=8, description="Adapters kept loaded (least recently used leave)")
+    max_batch_size: int = Field(default=16, description="Requests decoded together in one forward pass")
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
+    dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
+    num_threads: int | None = Field(default=None, description="CPU threads for inference (default: all cores)")
+
+
+class DeploymentsSettings(BaseModel):
+    """Deployment rules (spec §9.1)."""
+
+    max_per_project: int = Field(default=5, description="Deployments a project may have")
+    inactivity_days: float = Field(default=15.0, description="Delete deployments not called for this many days")
+    reap_interval_s: float = Field(default=3600.0, description="How often the inactivity reaper runs")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -100,6 +118,8 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property

@@ -16,10 +16,10 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import files, fine_tuning, health, models
+from tunery.api.routes import chat, deployments, files, fine_tuning, health, models
 from tunery.services.container import Services
 
-DATA_PLANE_ROUTERS = (files.router, fine_tuning.router, models.router)
+DATA_PLANE_ROUTERS = (files.router, fine_tuning.router, models.router, chat.router, deployments.data_router)
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024
 
@@ -33,6 +33,7 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
     app.state.services = services
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(deployments.arm_router)
     for prefix, dialect in LAYOUTS:
         for router in DATA_PLANE_ROUTERS:
             app.include_router(

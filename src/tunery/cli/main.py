@@ -71,6 +71,12 @@ def serve(
         runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
         worker_thread = threading.Thread(target=runner.run, args=(stop,), name="tunery-worker", daemon=True)
         worker_thread.start()
+
+    def reap_forever() -> None:  # the 15-day inactivity rule (spec §9.1): deployments go, models stay
+        while not stop.wait(settings.deployments.reap_interval_s):
+            services.deployments.reap()
+
+    threading.Thread(target=reap_forever, name="tunery-reaper", daemon=True).start()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]Tunery {__version__}[/bold green] serving on [bold]{url}[/bold]")
     console.print(f"  OpenAI layout: {url}/v1   Azure: {url}/openai/v1  ·  data in {settings.data_dir}")

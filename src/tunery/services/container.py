@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunery.services.chat import ChatService
+from tunery.services.deployments import DeploymentService
 from tunery.services.files import FileService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
@@ -18,6 +20,9 @@ class Services:
     jobs: JobService
     models: ModelService
     runs: RunService
+    deployments: DeploymentService
+    chat: ChatService
 
     def close(self) -> None:
         self.files.close()
+        self.chat.close()

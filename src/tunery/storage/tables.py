@@ -8,7 +8,19 @@ they outlive 2038). Records are converted to and from rows in the stores, not he
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -146,4 +158,25 @@ fine_tuned_models = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("method", ENUM, nullable=False),
     Column("deleted_at", BigInteger, nullable=True),  # set by a delete; the row stays (the name is taken)
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("model", String, nullable=False),
+    Column("base_model", String, nullable=False),
+    Column("adapter_key", String, nullable=True),
+    Column("sku_name", String(64), nullable=False),
+    Column("sku_capacity", Integer, nullable=False),
+    Column("state", ENUM, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger, nullable=False),
+    Column("model_format", String(32), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("project_id", "name", name="uq_deployments_project_id_name"),
 )

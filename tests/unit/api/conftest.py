@@ -17,6 +17,7 @@ from tunery.config import FilesSettings, ModelsSettings, Settings, StorageSettin
 from tunery.services.container import Services
 from tunery.storage import Database, FileStore, LocalBlobStore
 from tunery.testing.databases import POSTGRES_URL_VARIABLE, fresh_database
+from tunery.testing.fakes import FakeEngine
 
 MAX_UPLOAD_BYTES = 64 * 1024
 
@@ -29,6 +30,7 @@ class Api:
     key: str
     other_key: str
     db: Database
+    engine: FakeEngine
 
     @property
     def store(self) -> FileStore:
@@ -60,10 +62,13 @@ def api(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) ->
             files=FilesSettings(max_upload_bytes=MAX_UPLOAD_BYTES, max_files_per_project=8),
             models=ModelsSettings(base_models=[f"tiny-llama={tiny_model_dir}"]),
         )
-        services = build_services(settings, background_checks=False)
+        engine = FakeEngine()
+        services = build_services(settings, background_checks=False, engine=lambda: engine)
         key = services.keys.create("team").secret
         other_key = services.keys.create("intruder").secret
         app = create_app(services, max_upload_bytes=MAX_UPLOAD_BYTES)
         with TestClient(app) as client:
-            yield Api(client=client, services=services, settings=settings, key=key, other_key=other_key, db=db)
+            yield Api(
+                client=client, services=services, settings=settings, key=key, other_key=other_key, db=db, engine=engine
+            )
         services.close()

@@ -19,10 +19,23 @@ def _validators() -> tuple[Any, dict[str, Any]]:
     from referencing.jsonschema import DRAFT202012
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    document = yaml.load(SPEC.read_text(), Loader=loader)
+    document = _honour_nullable(yaml.load(SPEC.read_text(), Loader=loader))
     resource = Resource.from_contents(document, default_specification=DRAFT202012)
     registry = Registry().with_resource("openapi.yaml", resource)
     return jsonschema, {"registry": registry, "document": document}
+
+
+def _honour_nullable(node: Any) -> Any:
+    """The document says OpenAPI 3.1 but still marks many fields with 3.0's ``nullable: true`` (e.g. a
+    stream chunk's ``finish_reason``); JSON Schema ignores that keyword, so spell it the 3.1 way."""
+    if isinstance(node, list):
+        return [_honour_nullable(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _honour_nullable(value) for key, value in node.items()}
+    if converted.pop("nullable", False) is True:
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
 
 
 def assert_matches(schema_name: str, body: Any) -> None:

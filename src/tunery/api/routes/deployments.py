@@ -1,0 +1,132 @@
+"""Deployments: the ARM control-plane path the Azure docs use, and a data-plane ``/deployments`` API.
+
+ARM: ``PUT|POST|GET|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.CognitiveServices/
+accounts/{a}/deployments/{name}`` with ``sku`` + ``properties.model{format,name,version}`` (spec §3.4.1).
+Data plane: ``GET|POST /deployments``, ``PUT|GET|DELETE /deployments/{name}`` on every layout (§3.4.2).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.responses import JSONResponse
+
+from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject
+from tunery.domain.errors import InvalidRequest
+
+ARM_PREFIX = (
+    "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.CognitiveServices"
+    "/accounts/{account}/deployments"
+)
+
+arm_router = APIRouter(tags=["deployments (ARM)"])
+data_router = APIRouter(tags=["deployments"])
+
+
+def _model_name(body: dict[str, Any]) -> tuple[str, str, int]:
+    properties = body.get("properties")
+    model = properties.get("model") if isinstance(properties, dict) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(
+            "properties.model.name is required: the fine-tuned model, checkpoint or base model to deploy.",
+            param="properties.model.name",
+        )
+    sku = body.get("sku") or {}
+    if not isinstance(sku, dict):
+        raise InvalidRequest("sku must be an object such as {'name': 'standard', 'capacity': 1}.", param="sku")
+    capacity = sku.get("capacity", 1)
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise InvalidRequest("sku.capacity must be an integer.", param="sku.capacity")
+    return name, str(sku.get("name") or "Standard"), capacity
+
+
+def _resource_id(request: Request) -> str:
+    return request.url.path
+
+
+# ------------------------------------------------------------------------------------------------- ARM
+@arm_router.api_route(ARM_PREFIX + "/{name}", methods=["PUT", "POST"], response_model=ArmDeployment)
+def arm_put(
+    name: str, request: Request, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+) -> Response:
+    model, sku, capacity = _model_name(body)
+    deployment, created = services.deployments.create_or_update(
+        principal.project_id, name, model=model, sku_name=sku, sku_capacity=capacity
+    )
+    payload = ArmDeployment.from_domain(deployment, _resource_id(request)).model_dump(mode="json")
+    return JSONResponse(payload, status_code=201 if created else 200)
+
+
+@arm_router.get(ARM_PREFIX + "/{name}", response_model=ArmDeployment)
+def arm_get(name: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> ArmDeployment:
+    return ArmDeployment.from_domain(services.deployments.retrieve(principal.project_id, name), _resource_id(request))
+
+
+@arm_router.get(ARM_PREFIX)
+def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    base = request.url.path.rstrip("/")
+    return {
+        "value": [
+            ArmDeployment.from_domain(d, f"{base}/{d.name}").model_dump(mode="json")
+            for d in services.deployments.list(principal.project_id)
+        ]
+    }
+
+
+@arm_router.delete(ARM_PREFIX + "/{name}", status_code=204)
+def arm_delete(name: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+    services.deployments.delete(principal.project_id, name)
+    return Response(status_code=204)
+
+
+# ------------------------------------------------------------------------------------------------- data plane
+@data_router.get("/deployments")
+def list_deployments(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    data = [
+        DeploymentObject.from_domain(d).model_dump(mode="json") for d in services.deployments.list(principal.project_id)
+    ]
+    return {"object": "list", "data": data, "has_more": False}
+
+
+@data_router.post("/deployments", response_model=DeploymentObject, status_code=201)
+def create_legacy_deployment(
+    services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+) -> DeploymentObject:
+    """The pre-2023 data-plane create: ``{"model": ..., "scale_settings": {...}}``; the name is generated
+    unless ``name`` is given."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model is required.", param="model")
+    name = body.get("name") or f"deployment-{uuid.uuid4().hex}"
+    scale = body.get("scale_settings") or {}
+    capacity = scale.get("capacity", 1) if isinstance(scale, dict) else 1
+    deployment, _ = services.deployments.create_or_update(
+        principal.project_id, str(name), model=model, sku_capacity=int(capacity or 1)
+    )
+    return DeploymentObject.from_domain(deployment)
+
+
+@data_router.put("/deployments/{name}", response_model=DeploymentObject)
+def put_deployment(
+    name: str, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+) -> Response:
+    model, sku, capacity = _model_name(body)
+    deployment, created = services.deployments.create_or_update(
+        principal.project_id, name, model=model, sku_name=sku, sku_capacity=capacity
+    )
+    return JSONResponse(DeploymentObject.from_domain(deployment).model_dump(mode="json"), 201 if created else 200)
+
+
+@data_router.get("/deployments/{name}", response_model=DeploymentObject)
+def get_deployment(name: str, services: ServicesDep, principal: PrincipalDep) -> DeploymentObject:
+    return DeploymentObject.from_domain(services.deployments.retrieve(principal.project_id, name))
+
+
+@data_router.delete("/deployments/{name}", status_code=204)
+def delete_deployment(name: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+    services.deployments.delete(principal.project_id, name)
+    return Response(status_code=204)

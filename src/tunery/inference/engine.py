@@ -1,0 +1,58 @@
+"""The inference engine's contract: requests in, streamed token chunks out. No torch here.
+
+The chat service renders messages with the base model's chat template (``catalog.ChatTokenizer``) and
+hands the engine token ids; the engine batches requests for different adapters (and the base) together
+and streams each request's new text back as it is decoded. Backends: ``hf_engine.HFEngine``
+(transformers + peft, CPU or GPU); a vLLM backend with LoRA can implement the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # stop strings; the engine also stops at the tokenizer's end-of-turn ids
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One completion to produce. ``adapter_dir`` None means the bare base model."""
+
+    base_model: str  # a catalog name; the engine loads its weights once
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter_dir: str | None = None  # a local folder with adapter_config.json + adapter_model.safetensors
+    adapter_name: str | None = None  # a stable name for caching (the model or checkpoint name)
+    request_id: str = ""
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """New text since the last chunk. The last chunk has ``finish_reason`` and the token counts."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Engine(Protocol):
+    def generate(self, request: GenerationRequest) -> Iterator[GenerationChunk]:
+        """Stream one request's output. Thread-safe: many callers at once share batched forward passes."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work and free the model."""
+        ...

@@ -1,0 +1,305 @@
+"""Chat completions: resolve a deployment or model name, apply the chat template, generate, count usage.
+
+``model`` may name a deployment, a fine-tuned model, a checkpoint or a base model (spec §3.5); the
+deployment-scoped path names the deployment only (unknown → 404 ``DeploymentNotFound``). The engine
+batches concurrent requests; ``n`` choices run as ``n`` concurrent requests. No torch here.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunery.catalog import Catalog
+from tunery.domain.errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from tunery.domain.models import AdapterRef
+from tunery.inference.engine import Engine, GenerationChunk, GenerationRequest, SamplingParams
+from tunery.services.deployments import DeploymentService
+from tunery.services.models import ModelService
+from tunery.services.runs import adapter_path
+from tunery.storage.blobs import BlobStore
+
+DEFAULT_MAX_TOKENS = 512
+MAX_CHOICES = 8
+MAX_STOP_SEQUENCES = 4
+MAX_MESSAGES = 2048
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+EngineFactory = Callable[[], Engine]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: list[dict[str, Any]]
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    n: int
+    stop: tuple[str, ...]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """Streamed piece of one choice; ``finish_reason`` set on its last piece."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole (non-streamed) answer."""
+
+    id: str
+    created: int
+    model: str
+    texts: list[str]
+    finish_reasons: list[str]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class CompletionStream:
+    """A streamed answer: iterate ``deltas``; ``usage`` is complete once they are exhausted."""
+
+    id: str
+    created: int
+    model: str
+    deltas: Iterator[ChoiceDelta]
+    usage: Usage = field(default_factory=Usage)
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    """Raises:
+    InvalidRequest: naming the offending parameter.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages must be a non-empty list.", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidRequest(f"messages may have at most {MAX_MESSAGES} items.", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{index}].role"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequest(
+                f"messages[{index}].content must be a string or a list of parts.", param=f"messages[{index}].content"
+            )
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
+    temperature = _number(body.get("temperature", 1.0), "temperature", 0.0, 2.0)
+    top_p = _number(body.get("top_p", 1.0), "top_p", 0.0, 1.0)
+    n = body.get("n", 1) or 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}.", param="n")
+    stop = body.get("stop")
+    stops: tuple[str, ...] = ()
+    if isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP_SEQUENCES:
+        stops = tuple(stop)
+    elif stop is not None:
+        raise InvalidRequest(f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", param="stop")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidRequest("seed must be an integer.", param="seed")
+    options = body.get("stream_options") or {}
+    return ChatRequest(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        n=n,
+        stop=tuple(s for s in stops if s),
+        seed=seed,
+        stream=bool(body.get("stream")),
+        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        tools=body.get("tools"),
+    )
+
+
+def _number(value: Any, param: str, low: float, high: float) -> float:
+    if value is None:
+        return high if param == "top_p" else 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidRequest(f"{param} must be a number between {low:g} and {high:g}.", param=param)
+    return float(value)
+
+
+class ChatService:
+    def __init__(
+        self,
+        models: ModelService,
+        deployments: DeploymentService,
+        catalog: Catalog,
+        blobs: BlobStore,
+        engine: EngineFactory,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._models = models
+        self._deployments = deployments
+        self._catalog = catalog
+        self._blobs = blobs
+        self._engine_factory = engine
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+        self._clock = clock
+
+    # ----------------------------------------------------------------------------------------- naming
+    def resolve(self, project_id: str, *, model: str | None, deployment: str | None) -> AdapterRef:
+        """A deployment (by the path, or by ``model``), else a fine-tuned model, checkpoint or base model."""
+        if deployment is not None:
+            return self._deployments.resolve(project_id, deployment)
+        if not model:
+            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+        found = self._deployments.find(project_id, model)
+        if found is not None:
+            return found
+        try:
+            return self._models.resolve(project_id, model)
+        except NotFound:
+            raise NotFound(
+                f"The model or deployment '{model}' does not exist in this project.",
+                param="model",
+                code="DeploymentNotFound",
+            ) from None
+
+    # ----------------------------------------------------------------------------------------- chat
+    def create(
+        self, project_id: str, body: dict[str, Any], *, deployment: str | None = None
+    ) -> Completion | CompletionStream:
+        request = parse_chat_request(body)
+        ref = self.resolve(project_id, model=body.get("model"), deployment=deployment)
+        requests = self._generation_requests(ref, request)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(self._clock())
+        name = deployment or str(body.get("model") or ref.name)
+        stream = CompletionStream(id=completion_id, created=created, model=name, deltas=iter(()))
+        stream.deltas = self._run(requests, stream.usage)
+        if request.stream:
+            return stream
+        texts = [""] * request.n
+        reasons = ["stop"] * request.n
+        for delta in stream.deltas:
+            texts[delta.index] += delta.text
+            if delta.finish_reason:
+                reasons[delta.index] = delta.finish_reason
+        return Completion(
+            id=completion_id, created=created, model=name, texts=texts, finish_reasons=reasons, usage=stream.usage
+        )
+
+    def warm(self, ref: AdapterRef) -> None:
+        """Load a model's weights and adapter now (deployments call this), by generating one token."""
+        request = ChatRequest(
+            messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0, top_p=1.0, n=1,
+            stop=(), seed=0, stream=False, include_usage=False,
+        )  # fmt: skip
+        for _ in self._run(self._generation_requests(ref, request), Usage()):
+            pass
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+
+    def _generation_requests(self, ref: AdapterRef, request: ChatRequest) -> list[GenerationRequest]:
+        tokenizer = self._catalog.chat_tokenizer(ref.base_model)
+        prompt = tokenizer.render(request.messages, request.tools, add_generation_prompt=True)
+        prompt_ids = tokenizer.encode(prompt)
+        room = tokenizer.context_length - len(prompt_ids)
+        max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
+        if room < 1 or max_tokens > room:
+            raise InvalidRequest(
+                f"This model's maximum context length is {tokenizer.context_length} tokens. However, you requested "
+                f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        adapter_dir = str(adapter_path(self._blobs, ref.adapter_key)) if ref.adapter_key else None
+        return [
+            GenerationRequest(
+                base_model=ref.base_model,
+                prompt_ids=prompt_ids,
+                params=SamplingParams(
+                    max_tokens=max_tokens,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    stop=request.stop,
+                    seed=None if request.seed is None else request.seed + index,
+                ),
+                adapter_dir=adapter_dir,
+                adapter_name=ref.name if ref.adapter_key else None,
+                request_id=f"{index}",
+                stop_token_ids=tuple(tokenizer.stop_token_ids),
+            )
+            for index in range(request.n)
+        ]
+
+    def _engine_instance(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
+
+    def _run(self, requests: list[GenerationRequest], usage: Usage) -> Iterator[ChoiceDelta]:
+        """Run every choice concurrently; yield their pieces as they come (choices interleave)."""
+        engine = self._engine_instance()
+        pieces: queue.Queue[tuple[int, GenerationChunk | BaseException | None]] = queue.Queue()
+
+        def produce(index: int, request: GenerationRequest) -> None:
+            try:
+                for chunk in engine.generate(request):
+                    pieces.put((index, chunk))
+            except BaseException as exc:  # handed to the consumer, which raises it
+                pieces.put((index, exc))
+            pieces.put((index, None))
+
+        threads = [
+            threading.Thread(target=produce, args=(i, r), name="tunery-chat", daemon=True)
+            for i, r in enumerate(requests)
+        ]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        prompt_counted = False
+        while running:
+            index, item = pieces.get()
+            if item is None:
+                running -= 1
+                continue
+            if isinstance(item, ServiceError):
+                raise item
+            if isinstance(item, BaseException):
+                raise Unavailable(f"Generation failed: {item}") from item
+            if item.finish_reason is not None:
+                if not prompt_counted:
+                    usage.prompt_tokens = item.prompt_tokens
+                    prompt_counted = True
+                usage.completion_tokens += item.completion_tokens
+            if item.text or item.finish_reason:
+                yield ChoiceDelta(index=index, text=item.text, finish_reason=item.finish_reason)
