@@ -21,7 +21,7 @@ from tunery.domain.events import EventLevel, JobEvent
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import Hyperparameters, Job, JobError, JobStatus, Method
 from tunery.domain.models import FineTunedModel
-from tunery.domain.pagination import Order, PageRequest
+from tunery.domain.pagination import Order, Page, PageRequest
 from tunery.domain.projects import Project
 from tunery.storage import CheckpointStore, Database, EventStore, JobStore, MetricStore, ModelStore
 from tunery.storage import jobs as jobs_module
@@ -59,6 +59,20 @@ def add_jobs(store: JobStore, project: Project, n: int, **changes: object) -> li
 
 def ids(items: list[Job]) -> list[str]:
     return [item.id for item in items]
+
+
+def walk(list_page: Callable[[PageRequest], Page[Any]], limit: int, order: Order) -> tuple[list[str], list[bool]]:
+    """Follow ``after`` cursors from the first page to the last: every id seen, and each page's has_more."""
+    seen: list[str] = []
+    more: list[bool] = []
+    after = None
+    while True:
+        page = list_page(PageRequest(limit=limit, after=after, order=order))
+        seen += [item.id for item in page.data]
+        more.append(page.has_more)
+        if not page.has_more:
+            return seen, more
+        after = page.data[-1].id
 
 
 def race(n: int, attempt: Callable[[int], T]) -> list[T]:
@@ -190,23 +204,11 @@ def test_update_saves_every_field_but_identity(db: Database, project: Project, o
         store.update(make_job(project))
 
 
-@pytest.mark.parametrize("order", [Order.ASC, Order.DESC])
-def test_pages_follow_creation_order_with_has_more(db: Database, project: Project, order: Order) -> None:
+def test_pages_follow_creation_order_with_has_more(db: Database, project: Project) -> None:
     store = JobStore(db)
-    added = add_jobs(store, project, 5)
-    expected = ids(added) if order is Order.ASC else ids(added)[::-1]
-    seen: list[str] = []
-    more: list[bool] = []
-    after = None
-    while True:
-        page = store.list(project.id, PageRequest(limit=2, after=after, order=order))
-        seen += ids(page.data)
-        more.append(page.has_more)
-        if not page.has_more:
-            break
-        after = page.data[-1].id
-    assert seen == expected
-    assert more == [True, True, False]
+    added = ids(add_jobs(store, project, 5))
+    for order, expected in ((Order.ASC, added), (Order.DESC, added[::-1])):
+        assert walk(lambda page: store.list(project.id, page), 2, order) == (expected, [True, True, False])
 
 
 def test_list_is_scoped_and_newest_first_by_default(db: Database, project: Project, other_project: Project) -> None:
@@ -228,9 +230,8 @@ def test_unknown_or_foreign_cursor_is_rejected(db: Database, project: Project, o
         assert cursor in caught.value.message
 
 
-@pytest.mark.parametrize("order", [Order.ASC, Order.DESC])
 def test_metadata_filter_pages_through_matches_only(
-    db: Database, project: Project, monkeypatch: pytest.MonkeyPatch, order: Order
+    db: Database, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(jobs_module, "_SCAN_BATCH", 3)  # several scan rounds per page
     store = JobStore(db)
@@ -250,21 +251,10 @@ def test_metadata_filter_pages_through_matches_only(
         store.insert(job)
     wanted = {"team": "nlp", "run": "1"}
     matching = [job.id for job in added if job.metadata and all(job.metadata.get(k) == v for k, v in wanted.items())]
-    expected = matching if order is Order.ASC else matching[::-1]
-    assert len(expected) == 4
-
-    seen: list[str] = []
-    more: list[bool] = []
-    after = None
-    while True:
-        page = store.list(project.id, PageRequest(limit=1, after=after, order=order), metadata=wanted)
-        seen += ids(page.data)
-        more.append(page.has_more)
-        if not page.has_more:
-            break
-        after = page.data[-1].id
-    assert seen == expected
-    assert more == [True, True, True, False]
+    assert len(matching) == 4
+    for order, expected in ((Order.ASC, matching), (Order.DESC, matching[::-1])):
+        pages = walk(lambda page: store.list(project.id, page, metadata=wanted), 1, order)
+        assert pages == (expected, [True, True, True, False])
 
     # Any job is a cursor, a non-matching one too; an empty filter filters nothing.
     after_first = store.list(project.id, PageRequest(limit=10, after=added[0].id, order=Order.ASC), metadata=wanted)
