@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import files, jobs
+from tunery.cli import chat, deployments, files, jobs
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -25,6 +25,9 @@ keys_app = typer.Typer(help="Create API keys (works on the local database; the s
 app.add_typer(keys_app, name="keys")
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(deployments.app, name="deployments")
+app.command("deploy")(deployments.deploy)
+app.command("chat")(chat.chat)
 
 DEFAULT_PROJECT = "default"
 
