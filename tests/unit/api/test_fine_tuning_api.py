@@ -188,7 +188,10 @@ def test_state_machine_refusals_are_409(api: Api, train_id: str) -> None:
     early = api.client.post(f"{base}/pause", headers=api.headers())
     assert early.status_code == 409
     assert "at least one step" in early.json()["error"]["message"]
-    store.transition(job["id"], JobStatus.RUNNING, expect={JobStatus.RUNNING}, step=3)
+    store.transition(job["id"], JobStatus.RUNNING, expect={JobStatus.RUNNING}, step=3, total_steps=9, started_at=5)
+    running = api.client.get(base, headers=api.headers()).json()
+    assert running["progress"] == {"step": 3, "total_steps": 9, "trained_tokens": None}
+    assert running["trained_tokens"] is None, "null while the job runs"
     paused = api.client.post(f"{base}/pause", headers=api.headers())
     assert paused.status_code == 200
     assert paused.json()["status"] == "pausing"

@@ -84,6 +84,8 @@ class FineTuningJob(BaseModel):
     user_provided_suffix: str | None
     trainingType: str | None = None
     prompt_loss_weight: float | None = None
+    progress: JobProgress | None = None
+    """Tunery extension: step, total steps and tokens so far, once the job has started."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
