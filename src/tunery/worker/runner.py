@@ -89,10 +89,10 @@ class Worker:
             if now - last_beat >= HEARTBEAT_S:
                 self._runs.heartbeat(job, self.worker_id)
                 last_beat = now
-                request = self._runs.control(job.id)
-                if request and request != asked:
-                    progress.request(trainer.run_dir, request)
-                    asked, asked_at = request, now
+            request = self._runs.control(job.id)  # a user's cancel/pause reaches the trainer within one step
+            if request and request != asked:
+                progress.request(trainer.run_dir, request)
+                asked, asked_at = request, now
             if asked == "cancel" and now - asked_at > CANCEL_GRACE_S:
                 trainer.kill()  # the trainer did not stop in time; the job is already cancelled
             if stop.is_set():
