@@ -16,6 +16,12 @@ if [ -z "${TUNERY_TEST_DATABASE_URL:-}" ]; then
   fi
 fi
 
+# Debian's chromium for the portal's browser tests (Playwright drives it; it cannot download browsers here).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
+    echo "warning: could not install chromium; the browser tests will be skipped" >&2
+fi
+
 .venv/bin/ruff check src tests bench
 .venv/bin/lint-imports
 exec .venv/bin/pytest "$@"

@@ -49,6 +49,7 @@ def serve(
 
     from tunery.api.app import create_app
     from tunery.bootstrap import build_services, prepare_base_model
+    from tunery.portal.routes import router as portal_router
     from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,6 +69,7 @@ def serve(
     app_ = create_app(
         services, max_upload_bytes=settings.files.max_upload_bytes, cors_origins=settings.api.cors_origins
     )
+    app_.include_router(portal_router)  # the web portal at /, a client of the API above
     stop = threading.Event()
     worker_thread = None
     if settings.worker.enabled if worker is None else worker:
@@ -82,6 +84,7 @@ def serve(
     threading.Thread(target=reap_forever, name="tunery-reaper", daemon=True).start()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]Tunery {__version__}[/bold green] serving on [bold]{url}[/bold]")
+    console.print(f"  Portal: {url}/")
     console.print(f"  OpenAI layout: {url}/v1   Azure: {url}/openai/v1  ·  data in {settings.data_dir}")
     if first_key:
         console.print(f"  API key for project '{first_key.project.name}': [bold]{first_key.secret}[/bold]")

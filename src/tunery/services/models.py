@@ -128,9 +128,11 @@ class ModelService:
         model = self._models.get(project_id, name)
         if model is None:
             raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
-        if self._is_deployed(project_id, name):
+        served = [name, *(c.fine_tuned_model_checkpoint for c in self._checkpoints.list_all(model.job_id))]
+        deployed = [n for n in dict.fromkeys(served) if self._is_deployed(project_id, n)]
+        if deployed:
             raise Conflict(
-                f"The model '{name}' has a deployment; delete the deployment first.",
+                f"The model '{name}' has a deployment (of {', '.join(deployed)}); delete the deployment first.",
                 param="model",
                 code="conflict",
             )

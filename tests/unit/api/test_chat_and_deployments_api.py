@@ -227,3 +227,20 @@ def test_other_project_cannot_use_a_deployment(api: Api) -> None:
         "/v1/chat/completions", headers=api.headers(api.other_key), json={"model": "mine", "messages": MESSAGES}
     )
     assert response.status_code == 404
+
+
+def test_a_model_whose_checkpoint_is_deployed_cannot_be_deleted(api: Api) -> None:
+    from tunery.domain.checkpoints import Checkpoint
+
+    model = fine_tuned_model(api)
+    job_id = ModelStore(api.db).get(api.project_id, model).job_id  # type: ignore[union-attr]
+    from tunery.storage import CheckpointStore
+
+    CheckpointStore(api.db).insert(
+        Checkpoint(id=new_id("ftchkpt"), job_id=job_id, project_id=api.project_id, created_at=1, step_number=1,
+                   fine_tuned_model_checkpoint=f"{model}:ckpt-step-1", adapter_key="adapters/x/step-1")
+    )  # fmt: skip
+    deploy(api, "ckpt", f"{model}:ckpt-step-1")
+    refused = api.client.delete(f"/v1/models/{model}", headers=api.headers())
+    assert refused.status_code == 409
+    assert "ckpt-step-1" in refused.json()["error"]["message"]

@@ -1,0 +1,258 @@
+// The create-a-fine-tune wizard: method and base model, training data, validation data,
+// hyperparameters (auto or values, with what auto resolves to), suffix and seed, then a review
+// that shows the exact request JSON. Errors from the API land next to the field they name.
+
+import { api, BASE, listAll } from "./api.js";
+import { fileSummary, uploader, waitForFile } from "./files.js";
+import { alertBox, fill, formatNumber, h, pageHeader } from "./ui.js";
+
+const STEPS = [
+  { id: "model", title: "Method and base model" },
+  { id: "training", title: "Training data" },
+  { id: "validation", title: "Validation data" },
+  { id: "params", title: "Parameters" },
+  { id: "review", title: "Review and submit" },
+];
+// Which step holds the field an API error's `param` names.
+const FIELD_STEP = {
+  model: "model", method: "model", type: "model", training_file: "training", validation_file: "validation",
+  n_epochs: "params", batch_size: "params", learning_rate_multiplier: "params", beta: "params", seed: "params",
+  suffix: "params", hyperparameters: "params",
+};
+const BASE_LEARNING_RATE = 2e-4;
+
+// Spec §6.2, as the server resolves "auto" (Python's round() rounds halves to even).
+export function autoEpochs(n) {
+  n = Math.max(n, 1);
+  if (n * 3 < 100) return Math.min(25, Math.floor(100 / n));
+  if (n * 3 > 25000) return Math.max(1, Math.floor(25000 / n));
+  return 3;
+}
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+export const autoBatch = (n) => Math.max(1, Math.min(256, roundHalfEven(0.002 * n)));
+
+export async function render(main, { query, navigate }) {
+  const s = {
+    step: 0, method: "supervised", model: query.get("model") || "", training_file: query.get("training_file") || "",
+    validation_file: "", n_epochs: "", batch_size: "", learning_rate_multiplier: "", beta: "", suffix: "", seed: "",
+    error: null,
+  };
+  const [modelList, fileList] = await Promise.all([api("/models"), listAll("/files")]);
+  const models = modelList.data.filter((m) => !m.capabilities || m.capabilities.fine_tune);
+  let files = fileList.filter((f) => f.purpose === "fine-tune");
+  if (!s.model && models.length) s.model = (models.find((m) => !m.fine_tune) || models[0]).id;
+
+  const stepper = h("ol", { class: "stepper", "aria-label": "Steps" });
+  const panel = h("div", { class: "card wizard-panel" });
+  fill(main,
+    h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Fine-tuning")),
+    pageHeader("Create a fine-tuned model"),
+    h("div", { class: "wizard" }, stepper, panel));
+
+  const processed = () => files.filter((f) => f.status === "processed");
+  const fileById = (id) => files.find((f) => f.id === id);
+  const examples = () => {
+    const f = fileById(s.training_file);
+    return f && f.validation && f.validation.statistics ? f.validation.statistics.examples : null;
+  };
+
+  function request() {
+    const hp = {};
+    for (const k of ["n_epochs", "batch_size", "learning_rate_multiplier"].concat(s.method === "dpo" ? ["beta"] : [])) {
+      hp[k] = s[k] === "" ? "auto" : Number(s[k]);
+    }
+    const body = { model: s.model, training_file: s.training_file };
+    if (s.validation_file) body.validation_file = s.validation_file;
+    if (s.suffix) body.suffix = s.suffix;
+    if (s.seed !== "") body.seed = Number(s.seed);
+    body.method = { type: s.method, [s.method]: { hyperparameters: hp } };
+    return body;
+  }
+
+  function go(index) {
+    s.step = index;
+    draw();
+    const first = panel.querySelector("[aria-invalid=true], input:not([type=hidden]), select, textarea, button[type=submit]");
+    if (first) first.focus();
+  }
+
+  function fieldError(name) {
+    if (!s.error || !s.error.param) return null;
+    const last = s.error.param.split(".").pop();
+    return last === name ? h("p", { class: "field-error", id: `${name}-error` }, s.error.message) : null;
+  }
+
+  function field(name, label, control, hint) {
+    const err = fieldError(name);
+    control.id = name;
+    control.name = name;
+    if (err) { control.setAttribute("aria-invalid", "true"); control.setAttribute("aria-describedby", `${name}-error`); }
+    return h("div", { class: "field" }, h("label", { for: name }, label), control, hint ? h("p", { class: "hint" }, hint) : null, err);
+  }
+
+  // Selects redraw the step; typed values only refresh the explanation, so focus and caret stay put.
+  let explainBox = null;
+  function bind(control, key) {
+    control.value = s[key];
+    const select = control.tagName === "SELECT";
+    control.addEventListener(select ? "change" : "input", () => {
+      s[key] = control.value;
+      if (s.error && (s.error.param || "").split(".").pop() === key) {  // the user is fixing it
+        s.error = null;
+        control.removeAttribute("aria-invalid");
+        document.getElementById(`${key}-error`)?.remove();
+      }
+      if (select) { draw(); document.getElementById(key)?.focus(); } else if (explainBox) fill(explainBox, explain());
+    });
+    return control;
+  }
+
+  function fileOptions(none) {
+    const opts = processed().map((f) => h("option", { value: f.id }, `${f.filename} — ${fileSummary(f)}`));
+    return [none ? h("option", { value: "" }, none) : h("option", { value: "", disabled: true }, "Choose a processed file"), ...opts];
+  }
+
+  function dataStep(key, label, none) {
+    const select = bind(h("select", { required: !none }, fileOptions(none)), key);
+    select.value = s[key];
+    const chosen = fileById(s[key]);
+    const format = chosen && chosen.validation && chosen.validation.format;
+    const wanted = s.method === "dpo" ? "preference" : "chat";
+    const status = h("p", { class: "hint", role: "status" });
+    const up = uploader({
+      label: "Upload a new file",
+      onUploaded: async (created) => {
+        status.textContent = `Checking ${created.filename}…`;
+        const done = await waitForFile(created.id);
+        files = [done, ...files.filter((f) => f.id !== done.id)];
+        if (done.status === "processed") { s[key] = done.id; draw(); } else {
+          fill(status, `${done.filename} has problems and cannot be used. `, h("a", { href: `#/files/${done.id}` }, "See each problem"));
+        }
+      },
+    });
+    return [
+      field(key, label, select, none ? "Optional: a held-out file to measure validation loss and accuracy." : "Only files that passed the checks are listed."),
+      format && format !== wanted ? h("p", { class: "notice notice-warn" },
+        `This file is in ${format} format; ${s.method === "dpo" ? "DPO needs preference pairs" : "supervised training needs chat examples"}.`) : null,
+      chosen ? h("p", { class: "muted" }, chosen.status_details || "") : null,
+      h("div", { class: "or" }, "or"), up, status,
+    ];
+  }
+
+  function explain() {
+    const n = examples();
+    if (!n) return h("p", { class: "hint" }, "Pick training data to see what “auto” resolves to.");
+    const ep = s.n_epochs === "" ? autoEpochs(n) : Number(s.n_epochs);
+    const bs = s.batch_size === "" ? autoBatch(n) : Number(s.batch_size);
+    const mult = s.learning_rate_multiplier === "" ? 1 : Number(s.learning_rate_multiplier);
+    let why;
+    if (n * 3 < 100) why = `${formatNumber(n)} examples × 3 epochs is under 100, so epochs = min(25, ⌊100 ÷ ${n}⌋) = ${autoEpochs(n)}`;
+    else if (n * 3 > 25000) why = `${formatNumber(n)} examples × 3 epochs is over 25,000, so epochs = max(1, ⌊25,000 ÷ ${n}⌋) = ${autoEpochs(n)}`;
+    else why = `${formatNumber(n)} examples × 3 epochs is between 100 and 25,000, so the target of 3 epochs holds`;
+    const steps = Number.isFinite(ep) && bs > 0 ? Math.ceil(n / bs) * ep : null;
+    return h("div", { class: "explain", "aria-live": "polite" },
+      h("h3", {}, "What the job will use"),
+      h("ul", {},
+        h("li", {}, h("strong", {}, `Epochs: ${ep}`), s.n_epochs === "" ? ` (auto: ${why})` : " (your value)"),
+        h("li", {}, h("strong", {}, `Batch size: ${bs}`), s.batch_size === "" ? ` (auto: 0.2% of ${formatNumber(n)} examples = ${(0.002 * n).toFixed(1)}, rounded and kept within 1–256)` : " (your value)"),
+        h("li", {}, h("strong", {}, `Learning rate: ${(BASE_LEARNING_RATE * mult).toExponential(1)}`),
+          s.learning_rate_multiplier === "" ? " (auto: multiplier 1.0 × the base LoRA rate 2e-4)" : ` (your multiplier ${mult} × the base LoRA rate 2e-4)`),
+        s.method === "dpo" ? h("li", {}, h("strong", {}, `Beta: ${s.beta === "" ? 0.1 : s.beta}`), s.beta === "" ? " (auto)" : "") : null,
+        steps ? h("li", {}, `About ${formatNumber(steps)} training steps (⌈${formatNumber(n)} ÷ ${bs}⌉ × ${ep}).`) : null));
+  }
+
+  const number = (key, extra = {}) => bind(h("input", { type: "number", step: "any", placeholder: "auto", inputmode: "decimal", ...extra }), key);
+
+  const bodies = {
+    model: () => [
+      h("fieldset", {}, h("legend", {}, "Training method"),
+        [["supervised", "Supervised fine-tuning", "Learn to answer like the assistant turns in your chat examples."],
+          ["dpo", "Direct preference optimization (DPO)", "Learn to prefer one answer over another from preference pairs."]]
+          .map(([value, label, hint]) => h("label", { class: "choice" },
+            h("input", { type: "radio", name: "method", value, checked: s.method === value, onchange: () => { s.method = value; draw(); } }),
+            h("span", {}, h("strong", {}, label), h("span", { class: "hint" }, hint))))),
+      field("model", "Base model", bind(h("select", { required: true },
+        h("optgroup", { label: "Base models" }, models.filter((m) => !m.fine_tune).map((m) => h("option", { value: m.id }, m.id))),
+        models.some((m) => m.fine_tune) ? h("optgroup", { label: "Your fine-tuned models (continuous fine-tuning)" },
+          models.filter((m) => m.fine_tune).map((m) => h("option", { value: m.id }, m.id))) : null), "model"),
+      "Continuous fine-tuning starts from a fine-tuned model's adapter and trains it further on new data."),
+    ],
+    training: () => dataStep("training_file", "Training file"),
+    validation: () => dataStep("validation_file", "Validation file", "None"),
+    params: () => [
+      h("p", { class: "muted" }, "Leave a value empty for auto (recommended). Defaults suit most data."),
+      h("div", { class: "grid-2" },
+        field("n_epochs", "Number of epochs", number("n_epochs"), "Full passes over the training data (1–50)."),
+        field("batch_size", "Batch size", number("batch_size"), "Examples per training step (1–256)."),
+        field("learning_rate_multiplier", "Learning rate multiplier", number("learning_rate_multiplier"), "Scales the base learning rate of 2e-4."),
+        s.method === "dpo" ? field("beta", "Beta", number("beta"), "DPO temperature, typically 0.1–0.5.") : null,
+        field("suffix", "Suffix (optional)", bind(h("input", { type: "text", maxlength: 40, autocomplete: "off" }), "suffix"), "Added to the fine-tuned model's name."),
+        field("seed", "Seed (optional)", bind(h("input", { type: "number", step: "1" }), "seed"), "Same seed, same data: the same run.")),
+      (explainBox = h("div", {}, explain())),
+    ],
+    review: () => {
+      const body = request();
+      const f = fileById(s.training_file);
+      const v = fileById(s.validation_file);
+      const alert = alertBox();
+      if (s.error) {
+        const where = STEPS.find((x) => x.id === FIELD_STEP[(s.error.param || "").split(".").pop()]);
+        alert.show(s.error);
+        if (where) alert.append(" ", h("button", { type: "button", class: "btn btn-link", onclick: () => go(STEPS.indexOf(where)) }, `Fix it in “${where.title}”`));
+      }
+      return [
+        h("dl", { class: "details" },
+          [["Method", s.method === "dpo" ? "DPO" : "Supervised"], ["Base model", s.model],
+            ["Training file", f ? `${f.filename} (${fileSummary(f)})` : "—"], ["Validation file", v ? v.filename : "none"],
+            ["Suffix", s.suffix || "—"], ["Seed", s.seed || "random"]]
+            .map(([k, val]) => h("div", {}, h("dt", {}, k), h("dd", {}, val)))),
+        explain(),
+        h("h3", {}, "Request"),
+        h("pre", { class: "request", "aria-label": "Request JSON" }, h("code", {}, `POST ${BASE}/fine_tuning/jobs\n${JSON.stringify(body, null, 2)}`)),
+        alert,
+      ];
+    },
+  };
+
+  async function submitJob(button) {
+    button.disabled = true;
+    s.error = null;
+    try {
+      const job = await api("/fine_tuning/jobs", { method: "POST", body: request() });
+      navigate(`#/jobs/${job.id}`);
+    } catch (error) {
+      s.error = error;
+      draw();
+      panel.querySelector("[role=alert]").focus?.();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function draw() {
+    explainBox = null;
+    fill(stepper, STEPS.map((step, i) => h("li", {},
+      h("button", { type: "button", class: "step", "aria-current": i === s.step ? "step" : null, "aria-label": `Step ${i + 1}: ${step.title}`, onclick: () => go(i) },
+        h("span", { class: "step-n", "aria-hidden": "true" }, String(i + 1)), h("span", { class: "step-label" }, step.title)))));
+    const step = STEPS[s.step];
+    const last = s.step === STEPS.length - 1;
+    const next = h("button", { type: "submit", class: "btn btn-primary" }, last ? "Start fine-tuning" : "Next");
+    const form = h("form", { "aria-labelledby": "step-h" },
+      h("h2", { id: "step-h" }, `${s.step + 1}. ${step.title}`),
+      bodies[step.id](),
+      h("div", { class: "form-actions" },
+        s.step ? h("button", { type: "button", class: "btn", onclick: () => go(s.step - 1) }, "Back") : null,
+        next));
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      if (last) submitJob(next);
+      else go(s.step + 1);
+    });
+    fill(panel, form);
+  }
+
+  draw();
+}
