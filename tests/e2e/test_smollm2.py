@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -72,7 +75,15 @@ def test_readme_command_serves_the_bundled_model(readme_server: Readme) -> None:
     assert stats["trainable_tokens"] >= 24 * 3  # "thumbs-up"/"thumbs-down" + the end-of-turn token
 
 
-def test_azure_tutorial_flow_on_smollm2(readme_server: Readme) -> None:
+@dataclass(frozen=True)
+class SentimentJob:
+    job: Any
+    azure: openai.AzureOpenAI
+
+
+@pytest.fixture(scope="module")
+def sentiment_job(readme_server: Readme) -> SentimentJob:
+    """The Azure tutorial's flow on SmolLM2: upload train + validation, create with a seed, poll to the end."""
     files = openai.OpenAI(base_url=f"{readme_server.url}/openai/v1/", api_key=readme_server.key)
     train = files.files.create(file=(DATA / "sentiment_train.jsonl").open("rb"), purpose="fine-tune")
     valid = files.files.create(file=(DATA / "sentiment_valid.jsonl").open("rb"), purpose="fine-tune")
@@ -87,7 +98,10 @@ def test_azure_tutorial_flow_on_smollm2(readme_server: Readme) -> None:
         training_file=train.id,
         validation_file=valid.id,
         seed=105,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}},
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5}},
+        },
         extra_body={"trainingType": "GlobalStandard"},
     )
     assert job.status == "pending"
@@ -97,18 +111,61 @@ def test_azure_tutorial_flow_on_smollm2(readme_server: Readme) -> None:
         time.sleep(2)
         job = azure.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", (job.status, job.error)
-    assert job.fine_tuned_model.startswith("SmolLM2-135M-Instruct.ft-")
+    return SentimentJob(job=job, azure=azure)
 
+
+def test_azure_tutorial_flow_on_smollm2(sentiment_job: SentimentJob) -> None:
+    job, azure = sentiment_job.job, sentiment_job.azure
+    assert job.fine_tuned_model.startswith("SmolLM2-135M-Instruct.ft-")
     events = azure.fine_tuning.jobs.list_events(fine_tuning_job_id=job.id, limit=10)
     assert len(events.data) == 10
     checkpoints = azure.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in checkpoints] == [16, 8]
+    assert [c.step_number for c in checkpoints] == [48, 32, 16]
 
     text = azure.files.content(job.result_files[0]).text
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert len(rows) == 16
+    assert len(rows) == 48
     full = [float(r["full_valid_loss"]) for r in rows if r["full_valid_loss"]]
-    assert len(full) == 2
+    assert len(full) == 3
     first_valid = next(float(r["valid_loss"]) for r in rows if r["valid_loss"])
     print(f"\nSmolLM2 sentiment: first validation loss {first_valid:.3f}, final full validation loss {full[-1]:.3f}")
     assert full[-1] < 0.5 * first_valid, "validation loss falls clearly on a learnable task"
+
+
+def _accuracy(client: openai.OpenAI, model: str, rows: list[dict[str, Any]]) -> float:
+    def ask(row: dict[str, Any]) -> bool:
+        prompt = [m for m in row["messages"] if m["role"] != "assistant"]
+        reply = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=8)
+        return (reply.choices[0].message.content or "").strip() == row["messages"][-1]["content"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # concurrent: the engine batches them
+        hits = list(pool.map(ask, rows))
+    return sum(hits) / len(hits)
+
+
+def test_deployed_fine_tune_learns_what_the_base_gets_wrong(readme_server: Readme, sentiment_job: SentimentJob) -> None:
+    azure = sentiment_job.azure
+    model = sentiment_job.job.fine_tuned_model
+    client = openai.OpenAI(base_url=f"{readme_server.url}/openai/v1/", api_key=readme_server.key)
+    deployment = client.put(
+        "/deployments/sentiment",
+        body={
+            "sku": {"name": "standard", "capacity": 1},
+            "properties": {"model": {"format": "OpenAI", "name": model, "version": "1"}},
+        },
+        cast_to=object,
+    )
+    assert deployment["properties"]["model"]["name"] == model  # type: ignore[index]
+    rows = [json.loads(line) for line in (DATA / "sentiment_test.jsonl").read_text().splitlines()]
+    base = _accuracy(client, "SmolLM2-135M-Instruct", rows)
+    tuned = _accuracy(client, "sentiment", rows)
+    print(f"\nheld-out exact match: base SmolLM2-135M-Instruct {base:.0%}, fine-tuned deployment {tuned:.0%}")
+    assert tuned >= 0.8
+    assert tuned > base
+    deployed = openai.AzureOpenAI(
+        azure_endpoint=readme_server.url, api_key=readme_server.key, api_version="2024-10-21",
+        azure_deployment="sentiment",
+    )  # fmt: skip
+    answer = deployed.chat.completions.create(model="ignored", messages=rows[0]["messages"][:-1], temperature=0)
+    assert answer.choices[0].message.content
+    assert azure.models.retrieve(model).id == model

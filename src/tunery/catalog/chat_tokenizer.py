@@ -3,8 +3,12 @@
 Reads a Hugging Face tokenizer folder (``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.jinja``)
 with ``tokenizers`` and ``jinja2`` only, so the web process can count tokens and the trainer can build loss
 masks without importing torch. Rendering follows ``transformers``' ``apply_chat_template`` (same sandbox, same
-template globals, same message clean-up) so prompts are byte-identical; the tests hold it to that. It does not
-pad, truncate or batch: callers decide what to do with examples that are too long.
+template globals, same message clean-up) so prompts are byte-identical; the tests hold it to that. Before
+rendering, every chat goes through ``chat_messages.prepare_messages``: for templates that know nothing about
+tools (SmolLM2's), tool calls, tool results and tool definitions are written out as text in the Hermes /
+Qwen2.5 ``<tool_call>`` convention described there, so training, file checks and inference agree. It does
+not pad, truncate or batch for a model: callers decide what to do with examples that are too long
+(``count_chat_batch`` only batches the counting).
 """
 
 from __future__ import annotations
@@ -12,25 +16,39 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
+from tunery.catalog.chat_counts import CountPlan, PieceCounter
+from tunery.catalog.chat_messages import Message, TemplateInput, TemplateSupport, mentions_tools, prepare_messages
 from tunery.catalog.chat_template import compile_chat_template
 from tunery.domain.errors import InvalidRequest
 
-Message = Mapping[str, Any]
 Span = tuple[int, int]
+Tools = list[dict[str, Any]] | None
 
 # The named special tokens transformers passes to every chat template (``tokenizer.special_tokens_map``).
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-# Message fields a template may read a reasoning trace from; transformers fills the first two from any of them.
-_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+# How many chats count_chat_batch renders while the previous ones are being tokenized.
+_COUNT_CHUNK = 32
+# Renders a tool result after a user turn, to see whether a template writes roles it does not know.
+_ROLE_PROBE = ({"role": "user", "content": "TUNERY-PROBE-1"}, {"role": "tool", "content": "TUNERY-PROBE-2"})
 # tokenizer_config.json says "no limit" with numbers like 1e30; anything above this is not a context length.
 _NO_LIMIT = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class _Counting:
+    """Chats handed to the tokenizing thread: their renderings, piece plan (if any) and pending encodings."""
+
+    rendered: list[tuple[str, list[Span]]]
+    plan: CountPlan | None
+    encodings: Future[list[Encoding]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +103,10 @@ class ChatTokenizer:
         stops = set(stop_token_ids) | ({eos_id} if eos_id is not None else set())
         self._stop_token_ids = tuple(sorted(stops))
         self._stop_strings = tuple(text for text in (tokenizer.id_to_token(i) for i in self._stop_token_ids) if text)
+        self._piece_counter = PieceCounter.for_tokenizer(tokenizer)
+        self._support = {
+            key: self._template_support(template, templates[key]) for key, template in self._templates.items()
+        }
 
     @classmethod
     def from_dir(cls, path: Path, *, name: str | None = None, context_length: int | None = None) -> ChatTokenizer:
@@ -160,15 +182,28 @@ class ChatTokenizer:
     def render(
         self,
         messages: Sequence[Message],
-        tools: list[dict[str, Any]] | None = None,
+        tools: Tools = None,
         add_generation_prompt: bool = False,
     ) -> str:
-        """The chat as the model sees it, as text. ``weight`` and ``None`` fields are dropped first.
+        """The chat as the model sees it, as text: prepared by ``template_input``, then rendered.
 
         Raises:
             InvalidRequest: the template rejects the messages (``param="messages"``).
         """
-        return self._render(_clean_messages(messages), tools, add_generation_prompt)
+        template, prepared = self._prepare(messages, tools)
+        return self._render(template, prepared.messages, prepared.tools, add_generation_prompt)
+
+    def template_input(self, messages: Sequence[Message], tools: Tools = None) -> tuple[list[dict[str, Any]], Tools]:
+        """The messages and tools exactly as the chat template receives them (see ``chat_messages``).
+
+        ``weight`` and ``None`` fields are dropped; for templates without tool support, tool calls, results
+        and definitions are written out as text (the tools then come back as ``None``).
+
+        Raises:
+            InvalidRequest: a message is not an object, or a tool call cannot be written out.
+        """
+        _, prepared = self._prepare(messages, tools)
+        return prepared.messages, prepared.tools
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special-token strings in it become special tokens, none are added."""
@@ -177,7 +212,7 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
-    def encode_chat(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> EncodedChat:
+    def encode_chat(self, messages: Sequence[Message], tools: Tools = None) -> EncodedChat:
         """Tokenize the rendered chat and mark what the loss is taken on.
 
         Trainable tokens are those of assistant messages whose ``weight`` is not 0: the message as the
@@ -189,32 +224,94 @@ class ChatTokenizer:
             InvalidRequest: the template rejects the messages, or an assistant message cannot be found in
                 the rendering.
         """
-        ids, ranges = self._encode_with_ranges(messages, tools)
+        text, spans = self._render_with_spans(messages, tools)
+        encoding = self._encoding(text)
+        ids = list(encoding.ids)
         trainable = [False] * len(ids)
-        for lo, hi in ranges:
-            trainable[lo:hi] = [True] * (hi - lo)
+        if spans:
+            starts, ends = (list(column) for column in zip(*encoding.offsets, strict=True))
+            for lo, hi in _token_ranges(starts, ends, spans):
+                trainable[lo:hi] = [True] * (hi - lo)
         return EncodedChat(input_ids=ids, trainable=trainable)
 
-    def count_chat(self, messages: Sequence[Message], tools: list[dict[str, Any]] | None = None) -> tuple[int, int]:
+    def count_chat(self, messages: Sequence[Message], tools: Tools = None) -> tuple[int, int]:
         """Return (total tokens, trainable tokens) of one example, as ``encode_chat`` counts them."""
-        ids, ranges = self._encode_with_ranges(messages, tools)
-        return len(ids), sum(hi - lo for lo, hi in ranges)
+        text, spans = self._render_with_spans(messages, tools)
+        return _count(self._encoding(text), len(text), spans)
 
-    def _encode_with_ranges(
-        self, messages: Sequence[Message], tools: list[dict[str, Any]] | None
-    ) -> tuple[list[int], list[tuple[int, int]]]:
-        """The ids of the rendered chat, and the ``[lo, hi)`` index ranges of its trainable tokens."""
-        clean = _clean_messages(messages)
-        text = self._render(clean, tools, False)
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        spans = self._trainable_spans(messages, clean, tools, text)
-        if not spans:
-            return list(encoding.ids), []
-        starts, ends = (list(column) for column in zip(*encoding.offsets, strict=True))
-        return list(encoding.ids), _token_ranges(starts, ends, spans)
+    def count_chat_batch(self, examples: Sequence[tuple[Sequence[Message], Tools]]) -> list[tuple[int, int]]:
+        """``count_chat`` for many ``(messages, tools)`` examples at once, in order; same counts, faster.
 
-    def _render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, gen: bool) -> str:
-        template = self._template_for(tools)
+        The chats are rendered in chunks, and each chunk is tokenized on a helper thread while the next one
+        renders: ``tokenizers`` releases the GIL and spreads a batch over the CPU cores, so the Python
+        rendering and the Rust tokenizing overlap. The tokens are counted without copying per-token offsets
+        into Python: piece by piece (``chat_counts.PieceCounter``) where the tokenizer allows it, else from
+        the tokens at the span boundaries.
+
+        Raises:
+            InvalidRequest: some example cannot be rendered (the batch is not counted; ``count_chat`` each
+                example to find which).
+        """
+        counts: list[tuple[int, int]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunery-tokenize") as worker:
+            previous: _Counting | None = None
+            for first in range(0, len(examples), _COUNT_CHUNK):
+                rendered = [self._render_with_spans(m, tools) for m, tools in examples[first : first + _COUNT_CHUNK]]
+                counting = self._start_counting(rendered, worker)
+                if previous is not None:
+                    counts.extend(self._finish_counting(previous))
+                previous = counting
+            if previous is not None:
+                counts.extend(self._finish_counting(previous))
+        return counts
+
+    def _start_counting(self, rendered: list[tuple[str, list[Span]]], worker: ThreadPoolExecutor) -> _Counting:
+        """Hand the tokenizing of rendered chats to the worker thread (only Rust runs there, not Python)."""
+        if self._piece_counter is None:
+            texts = [text for text, _ in rendered]
+            return _Counting(
+                rendered, None, worker.submit(self._tokenizer.encode_batch, texts, add_special_tokens=False)
+            )
+        plan = self._piece_counter.plan(rendered)
+        return _Counting(rendered, plan, worker.submit(self._piece_counter.encode, plan))
+
+    def _finish_counting(self, counting: _Counting) -> list[tuple[int, int]]:
+        encodings = counting.encodings.result()
+        if counting.plan is None or self._piece_counter is None:
+            return [_count(e, len(text), spans) for e, (text, spans) in zip(encodings, counting.rendered, strict=True)]
+        counted = self._piece_counter.counts(counting.plan, encodings)
+        return [
+            count if count is not None else _count(self._encoding(text), len(text), spans)
+            for count, (text, spans) in zip(counted, counting.rendered, strict=True)
+        ]
+
+    def _encoding(self, text: str) -> Encoding:
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    # ----------------------------------------------------------------------------------- rendering
+    def _template_support(self, template: jinja2.Template, source: str) -> TemplateSupport:
+        """Whether a template renders tool use itself, and if not, whether it writes a ``tool`` role."""
+        if mentions_tools(source):
+            return TemplateSupport(tools=True)
+        try:
+            text = self._render(template, [dict(m) for m in _ROLE_PROBE], None, False)
+        except InvalidRequest:
+            return TemplateSupport(tools=False, tool_role="user")
+        user, tool = (text.find(str(m["content"])) for m in _ROLE_PROBE)
+        writes_role = 0 <= user < tool and "tool" in text[user:tool]
+        return TemplateSupport(tools=False, tool_role="tool" if writes_role else "user")
+
+    def _prepare(self, messages: Sequence[Message], tools: Tools) -> tuple[jinja2.Template, TemplateInput]:
+        key = self._template_key(tools)
+        return self._templates[key], prepare_messages(messages, tools, self._support[key])
+
+    def _render_with_spans(self, messages: Sequence[Message], tools: Tools) -> tuple[str, list[Span]]:
+        """The rendered chat and the character spans of it that are trained on."""
+        template, prepared = self._prepare(messages, tools)
+        text = self._render(template, prepared.messages, prepared.tools, False)
+        return text, self._trainable_spans(template, prepared, text)
+
+    def _render(self, template: jinja2.Template, messages: list[dict[str, Any]], tools: Tools, gen: bool) -> str:
         try:
             return template.render(
                 messages=messages,
@@ -229,20 +326,14 @@ class ChatTokenizer:
                 param="messages",
             ) from exc
 
-    def _template_for(self, tools: list[dict[str, Any]] | None) -> jinja2.Template:
+    def _template_key(self, tools: Tools) -> str:
         if tools is not None and "tool_use" in self._templates:
-            return self._templates["tool_use"]
+            return "tool_use"
         if "default" in self._templates:
-            return self._templates["default"]
-        return next(iter(self._templates.values()))
+            return "default"
+        return next(iter(self._templates))
 
-    def _trainable_spans(
-        self,
-        messages: Sequence[Message],
-        clean: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        text: str,
-    ) -> list[Span]:
+    def _trainable_spans(self, template: jinja2.Template, prepared: TemplateInput, text: str) -> list[Span]:
         """Character spans of ``text`` that are trained on, in order.
 
         For assistant message ``i`` the span starts where ``render(messages[:i], add_generation_prompt=True)``
@@ -253,11 +344,11 @@ class ChatTokenizer:
         """
         spans: list[Span] = []
         cursor = 0
-        last = len(clean) - 1
-        for i, (original, message) in enumerate(zip(messages, clean, strict=True)):
-            if message.get("role") != "assistant" or original.get("weight", 1) == 0:
+        messages = prepared.messages
+        for i, message in enumerate(messages):
+            if not prepared.trained[i]:
                 continue
-            span = self._prefix_span(clean, i, tools, text, last) if i > 0 else None
+            span = self._prefix_span(template, prepared, i, text) if i > 0 else None
             if span is not None and span[0] >= cursor:
                 start, end = span[0], self._cut_after_end_of_turn(text, *span)
             else:
@@ -267,12 +358,11 @@ class ChatTokenizer:
             cursor = end
         return spans
 
-    def _prefix_span(
-        self, clean: list[dict[str, Any]], i: int, tools: list[dict[str, Any]] | None, text: str, last: int
-    ) -> Span | None:
+    def _prefix_span(self, template: jinja2.Template, prepared: TemplateInput, i: int, text: str) -> Span | None:
+        messages, tools = prepared.messages, prepared.tools
         try:
-            before = self._render(clean[:i], tools, True)
-            through = text if i == last else self._render(clean[: i + 1], tools, False)
+            before = self._render(template, messages[:i], tools, True)
+            through = text if i == len(messages) - 1 else self._render(template, messages[: i + 1], tools, False)
         except InvalidRequest:
             return None
         if text.startswith(through) and through.startswith(before):
@@ -293,20 +383,6 @@ class ChatTokenizer:
         return end
 
 
-def _clean_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
-    """Messages as transformers hands them to templates: no ``None`` values, reasoning aliased; no ``weight``."""
-    cleaned = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            raise InvalidRequest(f"Each message must be an object, got {message!r}.", param="messages")
-        clean = {key: value for key, value in message.items() if value is not None and key != "weight"}
-        reasoning = next((clean[key] for key in _REASONING_FIELDS if key in clean), None)
-        if reasoning is not None:
-            clean = {"thinking": reasoning, **clean, "reasoning_content": reasoning}
-        cleaned.append(clean)
-    return cleaned
-
-
 def _content_span(text: str, message: Mapping[str, Any], cursor: int, index: int) -> Span:
     content = message.get("content")
     if isinstance(content, str) and content.strip():
@@ -319,6 +395,29 @@ def _content_span(text: str, message: Mapping[str, Any], cursor: int, index: int
         "marked for training (the chat template drops or rewrites it).",
         param="messages",
     )
+
+
+def _count(encoding: Encoding, text_length: int, spans: list[Span]) -> tuple[int, int]:
+    """(all tokens, trainable tokens) of an encoded chat, as ``_token_ranges`` over its offsets would count them.
+
+    Looks up only the tokens at the span boundaries (``char_to_token``, in Rust) instead of copying every
+    offset into Python; a boundary inside a token or outside every token falls back to the offsets.
+    """
+    total = len(encoding)
+    trainable = 0
+    for start, end in spans:
+        lo = encoding.char_to_token(start)
+        hi = total if end >= text_length else encoding.char_to_token(end)
+        if lo is None or hi is None or (hi < total and _token_start(encoding, hi) != end):
+            starts, ends = (list(column) for column in zip(*encoding.offsets, strict=True))
+            return total, sum(hi - lo for lo, hi in _token_ranges(starts, ends, spans))
+        trainable += hi - lo
+    return total, trainable
+
+
+def _token_start(encoding: Encoding, token: int) -> int | None:
+    chars = encoding.token_to_chars(token)
+    return None if chars is None else int(chars[0])
 
 
 def _token_ranges(starts: list[int], ends: list[int], spans: list[Span]) -> list[tuple[int, int]]:

@@ -5,9 +5,10 @@ Produced by ``training.datasets`` (the checks) and stored with the file by ``ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class DatasetFormat(StrEnum):
@@ -80,7 +81,9 @@ class ValidationReport:
 class ExampleTokenizer(Protocol):
     """Counts the tokens of one chat example as the base model will see it (chat template applied).
 
-    Implemented by ``catalog.chat_tokenizer.ChatTokenizer``; the dataset checks only need this much.
+    Implemented by ``catalog.chat_tokenizer.ChatTokenizer``; the dataset checks only need this much. A
+    tokenizer that can also count many examples at once implements ``BatchExampleTokenizer`` (optional: the
+    checks use it when it is there).
     """
 
     @property
@@ -95,4 +98,19 @@ class ExampleTokenizer(Protocol):
 
     def count_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> tuple[int, int]:
         """Return (total tokens, trainable tokens): trainable = assistant tokens whose ``weight`` is not 0."""
+        ...
+
+
+@runtime_checkable
+class BatchExampleTokenizer(ExampleTokenizer, Protocol):
+    """An ``ExampleTokenizer`` with the optional ``count_chat_batch``: the checks count in batches with it."""
+
+    def count_chat_batch(
+        self, examples: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]
+    ) -> list[tuple[int, int]]:
+        """``count_chat`` of each ``(messages, tools)`` example, in order, exactly as it counts them one by one.
+
+        Raises:
+            InvalidRequest: some example cannot be rendered; the caller counts them one by one to find which.
+        """
         ...

@@ -21,6 +21,9 @@ Decisions worth knowing:
   and is left out of the statistics (``stats.examples`` counts the tokenized examples only).
 * Preference token counts: the prompt (``input.messages``, its assistant turns as context) plus the longer
   of the two outputs is the example's length; trainable tokens are those of the preferred output.
+* Token counting is the slow part, so valid examples wait in a bounded batch (``COUNT_BATCH_EXAMPLES`` or
+  ``COUNT_BATCH_BYTES`` of lines) and are counted together when the tokenizer has ``count_chat_batch``.
+  The batch is counted before any later problem is recorded, so problems stay in line order.
 """
 
 from __future__ import annotations
@@ -28,9 +31,16 @@ from __future__ import annotations
 import codecs
 import json
 from itertools import chain
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-from tunery.domain.datasets import DatasetFormat, DatasetStats, ExampleTokenizer, Problem, ValidationReport
+from tunery.domain.datasets import (
+    BatchExampleTokenizer,
+    DatasetFormat,
+    DatasetStats,
+    ExampleTokenizer,
+    Problem,
+    ValidationReport,
+)
 from tunery.domain.errors import InvalidRequest
 from tunery.training.example_rules import check_example, describe_format, detect_format, output_of, unrecognized_format
 from tunery.training.jsonl_lines import read_chunks, read_head, sniff_not_text, split_lines
@@ -39,6 +49,9 @@ from tunery.training.message_rules import Issue, json_kind
 DEFAULT_MIN_EXAMPLES = 10
 DEFAULT_MAX_PROBLEMS = 20
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
+# Valid examples wait for their token counts in batches of at most this many examples / bytes of JSON lines.
+COUNT_BATCH_EXAMPLES = 256
+COUNT_BATCH_BYTES = 1024 * 1024
 _WARNING_SAMPLES = 3
 _HINT_CHARS = 20
 _SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -113,11 +126,23 @@ class _LineSample:
         return f"{self.count} example(s) {what} (e.g. line {', '.join(map(str, self.lines))})"
 
 
+Chat = tuple[list[dict[str, Any]], list[dict[str, Any]] | None]  # (messages, tools), as a tokenizer counts them
+
+
+class _Waiting(NamedTuple):
+    """A valid example waiting to be counted: its line, and the chats whose counts make up its own."""
+
+    line: int
+    chats: list[Chat]
+    calls_tools: bool
+
+
 class _TokenTally:
     """Token statistics over the valid examples, as ``DatasetStats``."""
 
     def __init__(self, tokenizer: ExampleTokenizer) -> None:
         self.tokenizer = tokenizer
+        self.batch = tokenizer if isinstance(tokenizer, BatchExampleTokenizer) else None
         self.context_length = tokenizer.context_length
         self.examples = 0
         self.total = 0
@@ -171,6 +196,8 @@ class _FileCheck:
         self.blank_count = 0
         self.no_system = _LineSample()
         self.no_user = _LineSample()
+        self.waiting: list[_Waiting] = []  # valid examples not counted yet, in line order
+        self.waiting_bytes = 0
 
     # ------------------------------------------------------------------------------- whole file
     def give_up(self, code: str, message: str) -> None:
@@ -178,6 +205,7 @@ class _FileCheck:
         self.given_up = True
 
     def finish(self, min_examples: int) -> ValidationReport:
+        self._count_waiting()
         if not self.given_up:
             if not self.lines:
                 what = "has only blank lines" if self.blank_count else "is empty"
@@ -210,6 +238,7 @@ class _FileCheck:
         if isinstance(line, int):
             self._flush_blanks()
             self.lines += 1
+            self._before_problem()
             self.problems.add(
                 number,
                 "line_too_long",
@@ -237,12 +266,13 @@ class _FileCheck:
         self.examples += 1
         self._note_roles(number, example, fmt)
         if self.tokens is not None:
-            self._count_tokens(number, example, fmt, self.tokens)
+            self._wait_for_count(self.tokens, number, example, fmt, len(line))
 
     def _flush_blanks(self) -> None:
         """Blank lines followed by more content are problems (trailing ones at the end are not)."""
         if not self.blank_count:
             return
+        self._before_problem()
         room = max(self.problems.cap - len(self.problems.kept), 0)
         for number in range(self.blank_start, self.blank_start + min(self.blank_count, room)):
             self.problems.add(
@@ -251,7 +281,13 @@ class _FileCheck:
         self.problems.count += max(self.blank_count - room, 0)
         self.blank_count = 0
 
+    def _before_problem(self) -> None:
+        """Count the waiting examples first while problems are still kept, so they stay in line order."""
+        if self.waiting and len(self.problems.kept) < self.problems.cap:
+            self._count_waiting()
+
     def _report(self, number: int, issues: list[Issue]) -> None:
+        self._before_problem()
         for issue in issues:
             self.problems.add(number, issue.code, issue.message)
 
@@ -322,21 +358,53 @@ class _FileCheck:
         if "user" not in roles:
             self.no_user.add(number)
 
-    def _count_tokens(self, number: int, example: dict[str, Any], fmt: DatasetFormat, tally: _TokenTally) -> None:
-        tokenizer = tally.tokenizer
-        try:
-            if fmt is DatasetFormat.CHAT:
-                tokens, trainable = tokenizer.count_chat(example["messages"], _chat_tools(example))
-            else:
-                tokens, trainable = _count_preference(example, tokenizer)
-        except InvalidRequest as exc:  # the base model's chat template cannot render this example
-            hint = "; this example calls tools, which that template may not support" if _calls_tools(example) else ""
-            self._report(number, [Issue("chat_template_error", exc.message + hint)])
+    # ------------------------------------------------------------------------------------ tokens
+    def _wait_for_count(
+        self, tally: _TokenTally, number: int, example: dict[str, Any], fmt: DatasetFormat, size: int
+    ) -> None:
+        """Queue a valid example for counting; count the queue once it is a full batch (at once without one)."""
+        if fmt is DatasetFormat.CHAT:
+            chats = [(example["messages"], _chat_tools(example))]
+        else:
+            chats = _preference_chats(example)
+        self.waiting.append(_Waiting(number, chats, _calls_tools(example)))
+        self.waiting_bytes += size
+        full = len(self.waiting) >= COUNT_BATCH_EXAMPLES or self.waiting_bytes >= COUNT_BATCH_BYTES
+        if full or tally.batch is None:
+            self._count_waiting()
+
+    def _count_waiting(self) -> None:
+        """Count the waiting examples (together when the tokenizer can) and record their statistics."""
+        tally = self.tokens
+        if tally is None or not self.waiting:
             return
-        tally.add(tokens, trainable)
-        if tokens > tally.context_length:
-            message = f"example has {tokens} tokens; {tokenizer.name} accepts at most {tally.context_length}"
-            self._report(number, [Issue("exceeds_max_tokens", message)])
+        waiting, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        counted: list[tuple[int, int]] | None = None
+        if tally.batch is not None:
+            try:
+                counted = tally.batch.count_chat_batch([chat for example in waiting for chat in example.chats])
+            except InvalidRequest:  # some example cannot be rendered: count them one by one to find which
+                counted = None
+        position = 0
+        for example in waiting:
+            if counted is not None:
+                counts = counted[position : position + len(example.chats)]
+                position += len(example.chats)
+            else:
+                try:
+                    counts = [tally.tokenizer.count_chat(messages, tools) for messages, tools in example.chats]
+                except InvalidRequest as exc:  # the base model's chat template cannot render this example
+                    hint = (
+                        "; this example calls tools, which that template may not support" if example.calls_tools else ""
+                    )
+                    self._report(example.line, [Issue("chat_template_error", exc.message + hint)])
+                    continue
+            # A preference example is as long as its longer output; only the preferred one is trained on.
+            tokens, trainable = max(total for total, _ in counts), counts[0][1]
+            tally.add(tokens, trainable)
+            if tokens > tally.context_length:
+                message = f"example has {tokens} tokens; {tally.tokenizer.name} accepts at most {tally.context_length}"
+                self._report(example.line, [Issue("exceeds_max_tokens", message)])
 
 
 _BINARY_MESSAGE = "this line contains NUL (0x00) bytes, so it is binary data, not JSON text"
@@ -357,14 +425,16 @@ def _calls_tools(example: dict[str, Any]) -> bool:
     return any(m["role"] in ("tool", "function") or "tool_calls" in m or "function_call" in m for m in messages)
 
 
-def _count_preference(example: dict[str, Any], tokenizer: ExampleTokenizer) -> tuple[int, int]:
+def _preference_chats(example: dict[str, Any]) -> list[Chat]:
+    """The preferred and the rejected chat of a preference example, in that order."""
     prompt = example["input"]
     # Assistant turns inside the prompt are context: only the preferred output is trained on.
     context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in prompt["messages"]]
     tools = prompt.get("tools") or None
-    tokens, trainable = tokenizer.count_chat(context + output_of(example, "preferred_output"), tools)
-    rejected, _ = tokenizer.count_chat(context + output_of(example, "non_preferred_output"), tools)
-    return max(tokens, rejected), trainable
+    return [
+        (context + output_of(example, "preferred_output"), tools),
+        (context + output_of(example, "non_preferred_output"), tools),
+    ]
 
 
 def _hint(text: str) -> str:

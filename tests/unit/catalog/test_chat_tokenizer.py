@@ -1,4 +1,5 @@
-"""ChatTokenizer renders and tokenizes exactly like transformers, and marks only weighted assistant turns.
+"""ChatTokenizer renders and tokenizes exactly like transformers, and marks only weighted assistant turns;
+tool use is written out as text for templates without tool support; batch counts equal single counts.
 
 Run: .venv/bin/pytest tests/unit/catalog/test_chat_tokenizer.py -q  (builds the tiny model, and prepares
 SmolLM2's tokenizer from the bundled GGUF once per session, ~6 s)
@@ -50,6 +51,74 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "\nnewline first"},
     ],
     "user-last": [SYSTEM, {"role": "user", "content": "Only a question."}],
+}
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "description": "Get the current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
+PARIS_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_current_weather", "arguments": '{"location": "Paris, France"}'},
+}
+PARIS_CALL_TEXT = (
+    '<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "Paris, France"}}\n</tool_call>'
+)
+TOOL_USE = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "tool_calls": [PARIS_CALL]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "11.0"},
+    {"role": "assistant", "content": "It is 11 degrees celsius in Paris."},
+]
+LEGACY_FUNCTIONS = [
+    {"role": "user", "content": "What is the weather in Paris?"},
+    {"role": "assistant", "function_call": PARIS_CALL["function"]},
+    {"role": "function", "name": "get_current_weather", "content": "11.0"},
+    {"role": "assistant", "content": "It is 11 degrees celsius in Paris."},
+]
+# (messages, tools): chats SmolLM2's template cannot render as they are.
+TOOL_CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {
+    "tool-calls": (TOOL_USE, [WEATHER_TOOL]),
+    "tool-calls-with-system-and-empty-content": (
+        [SYSTEM, TOOL_USE[0], {**TOOL_USE[1], "content": ""}, *TOOL_USE[2:]],
+        [WEATHER_TOOL],
+    ),
+    "legacy-functions": (LEGACY_FUNCTIONS, [WEATHER_TOOL]),
+    "parallel-calls-with-text-and-weight-0": (
+        [
+            TOOL_USE[0],
+            {
+                "role": "assistant",
+                "content": "Let me look.",
+                "weight": 0,
+                "tool_calls": [
+                    PARIS_CALL,
+                    {**PARIS_CALL, "id": "call_2", "function": {"name": "get_current_weather", "arguments": "Rome"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "11.0"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "18.0"},
+            {"role": "assistant", "content": "Paris 11, Rome 18."},
+        ],
+        None,
+    ),
+    "content-parts": (
+        [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Capital of France?"}, {"type": "text", "text": "Go."}],
+            },
+            {"role": "assistant", "content": "Paris."},
+        ],
+        None,
+    ),
 }
 
 
@@ -200,6 +269,154 @@ def test_assistant_message_without_content_is_an_invalid_request(tiny_chat_token
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": []}]
     with pytest.raises(InvalidRequest, match="cannot render"):
         tiny_chat_tokenizer.encode_chat(messages)
+
+
+# ------------------------------------------------------------------------------------------ tool use
+def test_tool_use_is_written_out_in_the_hermes_convention(chat_tokenizer: ChatTokenizer) -> None:
+    tools_json = json.dumps([WEATHER_TOOL], ensure_ascii=False)
+    assert chat_tokenizer.render(TOOL_USE, tools=[WEATHER_TOOL]) == (
+        "<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user query. "
+        "The functions you can call are described within <tools></tools> XML tags:\n"
+        f"<tools>\n{tools_json}\n</tools>\n\n"
+        "To call a function, return a JSON object with the function name and arguments within "
+        "<tool_call></tool_call> XML tags:\n"
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n"
+        f"<|im_start|>assistant\n{PARIS_CALL_TEXT}<|im_end|>\n"
+        "<|im_start|>tool\n<tool_response>\n11.0\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\nIt is 11 degrees celsius in Paris.<|im_end|>\n"
+    )
+
+
+def test_legacy_function_calls_render_like_tool_calls(tiny_chat_tokenizer: ChatTokenizer) -> None:
+    rendered = tiny_chat_tokenizer.render(TOOL_USE, tools=[WEATHER_TOOL])
+    assert tiny_chat_tokenizer.render(LEGACY_FUNCTIONS, tools=[WEATHER_TOOL]) == rendered
+
+
+def test_the_tool_call_is_trained_and_the_tool_response_is_not(chat_tokenizer: ChatTokenizer) -> None:
+    assert _trainable_runs(chat_tokenizer, TOOL_USE) == [
+        f"{PARIS_CALL_TEXT}<|im_end|>",
+        "It is 11 degrees celsius in Paris.<|im_end|>",
+    ]
+    messages, tools = TOOL_CONVERSATIONS["parallel-calls-with-text-and-weight-0"]
+    runs = _trainable_runs(chat_tokenizer, messages)
+    assert runs == ["Paris 11, Rome 18.<|im_end|>"]  # weight 0 on the calls: context only
+    assert "<tool_response>" in chat_tokenizer.render(messages, tools)
+
+
+def test_tool_call_text_keeps_arguments_that_are_not_json_and_joins_calls_with_newlines(
+    tiny_chat_tokenizer: ChatTokenizer,
+) -> None:
+    messages, _ = TOOL_CONVERSATIONS["parallel-calls-with-text-and-weight-0"]
+    prepared, tools = tiny_chat_tokenizer.template_input(messages)
+    assert tools is None
+    assert prepared[1] == {
+        "role": "assistant",
+        "content": "Let me look.\n"
+        + PARIS_CALL_TEXT
+        + '\n<tool_call>\n{"name": "get_current_weather", "arguments": "Rome"}\n</tool_call>',
+    }
+    assert [m["role"] for m in prepared] == ["user", "assistant", "tool", "tool", "assistant"]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+@pytest.mark.parametrize(("messages", "tools"), TOOL_CONVERSATIONS.values(), ids=TOOL_CONVERSATIONS.keys())
+def test_prepared_messages_render_like_transformers(
+    chat_tokenizer: ChatTokenizer,
+    hf_tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    add_generation_prompt: bool,
+) -> None:
+    # transformers cannot render these chats itself; given the prepared messages it renders what we do.
+    prepared, prepared_tools = chat_tokenizer.template_input(messages, tools)
+    expected = hf_tokenizer.apply_chat_template(
+        prepared, tools=prepared_tools, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert chat_tokenizer.render(messages, tools, add_generation_prompt=add_generation_prompt) == expected
+    if not add_generation_prompt:
+        ids = hf_tokenizer.apply_chat_template(prepared, tools=prepared_tools, tokenize=True, return_dict=False)
+        assert chat_tokenizer.encode_chat(messages, tools).input_ids == ids
+
+
+def test_templates_that_read_tools_get_the_messages_unchanged(tiny_model_dir: Path, tmp_path: Path) -> None:
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] or '' }}"
+        "{% for c in m['tool_calls'] or [] %}{{ c['function'] | tojson }}{% endfor %}<|im_end|>\n{% endfor %}"
+    )
+    tokenizer = ChatTokenizer.from_dir(_copy_with_template(tiny_model_dir, tmp_path, template))
+    assert tokenizer.template_input(TOOL_USE, [WEATHER_TOOL]) == (TOOL_USE, [WEATHER_TOOL])
+    assert '{"name": "get_current_weather", "arguments": "{\\"location\\"' in tokenizer.render(TOOL_USE)
+
+
+def test_templates_without_a_tool_role_get_tool_results_as_one_user_message(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    template = (
+        "{% for m in messages %}{% if m['role'] not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('Unknown role') }}{% endif %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    )
+    tokenizer = ChatTokenizer.from_dir(_copy_with_template(tiny_model_dir, tmp_path, template))
+    messages, _ = TOOL_CONVERSATIONS["parallel-calls-with-text-and-weight-0"]
+    prepared, _ = tokenizer.template_input(messages)
+    assert [m["role"] for m in prepared] == ["user", "assistant", "user", "assistant"]
+    assert prepared[2]["content"] == "<tool_response>\n11.0\n</tool_response>\n<tool_response>\n18.0\n</tool_response>"
+    # This template has no generation prompt, so the role header is part of the trained turn.
+    assert _trainable_runs(tokenizer, messages) == ["[assistant] Paris 11, Rome 18."]
+
+
+def test_content_parts_are_joined_with_newlines(tiny_chat_tokenizer: ChatTokenizer) -> None:
+    messages, _ = TOOL_CONVERSATIONS["content-parts"]
+    assert tiny_chat_tokenizer.render(messages) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCapital of France?\nGo.<|im_end|>\n"
+        "<|im_start|>assistant\nParis.<|im_end|>\n"
+    )
+
+
+def test_an_empty_tool_list_adds_no_tools_prompt(tiny_chat_tokenizer: ChatTokenizer) -> None:
+    conversation = CONVERSATIONS["one-turn"]
+    assert tiny_chat_tokenizer.render(conversation, tools=[]) == tiny_chat_tokenizer.render(conversation)
+
+
+# ---------------------------------------------------------------------------------------- counting
+EDGE_CASES = [
+    # Leading newlines: the first content token starts inside the header's "\n" token (offsets fallback).
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\n\nLeading newlines."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\n"}],
+    [{"role": "assistant", "content": "Assistant first."}, {"role": "user", "content": "Ok"}],
+]
+
+
+def test_count_chat_batch_counts_like_count_chat_and_encode_chat(chat_tokenizer: ChatTokenizer) -> None:
+    chats: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = [
+        *((conversation, None) for conversation in CONVERSATIONS.values()),
+        *TOOL_CONVERSATIONS.values(),
+        *((conversation, None) for conversation in EDGE_CASES),
+        (MULTI_TURN, None),
+    ]
+    expected = []
+    for messages, tools in chats:
+        encoded = chat_tokenizer.encode_chat(messages, tools)
+        expected.append((len(encoded.input_ids), encoded.trainable_count))
+        assert chat_tokenizer.count_chat(messages, tools) == expected[-1]
+    assert chat_tokenizer.count_chat_batch(chats * 3) == expected * 3  # more than one chunk of chats
+    assert chat_tokenizer.count_chat_batch([]) == []
+
+
+def test_counts_agree_when_a_trained_span_ends_inside_a_token(tokenizer_dir: Path, tmp_path: Path) -> None:
+    # No end-of-turn token after the content: "sleep" + "ing" tokenizes as " sleeping", across the span's end.
+    folder = _copy_with_template(tokenizer_dir, tmp_path, "{% for m in messages %}{{ m['content'] }}ing{% endfor %}")
+    tokenizer = ChatTokenizer.from_dir(folder, context_length=64)
+    messages = [{"role": "assistant", "content": "The cat is sleep"}, {"role": "user", "content": "ok"}]
+    encoded = tokenizer.encode_chat(messages)
+    assert tokenizer.count_chat_batch([(messages, None)]) == [(len(encoded.input_ids), encoded.trainable_count)]
+    assert encoded.trainable_count > 0
+
+
+def test_count_chat_batch_raises_when_an_example_cannot_be_rendered(tiny_chat_tokenizer: ChatTokenizer) -> None:
+    broken = [{"role": "user", "content": "Hi"}, {"role": "assistant"}]
+    with pytest.raises(InvalidRequest, match="cannot render"):
+        tiny_chat_tokenizer.count_chat_batch([(MULTI_TURN, None)] * 40 + [(broken, None)])
 
 
 def test_from_dir_reads_the_transformers_4_layout(tiny_model_dir: Path, tmp_path: Path) -> None:

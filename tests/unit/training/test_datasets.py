@@ -26,6 +26,7 @@ import pytest
 from tunery.domain.datasets import DatasetFormat, DatasetStats, ValidationReport
 from tunery.domain.errors import InvalidRequest
 from tunery.training import validate_jsonl
+from tunery.training.datasets import COUNT_BATCH_BYTES, COUNT_BATCH_EXAMPLES
 
 CORPUS = Path(__file__).resolve().parents[2] / "golden" / "datasets"
 EXPECTED: dict[str, Any] = json.loads((CORPUS / "expected.json").read_text())
@@ -419,6 +420,83 @@ def test_examples_the_chat_template_cannot_render_are_problems_with_line_numbers
     assert report.problems[0].message.endswith("this example calls tools, which that template may not support")
     assert report.stats is not None
     assert report.stats.examples == 0
+
+
+class BatchWordTokenizer(WordTokenizer):
+    """A ``WordTokenizer`` that also counts in batches (records each batch's size), like ``ChatTokenizer``.
+    A batch holding a message with content ``"unrenderable"`` raises, as a chat template error would."""
+
+    def __init__(self, context_length: int = 1000) -> None:
+        super().__init__(context_length)
+        self.batches: list[int] = []
+
+    def count_chat_batch(
+        self, examples: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]
+    ) -> list[tuple[int, int]]:
+        self.batches.append(len(examples))
+        for messages, _ in examples:
+            if any(m.get("content") == "unrenderable" for m in messages):
+                raise InvalidRequest("The chat template of model 'fake-words' cannot render these messages")
+        return [super(BatchWordTokenizer, self).count_chat(messages, tools) for messages, tools in examples]
+
+    def count_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> tuple[int, int]:
+        if any(m.get("content") == "unrenderable" for m in messages):
+            raise InvalidRequest("The chat template of model 'fake-words' cannot render these messages")
+        return super().count_chat(messages, tools)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["good"]) + sorted(EXPECTED["bad"]))
+def test_batch_counting_gives_the_same_report_as_counting_one_by_one(name: str) -> None:
+    one_by_one = check_file(CORPUS / name, tokenizer=WordTokenizer(context_length=40))
+    batched = BatchWordTokenizer(context_length=40)
+
+    assert check_file(CORPUS / name, tokenizer=batched) == one_by_one
+    assert not batched.calls or batched.batches  # the batch method was used
+
+
+def test_problems_stay_in_line_order_when_examples_are_counted_in_batches() -> None:
+    long = chat(" ".join(["word"] * 50))
+    lines = [jsonl(chat()), jsonl(long), b"{oops\n", jsonl(long), jsonl({"messages": "x"}), jsonl(long)] * 30
+    data = b"".join(lines) + b"\n\n" + jsonl(long, chat())
+
+    for max_problems in (3, 20, 1000):
+        expected = check_bytes(data, tokenizer=WordTokenizer(context_length=20), max_problems=max_problems)
+        batched = check_bytes(data, tokenizer=BatchWordTokenizer(context_length=20), max_problems=max_problems)
+        assert batched == expected
+        lines_kept = [p.line for p in batched.problems if p.line is not None]
+        assert lines_kept == sorted(lines_kept)
+    assert codes(expected)[:4] == [
+        (2, "exceeds_max_tokens"),
+        (3, "invalid_json"),
+        (4, "exceeds_max_tokens"),
+        (5, "missing_messages_list"),
+    ]
+
+
+def test_batches_are_bounded_in_examples_and_bytes() -> None:
+    tokenizer = BatchWordTokenizer()
+    report = check_bytes(jsonl(*[chat()] * (2 * COUNT_BATCH_EXAMPLES + 7)), tokenizer=tokenizer)
+
+    assert report.ok
+    assert tokenizer.batches == [COUNT_BATCH_EXAMPLES, COUNT_BATCH_EXAMPLES, 7]
+
+    tokenizer = BatchWordTokenizer(context_length=10**6)
+    big = chat("word " * (COUNT_BATCH_BYTES // 20))  # about a fifth of the byte budget per line
+    check_bytes(jsonl(*[big] * 12), tokenizer=tokenizer)
+
+    assert max(tokenizer.batches) <= 5
+    assert sum(tokenizer.batches) == 12
+
+
+def test_a_batch_that_cannot_be_rendered_is_counted_one_by_one_to_find_the_line() -> None:
+    broken = chat(assistant="unrenderable")
+    tokenizer = BatchWordTokenizer()
+
+    report = check_bytes(jsonl(*[chat()] * 5, broken, *[chat()] * 5, broken), tokenizer=tokenizer)
+
+    assert codes(report) == [(6, "chat_template_error"), (12, "chat_template_error")]
+    assert report.stats is not None
+    assert report.stats.examples == 10
 
 
 def test_invalid_examples_are_not_tokenized() -> None:

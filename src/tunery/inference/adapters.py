@@ -1,0 +1,257 @@
+"""LoRA adapters for serving: read a peft adapter folder into plain tensors, and keep an LRU of loaded ones.
+
+``load_lora_adapter`` turns ``adapter_config.json`` + ``adapter_model.safetensors`` (as peft's
+``save_pretrained`` writes them) into per-module ``A`` and ``B`` matrices, with the LoRA scale folded into ``B``,
+after checking every module against the base model. It does not use peft: serving needs only the matrices,
+which ``multi_lora`` applies to many adapters in one forward pass. Adapters that are more than LoRA on linear
+layers (DoRA, ``modules_to_save``, trained biases, embedding LoRA) are refused with a clear error rather than
+served wrongly.
+
+``AdapterCache`` bounds how many adapters are held in memory per base model; it does not schedule requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from tunery.inference.errors import AdapterLoadError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+LEGACY_WEIGHTS_FILE = "adapter_model.bin"
+
+# Set in adapter_config.json, these change what a LoRA computes beyond x·A·B·scale, so they are refused.
+_UNSUPPORTED_FLAGS = ("use_dora", "lora_bias", "use_qalora", "use_bdlora", "fan_in_fan_out")
+_UNSUPPORTED_VALUES = (
+    "modules_to_save",
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "alora_invocation_tokens",
+)
+_KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
+_uids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class LoraModule:
+    """One adapted linear layer: ``delta(x) = (x @ a) @ b`` with ``a`` ``[in, r]`` and ``b`` ``[r, out]`` (scaled)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.a.shape[1])
+
+
+@dataclass(frozen=True, eq=False)
+class LoraAdapter:
+    """A loaded adapter: its matrices by module name (as ``model.named_modules()`` names them)."""
+
+    name: str
+    path: Path
+    modules: Mapping[str, LoraModule]
+    uid: int = field(default_factory=lambda: next(_uids))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.a.nbytes + m.b.nbytes for m in self.modules.values())
+
+
+def load_lora_adapter(
+    path: Path,
+    *,
+    name: str,
+    linear_shapes: Mapping[str, tuple[int, int]],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> LoraAdapter:
+    """Read a peft LoRA folder and check it against the base model's linear layers.
+
+    Args:
+        path: the folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        name: the adapter's name, for messages.
+        linear_shapes: ``(in_features, out_features)`` of every ``nn.Linear`` of the base model, by module name.
+        dtype: the base model's dtype; the matrices are converted to it.
+        device: where the base model is.
+
+    Raises:
+        AdapterLoadError: the folder or a file is missing or unreadable, the adapter is not plain LoRA, or a
+            module is not a linear layer of the base model (or has other shapes): it was trained for another
+            model.
+    """
+    where = f"Adapter '{name}' ({path})"
+    config = _read_config(path, where)
+    tensors = _read_weights(path, where)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = _KEY_RE.match(key)
+        if match is None:
+            raise AdapterLoadError(
+                f"{where}: weight '{key}' is not a LoRA A/B matrix of a linear layer; only plain LoRA on linear "
+                "layers can be served (no DoRA, embedding LoRA or fully trained modules)."
+            )
+        pairs.setdefault(match["module"], {})[match["part"]] = tensor
+    if not pairs:
+        raise AdapterLoadError(f"{where}: {WEIGHTS_FILE} holds no LoRA weights.")
+
+    alpha = float(config.get("lora_alpha", config.get("r", 8)))
+    alpha_pattern: Mapping[str, float] = config.get("alpha_pattern") or {}
+    use_rslora = bool(config.get("use_rslora", False))
+    modules: dict[str, LoraModule] = {}
+    for module, parts in sorted(pairs.items()):
+        if set(parts) != {"A", "B"}:
+            raise AdapterLoadError(f"{where}: module '{module}' has only lora_{''.join(parts)}, not both A and B.")
+        shape = linear_shapes.get(module)
+        a, b = parts["A"], parts["B"]  # peft layout: A [r, in], B [out, r]
+        rank = a.shape[0]
+        if shape is None:
+            raise AdapterLoadError(
+                f"{where}: '{module}' is not a linear layer of the base model; the adapter was trained for "
+                "another model."
+            )
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != shape[0] or b.shape != (shape[1], rank):
+            raise AdapterLoadError(
+                f"{where}: '{module}' has LoRA shapes A {tuple(a.shape)} / B {tuple(b.shape)}, which do not fit the "
+                f"base model's {shape[0]}->{shape[1]} layer; the adapter was trained for another model."
+            )
+        module_alpha = float(alpha_pattern[key]) if (key := _pattern_key(alpha_pattern, module)) else alpha
+        scale = module_alpha / (math.sqrt(rank) if use_rslora else rank)
+        # The scale goes into B once here, so serving computes (x @ A) @ B with nothing else per step.
+        modules[module] = LoraModule(
+            a=a.t().to(device=device, dtype=dtype).contiguous(),
+            b=(b.t().to(torch.float32) * scale).to(device=device, dtype=dtype).contiguous(),
+        )
+    return LoraAdapter(name=name, path=path, modules=modules)
+
+
+def _read_config(path: Path, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterLoadError(f"{where}: no {CONFIG_FILE} in the folder (is the path right?).") from None
+    except (OSError, ValueError) as exc:
+        raise AdapterLoadError(f"{where}: cannot read {CONFIG_FILE}: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterLoadError(f"{where}: {CONFIG_FILE} is not a JSON object.")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterLoadError(f"{where}: it is a {peft_type} adapter; only LoRA adapters can be served.")
+    for flag in _UNSUPPORTED_FLAGS:
+        if config.get(flag):
+            raise AdapterLoadError(f"{where}: '{flag}' is set; only plain LoRA adapters can be served.")
+    for option in _UNSUPPORTED_VALUES:
+        if config.get(option):
+            raise AdapterLoadError(f"{where}: '{option}' is set; only plain LoRA adapters can be served.")
+    if config.get("bias", "none") != "none":
+        raise AdapterLoadError(f"{where}: it trains biases (bias={config['bias']!r}), which cannot be served.")
+    return config
+
+
+def _read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        legacy = " (only the old adapter_model.bin format is there)" if (path / LEGACY_WEIGHTS_FILE).exists() else ""
+        raise AdapterLoadError(f"{where}: no {WEIGHTS_FILE} in the folder{legacy}.")
+    try:
+        return load_file(weights, device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise AdapterLoadError(f"{where}: cannot read {WEIGHTS_FILE}: {exc}") from exc
+
+
+def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
+    """The ``alpha_pattern`` key that applies to ``module``, matched the way peft matches it."""
+    return next((key for key in patterns if re.match(rf"(.*\.)?({key})$", module)), None)
+
+
+@dataclass(eq=False)
+class _Entry:
+    adapter: LoraAdapter | None  # None while it is being loaded
+    pins: int = 0
+
+
+class AdapterCache:
+    """Up to ``capacity`` loaded adapters of one base model, the least recently used idle one evicted first.
+
+    ``acquire`` pins an adapter for one request (loading it if needed) and ``release`` unpins it. A pinned
+    adapter is never evicted, so when every slot is pinned ``acquire`` waits for a request to finish: at most
+    ``capacity`` distinct adapters are ever in memory or in one batch. Thread-safe; loads run in the calling
+    thread, outside the lock, and two requests for an adapter that is loading wait for the same load.
+
+    Args:
+        loader: reads an adapter, ``(name, path) -> LoraAdapter``; may raise ``AdapterLoadError``.
+        capacity: the most adapters held at once (at least 1).
+    """
+
+    def __init__(self, loader: Callable[[str, Path], LoraAdapter], capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("max_loaded_adapters must be at least 1.")
+        self._loader = loader
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[str, Path], _Entry] = OrderedDict()
+        self._changed = threading.Condition()
+
+    def acquire(self, name: str, path: Path) -> LoraAdapter:
+        """The adapter ``name`` read from ``path``, pinned until ``release``.
+
+        Raises:
+            AdapterLoadError: it cannot be loaded (nothing stays pinned or cached then).
+        """
+        key = (name, path)
+        with self._changed:
+            while True:
+                entry = self._entries.get(key)
+                if entry is not None:
+                    if entry.adapter is not None:
+                        entry.pins += 1
+                        self._entries.move_to_end(key)
+                        return entry.adapter
+                elif len(self._entries) < self._capacity or self._evict_idle():
+                    entry = _Entry(adapter=None, pins=1)
+                    self._entries[key] = entry
+                    break
+                self._changed.wait()
+        try:
+            adapter = self._loader(name, path)
+        except BaseException:
+            with self._changed:
+                del self._entries[key]
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            entry.adapter = adapter
+            self._changed.notify_all()
+        return adapter
+
+    def release(self, adapter: LoraAdapter) -> None:
+        """Unpin an adapter that ``acquire`` returned (once per ``acquire``)."""
+        with self._changed:
+            entry = self._entries.get((adapter.name, adapter.path))
+            if entry is not None and entry.adapter is adapter:
+                entry.pins -= 1
+                self._changed.notify_all()
+
+    def loaded(self) -> list[str]:
+        """Names of the loaded adapters, least recently used first."""
+        with self._changed:
+            return [name for (name, _), entry in self._entries.items() if entry.adapter is not None]
+
+    def _evict_idle(self) -> bool:
+        for key, entry in self._entries.items():
+            if entry.pins == 0 and entry.adapter is not None:
+                del self._entries[key]
+                return True
+        return False

@@ -1,0 +1,29 @@
+"""The errors an inference engine raises to its callers, as ``ServiceError``s the API edge already maps.
+
+Torch-free, so the chat service can catch them without importing the ML stack. Bad request values
+(``max_tokens < 1``, a prompt longer than the context) are plain ``InvalidRequest``; the engine being
+closed is ``Unavailable``. Only the two failures that need their own name live here.
+"""
+
+from __future__ import annotations
+
+from tunery.domain.errors import ServiceError
+
+
+class AdapterLoadError(ServiceError):
+    """A LoRA adapter folder is missing, unreadable, unsupported or does not fit the base model (HTTP 500).
+
+    Only the request that named the adapter fails; the message (shown to users) says which adapter, which
+    folder and what is wrong with it.
+    """
+
+    default_code = "adapterLoadFailed"
+
+
+class GenerationError(ServiceError):
+    """The engine failed while producing this request's tokens (HTTP 500); the cause is chained.
+
+    Raised from the caller's iterator. Requests that did not share the failing forward pass go on.
+    """
+
+    default_code = "generationFailed"

@@ -1,0 +1,538 @@
+"""The supervised LoRA training loop: ``run(spec, progress)`` turns a ``TrainingSpec`` into adapter checkpoints.
+
+One plain loop (nanoGPT style): tokenize (``training.examples``), add the adapter (``training.lora``), then
+for each optimizer step pack ``batch_size`` examples (``training.packing``), run the micro-batches forward and
+backward, step AdamW on the LoRA parameters and report. Everything the worker needs goes through
+``progress.jsonl`` records and files in the run folder (see ``run``); the worker asks for pause/cancel with
+``control.json``. It does not read the database, talk HTTP or copy adapters to the blob store (the worker does).
+
+Decisions worth knowing:
+
+* The loss is summed over trainable tokens of the whole step and divided by their count (each micro-batch
+  backpropagates ``its sum / step count``), so micro-batching never changes the gradient.
+* Micro-batches are flat by default: the examples back to back in one unpadded row, attended example by
+  example (``packing.varlen_attention``); ``layout="mask"`` uses padded rows with a 4D block mask instead
+  (same numbers, more work).
+* The LM head runs only at trainable positions, in chunks, with its cross-entropy gradient computed on the
+  spot (``_HeadLoss``): the vocabulary-sized logits never exist for the whole batch, nor stay for backward.
+  Supports Llama-like heads (a bias-free linear layer, no logit soft-capping or scaling).
+* Precision: fp32 weights; bf16 autocast where bf16 matmuls are fast (CUDA with bf16, CPUs with
+  ``avx512_bf16``/``amx_bf16``), fp32 elsewhere; never fp16. On CPUs without native bf16 it is ~100x slower.
+* ``trained_tokens`` counts real (non-padding) tokens fed to the model, prompt and completion alike, once per
+  epoch: what the user is billed for, and what ``tokens_per_s`` measures.
+* Resuming restores adapter, optimizer, scheduler, RNG states and the epoch's data order, so a paused and
+  resumed run produces the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from tunery.catalog.chat_tokenizer import ChatTokenizer
+from tunery.domain.checkpoints import METRIC_COLUMNS
+from tunery.training import progress as control
+from tunery.training.examples import IGNORE_INDEX, Example, read_examples
+from tunery.training.lora import add_adapter, replace_dir, save_adapter
+from tunery.training.packing import (
+    VARLEN_ATTENTION,
+    Layout,
+    PackedBatch,
+    epoch_order,
+    micro_batches,
+    step_examples,
+    steps_per_epoch,
+    use_varlen_attention,
+)
+from tunery.training.progress import ProgressKind, ProgressWriter
+from tunery.training.spec import TrainingSpec
+
+DEFAULT_MICRO_BATCH_TOKENS = 4096  # padded tokens per forward/backward pass: bounds activation memory
+LOGIT_CHUNK_ELEMENTS = 1 << 24  # positions × vocabulary per LM-head chunk (64 MiB of fp32 logits)
+MAX_GRAD_NORM = 1.0
+VALID_CHUNK_EXAMPLES = 64  # examples packed at a time when evaluating the whole validation set
+
+CHECKPOINTS_DIR = "checkpoints"
+STATE_DIR = "state"
+ADAPTER_DIR = "adapter"
+METRICS_FILE = "metrics.json"
+STATE_FILE = "state.json"
+TRAINER_FILE = "trainer.pt"
+
+
+class UnsupportedMethod(ValueError):
+    """The spec asks for a training method this trainer does not implement (shown to the user)."""
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss became NaN or infinite (shown to the user, with advice)."""
+
+
+@dataclass(slots=True)
+class RunState:
+    """Where a run stands; saved in ``state/state.json`` so a resumed run continues exactly here."""
+
+    epoch: int = 0  # 0-based epoch in progress (== n_epochs once training is done)
+    step_in_epoch: int = 0  # optimizer steps already taken in this epoch
+    step: int = 0  # optimizer steps taken in the whole run (the 1-based number of the last one)
+    order: list[int] | None = None  # this epoch's example order
+    trained_tokens: int = 0
+    valid_cursor: int = 0  # where the next validation batch starts
+    train_examples: int = 0  # a guard: the state belongs to this data
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What every step needs besides the weights: device, precision, packing sizes and layout."""
+
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None for plain fp32
+    max_seq_len: int
+    micro_batch_tokens: int
+    layout: Layout = "flat"  # "flat" needs the model switched to packing.varlen_attention
+
+
+def run(
+    spec: TrainingSpec,
+    progress: ProgressWriter,
+    *,
+    micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS,
+    layout: Layout = "flat",
+) -> None:
+    """Train one LoRA adapter as ``spec`` says, reporting through ``progress`` and files under ``spec.run_dir``.
+
+    Records (``ProgressKind``): STARTED once; STEP after every optimizer step; CHECKPOINT at each epoch end;
+    then exactly one of COMPLETED, PAUSED or CANCELLED (``__main__`` adds FAILED for exceptions).
+    Files: ``checkpoints/step-<N>/`` (adapter + ``metrics.json``) at each epoch end and at a pause, the
+    newest ``keep_checkpoints`` kept; ``state/`` (resumable) at each epoch end and at a pause;
+    ``adapter/`` (the final adapter) at the end.
+
+    Raises:
+        UnsupportedMethod: ``spec.method`` is not ``"supervised"``.
+        InvalidTrainingData: a training or validation line cannot be tokenized.
+        TrainingDiverged: the loss became NaN or infinite.
+    """
+    if spec.method != "supervised":
+        raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer yet.")
+    run_dir = spec.run_path
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    device = pick_device(spec.device)
+    setup = Setup(device, pick_amp_dtype(spec.dtype, device), spec.max_seq_len, micro_batch_tokens, layout)
+    seed_everything(spec.seed)
+
+    tokenizer = ChatTokenizer.from_dir(Path(spec.base_model_dir))
+    train = read_examples(Path(spec.train_file), tokenizer, spec.max_seq_len)
+    valid = read_examples(Path(spec.validation_file), tokenizer, spec.max_seq_len) if spec.validation_file else []
+
+    resume = Path(spec.resume_from) if spec.resume_from else None
+    base = load_base_model(Path(spec.base_model_dir), device)
+    if layout == "flat":
+        use_varlen_attention(base)
+    init_adapter = resume / ADAPTER_DIR if resume else (Path(spec.init_adapter_dir) if spec.init_adapter_dir else None)
+    model = add_adapter(base, spec.lora, init_adapter)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    per_epoch = steps_per_epoch(len(train), spec.batch_size)
+    total_steps = per_epoch * spec.n_epochs
+    scheduler = linear_schedule(optimizer, total_steps, spec.warmup_ratio)
+
+    state = RunState(order=epoch_order(len(train), spec.seed, 0), train_examples=len(train))
+    if resume is not None:
+        state = load_state(resume, optimizer, scheduler, len(train))
+    progress.emit(
+        ProgressKind.STARTED,
+        total_steps=total_steps,
+        n_epochs=spec.n_epochs,
+        steps_per_epoch=per_epoch,
+        examples=len(train),
+        validation_examples=len(valid),
+        tokens_per_epoch=sum(len(e) for e in train),
+        trainable_tokens_per_epoch=sum(target_count(e) for e in train),
+        resumed_from_step=state.step,
+        trainable_params=sum(p.numel() for p in params),
+        device=device.type,
+        dtype="bf16" if setup.amp is torch.bfloat16 else "fp32",
+    )
+    if control.requested(run_dir) == "cancel":
+        progress.emit(ProgressKind.CANCELLED, step=state.step)
+        return
+
+    started = time.perf_counter()
+    steps_this_run = 0
+    while state.epoch < spec.n_epochs:
+        assert state.order is not None
+        batch = [train[i] for i in step_examples(state.order, state.step_in_epoch, spec.batch_size)]
+        step_start = time.perf_counter()
+        loss, accuracy, real_tokens = train_step(model, optimizer, scheduler, batch, setup)
+        step_seconds = time.perf_counter() - step_start
+        state.step += 1
+        state.step_in_epoch += 1
+        state.trained_tokens += real_tokens
+        steps_this_run += 1
+        metrics: dict[str, Any] = {
+            "step": state.step,
+            "train_loss": loss,
+            "train_mean_token_accuracy": accuracy,
+        }
+        if valid and (state.step % spec.metrics_every == 0 or state.step == total_steps):
+            picked = [valid[(state.valid_cursor + i) % len(valid)] for i in range(min(spec.batch_size, len(valid)))]
+            state.valid_cursor = (state.valid_cursor + len(picked)) % len(valid)
+            metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = evaluate(model, picked, setup)
+        epoch_done = state.step_in_epoch == per_epoch
+        if epoch_done and valid:
+            metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = evaluate(model, valid, setup)
+        for name, value in metrics.items():
+            if value is not None and not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"The {name.replace('_', ' ')} became {value} at step {state.step}; "
+                    "try a smaller learning_rate_multiplier."
+                )
+        progress.emit(
+            ProgressKind.STEP,
+            **metrics,
+            epoch=state.epoch + 1,
+            total_steps=total_steps,
+            trained_tokens=state.trained_tokens,
+            tokens_per_s=real_tokens / step_seconds,
+            seconds_per_step=(time.perf_counter() - started) / steps_this_run,
+            learning_rate=scheduler.get_last_lr()[0],
+        )
+
+        checkpoint: Path | None = None
+        if epoch_done:
+            finished_epoch = state.epoch + 1
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.order = epoch_order(len(train), spec.seed, state.epoch) if state.epoch < spec.n_epochs else None
+            checkpoint = save_checkpoint(model, run_dir, state.step, metrics, spec.keep_checkpoints)
+            progress.emit(
+                ProgressKind.CHECKPOINT,
+                step=state.step,
+                epoch=finished_epoch,
+                path=str(checkpoint),
+                metrics=checkpoint_metrics(metrics),
+            )
+            save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
+
+        request = control.requested(run_dir)
+        if request == "cancel":
+            progress.emit(ProgressKind.CANCELLED, step=state.step)
+            return
+        if request == "pause" and state.epoch < spec.n_epochs:
+            if checkpoint is None:  # not already saved at this step's epoch end
+                checkpoint = save_checkpoint(model, run_dir, state.step, metrics, spec.keep_checkpoints)
+                save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
+            progress.emit(
+                ProgressKind.PAUSED,
+                step=state.step,
+                state_path=str(run_dir / STATE_DIR),
+                checkpoint=str(checkpoint),
+                metrics=checkpoint_metrics(metrics),
+            )
+            return
+
+    adapter = save_adapter(model, run_dir / ADAPTER_DIR)
+    progress.emit(
+        ProgressKind.COMPLETED, step=state.step, trained_tokens=state.trained_tokens, adapter_path=str(adapter)
+    )
+
+
+# --------------------------------------------------------------------------------------------- setup
+def pick_device(requested: str) -> torch.device:
+    """``auto`` is CUDA when there is a GPU, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_amp_dtype(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 where it is fast (``auto``) or asked for (``bf16``); None means fp32."""
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
+def load_base_model(folder: Path, device: torch.device) -> PreTrainedModel:
+    """The base model in fp32 with SDPA attention and no KV cache, on ``device``."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    model.to(device)
+    return model
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> Any:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero at ``total_steps``."""
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------- compute
+def target_count(example: Example) -> int:
+    """Positions of ``example`` that have a target (the first token is never predicted)."""
+    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+
+
+def train_step(
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    examples: Sequence[Example],
+    setup: Setup,
+) -> tuple[float | None, float | None, int]:
+    """One optimizer step on ``examples``. Returns (mean loss, token accuracy, real tokens); None without targets."""
+    targets = sum(target_count(e) for e in examples)
+    real_tokens = sum(len(e) for e in examples)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    correct = 0
+    if targets:
+        for batch in micro_batches(examples, setup.max_seq_len, setup.micro_batch_tokens, layout=setup.layout):
+            loss, right = batch_loss(model, batch.to(setup.device), setup.amp)
+            (loss / targets).backward()
+            loss_sum += loss.item()
+            correct += right
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
+    optimizer.step()
+    scheduler.step()
+    if not targets:
+        return None, None, real_tokens
+    return loss_sum / targets, correct / targets, real_tokens
+
+
+@torch.no_grad()
+def evaluate(model: PeftModel, examples: Sequence[Example], setup: Setup) -> tuple[float | None, float | None]:
+    """Mean loss and token accuracy over all trainable tokens of ``examples`` (dropout off)."""
+    model.eval()
+    loss_sum = 0.0
+    correct = 0
+    targets = 0
+    for start in range(0, len(examples), VALID_CHUNK_EXAMPLES):
+        chunk = examples[start : start + VALID_CHUNK_EXAMPLES]
+        for batch in micro_batches(chunk, setup.max_seq_len, setup.micro_batch_tokens, layout=setup.layout):
+            loss, right = batch_loss(model, batch.to(setup.device), setup.amp)
+            loss_sum += loss.item()
+            correct += right
+            targets += batch.trainable_tokens
+    model.train()
+    if not targets:
+        return None, None
+    return loss_sum / targets, correct / targets
+
+
+def batch_loss(model: PeftModel, batch: PackedBatch, amp: torch.dtype | None) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over the batch's targets, and how many targets the argmax gets right.
+
+    Runs the decoder on the packed rows, keeps the hidden states of positions with a target, and applies the
+    LM head to those only.
+
+    Raises:
+        ValueError: a flat batch for a model that does not use ``packing.varlen_attention`` (its examples
+            would see each other).
+    """
+    causal_lm = model.get_base_model()
+    flat: dict[str, Any] = {}
+    if batch.attention_mask is None:
+        if causal_lm.config._attn_implementation != VARLEN_ATTENTION:
+            raise ValueError("A flat batch needs the model switched to varlen attention (packing.use_varlen_attention)")
+        flat["segment_lengths"] = batch.segment_lengths[0]
+    device_type = batch.input_ids.device.type
+    with torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext():
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            **flat,
+        ).last_hidden_state
+    flat_targets = batch.targets.reshape(-1)
+    where = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)
+    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where)
+    head = causal_lm.get_output_embeddings().weight
+    return head_loss(selected, head, flat_targets.index_select(0, where), amp)
+
+
+def head_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, amp: torch.dtype | None
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` and the argmax hits, chunk by chunk.
+
+    ``weight`` (the LM head) is frozen; the gradient with respect to ``hidden`` is computed in the forward pass.
+    """
+    chunk = max(1, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
+    if hidden.requires_grad and torch.is_grad_enabled():
+        loss, correct = _HeadLoss.apply(hidden, weight, targets, chunk, amp)
+        return loss, int(correct)
+    loss, correct, _ = _head_chunks(hidden, weight, targets, chunk, amp, with_grad=False)
+    return loss, correct
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Fused LM head + cross-entropy: saves ``d loss / d hidden`` (positions × hidden) instead of the logits."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, amp: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, correct, grad_hidden = _head_chunks(hidden, weight, targets, chunk, amp, with_grad=True)
+        ctx.save_for_backward(grad_hidden)
+        correct_t = torch.tensor(correct)
+        ctx.mark_non_differentiable(correct_t)
+        return loss, correct_t
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_loss, None, None, None, None
+
+
+def _head_chunks(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+    amp: torch.dtype | None,
+    *,
+    with_grad: bool,
+) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    compute = amp or torch.float32
+    w = weight.detach().to(compute)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    correct = 0
+    grad_hidden = torch.empty_like(hidden) if with_grad else None
+    device_type = hidden.device.type
+    with torch.autocast(device_type, enabled=False), torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].detach().to(compute)
+            t = targets[start : start + chunk]
+            log_probs = torch.log_softmax((h @ w.T).float(), dim=-1)
+            loss -= log_probs.gather(1, t[:, None]).sum()
+            correct += int((log_probs.argmax(dim=-1) == t).sum())
+            if grad_hidden is not None:
+                # d(sum CE)/d logits = softmax - one_hot(target), built in place in the log-probs buffer.
+                probs = log_probs.exp_()
+                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                grad_hidden[start : start + chunk] = (probs.to(compute) @ w).to(hidden.dtype)
+    return loss, correct, grad_hidden
+
+
+# --------------------------------------------------------------------------------------------- files
+def checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The results.csv columns of a step record that have a value (spec §7.3 checkpoint metrics)."""
+    return {key: float(metrics[key]) for key in METRIC_COLUMNS if metrics.get(key) is not None}
+
+
+def save_checkpoint(model: PeftModel, run_dir: Path, step: int, metrics: dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoints/step-<step>/`` (adapter + ``metrics.json``), then delete all but the newest ``keep``."""
+    extra = {METRICS_FILE: json.dumps(checkpoint_metrics(metrics), indent=2)}
+    folder = save_adapter(model, run_dir / CHECKPOINTS_DIR / f"step-{step}", extra_files=extra)
+    existing = sorted(
+        (p for p in (run_dir / CHECKPOINTS_DIR).glob("step-*") if p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    for old in existing[: max(0, len(existing) - max(keep, 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def save_state(
+    folder: Path, model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, state: RunState
+) -> None:
+    """Write everything a resumed run needs into ``folder``, atomically (a temporary folder, then a rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}~", dir=folder.parent))
+    try:
+        save_adapter(model, staging / ADAPTER_DIR)
+        numpy_state = np.random.get_state()
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python_rng": random.getstate(),
+                "numpy_rng": {
+                    "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+                    "pos": int(numpy_state[2]),
+                    "has_gauss": int(numpy_state[3]),
+                    "cached_gaussian": float(numpy_state[4]),
+                },
+            },
+            staging / TRAINER_FILE,
+        )
+        (staging / STATE_FILE).write_text(json.dumps(asdict(state)))
+        replace_dir(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, train_examples: int) -> RunState:
+    """Restore optimizer, scheduler and RNG states from ``folder``; the adapter was loaded with the model.
+
+    Raises:
+        ValueError: the state was saved for a different training file.
+    """
+    state = RunState(**json.loads((folder / STATE_FILE).read_text()))
+    if state.train_examples != train_examples:
+        raise ValueError(
+            f"The saved state is for {state.train_examples} training examples, but the file has {train_examples}."
+        )
+    saved = torch.load(folder / TRAINER_FILE, weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    version, internal, gauss = saved["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_rng = saved["numpy_rng"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_rng["keys"].numpy().astype(np.uint32),
+            numpy_rng["pos"],
+            numpy_rng["has_gauss"],
+            numpy_rng["cached_gaussian"],
+        )
+    )
+    return state

@@ -1,0 +1,205 @@
+"""Adapters for serving: reading peft folders (and refusing what cannot be served), the LRU of loaded
+adapters with pins, and the per-row LoRA arithmetic of ``MultiLora`` checked against plain matrix maths.
+
+Run: ``.venv/bin/pytest tests/unit/inference/test_adapters.py -q``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tunery.inference.adapters import AdapterCache, LoraAdapter, LoraModule, load_lora_adapter
+from tunery.inference.errors import AdapterLoadError
+from tunery.inference.multi_lora import MultiLora
+
+SHAPES = {"model.layers.0.self_attn.q_proj": (64, 64), "model.layers.0.self_attn.k_proj": (64, 32)}
+
+
+def write_adapter(path: Path, config: dict[str, object] | None = None, r: int = 4) -> Path:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    base = {"peft_type": "LORA", "r": r, "lora_alpha": 8, "bias": "none", "target_modules": ["q_proj", "k_proj"]}
+    (path / "adapter_config.json").write_text(json.dumps({**base, **(config or {})}))
+    weights = {}
+    for module, (fan_in, fan_out) in SHAPES.items():
+        weights[f"base_model.model.{module}.lora_A.weight"] = torch.randn(r, fan_in)
+        weights[f"base_model.model.{module}.lora_B.weight"] = torch.randn(fan_out, r)
+    save_file(weights, path / "adapter_model.safetensors")
+    return path
+
+
+def load(path: Path) -> LoraAdapter:
+    return load_lora_adapter(path, name="x", linear_shapes=SHAPES, dtype=torch.float32, device=torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def test_a_peft_folder_becomes_transposed_matrices_with_the_scale_in_b(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = write_adapter(tmp_path / "a", {"alpha_pattern": {"k_proj": 2}})
+    raw = load_file(path / "adapter_model.safetensors")
+    adapter = load(path)
+    q = adapter.modules["model.layers.0.self_attn.q_proj"]
+    assert q.a.shape == (64, 4)
+    assert q.b.shape == (4, 64)
+    assert q.rank == 4
+    assert torch.equal(q.a, raw["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].t())
+    assert torch.allclose(q.b, raw["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"].t() * 8 / 4)
+    k = adapter.modules["model.layers.0.self_attn.k_proj"]
+    assert torch.allclose(k.b, raw["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].t() * 2 / 4)
+
+
+def test_rslora_scales_by_the_square_root_of_the_rank(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = write_adapter(tmp_path / "a", {"use_rslora": True})
+    raw = load_file(path / "adapter_model.safetensors")[
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    ]
+    assert torch.allclose(load(path).modules["model.layers.0.self_attn.q_proj"].b, raw.t() * 8 / math.sqrt(4))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"use_dora": True}, "'use_dora' is set"),
+        ({"modules_to_save": ["lm_head"]}, "'modules_to_save' is set"),
+        ({"bias": "all"}, "trains biases"),
+        ({"peft_type": "IA3"}, "IA3 adapter"),
+    ],
+)
+def test_adapters_that_are_not_plain_lora_are_refused(tmp_path: Path, config: dict[str, object], message: str) -> None:
+    with pytest.raises(AdapterLoadError, match=message):
+        load(write_adapter(tmp_path / "a", config))
+
+
+def test_broken_folders_are_refused_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(AdapterLoadError, match=r"Adapter 'x' \(.*\): no adapter_config.json"):
+        load(tmp_path / "missing")
+    path = write_adapter(tmp_path / "corrupt")
+    (path / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(AdapterLoadError, match=r"cannot read adapter_model\.safetensors"):
+        load(path)
+    path = write_adapter(tmp_path / "other-model")
+    with pytest.raises(AdapterLoadError, match="not a linear layer of the base model"):
+        load_lora_adapter(
+            path,
+            name="x",
+            linear_shapes={"model.layers.0.self_attn.q_proj": (64, 64)},
+            dtype=torch.float32,
+            device=torch.device("cpu"),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------- LRU
+class CountingLoader:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.loads: list[str] = []
+        self.delay = delay
+
+    def __call__(self, name: str, path: Path) -> LoraAdapter:
+        self.loads.append(name)
+        time.sleep(self.delay)
+        if name == "bad":
+            raise AdapterLoadError("bad adapter")
+        return LoraAdapter(name=name, path=path, modules={})
+
+
+def test_the_least_recently_used_idle_adapter_is_evicted(tmp_path: Path) -> None:
+    loader = CountingLoader()
+    cache = AdapterCache(loader, capacity=2)
+    a = cache.acquire("a", tmp_path)
+    cache.release(a)
+    cache.release(cache.acquire("b", tmp_path))
+    cache.release(cache.acquire("a", tmp_path))  # a is now the most recently used
+    cache.release(cache.acquire("c", tmp_path))
+    assert cache.loaded() == ["a", "c"]
+    assert loader.loads == ["a", "b", "c"]
+
+
+def test_pinned_adapters_stay_and_newcomers_wait_for_a_free_slot(tmp_path: Path) -> None:
+    cache = AdapterCache(CountingLoader(), capacity=1)
+    a = cache.acquire("a", tmp_path)
+    got: list[LoraAdapter] = []
+    waiter = threading.Thread(target=lambda: got.append(cache.acquire("b", tmp_path)))
+    waiter.start()
+    time.sleep(0.1)
+    assert not got
+    assert cache.loaded() == ["a"]
+    cache.release(a)
+    waiter.join(5)
+    assert [x.name for x in got] == ["b"]
+    assert cache.loaded() == ["b"]
+
+
+def test_concurrent_requests_share_one_load_and_failures_are_not_cached(tmp_path: Path) -> None:
+    loader = CountingLoader(delay=0.05)
+    cache = AdapterCache(loader, capacity=2)
+    results: list[LoraAdapter] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.acquire("a", tmp_path))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert loader.loads == ["a"]
+    assert len({id(x) for x in results}) == 1
+    for _ in range(2):
+        with pytest.raises(AdapterLoadError):
+            cache.acquire("bad", tmp_path)
+    assert loader.loads == ["a", "bad", "bad"]
+    assert cache.loaded() == ["a"]
+
+
+# ------------------------------------------------------------------------------------------------ MultiLora
+def test_each_row_gets_its_own_adapters_delta_in_one_pass() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 8))
+    lora = MultiLora(model)
+
+    def adapter(name: str, rank: int, modules: tuple[str, ...]) -> LoraAdapter:
+        weights = {
+            m: LoraModule(a=torch.randn(lora.linear_shapes[m][0], rank), b=torch.randn(rank, lora.linear_shapes[m][1]))
+            for m in modules
+        }
+        return LoraAdapter(name=name, path=Path(name), modules=weights)
+
+    first, second = adapter("first", 2, ("0", "1")), adapter("second", 3, ("0",))
+    rows = [first, None, second, first, second]
+    x = torch.randn(len(rows), 2, 16)  # two positions per row, as in a prefill
+
+    def expected() -> torch.Tensor:
+        outputs = []
+        for row, adapter_ in enumerate(rows):
+            h = x[row]
+            for name, layer in model.named_children():
+                delta = (
+                    0
+                    if adapter_ is None or name not in adapter_.modules
+                    else h @ adapter_.modules[name].a @ adapter_.modules[name].b
+                )
+                h = layer(h) + delta
+            outputs.append(h)
+        return torch.stack(outputs)
+
+    with torch.no_grad():
+        plain = model(x)
+        with lora.applied(lora.plan(rows)):
+            mixed = model(x)
+        assert torch.allclose(mixed, expected(), atol=1e-5)
+        with lora.applied(lora.plan(rows, grouped=True)):  # the prefill flavour: one product per adapter
+            grouped = model(x)
+        assert torch.allclose(grouped, expected(), atol=1e-5)
+        assert torch.equal(model(x), plain)  # outside ``applied`` the hooks add nothing
+        with lora.applied(lora.plan([first] * 5)):
+            only_first = model(x)
+        rows[:] = [first] * 5
+        assert torch.allclose(only_first, expected(), atol=1e-5)

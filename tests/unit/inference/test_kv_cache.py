@@ -1,0 +1,53 @@
+"""The left-padded batch cache: steps write in place, rows leave and join with their tokens right-aligned,
+padding nobody needs is dropped, and padding columns hold zeros.
+
+Run: ``.venv/bin/pytest tests/unit/inference/test_kv_cache.py -q``
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunery.inference.kv_cache import PaddedKVCache
+
+
+def filled(rows: list[list[float]], pads: list[int], layers: int = 2) -> PaddedKVCache:
+    """A cache whose row ``i`` holds the values ``rows[i]`` (one head, head_dim 1) after ``pads[i]`` zeros."""
+    width = max(len(r) + p for r, p in zip(rows, pads, strict=True))
+    cache = PaddedKVCache(layers, pads, capacity=1)  # too small on purpose: it must grow
+    keys = torch.zeros(len(rows), 1, width, 1)
+    for i, (values, pad) in enumerate(zip(rows, pads, strict=True)):
+        keys[i, 0, pad:, 0] = torch.tensor(values)
+    for layer in range(layers):
+        cache.update(keys, -keys, layer)
+    return cache
+
+
+def columns(cache: PaddedKVCache, layer: int = 0) -> list[list[float]]:
+    return cache.padded_layers[layer].keys[:, 0, :, 0].tolist()
+
+
+def test_steps_append_in_place_and_the_mask_hides_padding() -> None:
+    cache = filled([[1, 2], [3, 4, 5]], pads=[1, 0])
+    assert cache.length == 3
+    buffer = cache.padded_layers[0].key_buffer
+    cache.update(torch.tensor([[[[6.0]]], [[[7.0]]]]), torch.zeros(2, 1, 1, 1), 0)
+    assert cache.padded_layers[0].key_buffer is buffer  # spare capacity was reserved on growth
+    assert columns(cache) == [[0, 1, 2, 6], [3, 4, 5, 7]]
+    # The mask is for the next token: one more column, its own.
+    assert cache.decode_mask(torch.device("cpu"))[:, 0, 0].tolist() == [[False] + [True] * 4, [True] * 5]
+
+
+def test_rows_leave_and_join_right_aligned() -> None:
+    running = filled([[1, 2], [3, 4, 5, 6], [7, 8, 9]], pads=[2, 0, 1])
+    joining = filled([[10, 11, 12, 13, 14]], pads=[0])
+    merged = running.rebuilt([0, 2], joining, reserve=8)
+    # Row 1 left, so one padding column is needed by nobody and goes; the newcomer is longer than the rest,
+    # so they get two more on their left.
+    assert merged.pads == [3, 2, 0]
+    assert columns(merged) == [[0, 0, 0, 1, 2], [0, 0, 7, 8, 9], [10, 11, 12, 13, 14]]
+    assert columns(merged, 1) == columns(merged)
+    assert merged.padded_layers[0].values[:, 0, :, 0].tolist() == [[-v for v in row] for row in columns(merged)]
+    assert merged.padded_layers[0].capacity >= merged.length + 8
+    shrunk = merged.rebuilt([1])
+    assert (shrunk.pads, columns(shrunk)) == ([0], [[7, 8, 9]])
