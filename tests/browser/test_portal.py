@@ -25,7 +25,9 @@ from tests.integration.harness import Server
 pytestmark = pytest.mark.browser
 
 WORDS = ["red", "blue", "green", "amber", "violet", "black", "white", "olive", "coral", "ivory", "teal", "gold"]
-TRAIN_EXAMPLES = 40  # × 3 epochs × batch 1 = 120 steps: long enough to watch, short enough for CI
+TRAIN_EXAMPLES = 40
+EPOCHS = 10  # × 40 examples × batch 1 = 400 steps: long enough to watch on a fast CPU (120 took 7 s)
+STEPS = TRAIN_EXAMPLES * EPOCHS
 JOB_TIMEOUT_MS = 150_000
 
 
@@ -224,9 +226,9 @@ def test_wizard_starts_a_job_and_its_charts_grow(page: Page, screenshots: Path, 
     epochs = page.get_by_label("Number of epochs")
     expect(epochs).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_text("must be between 1 and 50")).to_be_visible()
-    epochs.fill("3")
+    epochs.fill(str(EPOCHS))
     page.get_by_role("button", name="Next").click()
-    expect(page.get_by_label("Request JSON")).to_contain_text('"n_epochs": 3,')
+    expect(page.get_by_label("Request JSON")).to_contain_text(f'"n_epochs": {EPOCHS},')
     expect(page.get_by_role("alert")).to_be_hidden()  # fixing the field cleared the API's complaint
     shot(page, screenshots, "07-wizard-review")
     page.get_by_role("button", name="Start fine-tuning").click()
@@ -240,16 +242,16 @@ def test_wizard_starts_a_job_and_its_charts_grow(page: Page, screenshots: Path, 
     second = wait_for_more_points(page, "Loss", than=first)
     assert second > first > 0, f"the loss chart grows while the job runs ({first} → {second} points)"
     expect(page.get_by_role("log", name="Events, newest first")).to_contain_text("training loss=")
-    expect(page.get_by_text(re.compile(r"Step \d+ of 120"))).to_be_visible()
+    expect(page.get_by_text(re.compile(rf"Step \d+ of {STEPS}"))).to_be_visible()
     shot(page, screenshots, "08-job-running")
 
     status = page.get_by_role("region", name="Status")
     expect(status).to_contain_text("succeeded", ignore_case=True, timeout=JOB_TIMEOUT_MS)
-    expect(page.get_by_text("Step 120 of 120")).to_be_visible()
+    expect(page.get_by_text(f"Step {STEPS} of {STEPS}")).to_be_visible()
     checkpoints = page.get_by_role("table", name="Checkpoints")
-    expect(checkpoints.get_by_role("row")).to_have_count(4)  # header + 3 epochs
+    expect(checkpoints.get_by_role("row")).to_have_count(4)  # header + the last 3 epochs
     expect(page.get_by_role("log", name="Events, newest first")).to_contain_text("Job succeeded.")
-    assert chart_points(page, "Loss") >= 120, "a finished job charts every step from results.csv"
+    assert chart_points(page, "Loss") >= STEPS, "a finished job charts every step from results.csv"
     assert page.get_by_role("button", name="Cancel job").count() == 0
     shot(page, screenshots, "09-job-succeeded")
 
@@ -257,7 +259,7 @@ def test_wizard_starts_a_job_and_its_charts_grow(page: Page, screenshots: Path, 
 def test_deploy_a_checkpoint_from_the_job_page(page: Page, screenshots: Path, state: dict[str, Any]) -> None:
     if "job_id" not in state:
         pytest.skip("needs the job from the wizard test")
-    page.get_by_role("button", name="Deploy step 120").click()
+    page.get_by_role("button", name=f"Deploy step {STEPS}").click()
     dialog = page.get_by_role("dialog", name="Deploy model")
     expect(dialog).to_be_visible()
     dialog.get_by_label("Deployment name").fill("colours-final")

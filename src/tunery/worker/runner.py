@@ -2,7 +2,9 @@
 
 Runs as ``tunery worker`` or as a thread inside ``tunery serve``. Several workers may share one
 PostgreSQL database; the job row is the lock. A worker that stops (or dies) leaves its job ``running``
-with an old heartbeat; the next worker to start hands it back (resume from saved state, or start over).
+with an old heartbeat; any live worker hands it back (resume from saved state, or start over): at start and
+every ``RECOVER_EVERY_S`` while idle, so a worker started moments after a crash, before the dead one's heartbeat
+went stale, still picks its job up.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 WATCH_S = 0.5
 HEARTBEAT_S = 2.0
+RECOVER_EVERY_S = 2.0
 CANCEL_GRACE_S = 60.0
 SHUTDOWN_GRACE_S = 10.0
 
@@ -34,24 +37,40 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, runs: RunService, *, worker_id: str | None = None, poll_s: float = POLL_S) -> None:
+    def __init__(
+        self,
+        runs: RunService,
+        *,
+        worker_id: str | None = None,
+        poll_s: float = POLL_S,
+        recover_every_s: float = RECOVER_EVERY_S,
+    ) -> None:
         self._runs = runs
         self.worker_id = worker_id or new_worker_id()
         self._poll_s = poll_s
+        self._recover_every_s = recover_every_s
 
     def run(self, stop: threading.Event) -> None:
         """Work until ``stop`` is set. A trainer still running then is stopped; its job is recovered later."""
-        recovered = self._runs.recover(self.worker_id, is_trainer_alive, kill_pid)
-        if recovered:
-            log.info("handed back %d job(s) left by a stopped worker", recovered)
+        last_recovery = float("-inf")
         while not stop.is_set():
             try:
+                if time.monotonic() - last_recovery >= self._recover_every_s:
+                    last_recovery = time.monotonic()
+                    self.recover()
                 busy = self.run_once(stop)
             except Exception:  # the edge: one bad job must not stop the worker
                 log.exception("worker %s: unexpected error; continuing", self.worker_id)
                 busy = False
             if not busy:
                 stop.wait(self._poll_s)
+
+    def recover(self) -> int:
+        """Hand back the jobs of workers that went silent (a dead worker's job stays ``running`` otherwise)."""
+        recovered = self._runs.recover(self.worker_id, is_trainer_alive, kill_pid)
+        if recovered:
+            log.info("handed back %d job(s) left by a stopped worker", recovered)
+        return recovered
 
     def run_once(self, stop: threading.Event | None = None) -> bool:
         """Take one job as far as it goes. False when there was nothing to do."""

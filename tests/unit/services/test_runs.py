@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
 from tunery.storage import Database, JobStore, LocalBlobStore
 from tunery.training.progress import ProgressKind, ProgressRecord
+from tunery.worker.runner import Worker
 
 WORKER = "worker-test"
 
@@ -175,3 +178,35 @@ def test_recovery_hands_back_a_dead_workers_job(services: Services, project: str
     assert recovered.status is JobStatus.RESUMING
     events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=50)).data]
     assert any("worker restarted" in m for m in events)
+
+
+def test_a_running_worker_hands_back_a_job_whose_worker_went_silent_after_it_started(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    """A worker started moments after a crash sees a fresh heartbeat; it must still recover the job later."""
+    job = start(services, new_job(services, project))
+    (services.runs.run_dir(job.id) / "state").mkdir()
+    store = JobStore(Database(f"sqlite:///{tmp_path / 'tunery.db'}"))
+
+    class NeverTrains:  # the real run service, except that this worker takes no job to train
+        def __getattr__(self, name: str) -> Any:
+            return getattr(services.runs, name)
+
+        def claim_next(self, worker_id: str) -> None:
+            return None
+
+    worker = Worker(NeverTrains(), worker_id="new-worker", poll_s=0.02, recover_every_s=0.05)  # type: ignore[arg-type]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert services.jobs.retrieve(project, job.id).status is JobStatus.RUNNING, "its heartbeat is fresh"
+        store.heartbeat(job.id, WORKER, 0.0)  # now the old worker has been silent too long
+        deadline = time.monotonic() + 5
+        while services.jobs.retrieve(project, job.id).status is JobStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert services.jobs.retrieve(project, job.id).status is JobStatus.RESUMING
