@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The results.csv columns, in order (spec §7.1); step events and checkpoint metrics use the same keys.
+# The results.csv columns of a supervised job, in order (spec §7.1); step events and checkpoint metrics use the
+# same keys.
 METRIC_COLUMNS = (
     "step",
     "train_loss",
@@ -14,6 +15,29 @@ METRIC_COLUMNS = (
     "full_valid_loss",
     "full_valid_mean_token_accuracy",
 )
+
+# A DPO job's columns. The spec names none for DPO; these follow its pattern (train_/valid_/full_valid_) with
+# the quantities DPO users read: the loss, how often the chosen reply out-scores the rejected one (reward
+# accuracy), by how much (reward margin), and the two implicit rewards, beta * log(policy / reference).
+DPO_METRIC_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_reward_accuracy",
+    "train_reward_margin",
+    "train_chosen_reward",
+    "train_rejected_reward",
+    "valid_loss",
+    "valid_reward_accuracy",
+    "valid_reward_margin",
+    "full_valid_loss",
+    "full_valid_reward_accuracy",
+    "full_valid_reward_margin",
+)
+
+
+def metric_columns(method: str) -> tuple[str, ...]:
+    """The results.csv columns of a job trained with ``method`` (``supervised`` or ``dpo``)."""
+    return DPO_METRIC_COLUMNS if method == "dpo" else METRIC_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,7 +94,8 @@ class FileService:
                 f"filename must be 1 to {MAX_FILENAME_CHARS} characters without path separators",
                 param="file",
             )
-        expires_at = self._expiry(expires_after)
+        now = int(self._clock())  # one reading: expires_at is exactly created_at + seconds
+        expires_at = self._expiry(expires_after, now)
         if self._store.count(project_id) >= self._rules.max_files_per_project:
             raise QuotaExceeded(
                 f"This project already has {self._rules.max_files_per_project} files, the most allowed. "
@@ -107,7 +108,7 @@ class FileService:
             filename=name,
             purpose=checked_purpose,
             bytes=0,
-            created_at=int(self._clock()),
+            created_at=now,
             status=FileStatus.PENDING,
             expires_at=expires_at,
         )
@@ -246,7 +247,7 @@ class FileService:
         with self._lock:
             self._pending.discard(future)
 
-    def _expiry(self, expires_after: tuple[str | None, int | None]) -> int | None:
+    def _expiry(self, expires_after: tuple[str | None, int | None], now: int) -> int | None:
         anchor, seconds = expires_after
         if anchor is None and seconds is None:
             return None
@@ -257,7 +258,7 @@ class FileService:
                 f"expires_after.seconds must be between {MIN_EXPIRY_S} (1 hour) and {MAX_EXPIRY_S} (30 days).",
                 param="expires_after.seconds",
             )
-        return int(self._clock()) + seconds
+        return now + seconds
 
     @staticmethod
     def _check_purpose(purpose: str | None, *, uploadable_only: bool = True) -> FilePurpose:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunery.domain.checkpoints import METRIC_COLUMNS, Checkpoint, MetricRow
+from tunery.domain.checkpoints import Checkpoint, MetricRow, metric_columns
 from tunery.domain.errors import ServiceError
 from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.ids import new_id
@@ -235,6 +235,19 @@ class RunService:
             self.heartbeat(job, worker_id, total_steps=total, step=resumed)
             if not resumed:
                 self._log(job.id, "Training started.")
+                initial = {k: float(v) for k, v in (data.get("initial_validation") or {}).items() if v is not None}
+                if initial:
+                    self._events.append(
+                        JobEvent(
+                            id=new_id("ftevent"),
+                            job_id=job.id,
+                            created_at=int(self._clock()),
+                            level=EventLevel.INFO,
+                            message="Before training: " + _validation_summary(initial),
+                            type=EventType.METRICS,
+                            data={"step": 0.0, **initial},
+                        )
+                    )
             return job.with_changes(total_steps=total, step=resumed)
         if kind is ProgressKind.STEP:
             return self._on_step(job, worker_id, data)
@@ -264,7 +277,7 @@ class RunService:
 
     def _on_step(self, job: Job, worker_id: str, data: dict[str, Any]) -> Job:
         step = int(data["step"])
-        values = {k: float(data[k]) for k in METRIC_COLUMNS if data.get(k) is not None}
+        values = {k: float(data[k]) for k in metric_columns(job.method.value) if data.get(k) is not None}
         self._metrics.upsert(MetricRow(job_id=job.id, step=step, values=values))
         total = int(data.get("total_steps") or job.total_steps or step)
         trained = int(data.get("trained_tokens") or 0)
@@ -280,7 +293,7 @@ class RunService:
                     job_id=job.id,
                     created_at=int(self._clock()),
                     level=EventLevel.INFO,
-                    message=f"Step {step}/{total}: training loss={values.get('train_loss', float('nan')):.4f}",
+                    message=_step_message(step, total, values),
                     type=EventType.METRICS,
                     data=values,
                 )
@@ -325,7 +338,7 @@ class RunService:
             return self._fail(job, JobError("internal_error", "Training finished without saving a model."))
         newest = checkpoints[-1]
         self._checkpoints.rename(newest.id, model_name)
-        results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job.id))
+        results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job))
         self._log(job.id, f"Created results file: {results.id}")
         now = int(self._clock())
         trained = int(data.get("trained_tokens") or job.trained_tokens or 0)
@@ -361,14 +374,15 @@ class RunService:
         self._log(job.id, f"Training hours billed: {hours:.3f}")
         return done
 
-    def results_csv(self, job_id: str) -> bytes:
-        """``results.csv``: a header and one row per optimizer step (spec §7.1)."""
+    def results_csv(self, job: Job) -> bytes:
+        """``results.csv``: a header and one row per optimizer step (spec §7.1; DPO jobs have DPO columns)."""
+        columns = metric_columns(job.method.value)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(METRIC_COLUMNS)
-        for row in self._metrics.list(job_id):
+        writer.writerow(columns)
+        for row in self._metrics.list(job.id):
             values = {**row.values, "step": row.step}
-            writer.writerow([_csv_cell(values.get(column)) for column in METRIC_COLUMNS])
+            writer.writerow([_csv_cell(values.get(column)) for column in columns])
         return out.getvalue().encode()
 
     # ----------------------------------------------------------------------------------------- endings
@@ -455,6 +469,24 @@ def _data_error(problems: list[Any], count: int, param: str) -> JobError:
     return JobError(
         code, f"The job failed due to an invalid {param.replace('_', ' ')} ({count} problem(s)): {first}", param
     )
+
+
+def _step_message(step: int, total: int, values: dict[str, float]) -> str:
+    """``Step 10/40: training loss=0.6931`` (spec §4.4), with the reward accuracy for DPO."""
+    message = f"Step {step}/{total}: training loss={values.get('train_loss', float('nan')):.4f}"
+    if "train_reward_accuracy" in values:
+        message += f", reward accuracy={values['train_reward_accuracy']:.2f}"
+    return message
+
+
+def _validation_summary(values: dict[str, float]) -> str:
+    """``full validation loss=0.6931, reward accuracy=0.00`` from ``full_valid_*`` values."""
+    parts = [f"full validation loss={values.get('full_valid_loss', float('nan')):.4f}"]
+    if "full_valid_reward_accuracy" in values:
+        parts.append(f"reward accuracy={values['full_valid_reward_accuracy']:.2f}")
+    elif "full_valid_mean_token_accuracy" in values:
+        parts.append(f"token accuracy={values['full_valid_mean_token_accuracy']:.2f}")
+    return ", ".join(parts)
 
 
 def _csv_cell(value: float | int | None) -> str:

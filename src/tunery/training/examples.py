@@ -68,7 +68,7 @@ def read_examples(path: Path, tokenizer: ChatTokenizer, max_seq_len: int) -> lis
     """
     examples: list[Example] = []
     truncated_lines: list[int] = []
-    for number, record in _records(path):
+    for number, record in records(path):
         try:
             example, truncated = encode_example(record, tokenizer, max_seq_len)
         except (InvalidRequest, KeyError, TypeError) as exc:
@@ -102,7 +102,7 @@ def chat_tools(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, parsed object) for each non-blank line; a UTF-8 BOM is skipped."""
     with path.open(encoding="utf-8-sig") as source:
         for number, line in enumerate(source, start=1):

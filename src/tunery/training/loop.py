@@ -1,10 +1,13 @@
-"""The supervised LoRA training loop: ``run(spec, progress)`` turns a ``TrainingSpec`` into adapter checkpoints.
+"""The LoRA training loop: ``run(spec, progress)`` turns a ``TrainingSpec`` into adapter checkpoints.
 
-One plain loop (nanoGPT style): tokenize (``training.examples``), add the adapter (``training.lora``), then
-for each optimizer step pack ``batch_size`` examples (``training.packing``), run the micro-batches forward and
-backward, step AdamW on the LoRA parameters and report. Everything the worker needs goes through
-``progress.jsonl`` records and files in the run folder (see ``run``); the worker asks for pause/cancel with
-``control.json``. It does not read the database, talk HTTP or copy adapters to the blob store (the worker does).
+One plain loop (nanoGPT style): tokenize (``training.examples``, or ``training.preferences`` for DPO), add the
+adapter (``training.lora``), then for each optimizer step pack ``batch_size`` examples (``training.packing``),
+run the micro-batches forward and backward, step AdamW on the LoRA parameters and report. What a step and an
+evaluation compute is the method's ``Objective``: supervised (cross-entropy on assistant tokens, here) or DPO
+(``training.dpo``); everything else (schedule, validation, checkpoints, pause/resume/cancel) is shared.
+Everything the worker needs goes through ``progress.jsonl`` records and files in the run folder (see ``run``);
+the worker asks for pause/cancel with ``control.json``. It does not read the database, talk HTTP or copy
+adapters to the blob store (the worker does).
 
 Decisions worth knowing:
 
@@ -13,9 +16,10 @@ Decisions worth knowing:
 * Micro-batches are flat by default: the examples back to back in one unpadded row, attended example by
   example (``packing.varlen_attention``); ``layout="mask"`` uses padded rows with a 4D block mask instead
   (same numbers, more work).
-* The LM head runs only at trainable positions, in chunks, with its cross-entropy gradient computed on the
-  spot (``_HeadLoss``): the vocabulary-sized logits never exist for the whole batch, nor stay for backward.
-  Supports Llama-like heads (a bias-free linear layer, no logit soft-capping or scaling).
+* The LM head runs only at trainable positions, in chunks (``training.head``): the vocabulary-sized logits
+  never exist for the whole batch, nor stay for backward.
+* With a validation file, the whole of it is evaluated once before the first step (``initial_validation`` in
+  the STARTED record): the curve's step 0.
 * Precision: fp32 weights; bf16 autocast where bf16 matmuls are fast (CUDA with bf16, CPUs with
   ``avx512_bf16``/``amx_bf16``), fp32 elsewhere; never fp16. On CPUs without native bf16 it is ~100x slower.
 * ``trained_tokens`` counts real (non-padding) tokens fed to the model, prompt and completion alike, once per
@@ -32,8 +36,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,20 +47,28 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tunery.catalog.chat_tokenizer import ChatTokenizer
-from tunery.domain.checkpoints import METRIC_COLUMNS
+from tunery.domain.checkpoints import metric_columns
 from tunery.training import progress as control
+from tunery.training.dpo import (
+    REFERENCE_FILE,
+    dpo_evaluate,
+    dpo_train_step,
+    load_reference,
+    save_reference,
+    with_reference,
+)
 from tunery.training.examples import IGNORE_INDEX, Example, read_examples
+from tunery.training.head import batch_loss
 from tunery.training.lora import add_adapter, replace_dir, save_adapter
 from tunery.training.packing import (
-    VARLEN_ATTENTION,
     Layout,
-    PackedBatch,
     epoch_order,
     micro_batches,
     step_examples,
     steps_per_epoch,
     use_varlen_attention,
 )
+from tunery.training.preferences import PreferencePair, read_pairs
 from tunery.training.progress import ProgressKind, ProgressWriter
 from tunery.training.spec import TrainingSpec
 
@@ -126,8 +137,8 @@ def run(
         InvalidTrainingData: a training or validation line cannot be tokenized.
         TrainingDiverged: the loss became NaN or infinite.
     """
-    if spec.method != "supervised":
-        raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer yet.")
+    if spec.method not in ("supervised", "dpo"):
+        raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer.")
     run_dir = spec.run_path
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
@@ -136,8 +147,11 @@ def run(
     seed_everything(spec.seed)
 
     tokenizer = ChatTokenizer.from_dir(Path(spec.base_model_dir))
-    train = read_examples(Path(spec.train_file), tokenizer, spec.max_seq_len)
-    valid = read_examples(Path(spec.validation_file), tokenizer, spec.max_seq_len) if spec.validation_file else []
+    read = read_pairs if spec.method == "dpo" else read_examples
+    train: list[Any] = list(read(Path(spec.train_file), tokenizer, spec.max_seq_len))
+    valid: list[Any] = (
+        list(read(Path(spec.validation_file), tokenizer, spec.max_seq_len)) if spec.validation_file else []
+    )
 
     resume = Path(spec.resume_from) if spec.resume_from else None
     base = load_base_model(Path(spec.base_model_dir), device)
@@ -146,6 +160,9 @@ def run(
     init_adapter = resume / ADAPTER_DIR if resume else (Path(spec.init_adapter_dir) if spec.init_adapter_dir else None)
     model = add_adapter(base, spec.lora, init_adapter)
     model.train()
+    if spec.method == "dpo":
+        train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
+    objective = Objective.for_spec(spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     per_epoch = steps_per_epoch(len(train), spec.batch_size)
@@ -155,6 +172,9 @@ def run(
     state = RunState(order=epoch_order(len(train), spec.seed, 0), train_examples=len(train))
     if resume is not None:
         state = load_state(resume, optimizer, scheduler, len(train))
+    initial: dict[str, Any] = {}
+    if valid and state.step == 0:  # where validation starts: the curve's step 0
+        initial = {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
     progress.emit(
         ProgressKind.STARTED,
         total_steps=total_steps,
@@ -168,6 +188,8 @@ def run(
         trainable_params=sum(p.numel() for p in params),
         device=device.type,
         dtype="bf16" if setup.amp is torch.bfloat16 else "fp32",
+        method=spec.method,
+        initial_validation=initial,
     )
     if control.requested(run_dir) == "cancel":
         progress.emit(ProgressKind.CANCELLED, step=state.step)
@@ -179,24 +201,20 @@ def run(
         assert state.order is not None
         batch = [train[i] for i in step_examples(state.order, state.step_in_epoch, spec.batch_size)]
         step_start = time.perf_counter()
-        loss, accuracy, real_tokens = train_step(model, optimizer, scheduler, batch, setup)
+        trained, real_tokens = objective.step(model, optimizer, scheduler, batch, setup)
         step_seconds = time.perf_counter() - step_start
         state.step += 1
         state.step_in_epoch += 1
         state.trained_tokens += real_tokens
         steps_this_run += 1
-        metrics: dict[str, Any] = {
-            "step": state.step,
-            "train_loss": loss,
-            "train_mean_token_accuracy": accuracy,
-        }
+        metrics: dict[str, Any] = {"step": state.step, **{f"train_{k}": v for k, v in trained.items()}}
         if valid and (state.step % spec.metrics_every == 0 or state.step == total_steps):
             picked = [valid[(state.valid_cursor + i) % len(valid)] for i in range(min(spec.batch_size, len(valid)))]
             state.valid_cursor = (state.valid_cursor + len(picked)) % len(valid)
-            metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = evaluate(model, picked, setup)
+            metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, picked, setup).items()}
         epoch_done = state.step_in_epoch == per_epoch
         if epoch_done and valid:
-            metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = evaluate(model, valid, setup)
+            metrics |= {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         for name, value in metrics.items():
             if value is not None and not math.isfinite(value):
                 raise TrainingDiverged(
@@ -220,13 +238,15 @@ def run(
             state.epoch += 1
             state.step_in_epoch = 0
             state.order = epoch_order(len(train), spec.seed, state.epoch) if state.epoch < spec.n_epochs else None
-            checkpoint = save_checkpoint(model, run_dir, state.step, metrics, spec.keep_checkpoints)
+            checkpoint = save_checkpoint(
+                model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints
+            )
             progress.emit(
                 ProgressKind.CHECKPOINT,
                 step=state.step,
                 epoch=finished_epoch,
                 path=str(checkpoint),
-                metrics=checkpoint_metrics(metrics),
+                metrics=checkpoint_metrics(metrics, spec.method),
             )
             save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
 
@@ -236,14 +256,16 @@ def run(
             return
         if request == "pause" and state.epoch < spec.n_epochs:
             if checkpoint is None:  # not already saved at this step's epoch end
-                checkpoint = save_checkpoint(model, run_dir, state.step, metrics, spec.keep_checkpoints)
+                checkpoint = save_checkpoint(
+                    model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints
+                )
                 save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
             progress.emit(
                 ProgressKind.PAUSED,
                 step=state.step,
                 state_path=str(run_dir / STATE_DIR),
                 checkpoint=str(checkpoint),
-                metrics=checkpoint_metrics(metrics),
+                metrics=checkpoint_metrics(metrics, spec.method),
             )
             return
 
@@ -308,9 +330,69 @@ def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_r
 
 
 # --------------------------------------------------------------------------------------------- compute
-def target_count(example: Example) -> int:
-    """Positions of ``example`` that have a target (the first token is never predicted)."""
-    return sum(label != IGNORE_INDEX for label in example.labels[1:])
+def target_count(item: Example | PreferencePair) -> int:
+    """Positions of ``item`` that have a target (the first token is never predicted); both sides of a pair."""
+    if isinstance(item, PreferencePair):
+        return target_count(item.chosen) + target_count(item.rejected)
+    return sum(label != IGNORE_INDEX for label in item.labels[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """What a training method does in a step and in an evaluation; metric names come without their prefix
+    (``loss`` → ``train_loss``, ``valid_loss``, ``full_valid_loss``)."""
+
+    step: Callable[[PeftModel, torch.optim.Optimizer, Any, Sequence[Any], Setup], tuple[dict[str, Any], int]]
+    evaluate: Callable[[PeftModel, Sequence[Any], Setup], dict[str, Any]]
+
+    @staticmethod
+    def for_spec(spec: TrainingSpec) -> Objective:
+        if spec.method == "dpo":
+            beta = spec.dpo_beta
+            return Objective(
+                step=lambda model, opt, sched, pairs, setup: dpo_train_step(
+                    model, opt, sched, pairs, setup, beta, MAX_GRAD_NORM
+                ),
+                evaluate=lambda model, pairs, setup: dpo_evaluate(model, pairs, setup, beta),
+            )
+        return Objective(step=_supervised_step, evaluate=_supervised_evaluate)
+
+
+def _supervised_step(
+    model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, examples: Sequence[Example], setup: Setup
+) -> tuple[dict[str, Any], int]:
+    loss, accuracy, real_tokens = train_step(model, optimizer, scheduler, examples, setup)
+    return {"loss": loss, "mean_token_accuracy": accuracy}, real_tokens
+
+
+def _supervised_evaluate(model: PeftModel, examples: Sequence[Example], setup: Setup) -> dict[str, Any]:
+    loss, accuracy = evaluate(model, examples, setup)
+    return {"loss": loss, "mean_token_accuracy": accuracy}
+
+
+def dpo_reference(
+    model: PeftModel,
+    train: list[PreferencePair],
+    valid: list[PreferencePair],
+    setup: Setup,
+    run_dir: Path,
+    *,
+    resuming: bool,
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """The pairs with their reference log-probabilities: computed from the model as it starts (and saved), or,
+    when the run already computed them (a resume, a restart), read back so every step compares to the same model.
+
+    Raises:
+        ValueError: a resumed run whose reference values are missing or are for other data.
+    """
+    path = run_dir / REFERENCE_FILE
+    if path.is_file():
+        return load_reference(path, train, valid)
+    if resuming:
+        raise ValueError(f"The resumed DPO run has lost its reference log-probabilities ({path.name}).")
+    train, valid = with_reference(model, train, setup), with_reference(model, valid, setup)
+    save_reference(path, train, valid)
+    return train, valid
 
 
 def train_step(
@@ -360,111 +442,15 @@ def evaluate(model: PeftModel, examples: Sequence[Example], setup: Setup) -> tup
     return loss_sum / targets, correct / targets
 
 
-def batch_loss(model: PeftModel, batch: PackedBatch, amp: torch.dtype | None) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over the batch's targets, and how many targets the argmax gets right.
-
-    Runs the decoder on the packed rows, keeps the hidden states of positions with a target, and applies the
-    LM head to those only.
-
-    Raises:
-        ValueError: a flat batch for a model that does not use ``packing.varlen_attention`` (its examples
-            would see each other).
-    """
-    causal_lm = model.get_base_model()
-    flat: dict[str, Any] = {}
-    if batch.attention_mask is None:
-        if causal_lm.config._attn_implementation != VARLEN_ATTENTION:
-            raise ValueError("A flat batch needs the model switched to varlen attention (packing.use_varlen_attention)")
-        flat["segment_lengths"] = batch.segment_lengths[0]
-    device_type = batch.input_ids.device.type
-    with torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext():
-        hidden = causal_lm.get_decoder()(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-            **flat,
-        ).last_hidden_state
-    flat_targets = batch.targets.reshape(-1)
-    where = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)
-    selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where)
-    head = causal_lm.get_output_embeddings().weight
-    return head_loss(selected, head, flat_targets.index_select(0, where), amp)
-
-
-def head_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, amp: torch.dtype | None
-) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets`` and the argmax hits, chunk by chunk.
-
-    ``weight`` (the LM head) is frozen; the gradient with respect to ``hidden`` is computed in the forward pass.
-    """
-    chunk = max(1, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
-    if hidden.requires_grad and torch.is_grad_enabled():
-        loss, correct = _HeadLoss.apply(hidden, weight, targets, chunk, amp)
-        return loss, int(correct)
-    loss, correct, _ = _head_chunks(hidden, weight, targets, chunk, amp, with_grad=False)
-    return loss, correct
-
-
-class _HeadLoss(torch.autograd.Function):
-    """Fused LM head + cross-entropy: saves ``d loss / d hidden`` (positions × hidden) instead of the logits."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, amp: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, correct, grad_hidden = _head_chunks(hidden, weight, targets, chunk, amp, with_grad=True)
-        ctx.save_for_backward(grad_hidden)
-        correct_t = torch.tensor(correct)
-        ctx.mark_non_differentiable(correct_t)
-        return loss, correct_t
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_loss, None, None, None, None
-
-
-def _head_chunks(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    chunk: int,
-    amp: torch.dtype | None,
-    *,
-    with_grad: bool,
-) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-    compute = amp or torch.float32
-    w = weight.detach().to(compute)
-    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    correct = 0
-    grad_hidden = torch.empty_like(hidden) if with_grad else None
-    device_type = hidden.device.type
-    with torch.autocast(device_type, enabled=False), torch.no_grad():
-        for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start : start + chunk].detach().to(compute)
-            t = targets[start : start + chunk]
-            log_probs = torch.log_softmax((h @ w.T).float(), dim=-1)
-            loss -= log_probs.gather(1, t[:, None]).sum()
-            correct += int((log_probs.argmax(dim=-1) == t).sum())
-            if grad_hidden is not None:
-                # d(sum CE)/d logits = softmax - one_hot(target), built in place in the log-probs buffer.
-                probs = log_probs.exp_()
-                probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                grad_hidden[start : start + chunk] = (probs.to(compute) @ w).to(hidden.dtype)
-    return loss, correct, grad_hidden
-
-
 # --------------------------------------------------------------------------------------------- files
-def checkpoint_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+def checkpoint_metrics(metrics: dict[str, Any], method: str) -> dict[str, float]:
     """The results.csv columns of a step record that have a value (spec §7.3 checkpoint metrics)."""
-    return {key: float(metrics[key]) for key in METRIC_COLUMNS if metrics.get(key) is not None}
+    return {key: float(metrics[key]) for key in metric_columns(method) if metrics.get(key) is not None}
 
 
-def save_checkpoint(model: PeftModel, run_dir: Path, step: int, metrics: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(model: PeftModel, run_dir: Path, step: int, metrics: dict[str, float], keep: int) -> Path:
     """Write ``checkpoints/step-<step>/`` (adapter + ``metrics.json``), then delete all but the newest ``keep``."""
-    extra = {METRICS_FILE: json.dumps(checkpoint_metrics(metrics), indent=2)}
+    extra = {METRICS_FILE: json.dumps(metrics, indent=2)}
     folder = save_adapter(model, run_dir / CHECKPOINTS_DIR / f"step-{step}", extra_files=extra)
     existing = sorted(
         (p for p in (run_dir / CHECKPOINTS_DIR).glob("step-*") if p.name[5:].isdigit()),
