@@ -1,0 +1,523 @@
+"""Training throughput: Tunery's trainer against TRL ``SFTTrainer`` + PEFT, side by side in one run.
+
+Same base model, same generated chat data (mixed lengths, 50-500 tokens, loss on assistant turns only, the
+same token ids for every trainer), sequence length 512, LoRA r=16/alpha=32 on q,k,v,o, batch 8, one epoch,
+same learning rate and seed. Each trainer runs in its own subprocess (so its peak RSS is its own):
+
+* ``trl_default``  - ``SFTConfig`` defaults (no packing, gradient checkpointing, bf16 where the CPU has it),
+* ``trl_packed``   - TRL's best packing setup on CPU: ``packing=True, packing_strategy="wrapped"``, bf16 where
+                     the CPU has it, no gradient checkpointing,
+* ``tunery``       - ``tunery.training.loop.run`` (per-step packing without cross-contamination, LM head on
+                     trained positions only, bf16 autocast where the CPU has it).
+
+Reported: real (non-padding) tokens/s over the training steps, the ratio against each TRL setup, peak RSS,
+validation loss after training (one evaluator for all: ``loop.evaluate`` in fp32), and MFU against a GEMM peak
+timed in the same run. FLOP convention: 4·N per real token (forward 2N + activation-gradient backward 2N; no
+weight gradients for frozen weights), N = non-embedding parameters + the LM head's where it is computed
+(every position for TRL, trained positions only for Tunery). Attention's L² term is left out (as in
+PaLM's MFU, which counts it; here it would add ~3-5 % at 512 tokens).
+
+Run (about 12 minutes on 2 cores)::
+
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models tiny --train-examples 32   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out" / "train_throughput"
+MODEL_CACHE = ROOT / "out" / "models"
+SEQ_LEN = 512
+BATCH = 8
+LEARNING_RATE = 5e-4
+SEED = 0
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+TRAINERS = ("trl_default", "trl_packed", "tunery")
+# Examples per model: the same for every trainer; chosen so the whole run stays around 12 minutes on 2 cores.
+DEFAULT_EXAMPLES = {"smollm2": 24, "tiny": 64}
+VALID_EXAMPLES = 16
+
+
+# --------------------------------------------------------------------------------------------- data
+def vocabulary_words(tokenizer_json: Path) -> list[str]:
+    """Lower-case whole-word tokens of a byte-level BPE vocabulary, most frequent merges first (a Zipf source)."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_json)).get_vocab()
+    words = [(i, t[1:]) for t, i in vocab.items() if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower()]
+    return [w for _, w in sorted(words) if len(w) > 1 or w in ("a", "i")]
+
+
+def sentence_text(rng: random.Random, words: list[str], n_words: int) -> str:
+    """Sentences of Zipf-distributed words (rank r drawn with probability ~1/r), capitalised and punctuated."""
+    out: list[str] = []
+    while len(out) < n_words:
+        length = min(rng.randint(5, 18), n_words - len(out))
+        sentence = [words[min(int(rng.paretovariate(1.0)) - 1, len(words) - 1)] for _ in range(length)]
+        sentence[0] = sentence[0].capitalize()
+        sentence[-1] += rng.choice(".....?!")
+        out.extend(sentence)
+    return " ".join(out)
+
+
+def generate_chats(seed: int, words: list[str], tokenizer: Any, n: int, lo: int = 50, hi: int = 500) -> list[dict]:
+    """``n`` chats of lo..hi tokens (uniform), half with a system prompt, ~40 % prompt and ~60 % answer."""
+    rng = random.Random(seed)
+    chats = []
+    while len(chats) < n:
+        target = rng.randint(lo, hi)
+        messages = []
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": sentence_text(rng, words, rng.randint(5, 25))})
+        user_words = max(3, int(target * 0.4 * 0.75))
+        messages.append({"role": "user", "content": sentence_text(rng, words, user_words)})
+        answer = sentence_text(rng, words, max(3, int(target * 0.6 * 0.75)))
+        messages.append({"role": "assistant", "content": answer})
+        total, _ = tokenizer.count_chat(messages)
+        while total > target and len(answer.split()) > 3:  # trim the answer down to the drawn length
+            answer = " ".join(answer.split()[: max(3, len(answer.split()) - max(1, (total - target) // 2))])
+            messages[-1]["content"] = answer
+            total, _ = tokenizer.count_chat(messages)
+        if lo <= total <= hi:
+            chats.append({"messages": messages})
+    return chats
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- models
+def prepare_smollm2() -> Path:
+    from tunery.catalog import BUNDLED_MODELS
+    from tunery.catalog.materialize import prepare
+
+    return prepare(BUNDLED_MODELS[0], MODEL_CACHE, "all")
+
+
+def build_tiny_llama(folder: Path, corpus: list[str]) -> Path:
+    """A random ~34 M-parameter Llama (8 layers, hidden 512, vocab 16 384) with a BPE tokenizer trained on
+    ``corpus`` and SmolLM2's chat template and special tokens."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tunery.testing.tiny_model import SMOLLM2_CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=16384,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=16384,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def parameter_counts(model_dir: Path) -> dict[str, int]:
+    """Non-embedding parameters of the decoder and the LM head's size, from ``config.json``."""
+    config = json.loads((model_dir / "config.json").read_text())
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
+    per_layer = h * h + 2 * h * kv + h * h + 3 * h * inter + 2 * h  # q, k+v, o, MLP, two norms
+    return {"body": layers * per_layer + h, "head": config["vocab_size"] * h}
+
+
+# --------------------------------------------------------------------------------------------- machine
+def gemm_peak(dtype_name: str, threads: int, seconds: float = 3.0) -> float:
+    """Best GFLOP/s of a square matmul (2048 for fp32; smaller when the dtype is slow) over ~``seconds``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    size = 2048
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    start = time.perf_counter()
+    a[:256, :256] @ b[:256, :256]  # warm up, and find out whether this dtype is usable at all
+    if time.perf_counter() - start > 0.05:
+        size = 256
+        a, b = a[:size, :size].contiguous(), b[:size, :size].contiguous()
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks, from ``/proc/stat``."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_busy_cores(seconds: float = 2.0) -> float:
+    """How many cores the machine keeps busy over the next ``seconds`` (everyone's processes)."""
+    busy0, _ = busy_jiffies()
+    time.sleep(seconds)
+    busy1, _ = busy_jiffies()
+    return (busy1 - busy0) / os.sysconf("SC_CLK_TCK") / seconds
+
+
+def wait_for_quiet(max_seconds: float, threshold: float = 0.3) -> float:
+    """Wait (up to ``max_seconds``) until other processes use less than ``threshold`` cores; returns the last level.
+
+    This machine is shared: other jobs can take most of its 2 cores for minutes, which would measure them, not us.
+    """
+    deadline = time.perf_counter() + max_seconds
+    level = machine_busy_cores()
+    while level > threshold and time.perf_counter() < deadline:
+        time.sleep(5)
+        level = machine_busy_cores()
+    return level
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+# --------------------------------------------------------------------------------------------- workers
+def worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one configuration in this (fresh) process and measure it."""
+    import torch
+
+    from tunery.training.loop import cpu_has_fast_bf16
+
+    torch.set_num_threads(job["threads"])
+    bf16 = cpu_has_fast_bf16()
+    if job["trainer"] == "tunery":
+        result = train_tunery(job)
+    else:
+        result = train_trl(job, packed=job["trainer"] == "trl_packed", bf16=bf16)
+    result["dtype"] = "bf16" if bf16 else "fp32"
+    return result
+
+
+def train_tunery(job: dict[str, Any]) -> dict[str, Any]:
+    from tunery.training.loop import run
+    from tunery.training.progress import ProgressKind, ProgressReader, ProgressWriter
+    from tunery.training.spec import LoraSpec, TrainingSpec
+
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = TrainingSpec(
+        job_id="bench",
+        run_dir=str(run_dir),
+        base_model_dir=job["model_dir"],
+        train_file=job["train_file"],
+        validation_file=None,
+        method="supervised",
+        n_epochs=1,
+        batch_size=BATCH,
+        learning_rate=LEARNING_RATE,
+        seed=SEED,
+        lora=LoraSpec(r=16, alpha=32, target_modules=LORA_TARGETS),
+        max_seq_len=SEQ_LEN,
+        metrics_every=10**9,
+        keep_checkpoints=1,
+        num_threads=job["threads"],
+    )
+    run(spec, ProgressWriter(run_dir))
+    rss = peak_rss_mb()
+    records = ProgressReader(run_dir).read_new()
+    started = next(r for r in records if r.kind is ProgressKind.STARTED)
+    steps = [r for r in records if r.kind is ProgressKind.STEP]
+    model = load_with_adapter(job["model_dir"], run_dir / "adapter")
+    return {
+        "steps": len(steps),
+        "real_tokens": steps[-1].data["trained_tokens"],
+        "train_seconds": steps[-1].time - started.time,
+        "head_fraction": started.data["trainable_tokens_per_epoch"] / started.data["tokens_per_epoch"],
+        "peak_rss_mb": rss,
+        "valid_loss": validation_loss(model, job),
+    }
+
+
+def train_trl(job: dict[str, Any], *, packed: bool, bf16: bool) -> dict[str, Any]:
+    import warnings
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from tunery.catalog.chat_tokenizer import ChatTokenizer
+    from tunery.training.examples import read_examples
+
+    warnings.filterwarnings("ignore")  # TRL/transformers advice about CPU training: not what is measured
+    examples = read_examples(Path(job["train_file"]), ChatTokenizer.from_dir(Path(job["model_dir"])), SEQ_LEN)
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
+    config = SFTConfig(
+        output_dir=job["run_dir"],
+        max_length=SEQ_LEN,
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="linear",
+        seed=SEED,
+        bf16=bf16,  # TRL's default is True; on CPUs without native bf16 it is ~100x slower, so off there
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        **({"packing": True, "packing_strategy": "wrapped", "gradient_checkpointing": False} if packed else {}),
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+
+    marks: dict[str, Any] = {"steps": 0, "tokens": 0}
+    collate = trainer.data_collator
+
+    def counting_collator(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate(batch)
+        marks["tokens"] += int(out["attention_mask"].sum()) if "attention_mask" in out else out["input_ids"].numel()
+        return out
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            marks["begin"] = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            marks["end"] = time.perf_counter()
+            marks["steps"] += 1
+
+    trainer.data_collator = counting_collator
+    trainer.add_callback(Clock())
+    trainer.train()
+    rss = peak_rss_mb()
+    return {
+        "steps": marks["steps"],
+        "real_tokens": marks["tokens"],
+        "train_seconds": marks["end"] - marks["begin"],
+        "head_fraction": 1.0,
+        "peak_rss_mb": rss,
+        "valid_loss": validation_loss(trainer.model, job),
+    }
+
+
+def load_with_adapter(model_dir: str, adapter_dir: Path) -> Any:
+    import warnings
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def validation_loss(model: Any, job: dict[str, Any]) -> float:
+    """Mean cross-entropy per assistant token over the validation file, fp32, packed without contamination."""
+    import torch
+
+    from tunery.catalog.chat_tokenizer import ChatTokenizer
+    from tunery.training.examples import read_examples
+    from tunery.training.loop import Setup, evaluate
+
+    examples = read_examples(Path(job["valid_file"]), ChatTokenizer.from_dir(Path(job["model_dir"])), SEQ_LEN)
+    model.to(torch.float32)
+    loss, _ = evaluate(model, examples, Setup(torch.device("cpu"), None, SEQ_LEN, 4096, layout="mask"))
+    return float(loss or math.nan)
+
+
+# --------------------------------------------------------------------------------------------- driver
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one trainer in a fresh subprocess; also measure how busy OTHER processes kept the machine meanwhile."""
+    shutil.rmtree(job["run_dir"], ignore_errors=True)  # a fresh run folder: progress.jsonl is appended to
+    job_file = Path(job["run_dir"]) / "job.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps(job))
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent / "src"), "TOKENIZERS_PARALLELISM": "false"}
+    busy_before, _ = busy_jiffies()
+    own_before = os.times()
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", str(job_file)], env=env, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - started
+    own_after = os.times()
+    busy_after, _ = busy_jiffies()
+    result_file = Path(job["run_dir"]) / "result.json"
+    if done.returncode != 0 or not result_file.exists():
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-6000:])
+        raise SystemExit(f"{job['trainer']} on {job['model']} failed (exit {done.returncode})")
+    result = json.loads(result_file.read_text())
+    own = (own_after.children_user + own_after.children_system) - (
+        own_before.children_user + own_before.children_system
+    )
+    machine = (busy_after - busy_before) / os.sysconf("SC_CLK_TCK")
+    result["others_cores"] = max(0.0, (machine - own) / wall)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
+    parser.add_argument("--train-examples", type=int, default=None, help="per model (default: 24 / 64)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per trainer; the fastest is reported")
+    parser.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for other jobs to calm down")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker.read_text())
+        result = worker(job)
+        (Path(job["run_dir"]) / "result.json").write_text(json.dumps(result))
+        return
+
+    from tunery.catalog.chat_tokenizer import ChatTokenizer
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    wait_for_quiet(args.quiet_wait)
+    peaks = {name: gemm_peak(name, args.threads) for name in ("fp32", "bf16")}
+    print(f"GEMM peak, {args.threads} threads: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
+    smollm2 = prepare_smollm2()
+    words = vocabulary_words(smollm2 / "tokenizer.json")
+    rows = []
+    for model_name in args.models:
+        if model_name == "smollm2":
+            model_dir = smollm2
+        else:
+            corpus_rng = random.Random(99)
+            corpus = [sentence_text(corpus_rng, words, 200) for _ in range(3000)]
+            model_dir = build_tiny_llama(OUT / "tiny-llama-34m", corpus)
+        tokenizer = ChatTokenizer.from_dir(model_dir)
+        n_train = args.train_examples or DEFAULT_EXAMPLES[model_name]
+        data_dir = OUT / model_name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        train_file = write_jsonl(data_dir / "train.jsonl", generate_chats(1, words, tokenizer, n_train))
+        valid_file = write_jsonl(data_dir / "valid.jsonl", generate_chats(2, words, tokenizer, VALID_EXAMPLES))
+        counts = parameter_counts(model_dir)
+        for trainer in args.trainers:
+            job = {
+                "trainer": trainer,
+                "model": model_name,
+                "model_dir": str(model_dir),
+                "train_file": str(train_file),
+                "valid_file": str(valid_file),
+                "run_dir": str(data_dir / trainer),
+                "threads": args.threads,
+            }
+            runs = []
+            for _ in range(args.repeat):
+                wait_for_quiet(args.quiet_wait)
+                peaks["fp32"] = max(peaks["fp32"], gemm_peak("fp32", args.threads, seconds=1.0))  # the best seen
+                runs.append(run_worker(job))
+            result = min(runs, key=lambda r: r["train_seconds"])
+            n_flop = counts["body"] + counts["head"] * result["head_fraction"]
+            tokens_per_s = result["real_tokens"] / result["train_seconds"]
+            gflops = 4 * n_flop * tokens_per_s / 1e9
+            row = {
+                "model": model_name,
+                "trainer": trainer,
+                **result,
+                "tokens_per_s": tokens_per_s,
+                "gflops": gflops,
+            }
+            rows.append(row)
+            print(
+                f"{model_name:8} {trainer:12} steps {row['steps']:3}  {tokens_per_s:7.0f} tok/s  "
+                f"RSS {row['peak_rss_mb']:6.0f} MB  valid loss {row['valid_loss']:.4f}  "
+                f"{gflops:5.0f} GFLOP/s  others {row['others_cores']:.1f} cores ({row['dtype']})",
+                flush=True,
+            )
+    for row in rows:  # against the best GEMM rate seen during the whole run
+        row["mfu"] = row["gflops"] / peaks[row["dtype"]]
+    summary = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads",
+        "gemm_peak_gflops": peaks,
+        "rows": rows,
+        "seconds": time.perf_counter() - began,
+    }
+    (OUT / "results.json").write_text(json.dumps(summary, indent=2))
+    print(markdown_table(rows))
+    print(f"total {summary['seconds']:.0f} s")
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | trainer | dtype | steps | real tokens | tokens/s | vs TRL default | vs TRL packed "
+        "| peak RSS MB | valid loss | GFLOP/s | MFU | others' load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        same = {r["trainer"]: r for r in rows if r["model"] == row["model"]}
+        ratios = [
+            f"{row['tokens_per_s'] / same[t]['tokens_per_s']:.2f}x" if t in same else "-"
+            for t in ("trl_default", "trl_packed")
+        ]
+        lines.append(
+            f"| {row['model']} | {row['trainer']} | {row['dtype']} | {row['steps']} | {row['real_tokens']:,} "
+            f"| {row['tokens_per_s']:.0f} | {ratios[0]} | {ratios[1]} | {row['peak_rss_mb']:,.0f} "
+            f"| {row['valid_loss']:.4f} | {row['gflops']:.0f} | {row['mfu']:.0%} | {row['others_cores']:.1f} cores |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
