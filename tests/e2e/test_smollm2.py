@@ -169,3 +169,66 @@ def test_deployed_fine_tune_learns_what_the_base_gets_wrong(readme_server: Readm
     answer = deployed.chat.completions.create(model="ignored", messages=rows[0]["messages"][:-1], temperature=0)
     assert answer.choices[0].message.content
     assert azure.models.retrieve(model).id == model
+
+
+def _verdict_rate(client: openai.OpenAI, model: str, rows: list[dict[str, Any]]) -> tuple[float, list[str]]:
+    """Share of held-out prompts whose greedy reply is in the preferred style (starts with 'Verdict:')."""
+
+    def ask(row: dict[str, Any]) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=row["input"]["messages"], temperature=0, max_tokens=8
+        )
+        return (reply.choices[0].message.content or "").strip()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(ask, rows))
+    return sum(r.startswith("Verdict:") for r in replies) / len(replies), replies
+
+
+def test_dpo_on_smollm2_prefers_the_preferred_style(readme_server: Readme) -> None:
+    """Issue 6: a DPO job on the preference files under tests/data, through the official client."""
+    client = openai.OpenAI(base_url=f"{readme_server.url}/v1", api_key=readme_server.key)
+    train = client.files.create(file=(DATA / "preference_train.jsonl").open("rb"), purpose="fine-tune")
+    valid = client.files.create(file=(DATA / "preference_valid.jsonl").open("rb"), purpose="fine-tune")
+    for f in (train, valid):
+        assert client.files.wait_for_processing(f.id, poll_interval=0.5, max_wait_seconds=120).status == "processed"
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct",
+        training_file=train.id,
+        validation_file=valid.id,
+        seed=11,
+        suffix="verdicts",
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 5}},
+        },
+    )
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(2)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", (job.status, job.error)
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=200).data
+    (before,) = [e for e in events if e.message.startswith("Before training:")]
+    at_start = (before.data or {})["full_valid_reward_accuracy"]
+    rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
+    at_end = float(next(r for r in reversed(rows) if r["full_valid_reward_accuracy"])["full_valid_reward_accuracy"])
+    print(f"\nSmolLM2 DPO: validation reward accuracy {at_start:.2f} at step 0, {at_end:.2f} at the end")
+    assert at_end > 0.5
+    assert at_end > at_start
+
+    client.put(
+        "/deployments/verdicts",
+        body={
+            "sku": {"name": "standard", "capacity": 1},
+            "properties": {"model": {"format": "OpenAI", "name": job.fine_tuned_model, "version": "1"}},
+        },
+        cast_to=object,
+    )
+    held_out = [json.loads(line) for line in (DATA / "preference_test.jsonl").read_text().splitlines()]
+    base, base_replies = _verdict_rate(client, "SmolLM2-135M-Instruct", held_out)
+    tuned, tuned_replies = _verdict_rate(client, "verdicts", held_out)
+    print(f"held-out replies in the preferred style: base {base:.0%}, DPO deployment {tuned:.0%}")
+    print(f"  base says: {base_replies[0]!r}; the DPO deployment says: {tuned_replies[0]!r}")
+    assert tuned > base

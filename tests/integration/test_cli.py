@@ -87,3 +87,23 @@ def test_jobs_commands_show_and_cancel(server: Server, tmp_path: Path) -> None:
     again = run_cli(server, "jobs", "cancel", job_id)
     assert again.returncode == 1
     assert "Error 409" in again.stderr
+
+
+def test_a_dpo_job_from_the_cli_runs_to_the_end(server: Server) -> None:
+    data = Path(__file__).resolve().parents[1] / "data" / "preference_train.jsonl"
+    upload = run_cli(server, "files", "upload", str(data), "--json")
+    assert upload.returncode == 0, upload.stderr
+    file_id = json.loads(upload.stdout)["id"]
+    created = run_cli(
+        server, "jobs", "create", "--model", "tiny-llama", "-t", file_id,
+        "--method", "dpo", "--beta", "0.3", "--n-epochs", "1", "--batch-size", "16", "--watch",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert "succeeded" in created.stdout
+    job_id = created.stdout.split("Created ", 1)[1].split()[0]
+    shown = run_cli(server, "jobs", "show", job_id, "--json")
+    job = json.loads(shown.stdout)
+    assert job["method"]["type"] == "dpo"
+    assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.3
+    events = run_cli(server, "jobs", "events", job_id)
+    assert "reward accuracy=" in events.stdout

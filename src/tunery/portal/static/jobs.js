@@ -211,12 +211,19 @@ export async function detail(main, { params: [id], learnProject }) {
     const rows = [...state.metrics.values()].sort((a, b) => a.step - b.step);
     const series = (key, name, dots = false) => ({ name, dots, points: rows.filter((r) => r[key] !== undefined && r[key] !== null).map((r) => [r.step, r[key]]) });
     const xMax = TERMINAL.has(state.job.status) ? null : progressInfo().total;
+    const accuracy = isDpo() ? { title: "Reward accuracy", key: "reward_accuracy" } : { title: "Token accuracy", key: "mean_token_accuracy" };
     fill(el.charts,
       lineChart({ title: "Loss", xMax, series: [series("train_loss", "Training"), series("valid_loss", "Validation"), series("full_valid_loss", "Full validation", true)] }),
-      lineChart({ title: "Token accuracy", xMax, yFormat: (v) => `${(v * 100).toFixed(1)}%`, bounds: [0, 1], percent: true,
-        series: [series("train_mean_token_accuracy", "Training"), series("valid_mean_token_accuracy", "Validation"),
-          series("full_valid_mean_token_accuracy", "Full validation", true)] }));
+      lineChart({ title: accuracy.title, xMax, yFormat: (v) => `${(v * 100).toFixed(1)}%`, bounds: [0, 1], percent: true,
+        series: [series(`train_${accuracy.key}`, "Training"), series(`valid_${accuracy.key}`, "Validation"),
+          series(`full_valid_${accuracy.key}`, "Full validation", true)] }),
+      isDpo() ? lineChart({ title: "Reward margin", xMax,
+        series: [series("train_reward_margin", "Training"), series("valid_reward_margin", "Validation"),
+          series("full_valid_reward_margin", "Full validation", true)] }) : null);
   }
+
+  // DPO jobs chart how often the chosen reply out-scores the rejected one instead of token accuracy.
+  function isDpo() { return Boolean(state.job.method && state.job.method.type === "dpo"); }
 
   function drawCheckpoints() {
     const metric = (key) => (c) => formatMetric(c.metrics[key]);
@@ -226,7 +233,8 @@ export async function detail(main, { params: [id], learnProject }) {
       { label: "Training loss", cell: metric("train_loss"), class: "num" },
       { label: "Validation loss", cell: metric("valid_loss"), class: "num hide-sm" },
       { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
-      { label: "Token accuracy", cell: metric("train_mean_token_accuracy"), class: "num hide-sm" },
+      isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
+        : { label: "Token accuracy", cell: metric("train_mean_token_accuracy"), class: "num hide-sm" },
       { label: "Created", cell: (c) => formatTime(c.created_at), class: "num hide-lg" },
       { label: "Actions", cell: (c) => h("button", {
         type: "button", class: "btn btn-small", "aria-label": `Deploy step ${c.step_number}`,
