@@ -1,8 +1,11 @@
-"""Training throughput: Tunery's trainer against TRL ``SFTTrainer`` + PEFT, side by side in one run.
+"""Training throughput: Tunery's trainer against TRL ``SFTTrainer``/``DPOTrainer`` + PEFT, side by side in one run.
 
-Same base model, same generated chat data (mixed lengths, 50-500 tokens, loss on assistant turns only, the
-same token ids for every trainer), sequence length 512, LoRA r=16/alpha=32 on q,k,v,o, batch 8, one epoch,
-same learning rate and seed. Each trainer runs in its own subprocess (so its peak RSS is its own):
+Same base model, LoRA r=16/alpha=32/dropout 0 on q,k,v,o, batch 8, one epoch, sequence length 512, learning
+rate 5e-4 (linear decay, no warm-up), seed 0, fp32 weights. Each trainer runs in its own subprocess (so its peak
+RSS is its own). ``--trainers`` picks among (default: all five):
+
+SFT - generated chats (mixed lengths, 50-500 tokens, loss on assistant turns only, the same token ids for every
+trainer):
 
 * ``trl_default``  - ``SFTConfig`` defaults (no packing, gradient checkpointing, bf16 where the CPU has it),
 * ``trl_packed``   - TRL's best packing setup on CPU: ``packing=True, packing_strategy="wrapped"``, bf16 where
@@ -10,17 +13,40 @@ same learning rate and seed. Each trainer runs in its own subprocess (so its pea
 * ``tunery``       - ``tunery.training.loop.run`` (per-step packing without cross-contamination, LM head on
                      trained positions only, bf16 autocast where the CPU has it).
 
-Reported: real (non-padding) tokens/s over the training steps, the ratio against each TRL setup, peak RSS,
-validation loss after training (one evaluator for all: ``loop.evaluate`` in fp32), and MFU against a GEMM peak
-timed in the same run. FLOP convention: 4·N per real token (forward 2N + activation-gradient backward 2N; no
-weight gradients for frozen weights), N = non-embedding parameters + the LM head's where it is computed
-(every position for TRL, trained positions only for Tunery). Attention's L² term is left out (as in
-PaLM's MFU, which counts it; here it would add ~3-5 % at 512 tokens).
+DPO (sigmoid loss, beta 0.1, 8 pairs a step) - generated preference pairs (``generate_pairs``: a prompt and two
+replies, each side about 90-280 tokens; the preferred reply has a learnable style - its opening phrase and the half of
+the vocabulary it draws from - and lengths carry no signal). Both trainers read the same JSONL records (TRL as
+conversational ``prompt``/``chosen``/``rejected`` columns); both score the reply tokens (TRL also scores the
+newline after ``<|im_end|>``: one token more per side). The reference is the base model for both:
 
-Run (about 12 minutes on 2 cores)::
+* ``trl_dpo``      - ``DPOTrainer`` with ``DPOConfig`` defaults (gradient checkpointing; the reference forward,
+                     the model with its adapter disabled, inside every step), bf16 only where the CPU has it,
+* ``tunery_dpo``   - ``loop.run`` with ``method="dpo"`` (reference log-probs computed once before the first
+                     step, pairs packed flat, LM head on reply tokens only).
+
+Reported for SFT: real (non-padding) tokens/s over the training steps, the ratio against each TRL setup, peak
+RSS, validation loss after training (one evaluator for all: ``loop.evaluate`` in fp32). For DPO: training pairs
+per second and real tokens/s (both sides, prompt included) of the training time - for Tunery from the start of
+its reference pass to the end of its last step (the reference seconds shown apart), for TRL from the start of
+training to the end of its last step (its reference forwards are in the steps); tokenizing and model loading are
+left out of both - the ratio Tunery/TRL in pairs/s, peak RSS, and on held-out pairs (one evaluator for both:
+Tunery's ``dpo_evaluate`` in fp32, each trained adapter reloaded onto a fresh base model, reference = that model
+with the adapter disabled) the reward accuracy (share of pairs whose chosen reward beats the rejected one's),
+the mean reward margin and the DPO loss.
+
+MFU is against a GEMM peak timed in the same run. FLOP convention: 4·N per real token for SFT (forward 2N +
+activation-gradient backward 2N; no weight gradients for frozen weights) and 6·N for DPO (plus one reference
+forward, whether computed up front or in each step; TRL's gradient-checkpointing recompute is not counted),
+N = non-embedding parameters + the LM head's where it is computed (every position for TRL's SFT, trained
+positions only for Tunery and for both DPO trainers). Attention's L² term is left out (as in PaLM's MFU, which
+counts it; here it would add ~3-5 % at 512 tokens). The machine may be shared: each run first waits (up to
+``--quiet-wait`` seconds) for other processes to calm down, and every row reports the cores others kept busy.
+
+Run (all of it: 800 s on a quiet 2-core EPYC; results in ``bench/out/train_throughput/results.json``)::
 
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models tiny --train-examples 32   # a quick look
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models tiny --trainers tunery_dpo trl_dpo  # DPO
 """
 
 from __future__ import annotations
@@ -45,10 +71,20 @@ BATCH = 8
 LEARNING_RATE = 5e-4
 SEED = 0
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-TRAINERS = ("trl_default", "trl_packed", "tunery")
-# Examples per model: the same for every trainer; chosen so the whole run stays around 12 minutes on 2 cores.
+SFT_TRAINERS = ("trl_default", "trl_packed", "tunery")
+DPO_TRAINERS = ("trl_dpo", "tunery_dpo")
+TRAINERS = SFT_TRAINERS + DPO_TRAINERS
+# Examples (SFT) and preference pairs (DPO) per model: the same for every trainer of a method; chosen so the
+# whole default run stays under ~20 minutes on 2 cores.
 DEFAULT_EXAMPLES = {"smollm2": 24, "tiny": 64}
+DEFAULT_PAIRS = {"smollm2": 16, "tiny": 32}
 VALID_EXAMPLES = 16
+VALID_PAIRS = 16
+DPO_BETA = 0.1
+# The learnable style of the generated preference pairs: the preferred reply opens with one phrase, the rejected
+# reply with another; lengths are drawn independently, so length says nothing about which reply is preferred.
+PREFERRED_OPENING = "Sure thing."
+REJECTED_OPENING = "Well, maybe so."
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -94,6 +130,46 @@ def generate_chats(seed: int, words: list[str], tokenizer: Any, n: int, lo: int 
         if lo <= total <= hi:
             chats.append({"messages": messages})
     return chats
+
+
+def generate_pairs(
+    seed: int,
+    words: list[str],
+    tokenizer: Any,
+    n: int,
+    prompt_tokens: tuple[int, int] = (20, 150),
+    reply_tokens: tuple[int, int] = (20, 150),
+) -> list[dict]:
+    """``n`` preference records (Tunery's JSONL format): a prompt (half with a system message, words from the whole
+    list) and two replies of independently drawn lengths. The learnable style: the preferred reply opens with
+    ``PREFERRED_OPENING`` and draws its words from the even Zipf ranks, the rejected one opens with
+    ``REJECTED_OPENING`` and draws from the odd ranks; length says nothing about which is preferred. Every side
+    (prompt + reply) fits in ``SEQ_LEN`` tokens, so neither trainer truncates."""
+    rng = random.Random(seed)
+    styles = ((PREFERRED_OPENING, words[0::2]), (REJECTED_OPENING, words[1::2]))
+    records: list[dict] = []
+    while len(records) < n:
+        messages = []
+        if rng.random() < 0.5:
+            messages.append({"role": "system", "content": sentence_text(rng, words, rng.randint(5, 25))})
+        user_words = max(3, int(rng.randint(*prompt_tokens) * 0.75))
+        messages.append({"role": "user", "content": sentence_text(rng, words, user_words)})
+        replies = [
+            {
+                "role": "assistant",
+                "content": f"{opening} {sentence_text(rng, vocabulary, int(rng.randint(*reply_tokens) * 0.75))}",
+            }
+            for opening, vocabulary in styles
+        ]
+        if max(tokenizer.count_chat([*messages, reply])[0] for reply in replies) <= SEQ_LEN:
+            records.append(
+                {
+                    "input": {"messages": messages},
+                    "preferred_output": [replies[0]],
+                    "non_preferred_output": [replies[1]],
+                }
+            )
+    return records
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
@@ -244,6 +320,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     bf16 = cpu_has_fast_bf16()
     if job["trainer"] == "tunery":
         result = train_tunery(job)
+    elif job["trainer"] == "tunery_dpo":
+        result = train_tunery_dpo(job)
+    elif job["trainer"] == "trl_dpo":
+        result = train_trl_dpo(job, bf16=bf16)
     else:
         result = train_trl(job, packed=job["trainer"] == "trl_packed", bf16=bf16)
     result["dtype"] = "bf16" if bf16 else "fp32"
@@ -356,6 +436,176 @@ def train_trl(job: dict[str, Any], *, packed: bool, bf16: bool) -> dict[str, Any
     }
 
 
+def train_tunery_dpo(job: dict[str, Any]) -> dict[str, Any]:
+    """Tunery's DPO (``method="dpo"``). Timed from the start of its reference pass (the reference log-probs of
+    every training pair, computed once before the first step) to the end of the last step: the same span as
+    TRL's, whose reference forward runs inside each step. Tokenizing and model loading are left out of both."""
+    from tunery.training import loop
+    from tunery.training.progress import ProgressKind, ProgressReader, ProgressWriter
+    from tunery.training.spec import LoraSpec, TrainingSpec
+
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = TrainingSpec(
+        job_id="bench",
+        run_dir=str(run_dir),
+        base_model_dir=job["model_dir"],
+        train_file=job["train_file"],
+        validation_file=None,  # validated afterwards by the shared evaluator (dpo_validation)
+        method="dpo",
+        n_epochs=1,
+        batch_size=BATCH,
+        learning_rate=LEARNING_RATE,
+        seed=SEED,
+        lora=LoraSpec(r=16, alpha=32, target_modules=LORA_TARGETS),
+        max_seq_len=SEQ_LEN,
+        metrics_every=10**9,
+        keep_checkpoints=1,
+        dpo_beta=DPO_BETA,
+        num_threads=job["threads"],
+    )
+    marks: dict[str, float] = {"reference_seconds": 0.0}
+    compute_reference = loop.with_reference
+
+    def timed_reference(*args: Any, **kwargs: Any) -> Any:  # a clock around the reference pass; nothing else changes
+        marks.setdefault("reference_began", time.time())  # progress records carry time.time()
+        began = time.perf_counter()
+        try:
+            return compute_reference(*args, **kwargs)
+        finally:
+            marks["reference_seconds"] += time.perf_counter() - began
+
+    loop.with_reference = timed_reference
+    try:
+        loop.run(spec, ProgressWriter(run_dir))
+    finally:
+        loop.with_reference = compute_reference
+    rss = peak_rss_mb()
+    steps = [r for r in ProgressReader(run_dir).read_new() if r.kind is ProgressKind.STEP]
+    model = load_with_adapter(job["model_dir"], run_dir / "adapter")
+    return {
+        "steps": len(steps),
+        "pairs": pair_count(job["train_file"]),
+        "real_tokens": steps[-1].data["trained_tokens"],
+        "train_seconds": steps[-1].time - marks["reference_began"],
+        "reference_seconds": marks["reference_seconds"],
+        "head_fraction": pair_head_fraction(job),
+        "peak_rss_mb": rss,
+        "last_train_reward_accuracy": steps[-1].data["train_reward_accuracy"],
+        **dpo_validation(model, job),
+    }
+
+
+def train_trl_dpo(job: dict[str, Any], *, bf16: bool) -> dict[str, Any]:
+    """TRL's ``DPOTrainer`` with ``DPOConfig`` defaults (gradient checkpointing on, the reference forward inside
+    each step: the base model with the adapter disabled), bf16 only where the CPU has it. Timed from the start of
+    training to the end of the last step."""
+    import warnings
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    warnings.filterwarnings("ignore")  # TRL/transformers advice about CPU training: not what is measured
+    records = [json.loads(line) for line in Path(job["train_file"]).read_text().splitlines() if line.strip()]
+    dataset = Dataset.from_list(
+        [
+            {"prompt": r["input"]["messages"], "chosen": r["preferred_output"], "rejected": r["non_preferred_output"]}
+            for r in records
+        ]
+    )
+    model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
+    config = DPOConfig(
+        output_dir=job["run_dir"],
+        max_length=SEQ_LEN,
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="linear",
+        seed=SEED,
+        beta=DPO_BETA,
+        bf16=bf16,  # TRL's default is True; on CPUs without native bf16 it is ~100x slower, so off there
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+    trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+
+    marks: dict[str, Any] = {"steps": 0, "tokens": 0}
+    collate = trainer.data_collator
+
+    def counting_collator(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate(batch)
+        marks["tokens"] += int(out["attention_mask"].sum())  # both sides, prompt and reply, no padding
+        return out
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            marks["begin"] = time.perf_counter()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            marks["end"] = time.perf_counter()
+            marks["steps"] += 1
+
+    trainer.data_collator = counting_collator
+    trainer.add_callback(Clock())
+    trainer.train()
+    rss = peak_rss_mb()
+    accuracies = [log["rewards/accuracies"] for log in trainer.state.log_history if "rewards/accuracies" in log]
+    adapter_dir = Path(job["run_dir"]) / "adapter"
+    trainer.model.save_pretrained(str(adapter_dir))  # evaluated like Tunery's: reloaded onto a fresh base model
+    return {
+        "steps": marks["steps"],
+        "pairs": len(dataset),
+        "real_tokens": marks["tokens"],
+        "train_seconds": marks["end"] - marks["begin"],
+        "reference_seconds": None,  # inside the steps
+        "head_fraction": pair_head_fraction(job),
+        "peak_rss_mb": rss,
+        "last_train_reward_accuracy": accuracies[-1] if accuracies else None,
+        **dpo_validation(load_with_adapter(job["model_dir"], adapter_dir), job),
+    }
+
+
+def pair_count(path: str) -> int:
+    return sum(1 for line in Path(path).read_text().splitlines() if line.strip())
+
+
+def pair_head_fraction(job: dict[str, Any]) -> float:
+    """Share of positions that are scored (reply tokens): both trainers run the LM head on those only."""
+    from tunery.catalog.chat_tokenizer import ChatTokenizer
+    from tunery.training.loop import target_count
+    from tunery.training.preferences import read_pairs
+
+    pairs = read_pairs(Path(job["train_file"]), ChatTokenizer.from_dir(Path(job["model_dir"])), SEQ_LEN)
+    return sum(target_count(p) for p in pairs) / sum(len(p) for p in pairs)
+
+
+def dpo_validation(model: Any, job: dict[str, Any]) -> dict[str, float]:
+    """The shared DPO evaluator: Tunery's ``dpo_evaluate`` in fp32 on the validation pairs, the reference being
+    the base model (``model`` with its adapter disabled), which is where both trainers start."""
+    import torch
+
+    from tunery.catalog.chat_tokenizer import ChatTokenizer
+    from tunery.training.dpo import dpo_evaluate, with_reference
+    from tunery.training.loop import DEFAULT_MICRO_BATCH_TOKENS, Setup
+    from tunery.training.preferences import read_pairs
+
+    pairs = read_pairs(Path(job["valid_file"]), ChatTokenizer.from_dir(Path(job["model_dir"])), SEQ_LEN)
+    model.to(torch.float32)
+    setup = Setup(torch.device("cpu"), None, SEQ_LEN, DEFAULT_MICRO_BATCH_TOKENS, layout="mask")
+    with model.disable_adapter():
+        pairs = with_reference(model, pairs, setup)
+    metrics = {"dpo_loss" if k == "loss" else k: v for k, v in dpo_evaluate(model, pairs, setup, DPO_BETA).items()}
+    return {f"valid_{name}": float(value if value is not None else math.nan) for name, value in metrics.items()}
+
+
 def load_with_adapter(model_dir: str, adapter_dir: Path) -> Any:
     import warnings
 
@@ -417,7 +667,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=["smollm2", "tiny"])
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
-    parser.add_argument("--train-examples", type=int, default=None, help="per model (default: 24 / 64)")
+    parser.add_argument("--train-examples", type=int, default=None, help="SFT, per model (default: 24 / 64)")
+    parser.add_argument("--train-pairs", type=int, default=None, help="DPO, per model (default: 16 / 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="runs per trainer; the fastest is reported")
     parser.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for other jobs to calm down")
@@ -438,7 +689,8 @@ def main() -> None:
     print(f"GEMM peak, {args.threads} threads: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
     smollm2 = prepare_smollm2()
     words = vocabulary_words(smollm2 / "tokenizer.json")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    dpo_rows: list[dict[str, Any]] = []
     for model_name in args.models:
         if model_name == "smollm2":
             model_dir = smollm2
@@ -447,13 +699,25 @@ def main() -> None:
             corpus = [sentence_text(corpus_rng, words, 200) for _ in range(3000)]
             model_dir = build_tiny_llama(OUT / "tiny-llama-34m", corpus)
         tokenizer = ChatTokenizer.from_dir(model_dir)
-        n_train = args.train_examples or DEFAULT_EXAMPLES[model_name]
         data_dir = OUT / model_name
         data_dir.mkdir(parents=True, exist_ok=True)
-        train_file = write_jsonl(data_dir / "train.jsonl", generate_chats(1, words, tokenizer, n_train))
-        valid_file = write_jsonl(data_dir / "valid.jsonl", generate_chats(2, words, tokenizer, VALID_EXAMPLES))
+        files: dict[str, tuple[Path, Path]] = {}
+        if any(t in SFT_TRAINERS for t in args.trainers):
+            n_train = args.train_examples or DEFAULT_EXAMPLES[model_name]
+            files["sft"] = (
+                write_jsonl(data_dir / "train.jsonl", generate_chats(1, words, tokenizer, n_train)),
+                write_jsonl(data_dir / "valid.jsonl", generate_chats(2, words, tokenizer, VALID_EXAMPLES)),
+            )
+        if any(t in DPO_TRAINERS for t in args.trainers):
+            n_pairs = args.train_pairs or DEFAULT_PAIRS[model_name]
+            files["dpo"] = (
+                write_jsonl(data_dir / "train_pairs.jsonl", generate_pairs(3, words, tokenizer, n_pairs)),
+                write_jsonl(data_dir / "valid_pairs.jsonl", generate_pairs(4, words, tokenizer, VALID_PAIRS)),
+            )
         counts = parameter_counts(model_dir)
         for trainer in args.trainers:
+            method = "dpo" if trainer in DPO_TRAINERS else "sft"
+            train_file, valid_file = files[method]
             job = {
                 "trainer": trainer,
                 "model": model_name,
@@ -471,7 +735,8 @@ def main() -> None:
             result = min(runs, key=lambda r: r["train_seconds"])
             n_flop = counts["body"] + counts["head"] * result["head_fraction"]
             tokens_per_s = result["real_tokens"] / result["train_seconds"]
-            gflops = 4 * n_flop * tokens_per_s / 1e9
+            # SFT: forward + activation backward = 4N per token; DPO adds the reference forward: 6N per token.
+            gflops = (6 if method == "dpo" else 4) * n_flop * tokens_per_s / 1e9
             row = {
                 "model": model_name,
                 "trainer": trainer,
@@ -479,6 +744,17 @@ def main() -> None:
                 "tokens_per_s": tokens_per_s,
                 "gflops": gflops,
             }
+            if method == "dpo":
+                row["pairs_per_s"] = row["pairs"] / row["train_seconds"]
+                dpo_rows.append(row)
+                print(
+                    f"{model_name:8} {trainer:12} steps {row['steps']:3}  {row['pairs_per_s']:6.2f} pairs/s  "
+                    f"{tokens_per_s:7.0f} tok/s  RSS {row['peak_rss_mb']:6.0f} MB  "
+                    f"valid reward acc {row['valid_reward_accuracy']:.2f}  margin {row['valid_reward_margin']:.3f}  "
+                    f"others {row['others_cores']:.1f} cores ({row['dtype']})",
+                    flush=True,
+                )
+                continue
             rows.append(row)
             print(
                 f"{model_name:8} {trainer:12} steps {row['steps']:3}  {tokens_per_s:7.0f} tok/s  "
@@ -486,16 +762,21 @@ def main() -> None:
                 f"{gflops:5.0f} GFLOP/s  others {row['others_cores']:.1f} cores ({row['dtype']})",
                 flush=True,
             )
-    for row in rows:  # against the best GEMM rate seen during the whole run
+    for row in rows + dpo_rows:  # against the best GEMM rate seen during the whole run
         row["mfu"] = row["gflops"] / peaks[row["dtype"]]
+    tables = {"sft": markdown_table(rows) if rows else "", "dpo": dpo_markdown_table(dpo_rows) if dpo_rows else ""}
     summary = {
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads",
         "gemm_peak_gflops": peaks,
         "rows": rows,
+        "dpo_rows": dpo_rows,
+        "tables": tables,
         "seconds": time.perf_counter() - began,
     }
     (OUT / "results.json").write_text(json.dumps(summary, indent=2))
-    print(markdown_table(rows))
+    for table in tables.values():
+        if table:
+            print(table)
     print(f"total {summary['seconds']:.0f} s")
 
 
@@ -515,6 +796,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {row['model']} | {row['trainer']} | {row['dtype']} | {row['steps']} | {row['real_tokens']:,} "
             f"| {row['tokens_per_s']:.0f} | {ratios[0]} | {ratios[1]} | {row['peak_rss_mb']:,.0f} "
             f"| {row['valid_loss']:.4f} | {row['gflops']:.0f} | {row['mfu']:.0%} | {row['others_cores']:.1f} cores |"
+        )
+    return "\n".join(lines)
+
+
+def dpo_markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | trainer | dtype | steps | pairs | real tokens | train s (reference) | pairs/s | vs TRL DPO "
+        "| tokens/s | peak RSS MB | valid reward acc | valid margin | valid DPO loss | MFU | others' load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        same = {r["trainer"]: r for r in rows if r["model"] == row["model"]}
+        ratio = f"{row['pairs_per_s'] / same['trl_dpo']['pairs_per_s']:.2f}x" if "trl_dpo" in same else "-"
+        reference = f" ({row['reference_seconds']:.1f})" if row["reference_seconds"] is not None else " (in steps)"
+        lines.append(
+            f"| {row['model']} | {row['trainer']} | {row['dtype']} | {row['steps']} | {row['pairs']} "
+            f"| {row['real_tokens']:,} | {row['train_seconds']:.1f}{reference} | {row['pairs_per_s']:.2f} | {ratio} "
+            f"| {row['tokens_per_s']:.0f} | {row['peak_rss_mb']:,.0f} | {row['valid_reward_accuracy']:.2f} "
+            f"| {row['valid_reward_margin']:.3f} | {row['valid_dpo_loss']:.4f} | {row['mfu']:.0%} "
+            f"| {row['others_cores']:.1f} cores |"
         )
     return "\n".join(lines)
 
