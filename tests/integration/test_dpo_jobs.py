@@ -122,7 +122,7 @@ def test_sft_then_dpo_continues_the_supervised_model(server: Server, prefs: dict
 def test_pause_and_resume_a_dpo_job(server: Server, prefs: dict[str, str]) -> None:
     azure = azure_for(server)
     job = azure.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=prefs["train"], method=dpo_method(n_epochs=6, batch_size=2)
+        model="tiny-llama", training_file=prefs["train"], method=dpo_method(n_epochs=10, batch_size=2)
     )
     wait_for(azure, job.id, at_step(3))
     assert azure.fine_tuning.jobs.pause(job.id).status == "pausing"
@@ -134,4 +134,4 @@ def test_pause_and_resume_a_dpo_job(server: Server, prefs: dict[str, str]) -> No
     done = wait_for(azure, job.id, finished)
     assert done.status == "succeeded", done.error
     steps = [int(r["step"]) for r in results(azure, done)]
-    assert steps == list(range(1, 193)), "the resumed run continues; step numbers do not restart"
+    assert steps == list(range(1, 321)), "the resumed run continues; step numbers do not restart"
