@@ -29,7 +29,10 @@ def trained(server: Server) -> dict[str, Any]:
         model="tiny-llama",
         training_file=train,
         suffix="serve",
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2}}},
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10}},
+        },
     )
     done = wait_for(client, job.id, finished)
     assert done.status == "succeeded", done.error
@@ -108,12 +111,15 @@ def test_mixed_batch_has_no_cross_talk(trained: dict[str, Any]) -> None:
         deploy(client, f"ckpt-{i}", checkpoint)
         names.append(f"ckpt-{i}")
     models = [*names, "tiny-llama"]
-    alone = {model: sampled(client, model) for model in models}  # one request at a time
-    assert len(set(alone.values())) >= 2, f"adapters should differ from each other or the base: {alone}"
-    mixed = models * 4
+    # One request at a time, greedy and seeded-sampled (the x10 learning rate makes every checkpoint move away from
+    # the base's answer).
+    alone = {(model, how): how(client, model) for model in models for how in (greedy, sampled)}
+    base = alone[("tiny-llama", greedy)]
+    assert all(alone[(name, greedy)] != base for name in names), f"every adapter should change the answer: {alone}"
+    mixed = list(alone) * 3
     with ThreadPoolExecutor(max_workers=len(mixed)) as pool:  # all at once: decoded in shared batches
-        together = list(pool.map(lambda m: sampled(client, m), mixed))
-    for model, text in zip(mixed, together, strict=True):
-        assert text == alone[model], f"{model} answered differently inside a mixed batch"
+        together = list(pool.map(lambda request: request[1](client, request[0]), mixed))
+    for (model, how), text in zip(mixed, together, strict=True):
+        assert text == alone[(model, how)], f"{model} ({how.__name__}) answered differently inside a mixed batch"
     for name in names:
         client.delete(f"/deployments/{name}", cast_to=object)
