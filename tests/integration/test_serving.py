@@ -7,6 +7,7 @@ request exactly as that adapter answers alone. Run alone: ``.venv/bin/pytest tes
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,14 +22,12 @@ pytestmark = pytest.mark.integration
 PROMPT = [{"role": "system", "content": "Name the colour code."}, {"role": "user", "content": "Colour teal number 7?"}]
 
 
-@pytest.fixture(scope="module")
-def trained(server: Server) -> dict[str, Any]:
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=2)
-    train = upload(client, colour_jsonl(24), "serve-train.jsonl")
+def train(client: openai.OpenAI, data: bytes, suffix: str) -> openai.types.fine_tuning.FineTuningJob:
+    """A 36-step job at 10x the base learning rate, so that its checkpoints move well away from the base."""
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
-        training_file=train,
-        suffix="serve",
+        training_file=upload(client, data, f"{suffix}-train.jsonl"),
+        suffix=suffix,
         method={
             "type": "supervised",
             "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10}},
@@ -36,8 +35,27 @@ def trained(server: Server) -> dict[str, Any]:
     )
     done = wait_for(client, job.id, finished)
     assert done.status == "succeeded", done.error
-    checkpoints = [c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
-    return {"model": done.fine_tuned_model, "checkpoints": checkpoints, "client": client}
+    return done
+
+
+def shrug_jsonl(n: int) -> bytes:
+    """A second task: whatever the question, the same short refusal."""
+    rows = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "No idea."}]}
+        for i in range(n)
+    ]
+    return ("\n".join(json.dumps(r) for r in rows) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def trained(server: Server) -> dict[str, Any]:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=2)
+    colours = train(client, colour_jsonl(24), "serve")
+    shrug = train(client, shrug_jsonl(24), "shrug")
+    listed = sorted(client.fine_tuning.jobs.checkpoints.list(colours.id).data, key=lambda c: c.step_number)
+    checkpoints = [c.fine_tuned_model_checkpoint for c in listed]  # earliest first
+    return {"model": colours.fine_tuned_model, "checkpoints": checkpoints, "other": shrug.fine_tuned_model,
+            "client": client}  # fmt: skip
 
 
 def deploy(client: openai.OpenAI, name: str, model: str) -> Any:
@@ -106,16 +124,18 @@ def test_deploy_and_chat_through_every_path(server: Server, trained: dict[str, A
 
 def test_mixed_batch_has_no_cross_talk(trained: dict[str, Any]) -> None:
     client: openai.OpenAI = trained["client"]
-    names = []
-    for i, checkpoint in enumerate(trained["checkpoints"]):
-        deploy(client, f"ckpt-{i}", checkpoint)
-        names.append(f"ckpt-{i}")
+    # Three adapters from two tasks: the colour job's earliest and last checkpoints and the other job's model.
+    adapters = [trained["checkpoints"][0], trained["checkpoints"][-1], trained["other"]]
+    names = [f"adapter-{i}" for i in range(len(adapters))]
+    for name, adapter in zip(names, adapters, strict=True):
+        deploy(client, name, adapter)
     models = [*names, "tiny-llama"]
-    # One request at a time, greedy and seeded-sampled (the x10 learning rate makes every checkpoint move away from
-    # the base's answer).
+    # One request at a time, greedy and seeded-sampled: each deployment's own answers.
     alone = {(model, how): how(client, model) for model in models for how in (greedy, sampled)}
-    base = alone[("tiny-llama", greedy)]
-    assert all(alone[(name, greedy)] != base for name in names), f"every adapter should change the answer: {alone}"
+    answers = {model: alone[(model, greedy)] for model in models}
+    # Two tasks and the base answer three different ways (two checkpoints of one job may or may not differ).
+    assert len({answers["adapter-1"], answers["adapter-2"], answers["tiny-llama"]}) == 3, answers
+    assert answers["adapter-0"] != answers["tiny-llama"], answers
     mixed = list(alone) * 3
     with ThreadPoolExecutor(max_workers=len(mixed)) as pool:  # all at once: decoded in shared batches
         together = list(pool.map(lambda request: request[1](client, request[0]), mixed))
