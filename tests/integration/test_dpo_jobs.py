@@ -93,7 +93,12 @@ def test_sft_then_dpo_continues_the_supervised_model(server: Server, prefs: dict
     sft = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=sft_file,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
+        # 10x the base rate: the parent moves well away from the base, so step 1's ln 2 shows the reference is the
+        # parent (a base-model reference would give another loss).
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}},
+        },
     )
     sft_done = wait_for(client, sft.id, finished)
     assert sft_done.status == "succeeded", sft_done.error

@@ -108,7 +108,11 @@ def test_golden_path_with_continuous_fine_tuning(server: Server, data: dict[str,
         validation_file=data["valid"],
         seed=105,
         suffix="colours",
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4}}},
+        # 10x the base rate: the random tiny model then learns in 18 steps by far more than batch-to-batch noise.
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10}},
+        },
     )
     assert job.status == "validating_files"
     done = wait_for(client, job.id, finished)
@@ -117,6 +121,7 @@ def test_golden_path_with_continuous_fine_tuning(server: Server, data: dict[str,
     assert done.trained_tokens
     assert done.trained_tokens > 0
     assert done.hyperparameters.n_epochs == 3
+    assert done.hyperparameters.learning_rate_multiplier == 10
     assert done.seed == 105
 
     events = client.fine_tuning.jobs.list_events(job.id, limit=10)
