@@ -279,6 +279,7 @@ def test_kill_9_of_the_whole_server_then_restart(
     done = wait_for(client, job.id, finished)
     assert done.status == "succeeded", done.error
     assert [int(r["step"]) for r in results(client, done)] == list(range(1, 121))
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == 120, "the model is the last step's"
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=500).data]
     assert any("worker restarted" in m for m in messages), messages
 

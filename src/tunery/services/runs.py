@@ -39,7 +39,7 @@ from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
-from tunery.training.progress import ControlRequest, ProgressKind, ProgressRecord
+from tunery.training.progress import STATE_DIR, ControlRequest, ProgressKind, ProgressReader, ProgressRecord, saved_step
 from tunery.training.spec import LoraSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ class RunService:
     def start(self, job: Job) -> TrainingSpec | None:
         """Move a queued (or resuming) job to running and write its run folder. None: it changed meanwhile."""
         run_dir = self.run_dir(job.id)
-        resuming = job.status is JobStatus.RESUMING and (run_dir / "state").is_dir()
+        resuming = job.status is JobStatus.RESUMING and (run_dir / STATE_DIR).is_dir()
+        if resuming and self._catch_up(job):
+            return None  # the previous trainer had already finished: nothing is run again
         if not resuming:
             crashes = (run_dir / CRASH_FILE).read_text() if (run_dir / CRASH_FILE).exists() else None
             shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start: nothing from an earlier attempt
@@ -147,7 +149,7 @@ class RunService:
         (run_dir / "control.json").unlink(missing_ok=True)
         try:
             base_dir = self._base_weights(job.base_model)
-            spec = self._spec(job, run_dir, base_dir, resume_from=str(run_dir / "state") if resuming else None)
+            spec = self._spec(job, run_dir, base_dir, resume_from=str(run_dir / STATE_DIR) if resuming else None)
         except ServiceError as exc:
             self._fail(job, JobError("unsupported_model", exc.message, "model"))
             return None
@@ -164,7 +166,7 @@ class RunService:
             return None
         spec.write(run_dir / "spec.json")
         if resuming:
-            self._log(job.id, f"Job resumed from step {job.step}.")
+            self._log(job.id, f"Job resumed from step {saved_step(run_dir) or 0}.")
         else:
             self._log(job.id, "Job started.")
             self._log(job.id, "Preprocessing started.")
@@ -219,6 +221,38 @@ class RunService:
         if status is JobStatus.PAUSING:
             return "pause"
         return None
+
+    def _catch_up(self, job: Job) -> bool:
+        """Record what the previous trainer wrote after its worker's last look, before a resumed run starts.
+
+        A worker killed while its trainer keeps going (or just finishes) leaves records in ``progress.jsonl``
+        that nobody read: steps, checkpoints, even the end. Resuming rotates that file away, and the resumed
+        trainer starts after its saved state, so it never announces them again. Steps and checkpoints are
+        recorded here; a trainer that had completed (or failed) ends the job as it would have then.
+
+        Returns:
+            True when the job ended here (nothing left to run).
+        """
+        worker_id = job.worker_id or ""
+        ended: ProgressRecord | None = None
+        for record in ProgressReader(self.run_dir(job.id)).read_new():
+            data = record.data
+            if record.kind is ProgressKind.STEP and int(data["step"]) > job.step:
+                job = self._on_step(job, worker_id, data)
+            elif record.kind is ProgressKind.CHECKPOINT and Path(data["path"]).is_dir():
+                self._save_checkpoint(job, int(data["step"]), Path(data["path"]), data.get("metrics") or {})
+            elif record.kind in (ProgressKind.COMPLETED, ProgressKind.FAILED):
+                ended = record
+        if ended is None:
+            return False
+        self._log(job.id, "The previous training run had ended before its worker stopped; its results are kept.")
+        if ended.kind is ProgressKind.FAILED:
+            self.record(job, worker_id, ended)
+            return True
+        running = self._jobs.transition(job.id, JobStatus.RUNNING, expect={JobStatus.RESUMING})
+        if running is not None:
+            self._complete(running, ended.data)
+        return True
 
     def attach(self, job: Job, worker_id: str, pid: int) -> None:
         self._jobs.heartbeat(job.id, worker_id, self._clock(), trainer_pid=pid)
@@ -395,10 +429,11 @@ class RunService:
         crashes = _bump(run_dir / CRASH_FILE)
         reason = f"exit code {exit_code}" if exit_code >= 0 else f"killed by signal {-exit_code}"
         if crashes <= MAX_CRASH_RETRIES:
-            target = JobStatus.RESUMING if (run_dir / "state").is_dir() else JobStatus.QUEUED
+            saved = saved_step(run_dir)
+            target = JobStatus.RESUMING if (run_dir / STATE_DIR).is_dir() else JobStatus.QUEUED
             moved = self._jobs.transition(job.id, target, expect=set(ACTIVE), worker_id=None, trainer_pid=None)
             if moved is not None:
-                where = f"from step {current.step}" if target is JobStatus.RESUMING else "from the beginning"
+                where = f"from step {saved or 0}" if target is JobStatus.RESUMING else "from the beginning"
                 self._log(
                     job.id,
                     f"The training process stopped unexpectedly ({reason}); restarting {where}.",
@@ -421,7 +456,7 @@ class RunService:
                 continue
             if job.trainer_pid and is_alive(job.trainer_pid, job.id):
                 kill(job.trainer_pid)  # an orphan of the dead worker must not keep writing
-            has_state = (self.run_dir(job.id) / "state").is_dir()
+            has_state = (self.run_dir(job.id) / STATE_DIR).is_dir()
             target = JobStatus.RESUMING if has_state else JobStatus.QUEUED
             moved = self._jobs.transition(job.id, target, expect=set(ACTIVE), worker_id=None, trainer_pid=None)
             if moved is None:
@@ -429,7 +464,11 @@ class RunService:
             recovered += 1
             if job.status is JobStatus.PAUSING:
                 self._log(job.id, "The worker restarted while the job was pausing; it resumes instead.")
-            where = f"from its last saved state (step {job.step})" if has_state else "from the beginning"
+            where = (
+                f"from its last saved state (step {saved_step(self.run_dir(job.id)) or 0})"
+                if has_state
+                else "from the beginning"
+            )
             self._log(job.id, f"The worker restarted; the job continues {where}.", level=EventLevel.WARN)
         return recovered
 

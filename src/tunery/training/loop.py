@@ -69,7 +69,7 @@ from tunery.training.packing import (
     use_varlen_attention,
 )
 from tunery.training.preferences import PreferencePair, read_pairs
-from tunery.training.progress import ProgressKind, ProgressWriter
+from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
 from tunery.training.spec import TrainingSpec
 
 DEFAULT_MICRO_BATCH_TOKENS = 4096  # padded tokens per forward/backward pass: bounds activation memory
@@ -78,10 +78,8 @@ MAX_GRAD_NORM = 1.0
 VALID_CHUNK_EXAMPLES = 64  # examples packed at a time when evaluating the whole validation set
 
 CHECKPOINTS_DIR = "checkpoints"
-STATE_DIR = "state"
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.json"
-STATE_FILE = "state.json"
 TRAINER_FILE = "trainer.pt"
 
 

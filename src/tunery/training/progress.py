@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 PROGRESS_FILE = "progress.jsonl"
 CONTROL_FILE = "control.json"
+STATE_DIR = "state"  # the resumable state (adapter, optimizer, scheduler, RNG, data position), as the loop saves it
+STATE_FILE = "state.json"  # in STATE_DIR: where the run stands (``step`` among others)
 
 ControlRequest = Literal["pause", "cancel"]
 
@@ -77,6 +79,14 @@ class ProgressReader:
             records.append(ProgressRecord(kind=kind, time=float(data.pop("time")), data=data))
         self.offset += consumed
         return records
+
+
+def saved_step(run_dir: Path) -> int | None:
+    """The optimizer step a run's saved state stands at: where a resumed trainer continues. None without one."""
+    try:
+        return int(json.loads((run_dir / STATE_DIR / STATE_FILE).read_text())["step"])
+    except (FileNotFoundError, NotADirectoryError, KeyError, TypeError, ValueError):
+        return None
 
 
 def request(run_dir: Path, what: ControlRequest) -> None:

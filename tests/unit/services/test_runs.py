@@ -22,7 +22,7 @@ from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
 from tunery.storage import Database, JobStore, LocalBlobStore
-from tunery.training.progress import ProgressKind, ProgressRecord
+from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
 from tunery.worker.runner import Worker
 
 WORKER = "worker-test"
@@ -210,3 +210,68 @@ def test_a_running_worker_hands_back_a_job_whose_worker_went_silent_after_it_sta
         stop.set()
         thread.join(timeout=5)
     assert services.jobs.retrieve(project, job.id).status is JobStatus.RESUMING
+
+
+def died_with_records(services: Services, project: str, tmp_path: Path, *, read: int, written: int, end: bool) -> Job:
+    """A job whose trainer wrote ``written`` steps (a checkpoint and its saved state at the last, then the end if
+    ``end``) while its worker read only ``read`` of them before it died; the job is handed to a new worker."""
+    job = start(services, new_job(services, project))
+    run_dir = services.runs.run_dir(job.id)
+    writer = ProgressWriter(run_dir)
+    writer.emit(ProgressKind.STARTED, total_steps=written, resumed_from_step=0)
+    job = feed(services, job, ProgressKind.STARTED, total_steps=written)
+    for step in range(1, written + 1):
+        values = {"step": step, "total_steps": written, "trained_tokens": step * 10, "train_loss": 1.0 / step}
+        writer.emit(ProgressKind.STEP, **values)
+        if step <= read:
+            job = feed(services, job, ProgressKind.STEP, **values)
+    checkpoint = adapter(tmp_path, written)
+    writer.emit(ProgressKind.CHECKPOINT, step=written, path=str(checkpoint), metrics={"train_loss": 0.1})
+    (run_dir / STATE_DIR).mkdir()
+    (run_dir / STATE_DIR / STATE_FILE).write_text(json.dumps({"step": written}))
+    if end:
+        writer.emit(ProgressKind.COMPLETED, step=written, trained_tokens=written * 10)
+    JobStore(Database(f"sqlite:///{tmp_path / 'tunery.db'}")).heartbeat(job.id, WORKER, 0.0)  # its worker is gone
+    assert services.runs.recover("new-worker", lambda _pid, _job: False, lambda _pid: None) == 1
+    claimed = services.runs.claim_next("new-worker")
+    assert claimed is not None
+    assert claimed.status is JobStatus.RESUMING
+    return claimed
+
+
+def test_a_trainer_that_finished_after_its_worker_died_ends_the_job_with_nothing_lost(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = died_with_records(services, project, tmp_path, read=5, written=8, end=True)
+    assert services.runs.start(job) is None, "nothing is trained again"
+
+    done = services.jobs.retrieve(project, job.id)
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.trained_tokens == 80
+    _, stream = services.files.content(project, done.result_files[0])
+    assert [int(r["step"]) for r in csv.DictReader(io.StringIO(stream.read().decode()))] == list(range(1, 9))
+    checkpoint = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data[0]
+    assert checkpoint.step_number == 8
+    assert services.models.resolve(project, done.fine_tuned_model).adapter_key == checkpoint.adapter_key
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
+    assert "The worker restarted; the job continues from its last saved state (step 8)." in events
+    assert "The previous training run had ended before its worker stopped; its results are kept." in events
+
+
+def test_steps_and_checkpoints_no_worker_read_are_kept_when_the_job_resumes(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = died_with_records(services, project, tmp_path, read=3, written=6, end=False)
+    spec = services.runs.start(job)
+    assert spec is not None
+    assert spec.resume_from == str(services.runs.run_dir(job.id) / STATE_DIR)
+
+    resumed = services.jobs.retrieve(project, job.id)
+    assert resumed.status is JobStatus.RUNNING
+    assert resumed.step == 6
+    assert [c.step_number for c in services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data] == [6]
+    assert [int(r["step"]) for r in csv.DictReader(io.StringIO(services.runs.results_csv(resumed).decode()))] == [
+        1, 2, 3, 4, 5, 6,
+    ]  # fmt: skip
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
+    assert "Job resumed from step 6." in events
