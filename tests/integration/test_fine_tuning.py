@@ -230,15 +230,17 @@ def test_kill_9_of_the_trainer_resumes_and_loses_nothing(server: Server, data: d
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=data["long"],
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
     )
-    wait_for(client, job.id, at_step(70))  # past the first epoch end (60 steps): a checkpoint exists
+    # Past the first epoch end (240 steps): a checkpoint exists, and ~230 steps are left, so a fast machine
+    # cannot finish before the kill lands.
+    wait_for(client, job.id, at_step(250))
     pid = _trainer_pid(job.id)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     done = wait_for(client, job.id, finished)
     assert done.status == "succeeded", done.error
-    assert [int(r["step"]) for r in results(client, done)] == list(range(1, 121))
+    assert [int(r["step"]) for r in results(client, done)] == list(range(1, 481))
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=500).data]
     assert any("stopped unexpectedly (killed by signal 9)" in m for m in messages), messages
 
@@ -261,9 +263,9 @@ def test_kill_9_of_the_whole_server_then_restart(
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=train,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
     )
-    wait_for(client, job.id, at_step(70))
+    wait_for(client, job.id, at_step(250))  # as above: a checkpoint exists and ~230 steps are left
     pid = _trainer_pid(job.id)
     assert pid is not None
     assert _parent_pid(pid) == first.pid
@@ -278,8 +280,8 @@ def test_kill_9_of_the_whole_server_then_restart(
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=3)
     done = wait_for(client, job.id, finished)
     assert done.status == "succeeded", done.error
-    assert [int(r["step"]) for r in results(client, done)] == list(range(1, 121))
-    assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == 120, "the model is the last step's"
+    assert [int(r["step"]) for r in results(client, done)] == list(range(1, 481))
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == 480, "the model is the last step's"
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=500).data]
     assert any("worker restarted" in m for m in messages), messages
 
