@@ -239,8 +239,10 @@ class RunService:
             data = record.data
             if record.kind is ProgressKind.STEP and int(data["step"]) > job.step:
                 job = self._on_step(job, worker_id, data)
-            elif record.kind is ProgressKind.CHECKPOINT and Path(data["path"]).is_dir():
-                self._save_checkpoint(job, int(data["step"]), Path(data["path"]), data.get("metrics") or {})
+            elif record.kind in (ProgressKind.CHECKPOINT, ProgressKind.PAUSED):
+                folder = data.get("path") or data.get("checkpoint")  # a pause saves a checkpoint too
+                if folder and Path(folder).is_dir():
+                    self._save_checkpoint(job, int(data["step"]), Path(folder), data.get("metrics") or {})
             elif record.kind in (ProgressKind.COMPLETED, ProgressKind.FAILED):
                 ended = record
         if ended is None:

@@ -212,9 +212,12 @@ def test_a_running_worker_hands_back_a_job_whose_worker_went_silent_after_it_sta
     assert services.jobs.retrieve(project, job.id).status is JobStatus.RESUMING
 
 
-def died_with_records(services: Services, project: str, tmp_path: Path, *, read: int, written: int, end: bool) -> Job:
-    """A job whose trainer wrote ``written`` steps (a checkpoint and its saved state at the last, then the end if
-    ``end``) while its worker read only ``read`` of them before it died; the job is handed to a new worker."""
+def died_with_records(
+    services: Services, project: str, tmp_path: Path, *, read: int, written: int, end: bool, paused: bool = False
+) -> Job:
+    """A job whose trainer wrote ``written`` steps (a checkpoint - or with ``paused`` the pause's checkpoint - and
+    its saved state at the last, then the end if ``end``) while its worker read only ``read`` of them before it
+    died; the job is handed to a new worker."""
     job = start(services, new_job(services, project))
     run_dir = services.runs.run_dir(job.id)
     writer = ProgressWriter(run_dir)
@@ -226,7 +229,11 @@ def died_with_records(services: Services, project: str, tmp_path: Path, *, read:
         if step <= read:
             job = feed(services, job, ProgressKind.STEP, **values)
     checkpoint = adapter(tmp_path, written)
-    writer.emit(ProgressKind.CHECKPOINT, step=written, path=str(checkpoint), metrics={"train_loss": 0.1})
+    if paused:
+        services.jobs.pause(project, job.id)
+        writer.emit(ProgressKind.PAUSED, step=written, state_path="state", checkpoint=str(checkpoint), metrics={})
+    else:
+        writer.emit(ProgressKind.CHECKPOINT, step=written, path=str(checkpoint), metrics={"train_loss": 0.1})
     (run_dir / STATE_DIR).mkdir()
     (run_dir / STATE_DIR / STATE_FILE).write_text(json.dumps({"step": written}))
     if end:
@@ -275,3 +282,15 @@ def test_steps_and_checkpoints_no_worker_read_are_kept_when_the_job_resumes(
     ]  # fmt: skip
     events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
     assert "Job resumed from step 6." in events
+
+
+def test_a_pause_no_worker_read_keeps_its_checkpoint_and_the_job_resumes(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = died_with_records(services, project, tmp_path, read=2, written=4, end=False, paused=True)
+    assert services.runs.start(job) is not None
+    checkpoints = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [f"tiny-llama.ft-{job.job_hex}:ckpt-step-4"]
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
+    assert "The worker restarted while the job was pausing; it resumes instead." in events
+    assert "Job resumed from step 4." in events
