@@ -315,10 +315,10 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration in this (fresh) process and measure it."""
     import torch
 
-    from tunery.training.loop import cpu_has_fast_bf16
+    from tunery.hardware.precision import fastest_format
 
     torch.set_num_threads(job["threads"])
-    bf16 = cpu_has_fast_bf16()
+    bf16 = fastest_format("autocast") == "bf16"  # measured here, as Tunery's dtype "auto" decides
     if job["trainer"] == "tunery":
         result = train_tunery(job)
     elif job["trainer"] == "tunery_dpo":

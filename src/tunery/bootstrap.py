@@ -146,6 +146,7 @@ def build_services(
             device=worker.device,
             num_threads=worker.num_threads,
             stale_after_s=worker.stale_after_s,
+            precision_cache=precision_cache(settings),
         ),
     )
     deployments = DeploymentService(
@@ -162,6 +163,11 @@ def build_services(
     return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
 
 
+def precision_cache(settings: Settings) -> Path:
+    """Where dtype ``auto`` keeps this machine's measured fp32-or-bf16 verdict (``hardware.precision``)."""
+    return settings.data_dir / "cache" / "precision.json"
+
+
 def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:
     """The serving engine; built on the first chat request, so serving files and jobs never loads torch."""
     inference = settings.inference
@@ -174,4 +180,5 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
         device=inference.device,
         dtype=inference.dtype,
         num_threads=inference.num_threads,
+        precision_cache=precision_cache(settings),
     )

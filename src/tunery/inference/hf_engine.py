@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
+from tunery.hardware.precision import fastest_format
 from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapter
 from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
 from tunery.inference.engine import GenerationChunk, GenerationRequest
@@ -72,6 +73,7 @@ class HFEngine:
         dtype: str = "auto",
         num_threads: int | None = None,
         max_prefill_tokens: int = 4096,
+        precision_cache: Path | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
@@ -79,12 +81,12 @@ class HFEngine:
             raise ValueError("max_loaded_adapters must be at least 1.")
         self._model_dirs = model_dirs
         self._device = resolve_device(device)
-        self._dtype = resolve_dtype(dtype, self._device)
+        if num_threads is not None:  # before the precision probe: its verdict depends on the threads
+            torch.set_num_threads(num_threads)
+        self._dtype = resolve_dtype(dtype, self._device, precision_cache)
         self._max_loaded_adapters = max_loaded_adapters
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -301,9 +303,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype. ``"auto"``: bf16 on GPUs that have it (else fp16); on a CPU bf16 only where the CPU
-    has native bf16 instructions (AVX512-BF16 / AMX, ~2x fp32 there), else fp32 — emulated bf16 is far slower.
+def resolve_dtype(dtype: str, device: torch.device, precision_cache: Path | None = None) -> torch.dtype:
+    """The weights' dtype. ``"auto"``: bf16 on GPUs that have it (else fp16); on a CPU bf16 only where bf16
+    matmuls were measured clearly faster than fp32 on this machine (``hardware.precision``; ~2-5x with
+    AVX512-BF16 / AMX), else fp32 — emulated bf16 is far slower.
 
     Raises:
         ValueError: an unknown name, or float16 on a CPU (it runs ~60x slower than float32 there).
@@ -311,7 +314,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else torch.float32
+        if device.type != "cpu":
+            return torch.float32
+        fast = fastest_format("weights", cache_file=precision_cache) == "bf16"
+        return torch.bfloat16 if fast else torch.float32
     try:
         resolved = _DTYPES[dtype]
     except KeyError:
@@ -320,8 +326,3 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ValueError("float16 is not usable on a CPU (matmuls run ~60x slower); use bfloat16 or float32.")
     return resolved
 
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), as torch reports it."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)

@@ -63,6 +63,7 @@ class RunSettings:
     device: str = "auto"
     num_threads: int | None = None
     stale_after_s: float = 30.0
+    precision_cache: Path | None = None  # the measured fp32/bf16 verdict for dtype "auto" (hardware.precision)
 
 
 # Returns a local folder with the base model's weights (preparing it if needed).
@@ -199,6 +200,7 @@ class RunService:
             dtype=settings.dtype,  # type: ignore[arg-type]
             device=settings.device,  # type: ignore[arg-type]
             num_threads=settings.num_threads,
+            precision_cache=str(settings.precision_cache) if settings.precision_cache else None,
         )
 
     def _adapter_dir(self, model_name: str, project_id: str) -> Path:

@@ -20,8 +20,9 @@ Decisions worth knowing:
   never exist for the whole batch, nor stay for backward.
 * With a validation file, the whole of it is evaluated once before the first step (``initial_validation`` in
   the STARTED record): the curve's step 0.
-* Precision: fp32 weights; bf16 autocast where bf16 matmuls are fast (CUDA with bf16, CPUs with
-  ``avx512_bf16``/``amx_bf16``), fp32 elsewhere; never fp16. On CPUs without native bf16 it is ~100x slower.
+* Precision: fp32 weights; bf16 autocast where bf16 matmuls are fast (CUDA with bf16; on a CPU where
+  ``hardware.precision`` measured them clearly faster than fp32), fp32 elsewhere; never fp16. On CPUs without
+  native bf16 it is ~100x slower.
 * ``trained_tokens`` counts real (non-padding) tokens fed to the model, prompt and completion alike, once per
   epoch: what the user is billed for, and what ``tokens_per_s`` measures.
 * Resuming restores adapter, optimizer, scheduler, RNG states and the epoch's data order, so a paused and
@@ -48,6 +49,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.checkpoints import metric_columns
+from tunery.hardware.precision import fastest_format
 from tunery.training import progress as control
 from tunery.training.dpo import (
     REFERENCE_FILE,
@@ -141,7 +143,8 @@ def run(
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     device = pick_device(spec.device)
-    setup = Setup(device, pick_amp_dtype(spec.dtype, device), spec.max_seq_len, micro_batch_tokens, layout)
+    amp = pick_amp_dtype(spec.dtype, device, Path(spec.precision_cache) if spec.precision_cache else None)
+    setup = Setup(device, amp, spec.max_seq_len, micro_batch_tokens, layout)
     seed_everything(spec.seed)
 
     tokenizer = ChatTokenizer.from_dir(Path(spec.base_model_dir))
@@ -281,24 +284,16 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def pick_amp_dtype(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where it is fast (``auto``) or asked for (``bf16``); None means fp32."""
+def pick_amp_dtype(requested: str, device: torch.device, cache_file: Path | None = None) -> torch.dtype | None:
+    """The autocast dtype: bf16 where it is measured faster (``auto``, see ``hardware.precision``) or asked
+    for (``bf16``); None means fp32."""
     if requested == "fp32":
         return None
     if requested == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.bfloat16 if fastest_format("autocast", cache_file=cache_file) == "bf16" else None
 
 
 def seed_everything(seed: int) -> None:

@@ -51,6 +51,7 @@ class TrainingSpec:
     device: Device = "auto"
     num_threads: int | None = None
     warmup_ratio: float = 0.0
+    precision_cache: str | None = None  # where dtype "auto" keeps this machine's measured fp32/bf16 verdict
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -7,6 +7,7 @@ Run: .venv/bin/pytest tests/unit/training/test_dpo.py -q  (~20 s on 2 cores)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests import precision
 from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.checkpoints import DPO_METRIC_COLUMNS
 from tunery.training import head
@@ -39,7 +41,7 @@ from tunery.training.spec import LoraSpec, TrainingSpec
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "ate", "fish", "with", "two", "dogs", "that"]
 WORDS += ["barked", "at", "the", "moon"]
-CPU = Setup(device=torch.device("cpu"), amp=None, max_seq_len=256, micro_batch_tokens=4096)
+CPU = Setup(device=torch.device("cpu"), amp=precision.amp(precision.DEFAULT), max_seq_len=256, micro_batch_tokens=4096)
 BETA = 0.1
 
 
@@ -80,6 +82,7 @@ def make_spec(model_dir: Path, root: Path, name: str, **overrides: Any) -> Train
         "metrics_every": 3,
         "num_threads": 1,
         "dpo_beta": BETA,
+        "dtype": precision.DEFAULT,
     }
     return TrainingSpec(**(values | overrides))
 
@@ -108,9 +111,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def completed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainingSpec:
-    spec = make_spec(tiny_model_dir, tmp_path_factory.mktemp("dpo"), "reference")
+def setup_in(dtype: str, micro_batch_tokens: int = 4096, layout: Any = "flat") -> Setup:
+    return Setup(CPU.device, precision.amp(dtype), 256, micro_batch_tokens, layout)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=precision.sensitive())
+def completed(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> TrainingSpec:
+    """One uninterrupted DPO run, in each precision (``tests.precision``)."""
+    spec = make_spec(tiny_model_dir, tmp_path_factory.mktemp("dpo"), "reference", dtype=request.param)
     run(spec, ProgressWriter(spec.run_path))
     return spec
 
@@ -159,53 +169,63 @@ def test_a_pair_trains_only_on_the_output_and_keeps_input_assistant_turns_as_con
     assert encoded.chosen.input_ids[:prompt_length] == encoded.rejected.input_ids[:prompt_length]
 
 
-def test_packed_sides_score_as_they_would_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", precision.sensitive())
+def test_packed_sides_score_as_they_would_alone(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
     spec = make_spec(tiny_model_dir, tmp_path, "scores")
     pairs = read_pairs(Path(spec.train_file), ChatTokenizer.from_dir(tiny_model_dir), 256)[:5]
     model = adapted_model(tiny_model_dir, nonzero=True)
     model.eval()
+    amp: Any = precision.amp(dtype)
+    autocast = torch.autocast("cpu", dtype=amp) if amp is not None else contextlib.nullcontext()
+    # a side's log-prob sums ~20 token log-probs of ~-6: fp32 agrees to 1e-4, bf16 to ~0.1 (eps x the sum)
+    atol, rtol = (1e-4, 1e-5) if dtype == "fp32" else (0.1, precision.REL["bf16"])
     with torch.no_grad():
-        packed = sequence_log_probs(model, collate_pairs(pairs, CPU), None)
+        packed = sequence_log_probs(model, collate_pairs(pairs, setup_in(dtype)), amp)
         alone = []
         for p in pairs:
             for side in (p.chosen, p.rejected):
-                logits = model(input_ids=torch.tensor([side.input_ids])).logits[0, :-1]
+                with autocast:
+                    logits = model(input_ids=torch.tensor([side.input_ids])).logits[0, :-1].float()
                 targets = torch.tensor(side.labels[1:])
                 keep = targets != IGNORE_INDEX
                 alone.append(torch.log_softmax(logits[keep], -1).gather(1, targets[keep][:, None]).sum())
-    torch.testing.assert_close(packed, torch.stack(alone), atol=1e-4, rtol=1e-5)
-    masked = Setup(CPU.device, None, 256, 4096, "mask")
+    torch.testing.assert_close(packed, torch.stack(alone), atol=atol, rtol=rtol)
+    masked = setup_in(dtype, layout="mask")
     with torch.no_grad():
         torch.testing.assert_close(
-            sequence_log_probs(model, collate_pairs(pairs, masked), None), packed, atol=1e-4, rtol=1e-5
+            sequence_log_probs(model, collate_pairs(pairs, masked), amp), packed, atol=atol, rtol=rtol
         )
 
 
-def test_before_training_the_policy_is_the_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", precision.sensitive())
+def test_before_training_the_policy_is_the_reference(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
     spec = make_spec(tiny_model_dir, tmp_path, "start")
     model = adapted_model(tiny_model_dir)
+    setup = setup_in(dtype)
     pairs = with_reference(
-        model, read_pairs(Path(spec.validation_file or ""), ChatTokenizer.from_dir(tiny_model_dir), 256), CPU
+        model, read_pairs(Path(spec.validation_file or ""), ChatTokenizer.from_dir(tiny_model_dir), 256), setup
     )
 
-    metrics = dpo_evaluate(model, pairs, CPU, BETA)
+    metrics = dpo_evaluate(model, pairs, setup, BETA)
 
     assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert metrics["reward_accuracy"] == 0.0
     assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_micro_batching_leaves_the_dpo_gradient_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", precision.sensitive())
+def test_micro_batching_leaves_the_dpo_gradient_alone(tiny_model_dir: Path, tmp_path: Path, dtype: str) -> None:
     spec = make_spec(tiny_model_dir, tmp_path, "accumulate")
     model = adapted_model(tiny_model_dir, nonzero=True)
     pairs = read_pairs(Path(spec.train_file), ChatTokenizer.from_dir(tiny_model_dir), 256)[:6]
-    pairs = with_reference(adapted_model(tiny_model_dir), pairs, CPU)  # the base as reference: non-zero rewards
+    # the base as reference: non-zero rewards
+    pairs = with_reference(adapted_model(tiny_model_dir), pairs, setup_in(dtype))
     results = []
     for layout, budget in (("flat", 4096), ("flat", 40), ("mask", 4096)):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
         metrics, tokens = dpo_train_step(
-            model, optimizer, scheduler, pairs, Setup(CPU.device, None, 256, budget, layout), BETA, 1e9
+            model, optimizer, scheduler, pairs, setup_in(dtype, budget, layout), BETA, 1e9
         )
         results.append((metrics, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
         assert tokens == sum(len(p) for p in pairs)
@@ -213,9 +233,15 @@ def test_micro_batching_leaves_the_dpo_gradient_alone(tiny_model_dir: Path, tmp_
     assert first_metrics["loss"] != pytest.approx(math.log(2), abs=1e-3), "the rewards are not zero here"
     for metrics, grads in results[1:]:
         for key, value in first_metrics.items():
-            assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6)
+            if dtype == "fp32":
+                assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6)
+            else:  # rewards: beta x differences of log-prob sums rounded in bf16 (measured: margin 4e-4 relative)
+                assert metrics[key] == pytest.approx(value, rel=2e-3, abs=1e-4), key
         for a, b in zip(first_grads, grads, strict=True):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+            if dtype == "fp32":
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+            else:
+                assert ((a - b).norm() / a.norm()).item() < precision.GRADIENT_REL_BF16
 
 
 def test_a_dpo_run_learns_the_preferred_style_on_held_out_pairs(completed: TrainingSpec) -> None:
@@ -247,7 +273,7 @@ def test_a_dpo_run_learns_the_preferred_style_on_held_out_pairs(completed: Train
 def test_a_paused_dpo_run_resumes_on_the_same_reference_and_curve(
     completed: TrainingSpec, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    spec = make_spec(tiny_model_dir, tmp_path, "paused")
+    spec = make_spec(tiny_model_dir, tmp_path, "paused", dtype=completed.dtype)
 
     class PauseAt4(ProgressWriter):
         def emit(self, kind: ProgressKind, **data: Any) -> None:
@@ -266,7 +292,7 @@ def test_a_paused_dpo_run_resumes_on_the_same_reference_and_curve(
     after = {s["step"]: s["train_loss"] for s in of_kind(spec, ProgressKind.STEP) if s["step"] > 4}
     assert list(after) == [5, 6, 7, 8, 9]
     for step, loss in after.items():
-        assert loss == pytest.approx(reference[step], abs=1e-6)
+        assert loss == reference[step], "the same computation in the same precision: exactly equal"
     assert of_kind(spec, ProgressKind.STARTED)[-1]["initial_validation"] == {}, "no step 0 when resuming"
 
 

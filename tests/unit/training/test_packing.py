@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from tests import precision
 from tunery.training.examples import IGNORE_INDEX, Example
 from tunery.training.packing import (
     PAD_ID,
@@ -78,7 +80,8 @@ def test_collate_restarts_positions_and_keeps_targets_inside_examples() -> None:
     assert not batch.attention_mask[1, 0, 1:, 0].any()  # padding is seen by nobody real, and sees only padding
 
 
-def test_packed_logits_equal_logits_alone(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("dtype", precision.sensitive())
+def test_packed_logits_equal_logits_alone(tiny_model_dir: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.eval()
     rng = random.Random(1)
@@ -86,7 +89,9 @@ def test_packed_logits_equal_logits_alone(tiny_model_dir: Path) -> None:
 
     rows = [examples[:3], examples[3:]]  # two packed rows of different lengths (the shorter one padded)
     batch = collate_rows(rows)
-    with torch.no_grad():
+    amp: Any = precision.amp(dtype)
+    atol = rtol = precision.LOGITS_ATOL[dtype]
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         packed = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
         ).logits
@@ -94,11 +99,12 @@ def test_packed_logits_equal_logits_alone(tiny_model_dir: Path) -> None:
             start = 0
             for example in row:
                 alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
-                torch.testing.assert_close(packed[r, start : start + len(example)], alone, atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(packed[r, start : start + len(example)], alone, atol=atol, rtol=rtol)
                 start += len(example)
 
 
-def test_flat_rows_with_varlen_attention_equal_logits_alone(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("dtype", precision.sensitive())
+def test_flat_rows_with_varlen_attention_equal_logits_alone(tiny_model_dir: Path, dtype: str) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
     use_varlen_attention(model)
     model.eval()
@@ -108,14 +114,16 @@ def test_flat_rows_with_varlen_attention_equal_logits_alone(tiny_model_dir: Path
     batch = collate_flat(examples)
     assert batch.attention_mask is None
     assert batch.input_ids.shape == (1, sum(len(e) for e in examples))  # no padding at all
-    with torch.no_grad():
+    amp: Any = precision.amp(dtype)
+    atol = rtol = precision.LOGITS_ATOL[dtype]
+    with torch.no_grad(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         packed = model(
             input_ids=batch.input_ids, position_ids=batch.position_ids, segment_lengths=batch.segment_lengths[0]
         ).logits[0]
         start = 0
         for example in examples:
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]  # ordinary call: plain SDPA
-            torch.testing.assert_close(packed[start : start + len(example)], alone, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(packed[start : start + len(example)], alone, atol=atol, rtol=rtol)
             start += len(example)
 
 
