@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+# What this machine is and which precision dtype "auto" picks here, measured (tunery.hardware); the
+# numerically sensitive tests run in fp32 and, where bf16 is faster, in bf16 too (tests/precision.py).
+# TUNERY_WORKER__DTYPE=fp32|bf16 forces one precision for those tests and for the servers tests start.
+.venv/bin/python -m tunery.hardware || true
+[ -n "${TUNERY_WORKER__DTYPE:-}" ] && echo "precision forced: TUNERY_WORKER__DTYPE=$TUNERY_WORKER__DTYPE"
 
 # PostgreSQL on loopback for the storage and API tests, unless the caller points at one already.
 if [ -z "${TUNERY_TEST_DATABASE_URL:-}" ]; then

@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
+from tests.ceilings import ceiling, ceiling_ms
 from tests.integration.harness import Server, free_port, tunery, wait_until_healthy
+
+# Playwright's assertions retry until their condition holds; their default ceiling (5 s) is a quiet machine's.
+expect.set_options(timeout=ceiling_ms(5))
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
@@ -67,7 +72,7 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=ceiling(3))
         except subprocess.TimeoutExpired:
             proc.kill()
 

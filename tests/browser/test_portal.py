@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect
 
 from tests.browser.conftest import CHROMIUM
+from tests.ceilings import ceiling, ceiling_ms
 from tests.integration.harness import Server
 
 pytestmark = pytest.mark.browser
@@ -28,7 +29,7 @@ WORDS = ["red", "blue", "green", "amber", "violet", "black", "white", "olive", "
 TRAIN_EXAMPLES = 40
 EPOCHS = 10  # × 40 examples × batch 1 = 400 steps: long enough to watch on a fast CPU (120 took 7 s)
 STEPS = TRAIN_EXAMPLES * EPOCHS
-JOB_TIMEOUT_MS = 360_000  # generous: a busy developer machine runs these jobs many times slower than CI
+JOB_TIMEOUT_MS = ceiling_ms(60)  # the wizard job (400 tiny steps) takes ~30 s on a quiet machine
 
 
 def colour_jsonl(n: int, offset: int = 0) -> bytes:
@@ -69,7 +70,7 @@ def page(request: pytest.FixtureRequest) -> Iterator[Page]:
         pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
     browser: Browser = request.getfixturevalue("browser")
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(ceiling_ms(5))
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -91,7 +92,7 @@ def shot(page: Page, folder: Path, name: str, *, full_page: bool = True) -> None
 
 
 def api(server: Server) -> httpx.Client:
-    return httpx.Client(base_url=f"{server.url}/openai/v1", headers={"api-key": server.key}, timeout=30)
+    return httpx.Client(base_url=f"{server.url}/openai/v1", headers={"api-key": server.key}, timeout=ceiling(10))
 
 
 def chart_points(page: Page, title: str) -> int:
@@ -100,7 +101,7 @@ def chart_points(page: Page, title: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def wait_for_more_points(page: Page, title: str, *, than: int, timeout_s: float = 60) -> int:
+def wait_for_more_points(page: Page, title: str, *, than: int, timeout_s: float = ceiling(20)) -> int:
     """Poll the chart's point count, read together with the job's status, until the chart shows more than
     ``than`` points while the job still runs (the trainer reports in bursts on a busy CPU)."""
     deadline = time.monotonic() + timeout_s
@@ -236,7 +237,8 @@ def test_wizard_starts_a_job_and_its_charts_grow(page: Page, screenshots: Path, 
     expect(page).to_have_url(re.compile(r"#/jobs/ftjob-"))
     state["job_id"] = page.url.rsplit("/", 1)[1]
     expect(page.get_by_role("heading", level=1)).to_contain_text("browser")
-    expect(page.get_by_role("region", name="Status")).to_contain_text("running", ignore_case=True, timeout=60_000)
+    status = page.get_by_role("region", name="Status")
+    expect(status).to_contain_text("running", ignore_case=True, timeout=ceiling_ms(15))
 
     first = wait_for_more_points(page, "Loss", than=0)
     second = wait_for_more_points(page, "Loss", than=first)
@@ -264,7 +266,7 @@ def test_deploy_a_checkpoint_from_the_job_page(page: Page, screenshots: Path, st
     expect(dialog).to_be_visible()
     dialog.get_by_label("Deployment name").fill("colours-final")
     dialog.get_by_role("button", name="Deploy").click()
-    expect(dialog.get_by_role("status")).to_contain_text("Succeeded", timeout=60_000)
+    expect(dialog.get_by_role("status")).to_contain_text("Succeeded", timeout=ceiling_ms(15))
     shot(page, screenshots, "10-deploy-dialog", full_page=False)
     dialog.get_by_role("link", name="Open in playground").click()
     expect(page.get_by_role("heading", name="Playground")).to_be_visible()
@@ -322,7 +324,7 @@ def test_compare_side_by_side(page: Page, screenshots: Path, state: dict[str, An
     expect(page.get_by_label("Fine-tuned model", exact=True)).to_have_value("colours-final")
     page.get_by_label("Message", exact=True).fill("Colour red number 1?")
     page.get_by_role("button", name="Send").click()
-    expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=30_000)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=ceiling_ms(10))
     for name, model in (("Compare with conversation", "tiny-llama"), ("Model conversation", "colours-final")):
         pane = page.get_by_role("log", name=name)
         expect(pane.get_by_role("article", name="You said")).to_contain_text("Colour red number 1?")
@@ -360,7 +362,7 @@ def test_cancel_another_job(page: Page, portal_server: Server, screenshots: Path
         }).json()  # fmt: skip
     page.goto(f"{portal_server.url}/#/jobs/{job['id']}")
     status = page.get_by_role("region", name="Status")
-    expect(status).to_contain_text("running", ignore_case=True, timeout=60_000)
+    expect(status).to_contain_text("running", ignore_case=True, timeout=ceiling_ms(15))
     accept_dialogs(page)
     page.get_by_role("button", name="Cancel job").click()
     expect(status).to_contain_text("cancelled", ignore_case=True)
@@ -383,7 +385,7 @@ def test_a_dpo_job_from_the_wizard_charts_reward_accuracy(page: Page, portal_ser
     page.get_by_label("Direct preference optimization (DPO)").check()
     page.get_by_role("button", name="Next").click()
     expect(page.get_by_label("Training file").locator("option", has_text="preference_train.jsonl")).to_have_count(
-        1, timeout=30_000
+        1, timeout=ceiling_ms(10)
     )
     choose(page.get_by_label("Training file"), "preference_train.jsonl")
     page.get_by_role("button", name="Next").click()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ceilings import ceiling
 from tests.integration.harness import Server
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 def run_cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**server.env, "TUNERY_BASE_URL": f"{server.url}/v1", "TUNERY_API_KEY": server.key, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tunery", *args], env=env, capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "tunery", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=ceiling(30))
 
 
 def write(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -64,7 +66,7 @@ def test_client_commands_explain_a_missing_key(server: Server) -> None:
     env = {k: v for k, v in server.env.items() if k != "TUNERY_API_KEY"}
     done = subprocess.run(
         [sys.executable, "-m", "tunery", "files", "list", "--base-url", f"{server.url}/v1"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=ceiling(15),
     )  # fmt: skip
     assert done.returncode == 1
     assert "No API key" in done.stderr

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from tests.ceilings import ceiling
 from tests.integration.harness import Server
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def test_upload_wait_retrieve_content_delete(server: Server, make_client: Client
     assert created.bytes == len(payload)
     assert created.purpose == "fine-tune"
 
-    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=60)
+    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=ceiling(10))
     assert done.status == "processed", done.status_details
     stats = (done.model_extra or {})["validation"]["statistics"]
     assert stats["examples"] == 12
@@ -110,7 +111,7 @@ def test_list_auto_paginates_over_pages(server: Server, make_client: ClientFacto
 def test_bad_file_reports_line_numbers(server: Server, make_client: ClientFactory) -> None:
     client = make_client(server)
     created = client.files.create(file=("bad.jsonl", bad_jsonl()), purpose="fine-tune")
-    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=60)
+    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=ceiling(10))
     assert done.status == "error"
     assert done.status_details is not None
     assert "Line 5" in done.status_details
@@ -174,7 +175,7 @@ def test_dated_create_is_201_with_location(server: Server) -> None:
 def test_bom_file_is_accepted(server: Server) -> None:
     client = openai_layout(server)
     created = client.files.create(file=("bom.jsonl", b"\xef\xbb\xbf" + chat_jsonl(10)), purpose="fine-tune")
-    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=60)
+    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=ceiling(10))
     assert done.status == "processed", done.status_details
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.ceilings import ceiling
 from tests.integration.harness import Server, tunery
 
 pytestmark = pytest.mark.integration
 
-JOB_TIMEOUT_S = 300
+JOB_TIMEOUT_S = ceiling(90)  # the longest job here (480 tiny steps) takes ~60 s on a quiet machine
 WORDS = ["red", "blue", "green", "amber", "violet", "black", "white", "olive", "coral", "ivory", "teal", "gold"]
 
 
@@ -54,7 +55,7 @@ def azure_for(server: Server) -> openai.AzureOpenAI:
 
 def upload(client: openai.OpenAI, data: bytes, name: str) -> str:
     created = client.files.create(file=(name, data), purpose="fine-tune")
-    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=120)
+    done = client.files.wait_for_processing(created.id, poll_interval=0.2, max_wait_seconds=ceiling(20))
     assert done.status == "processed", done.status_details
     return created.id
 
@@ -176,7 +177,10 @@ def test_cancel_a_running_job(server: Server, data: dict[str, str]) -> None:
     wait_for(client, job.id, at_step(3))
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
-    time.sleep(3)
+    deadline = time.monotonic() + ceiling(10)  # the trainer stops at its next step and exits
+    while _trainer_pid(job.id) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _trainer_pid(job.id) is None, "the trainer stopped"
     after = client.fine_tuning.jobs.retrieve(job.id)
     assert after.status == "cancelled"
     assert after.fine_tuned_model is None
@@ -270,8 +274,8 @@ def test_kill_9_of_the_whole_server_then_restart(
     assert pid is not None
     assert _parent_pid(pid) == first.pid
     first.kill()
-    first.wait(timeout=10)
-    deadline = time.monotonic() + 5
+    first.wait(timeout=ceiling(5))
+    deadline = time.monotonic() + ceiling(2)
     while _trainer_pid(job.id) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _trainer_pid(job.id) is None, "the trainer dies with its worker"
