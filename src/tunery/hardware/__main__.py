@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -18,10 +19,10 @@ def main() -> None:
     except OSError:
         line = ""
     present = [flag for flag in FLAGS if f" {flag} " in f"{line.rstrip()} "]
-    print(
+    sys.stdout.write(
         f"CPU: {cpu_model()} · {os.cpu_count()} cores · flags: {' '.join(present) or 'none of ' + ' '.join(FLAGS)}"
         f" · torch {torch.__version__} · measured fastest: training {fastest_format('autocast')},"
-        f" serving {fastest_format('weights')}"
+        f" serving {fastest_format('weights')}\n"
     )
 
 
