@@ -210,6 +210,10 @@ def test_wizard_starts_a_job_and_its_charts_grow(page: Page, screenshots: Path, 
     page.get_by_role("button", name="Next").click()
 
     expect(page.get_by_text("Epochs: 3")).to_be_visible()  # auto for 40 examples: 40 × 3 = 120 ≥ 100
+    # auto batch for 40 short examples: token-filled steps, but at least 24 steps in the run: 120 // 24 = 5
+    expect(page.get_by_text("Batch size: 5")).to_be_visible()
+    expect(page.get_by_text(re.compile(r"tokens a step at \d+ tokens an example"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"multiplier √5 = 2\.236"))).to_be_visible()
     page.get_by_label("Number of epochs").fill("300")
     page.get_by_label("Batch size").fill("1")
     page.get_by_label("Suffix (optional)").fill("browser")

@@ -123,7 +123,8 @@ class RunService:
                     return self._fail(job, _data_error(valid.problems, valid.problem_count, "validation_file"))
         except ServiceError as exc:
             return self._fail(job, JobError("invalid_training_file", exc.message, "training_file"))
-        resolved = job.hyperparameters.resolve(n_examples, job.method)
+        tokens_mean = report.stats.tokens_mean if report.stats else None
+        resolved = job.hyperparameters.resolve(n_examples, job.method, tokens_mean)
         moved = self._jobs.transition(job.id, JobStatus.QUEUED, expect={JobStatus.PENDING}, resolved=resolved)
         if moved is None:
             return None  # cancelled meanwhile

@@ -6,6 +6,10 @@ import pytest
 
 from tunery.domain.errors import Conflict
 from tunery.domain.jobs import (
+    MAX_AUTO_BATCH,
+    MAX_AUTO_LR_MULTIPLIER,
+    MIN_AUTO_STEPS,
+    TARGET_STEP_TOKENS,
     TERMINAL,
     TRANSITIONS,
     Hyperparameters,
@@ -13,6 +17,7 @@ from tunery.domain.jobs import (
     Method,
     auto_batch_size,
     auto_epochs,
+    auto_learning_rate_multiplier,
     can_transition,
     check_transition,
     checkpoint_model_name,
@@ -64,14 +69,49 @@ def test_auto_epochs_follows_the_cookbook(examples: int, epochs: int) -> None:
 
 
 @pytest.mark.parametrize(("examples", "batch"), [(10, 1), (499, 1), (1000, 2), (50_000, 100), (10**6, 256)])
-def test_auto_batch_size_is_point_two_percent(examples: int, batch: int) -> None:
+def test_without_token_statistics_auto_batch_size_is_azures_point_two_percent(examples: int, batch: int) -> None:
     assert auto_batch_size(examples) == batch
+
+
+@pytest.mark.parametrize(
+    ("examples", "tokens_mean", "epochs", "batch"),
+    [
+        (200, 60, 3, 17),  # short chats: ~1k tokens a step (1024 / 60), 36 steps over the run
+        (200, 500, 3, 2),  # long chats: two fill a step
+        (60, 60, 3, 7),  # few examples: at least MIN_AUTO_STEPS (24) steps, so 180 // 24
+        (10, 30, 10, 4),  # tiny file, many epochs
+        (5, 2000, 1, 1),  # one example is already more than a step's tokens
+        (100_000, 10, 1, MAX_AUTO_BATCH),  # capped
+    ],
+)
+def test_auto_batch_size_fills_a_step_with_tokens_but_keeps_enough_steps(
+    examples: int, tokens_mean: float, epochs: int, batch: int
+) -> None:
+    assert auto_batch_size(examples, tokens_mean, epochs) == batch
+    steps = -(-examples * epochs // batch)
+    assert batch * tokens_mean <= TARGET_STEP_TOKENS * 1.5 or batch == 1
+    assert steps >= min(MIN_AUTO_STEPS, examples * epochs)
+
+
+@pytest.mark.parametrize(("batch", "multiplier"), [(1, 1.0), (4, 2.0), (17, 4.123), (64, MAX_AUTO_LR_MULTIPLIER)])
+def test_auto_learning_rate_grows_with_the_square_root_of_the_batch(batch: int, multiplier: float) -> None:
+    assert auto_learning_rate_multiplier(batch) == multiplier
+
+
+def test_explicit_values_are_honoured_exactly() -> None:
+    requested = Hyperparameters(n_epochs=7, batch_size=3, learning_rate_multiplier=0.25)
+    assert requested.resolve(200, Method.SUPERVISED, tokens_mean=60) == requested
+    only_batch = Hyperparameters(batch_size=1).resolve(200, Method.SUPERVISED, tokens_mean=60)
+    assert only_batch.batch_size == 1
+    assert only_batch.learning_rate_multiplier == 1.0, "the learning rate goes with the batch actually used"
 
 
 def test_resolve_keeps_given_values_and_fills_auto() -> None:
     requested = Hyperparameters(n_epochs=2)
     resolved = requested.resolve(1000, Method.SUPERVISED)
-    assert resolved == Hyperparameters(n_epochs=2, batch_size=2, learning_rate_multiplier=1.0, beta=None)
+    assert resolved == Hyperparameters(n_epochs=2, batch_size=2, learning_rate_multiplier=1.414, beta=None)
+    with_tokens = requested.resolve(1000, Method.SUPERVISED, tokens_mean=100)
+    assert with_tokens == Hyperparameters(n_epochs=2, batch_size=10, learning_rate_multiplier=3.162, beta=None)
     assert resolved.resolved
     assert not requested.resolved
     assert Hyperparameters().resolve(10, Method.DPO).beta == 0.1

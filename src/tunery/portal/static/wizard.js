@@ -32,7 +32,17 @@ function roundHalfEven(x) {
   const r = Math.round(x);
   return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
-export const autoBatch = (n) => Math.max(1, Math.min(256, roundHalfEven(0.002 * n)));
+// Auto batch size and learning rate, as the server resolves them (tunery.domain.jobs): enough examples for
+// ~1,024 tokens a step, but at least 24 optimizer steps over the run and at most 64 a step; the learning-rate
+// multiplier is √batch (1–8) for supervised jobs. Without token statistics: Azure's 0.2 % rule.
+export const TARGET_STEP_TOKENS = 1024, MIN_AUTO_STEPS = 24, MAX_AUTO_BATCH = 64;
+export function autoBatch(n, tokensMean, epochs) {
+  if (!tokensMean) return Math.max(1, Math.min(256, roundHalfEven(0.002 * n)));
+  const byTokens = Math.max(1, roundHalfEven(TARGET_STEP_TOKENS / tokensMean));
+  const bySteps = Math.max(1, Math.floor((Math.max(n, 1) * Math.max(epochs, 1)) / MIN_AUTO_STEPS));
+  return Math.max(1, Math.min(byTokens, bySteps, MAX_AUTO_BATCH, Math.max(n, 1)));
+}
+export const autoMultiplier = (batch) => Math.round(Math.min(8, Math.max(1, Math.sqrt(batch))) * 1000) / 1000;
 
 export async function render(main, { query, navigate }) {
   const s = {
@@ -54,10 +64,11 @@ export async function render(main, { query, navigate }) {
 
   const processed = () => files.filter((f) => f.status === "processed");
   const fileById = (id) => files.find((f) => f.id === id);
-  const examples = () => {
+  const statistics = () => {
     const f = fileById(s.training_file);
-    return f && f.validation && f.validation.statistics ? f.validation.statistics.examples : null;
+    return f && f.validation && f.validation.statistics ? f.validation.statistics : null;
   };
+  const examples = () => (statistics() ? statistics().examples : null);
 
   function request() {
     const hp = {};
@@ -146,8 +157,15 @@ export async function render(main, { query, navigate }) {
     const n = examples();
     if (!n) return h("p", { class: "hint" }, "Pick training data to see what “auto” resolves to.");
     const ep = s.n_epochs === "" ? autoEpochs(n) : Number(s.n_epochs);
-    const bs = s.batch_size === "" ? autoBatch(n) : Number(s.batch_size);
-    const mult = s.learning_rate_multiplier === "" ? 1 : Number(s.learning_rate_multiplier);
+    const tokensMean = statistics().tokens_mean;
+    const bs = s.batch_size === "" ? autoBatch(n, tokensMean, ep) : Number(s.batch_size);
+    const autoMult = s.method === "dpo" ? 1 : autoMultiplier(bs);
+    const mult = s.learning_rate_multiplier === "" ? autoMult : Number(s.learning_rate_multiplier);
+    const batchWhy = tokensMean
+      ? `auto: ~${formatNumber(TARGET_STEP_TOKENS)} tokens a step at ${tokensMean.toFixed(0)} tokens an example, ` +
+        `keeping at least ${MIN_AUTO_STEPS} steps in the run and at most ${MAX_AUTO_BATCH} examples a step — ` +
+        "a full step keeps the processor busy, one short example a step leaves it mostly idle"
+      : `auto: 0.2% of ${formatNumber(n)} examples = ${(0.002 * n).toFixed(1)}, rounded and kept within 1–256`;
     let why;
     if (n * 3 < 100) why = `${formatNumber(n)} examples × 3 epochs is under 100, so epochs = min(25, ⌊100 ÷ ${n}⌋) = ${autoEpochs(n)}`;
     else if (n * 3 > 25000) why = `${formatNumber(n)} examples × 3 epochs is over 25,000, so epochs = max(1, ⌊25,000 ÷ ${n}⌋) = ${autoEpochs(n)}`;
@@ -157,9 +175,12 @@ export async function render(main, { query, navigate }) {
       h("h3", {}, "What the job will use"),
       h("ul", {},
         h("li", {}, h("strong", {}, `Epochs: ${ep}`), s.n_epochs === "" ? ` (auto: ${why})` : " (your value)"),
-        h("li", {}, h("strong", {}, `Batch size: ${bs}`), s.batch_size === "" ? ` (auto: 0.2% of ${formatNumber(n)} examples = ${(0.002 * n).toFixed(1)}, rounded and kept within 1–256)` : " (your value)"),
+        h("li", {}, h("strong", {}, `Batch size: ${bs}`), s.batch_size === "" ? ` (${batchWhy})` : " (your value)"),
         h("li", {}, h("strong", {}, `Learning rate: ${(BASE_LEARNING_RATE * mult).toExponential(1)}`),
-          s.learning_rate_multiplier === "" ? " (auto: multiplier 1.0 × the base LoRA rate 2e-4)" : ` (your multiplier ${mult} × the base LoRA rate 2e-4)`),
+          s.learning_rate_multiplier === ""
+            ? (s.method === "dpo" ? " (auto: multiplier 1 × the base LoRA rate 2e-4)"
+              : ` (auto: multiplier √${bs} = ${mult} × the base LoRA rate 2e-4: a larger batch takes a longer step)`)
+            : ` (your multiplier ${mult} × the base LoRA rate 2e-4)`),
         s.method === "dpo" ? h("li", {}, h("strong", {}, `Beta: ${s.beta === "" ? 0.1 : s.beta}`), s.beta === "" ? " (auto)" : "") : null,
         steps ? h("li", {}, `About ${formatNumber(steps)} training steps (⌈${formatNumber(n)} ÷ ${bs}⌉ × ${ep}).`) : null));
   }
