@@ -46,11 +46,13 @@ def colour_jsonl(n: int, *, offset: int = 0) -> bytes:
 
 
 def client_for(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=2)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)  # a 5xx must show
 
 
 def azure_for(server: Server) -> openai.AzureOpenAI:
-    return openai.AzureOpenAI(azure_endpoint=server.url, api_key=server.key, api_version="2025-04-01-preview")
+    return openai.AzureOpenAI(
+        azure_endpoint=server.url, api_key=server.key, api_version="2025-04-01-preview", max_retries=0
+    )
 
 
 def upload(client: openai.OpenAI, data: bytes, name: str) -> str:
@@ -165,6 +167,42 @@ def test_golden_path_with_continuous_fine_tuning(server: Server, data: dict[str,
         assert child_done.fine_tuned_model.startswith("tiny-llama.ft-")
         first_loss = float(results(azure, child_done)[0]["train_loss"])
         assert first_loss < float(rows[0]["train_loss"]), "the child starts from its parent's adapter"
+
+
+def test_a_job_whose_validation_loss_plateaus_stops_early_on_its_best_checkpoint(
+    server: Server, data: dict[str, str]
+) -> None:
+    """n_epochs auto with a validation file: early stopping is on. A learning rate of ~0 keeps the validation
+    loss flat, so the job stops after its second epoch and the first epoch's checkpoint is the model."""
+    client = client_for(server)
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=data["train"],
+        validation_file=data["valid"],
+        method={"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 1e-6}}},
+    )
+    assert (job.model_extra or {})["early_stopping"] == {"patience": 1, "min_delta": 0.001}
+    done = wait_for(client, job.id, finished)
+    assert done.status == "succeeded", done.error
+
+    hyper = done.method.supervised.hyperparameters  # type: ignore[union-attr]
+    n_epochs, batch_size = int(hyper.n_epochs), int(hyper.batch_size)  # type: ignore[arg-type]
+    per_epoch = -(-24 // batch_size)
+    assert n_epochs > 2, "auto epochs for 24 examples: 4"
+    rows = results(client, done)
+    assert [int(r["step"]) for r in rows] == list(range(1, 2 * per_epoch + 1)), "two epochs, then the stop"
+    assert done.model_extra["progress"]["total_steps"] == 2 * per_epoch  # type: ignore[index]
+    checkpoints = {c.step_number: c for c in client.fine_tuning.jobs.checkpoints.list(job.id).data}
+    assert checkpoints[per_epoch].fine_tuned_model_checkpoint == done.fine_tuned_model, "epoch 1 is the model"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(
+        m.startswith(f"Stopped early after epoch 2 of {n_epochs}")
+        and m.endswith(f"The model is the step-{per_epoch} checkpoint.")
+        for m in messages
+    ), messages
+    assert any(m.startswith("Trainer ready in") for m in messages), messages
+    first_epoch_tokens = done.trained_tokens // 2  # type: ignore[operator]
+    assert done.trained_tokens == 2 * first_epoch_tokens, "billed for the two epochs trained, not the four planned"
 
 
 def test_cancel_a_running_job(server: Server, data: dict[str, str]) -> None:

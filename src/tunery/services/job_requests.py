@@ -31,6 +31,7 @@ TRAINING_TYPES = {
 # Fields some clients send that Tunery accepts, stores and echoes without acting on them.
 TOLERATED_DPO_FIELDS = ("l2_multiplier",)
 TOLERATED_TOP_LEVEL = ("prompt_loss_weight",)
+EARLY_STOPPING_DEFAULTS: dict[str, float] = {"patience": 1, "min_delta": 0.001}
 RANGES: dict[str, tuple[float, float, bool]] = {
     # name: (min, max, integer?)
     "n_epochs": (1, 50, True),
@@ -76,6 +77,11 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
     for name in TOLERATED_TOP_LEVEL:
         if body.get(name) is not None:
             extras[name] = _number(body[name], name)
+    early_stopping = parse_early_stopping(
+        body.get("early_stopping"), auto_epochs=hyperparameters.n_epochs is None, has_validation=bool(validation_file)
+    )
+    if early_stopping is not None:
+        extras["early_stopping"] = early_stopping
     return JobRequest(
         model=model,
         training_file=training_file,
@@ -89,6 +95,48 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
         training_type=_parse_training_type(body.get("trainingType", body.get("training_type"))),
         extras=extras,
     )
+
+
+def parse_early_stopping(value: Any, *, auto_epochs: bool, has_validation: bool) -> dict[str, float] | None:
+    """Tunery's ``early_stopping`` extension: stop once the full validation loss (measured at each epoch end)
+    has not improved by more than ``min_delta`` for ``patience`` epochs; the best checkpoint is the model.
+
+    Absent or null: on (patience 1, min_delta 0.001) when ``n_epochs`` is auto and there is a validation file,
+    off otherwise — an explicit ``n_epochs`` runs them all unless this field asks. ``false``: off. ``true`` or
+    ``{"patience": 1-2, "min_delta": >= 0}``: on (needs a validation file). Patience stays within the three
+    checkpoints a job keeps, so the best one is always there to become the model.
+    """
+    if value is False or (value is None and not (auto_epochs and has_validation)):
+        return None
+    rules = dict(EARLY_STOPPING_DEFAULTS)
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(rules))
+        if unknown:
+            raise InvalidRequest(
+                f"early_stopping has no field '{unknown[0]}'; use patience and min_delta.",
+                param=f"early_stopping.{unknown[0]}",
+            )
+        if "patience" in value:
+            patience = value["patience"]
+            if isinstance(patience, bool) or not isinstance(patience, int) or not 1 <= patience <= 2:
+                message = f"early_stopping.patience must be 1 or 2 epochs (got {patience!r})."
+                raise InvalidRequest(message, param="early_stopping.patience")
+            rules["patience"] = patience
+        if "min_delta" in value:
+            rules["min_delta"] = _number(value["min_delta"], "early_stopping.min_delta")
+            if not 0 <= rules["min_delta"] <= 10:
+                message = "early_stopping.min_delta must be between 0 and 10."
+                raise InvalidRequest(message, param="early_stopping.min_delta")
+    elif value not in (None, True):
+        raise InvalidRequest(
+            "early_stopping must be true, false or an object {patience, min_delta}.", param="early_stopping"
+        )
+    if not has_validation:
+        raise InvalidRequest(
+            "early_stopping watches the validation loss: give a validation_file, or leave early_stopping out.",
+            param="early_stopping",
+        )
+    return rules
 
 
 def _required_string(body: dict[str, Any], name: str) -> str:

@@ -176,6 +176,7 @@ class RunService:
 
     def _spec(self, job: Job, run_dir: Path, base_dir: Path, *, resume_from: str | None) -> TrainingSpec:
         resolved = job.resolved or job.hyperparameters.resolve(0, job.method)
+        stopping = job.extras.get("early_stopping")
         training = self._blobs.path(training_copy_key(job.id, "training"))
         validation = self._blobs.path(training_copy_key(job.id, "validation")) if job.validation_file else None
         init_adapter = self._adapter_dir(job.parent_model, job.project_id) if job.parent_model else None
@@ -202,6 +203,8 @@ class RunService:
             device=settings.device,  # type: ignore[arg-type]
             num_threads=settings.num_threads,
             precision_cache=str(settings.precision_cache) if settings.precision_cache else None,
+            early_stopping_patience=int(stopping["patience"]) if stopping and validation else None,
+            early_stopping_min_delta=float(stopping["min_delta"]) if stopping else 0.001,
         )
 
     def _adapter_dir(self, model_name: str, project_id: str) -> Path:
@@ -272,6 +275,9 @@ class RunService:
             self._metrics.delete_after(job.id, resumed)
             total = int(data["total_steps"])
             self.heartbeat(job, worker_id, total_steps=total, step=resumed)
+            timings = data.get("timings") or {}
+            if timings:
+                self._log(job.id, _startup_message(timings, data))
             if not resumed:
                 self._log(job.id, "Training started.")
                 initial = {k: float(v) for k, v in (data.get("initial_validation") or {}).items() if v is not None}
@@ -375,7 +381,11 @@ class RunService:
         checkpoints = self._checkpoints.list_all(job.id)
         if not checkpoints:
             return self._fail(job, JobError("internal_error", "Training finished without saving a model."))
-        newest = checkpoints[-1]
+        best_step = data.get("best_step")
+        newest = next((c for c in checkpoints if c.step_number == best_step), checkpoints[-1])
+        stopped = data.get("stopped_early")
+        if stopped:
+            self._log(job.id, _early_stop_message(stopped, newest.step_number))
         self._checkpoints.rename(newest.id, model_name)
         results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job))
         self._log(job.id, f"Created results file: {results.id}")
@@ -391,6 +401,7 @@ class RunService:
             result_files=[results.id],
             estimated_finish=None,
             step=int(data.get("step") or job.step),
+            **({"total_steps": int(data.get("step") or job.step)} if stopped else {}),
         )
         if done is None:
             return self._jobs.get_any(job.id)  # cancelled at the last moment: keep it cancelled
@@ -497,6 +508,35 @@ class RunService:
         self._events.append(
             JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(self._clock()), level=level, message=message)
         )
+
+
+def _startup_message(timings: dict[str, Any], started: dict[str, Any]) -> str:
+    """Where the trainer's start-up time went, as an event (overheads are measured, not guessed)."""
+    names = {
+        "process_start": "process start and imports",
+        "precision": "precision check",
+        "data": "tokenizing the data",
+        "model_load": "model load",
+        "dpo_reference": "reference log-probs",
+        "initial_validation": "validation before training",
+    }
+    parts = [f"{names.get(k, k)} {float(v):.1f} s" for k, v in timings.items() if v is not None]
+    total = sum(float(v) for v in timings.values() if v is not None)
+    where = f" on {started.get('device', 'cpu')} in {started.get('dtype', 'fp32')}"
+    return f"Trainer ready in {total:.1f} s{where}: " + ", ".join(parts) + "."
+
+
+def _early_stop_message(stopped: dict[str, Any], model_step: int) -> str:
+    patience = int(stopped.get("patience") or 1)
+    best = stopped.get("best_full_valid_loss")
+    return (
+        f"Stopped early after epoch {stopped.get('epoch')} of {stopped.get('n_epochs')}: the full validation loss has"
+        f" not improved by more than {stopped.get('min_delta')} for {patience} epoch{'s' if patience > 1 else ''}"
+        f" (best {float(best):.4f} at step {stopped.get('best_step')})."
+        f" The model is the step-{model_step} checkpoint."
+        if best is not None
+        else f"Stopped early after epoch {stopped.get('epoch')}. The model is the step-{model_step} checkpoint."
+    )
 
 
 def adapter_path(blobs: BlobStore, key: str) -> Path:

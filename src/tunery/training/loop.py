@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -61,7 +62,7 @@ from tunery.training.dpo import (
 )
 from tunery.training.examples import IGNORE_INDEX, Example, read_examples
 from tunery.training.head import batch_loss
-from tunery.training.lora import add_adapter, replace_dir, save_adapter
+from tunery.training.lora import ADAPTER_FILES, add_adapter, replace_dir, save_adapter
 from tunery.training.packing import (
     Layout,
     epoch_order,
@@ -104,6 +105,41 @@ class RunState:
     trained_tokens: int = 0
     valid_cursor: int = 0  # where the next validation batch starts
     train_examples: int = 0  # a guard: the state belongs to this data
+    best_valid_loss: float | None = None  # early stopping: the best full validation loss at an epoch end
+    best_step: int = 0  # ... and the step (checkpoint) it was measured at
+    epochs_without_improvement: int = 0
+
+    def note_full_validation(self, loss: float | None, min_delta: float) -> None:
+        """Early stopping's bookkeeping at an epoch end: a new best, or one more epoch without one."""
+        if loss is None:
+            return
+        if self.best_valid_loss is None or loss < self.best_valid_loss - min_delta:
+            self.best_valid_loss, self.best_step, self.epochs_without_improvement = loss, self.step, 0
+        else:
+            self.epochs_without_improvement += 1
+
+
+class Timings:
+    """Seconds each phase of the trainer's start took, from the process's own start (imports included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {"process_start": round(_seconds_since_process_start(), 3)}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def _seconds_since_process_start() -> float:
+    """Wall seconds since this process was created (``/proc/self/stat``), i.e. interpreter start and imports."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +176,7 @@ def run(
     if spec.method not in ("supervised", "dpo"):
         raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer.")
     run_dir = spec.run_path
+    timings = Timings()
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     device = pick_device(spec.device)
@@ -147,6 +184,7 @@ def run(
     setup = Setup(device, amp, spec.max_seq_len, micro_batch_tokens, layout)
     seed_everything(spec.seed)
 
+    timings.lap("precision")
     tokenizer = ChatTokenizer.from_dir(Path(spec.base_model_dir))
     read = read_pairs if spec.method == "dpo" else read_examples
     train: list[Any] = list(read(Path(spec.train_file), tokenizer, spec.max_seq_len))
@@ -154,6 +192,7 @@ def run(
         list(read(Path(spec.validation_file), tokenizer, spec.max_seq_len)) if spec.validation_file else []
     )
 
+    timings.lap("data")
     resume = Path(spec.resume_from) if spec.resume_from else None
     base = load_base_model(Path(spec.base_model_dir), device)
     if layout == "flat":
@@ -161,8 +200,10 @@ def run(
     init_adapter = resume / ADAPTER_DIR if resume else (Path(spec.init_adapter_dir) if spec.init_adapter_dir else None)
     model = add_adapter(base, spec.lora, init_adapter)
     model.train()
+    timings.lap("model_load")
     if spec.method == "dpo":
         train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
+        timings.lap("dpo_reference")
     objective = Objective.for_spec(spec)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
@@ -176,6 +217,7 @@ def run(
     initial: dict[str, Any] = {}
     if valid and state.step == 0:  # where validation starts: the curve's step 0
         initial = {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        timings.lap("initial_validation")
     progress.emit(
         ProgressKind.STARTED,
         total_steps=total_steps,
@@ -191,6 +233,7 @@ def run(
         dtype="bf16" if setup.amp is torch.bfloat16 else "fp32",
         method=spec.method,
         initial_validation=initial,
+        timings=timings.seconds,
     )
     if control.requested(run_dir) == "cancel":
         progress.emit(ProgressKind.CANCELLED, step=state.step)
@@ -234,22 +277,38 @@ def run(
         )
 
         checkpoint: Path | None = None
+        stop_early = False
         if epoch_done:
             finished_epoch = state.epoch + 1
+            if spec.early_stopping_patience:
+                state.note_full_validation(metrics.get("full_valid_loss"), spec.early_stopping_min_delta)
+                stop_early = (
+                    state.epochs_without_improvement >= spec.early_stopping_patience
+                    and finished_epoch < spec.n_epochs
+                )
             state.epoch += 1
             state.step_in_epoch = 0
             state.order = epoch_order(len(train), spec.seed, state.epoch) if state.epoch < spec.n_epochs else None
+            saving = time.perf_counter()
             checkpoint = save_checkpoint(
-                model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints
+                model,
+                run_dir,
+                state.step,
+                checkpoint_metrics(metrics, spec.method),
+                spec.keep_checkpoints,
+                protect=state.best_step,
             )
+            save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
             progress.emit(
                 ProgressKind.CHECKPOINT,
                 step=state.step,
                 epoch=finished_epoch,
                 path=str(checkpoint),
                 metrics=checkpoint_metrics(metrics, spec.method),
+                save_s=round(time.perf_counter() - saving, 3),
             )
-            save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
+            if stop_early:
+                break
 
         request = control.requested(run_dir)
         if request == "cancel":
@@ -270,6 +329,28 @@ def run(
             )
             return
 
+    if state.epoch < spec.n_epochs:  # stopped early: the model is the best checkpoint, not the last step
+        best = run_dir / "checkpoints" / f"step-{state.best_step}"
+        staging = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIR}~", dir=run_dir))
+        for name in ADAPTER_FILES:
+            shutil.copy2(best / name, staging / name)
+        replace_dir(staging, run_dir / ADAPTER_DIR)
+        progress.emit(
+            ProgressKind.COMPLETED,
+            step=state.step,
+            trained_tokens=state.trained_tokens,
+            adapter_path=str(run_dir / ADAPTER_DIR),
+            best_step=state.best_step,
+            stopped_early={
+                "epoch": state.epoch,
+                "n_epochs": spec.n_epochs,
+                "best_step": state.best_step,
+                "best_full_valid_loss": state.best_valid_loss,
+                "patience": spec.early_stopping_patience,
+                "min_delta": spec.early_stopping_min_delta,
+            },
+        )
+        return
     adapter = save_adapter(model, run_dir / ADAPTER_DIR)
     progress.emit(
         ProgressKind.COMPLETED, step=state.step, trained_tokens=state.trained_tokens, adapter_path=str(adapter)
@@ -441,8 +522,11 @@ def checkpoint_metrics(metrics: dict[str, Any], method: str) -> dict[str, float]
     return {key: float(metrics[key]) for key in metric_columns(method) if metrics.get(key) is not None}
 
 
-def save_checkpoint(model: PeftModel, run_dir: Path, step: int, metrics: dict[str, float], keep: int) -> Path:
-    """Write ``checkpoints/step-<step>/`` (adapter + ``metrics.json``), then delete all but the newest ``keep``."""
+def save_checkpoint(
+    model: PeftModel, run_dir: Path, step: int, metrics: dict[str, float], keep: int, protect: int = 0
+) -> Path:
+    """Write ``checkpoints/step-<step>/`` (adapter + ``metrics.json``), then delete all but the newest ``keep``
+    and the ``protect`` step's (early stopping's best so far, which may become the model)."""
     extra = {METRICS_FILE: json.dumps(metrics, indent=2)}
     folder = save_adapter(model, run_dir / CHECKPOINTS_DIR / f"step-{step}", extra_files=extra)
     existing = sorted(
@@ -450,7 +534,8 @@ def save_checkpoint(model: PeftModel, run_dir: Path, step: int, metrics: dict[st
         key=lambda p: int(p.name[5:]),
     )
     for old in existing[: max(0, len(existing) - max(keep, 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+        if int(old.name[5:]) != protect:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -51,6 +51,10 @@ class TrainingSpec:
     device: Device = "auto"
     num_threads: int | None = None
     warmup_ratio: float = 0.0
+    # Stop once the full validation loss (each epoch end) has not improved by more than min_delta for this many
+    # epochs; the best checkpoint becomes the model. None: run every epoch.
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.001
     precision_cache: str | None = None  # where dtype "auto" keeps this machine's measured fp32/bf16 verdict
 
     def to_json(self) -> str:

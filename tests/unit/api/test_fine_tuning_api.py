@@ -115,6 +115,11 @@ BAD_REQUESTS = [
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ({"integrations": [{"type": "slack"}]}, "integrations[0]"),
     ({"trainingType": "Premium"}, "trainingType"),
+    ({"early_stopping": {"patience": 3}}, "early_stopping.patience"),
+    ({"early_stopping": {"min_delta": "small"}}, "early_stopping.min_delta"),
+    ({"early_stopping": {"when": "soon"}}, "early_stopping.when"),
+    ({"early_stopping": "yes"}, "early_stopping"),
+    ({"early_stopping": True}, "early_stopping"),  # it watches the validation loss: there is no validation file
 ]
 
 
@@ -127,6 +132,21 @@ def test_bad_requests_name_the_param(api: Api, train_id: str, change: dict[str, 
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
     assert len(error["message"]) > 20
+
+
+def test_early_stopping_is_on_for_auto_epochs_with_validation_data_and_otherwise_only_when_asked(
+    api: Api, train_id: str
+) -> None:
+    valid_id = upload(api, chat_jsonl(10))
+    body = {"model": "tiny-llama", "training_file": train_id, "validation_file": valid_id}
+
+    assert create(api, body).json()["early_stopping"] == {"patience": 1, "min_delta": 0.001}
+    explicit = {**body, "hyperparameters": {"n_epochs": 4}}
+    assert "early_stopping" not in create(api, explicit).json(), "an explicit n_epochs runs them all"
+    asked = create(api, {**explicit, "early_stopping": {"patience": 2, "min_delta": 0}}).json()
+    assert asked["early_stopping"] == {"patience": 2, "min_delta": 0.0}
+    assert "early_stopping" not in create(api, {**body, "early_stopping": False}).json()
+    assert "early_stopping" not in create(api, {"model": "tiny-llama", "training_file": train_id}).json()
 
 
 def test_missing_model_and_bad_json(api: Api, train_id: str) -> None:

@@ -294,3 +294,41 @@ def test_a_pause_no_worker_read_keeps_its_checkpoint_and_the_job_resumes(
     events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
     assert "The worker restarted while the job was pausing; it resumes instead." in events
     assert "Job resumed from step 4." in events
+
+
+def test_a_run_that_stopped_early_makes_its_best_checkpoint_the_model(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = start(services, new_job(services, project))
+    timings = {"process_start": 2.5, "data": 0.25, "model_load": 1.5, "initial_validation": 0.5}
+    job = feed(services, job, ProgressKind.STARTED, total_steps=96, timings=timings, device="cpu", dtype="bf16")
+    for step in range(1, 25):
+        values = {"train_loss": 1.0, "train_mean_token_accuracy": 0.5}
+        if step % 12 == 0:
+            values |= {"full_valid_loss": 0.5 if step == 12 else 0.6, "full_valid_mean_token_accuracy": 0.9}
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=96, trained_tokens=step * 10, **values)
+        if step % 12 == 0:
+            feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)), metrics=values)
+    stopped = {"epoch": 2, "n_epochs": 8, "best_step": 12, "best_full_valid_loss": 0.5}
+    stopped |= {"patience": 1, "min_delta": 0.001}
+    done = feed(services, job, ProgressKind.COMPLETED, step=24, trained_tokens=240, best_step=12, stopped_early=stopped)
+
+    assert done.status is JobStatus.SUCCEEDED
+    assert (done.step, done.total_steps, done.trained_tokens) == (24, 24, 240), "the job ends where training stopped"
+    checkpoints = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    by_step = {c.step_number: c for c in checkpoints}
+    assert by_step[12].fine_tuned_model_checkpoint == done.fine_tuned_model, "the best one carries the model's name"
+    assert by_step[24].fine_tuned_model_checkpoint.endswith(":ckpt-step-24")
+    assert services.models.resolve(project, done.fine_tuned_model).adapter_key == by_step[12].adapter_key
+    messages = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
+    assert any(
+        m.startswith("Stopped early after epoch 2 of 8: the full validation loss has not improved by more than 0.001")
+        and "(best 0.5000 at step 12). The model is the step-12 checkpoint." in m
+        for m in messages
+    ), messages
+    assert any(
+        m.startswith("Trainer ready in 4.8 s on cpu in bf16: process start and imports 2.5 s, tokenizing the data")
+        for m in messages
+    ), messages
+    _, stream = services.files.content(project, done.result_files[0])
+    assert len(list(csv.DictReader(io.StringIO(stream.read().decode())))) == 24

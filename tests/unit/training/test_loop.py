@@ -9,6 +9,7 @@ Run: .venv/bin/pytest tests/unit/training/test_loop.py -q  (tiny model built onc
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -500,3 +501,56 @@ def test_the_subprocess_entry_point_trains_end_to_end(tiny_model_dir: Path, tmp_
     assert kinds[-1] is ProgressKind.COMPLETED
     assert (spec.run_path / "adapter" / "adapter_model.safetensors").is_file()
     assert (spec.run_path / "checkpoints" / "step-3" / "metrics.json").is_file()
+
+
+def test_early_stopping_ends_a_plateaued_run_on_its_best_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A learning rate of ~0 leaves the validation loss flat: with patience 1 the run stops after epoch 2 of 5
+    (no gain over epoch 1), and the model is epoch 1's checkpoint — what the job will name as its model."""
+    spec = make_spec(
+        tiny_model_dir, tmp_path, "plateau", n_epochs=5, learning_rate=1e-12, early_stopping_patience=1
+    )
+    run(spec, ProgressWriter(spec.run_path))
+
+    started = of_kind(spec, ProgressKind.STARTED)[0]
+    steps = of_kind(spec, ProgressKind.STEP)
+    assert [s["step"] for s in steps] == list(range(1, 7)), "two epochs of 3 steps, then the stop"
+    assert [c["step"] for c in of_kind(spec, ProgressKind.CHECKPOINT)] == [3, 6]
+    (done,) = of_kind(spec, ProgressKind.COMPLETED)
+    assert done["best_step"] == 3
+    assert done["trained_tokens"] == 2 * started["tokens_per_epoch"] == steps[-1]["trained_tokens"]
+    assert done["stopped_early"]["epoch"] == 2
+    assert done["stopped_early"]["n_epochs"] == 5
+    assert done["stopped_early"]["best_full_valid_loss"] == steps[2]["full_valid_loss"]
+    adapter = Path(done["adapter_path"])
+    best = spec.run_path / "checkpoints" / "step-3"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert (adapter / "adapter_model.safetensors").read_bytes() == (best / "adapter_model.safetensors").read_bytes()
+
+
+def test_early_stopping_lets_an_improving_run_finish(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = make_spec(
+        tiny_model_dir,
+        tmp_path,
+        "improving",
+        train_file=write_jsonl(tmp_path / "one.jsonl", [SHORT] * 8),
+        validation_file=write_jsonl(tmp_path / "one-valid.jsonl", [SHORT] * 2),
+        n_epochs=4,
+        learning_rate=1e-2,
+        early_stopping_patience=1,
+    )
+    run(spec, ProgressWriter(spec.run_path))
+
+    full = [s["full_valid_loss"] for s in of_kind(spec, ProgressKind.STEP) if "full_valid_loss" in s]
+    assert len(full) == 4
+    assert all(b < a - 0.001 for a, b in itertools.pairwise(full)), full
+    (done,) = of_kind(spec, ProgressKind.COMPLETED)
+    assert "stopped_early" not in done
+    assert done["step"] == 8
+
+
+def test_the_trainer_reports_where_its_start_up_time_went(completed: TrainingSpec) -> None:
+    timings = of_kind(completed, ProgressKind.STARTED)[0]["timings"]
+    assert set(timings) == {"process_start", "precision", "data", "model_load", "initial_validation"}
+    assert all(value >= 0 for value in timings.values())
+    assert (completed.run_path / "checkpoints" / "step-6").is_dir()
+    assert all(c["save_s"] > 0 for c in of_kind(completed, ProgressKind.CHECKPOINT))

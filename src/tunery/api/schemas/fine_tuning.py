@@ -86,11 +86,13 @@ class FineTuningJob(BaseModel):
     prompt_loss_weight: float | None = None
     progress: JobProgress | None = None
     """Tunery extension: step, total steps and tokens so far, once the job has started."""
+    early_stopping: dict[str, float] | None = None
+    """Tunery extension: the early-stopping rule in force ({patience, min_delta}); absent when off."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("trainingType", "prompt_loss_weight"):
+        for key in ("trainingType", "prompt_loss_weight", "early_stopping"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -127,6 +129,7 @@ class FineTuningJob(BaseModel):
             user_provided_suffix=job.suffix,
             trainingType=job.training_type if dialect.is_azure else None,
             prompt_loss_weight=job.extras.get("prompt_loss_weight"),
+            early_stopping=job.extras.get("early_stopping"),
             progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)
             if job.started_at
             else None,
