@@ -117,6 +117,8 @@ def test_no_network(sandbox: PythonSandbox) -> None:
         "import os\n    os.fork()",
         "import os\n    os.kill(os.getppid(), 9)",
         "import ctypes\n    ctypes.CDLL(None)",
+        "import _posixsubprocess\n    _posixsubprocess.fork_exec(*([None] * 22))",
+        "import sys\n    del sys.modules['_posixsubprocess']\n    import _posixsubprocess",
     ],
 )
 def test_no_processes_signals_or_native_code(sandbox: PythonSandbox, body: str) -> None:
@@ -145,3 +147,14 @@ def test_a_killed_worker_is_replaced(sandbox: PythonSandbox) -> None:
         worker.process.kill()
         worker.process.wait()
     assert _grade(sandbox, "def grade(s, i):\n    return 0.75").reward == 0.75
+
+
+def test_libraries_of_openais_grader_image_import(sandbox: PythonSandbox) -> None:
+    source = (
+        "from nltk.translate.gleu_score import sentence_gleu\n"
+        "def grade(sample, item):\n"
+        "    return sentence_gleu([['a', 'b']], sample['output_text'].split())\n"
+    )
+    result = _grade(sandbox, source, "a b")
+    assert result.metadata.errors.python_grader_runtime_error_details is None
+    assert result.reward == 1.0
