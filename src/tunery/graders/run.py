@@ -7,11 +7,12 @@ judge error, a formula that cannot be evaluated) into ``metadata.errors`` flags.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
-from tunery.graders.errors import TemplateVariableError
+from tunery.graders.errors import InvalidGrader, TemplateVariableError
 from tunery.graders.formula import FormulaError, parse_formula
 from tunery.graders.judge import Judge
 from tunery.graders.model_graders import grade_label_model, grade_score_model
@@ -30,6 +31,8 @@ from tunery.graders.specs import (
 )
 from tunery.graders.string_check import grade_string_check
 from tunery.graders.text_similarity import grade_text_similarity
+
+log = logging.getLogger(__name__)
 
 
 def run_grader(
@@ -81,7 +84,13 @@ def _outcome(
         outcome = Outcome(reward=0.0)
         outcome.errors.invalid_variable_error = True
         outcome.errors.sample_parse_error = exc.sample_parse
-        outcome.errors.other_error = False
+        return outcome
+    except InvalidGrader:
+        raise  # a definition error (e.g. cosine without an embedding model): the caller's 400
+    except Exception:  # a metric library failing on odd input: this sample's error, not the caller's crash
+        log.exception("grader %r (%s) failed", grader.name, grader.type)
+        outcome = Outcome(reward=0.0)
+        outcome.errors.other_error = True
         return outcome
 
 

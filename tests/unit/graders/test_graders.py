@@ -350,3 +350,27 @@ def test_passes() -> None:
     score = parse_grader(_score_model(range=[0, 10]))
     assert passes(score, 5.0)
     assert not passes(score, 4.9)
+
+
+@pytest.mark.parametrize(
+    ("graders", "param"),
+    [
+        ({"string_check": {**_check("eq"), "operation": "x"}}, "grader.graders.string_check.operation"),
+        ([_check("eq"), {**_check("eq"), "operation": "x"}], "grader.graders[1].operation"),
+        ({**_check("eq"), "operation": "x"}, "grader.graders.operation"),
+        ({"a": {k: v for k, v in _check("eq").items() if k != "input"}}, "grader.graders.a.input"),
+    ],
+)
+def test_param_paths_skip_pydantic_union_tags(graders: Any, param: str) -> None:
+    raw = {"type": "multi", "name": "m", "graders": graders, "calculate_output": "1"}
+    with pytest.raises(InvalidGrader) as caught:
+        parse_grader(raw)
+    assert caught.value.param == param
+
+
+def test_param_path_into_message_content() -> None:
+    raw = _score_model()
+    raw["input"] = [{"role": "user", "content": [{"type": "input_text"}]}]
+    with pytest.raises(InvalidGrader) as caught:
+        parse_grader(raw)
+    assert caught.value.param == "grader.input[0].content[0].text"
