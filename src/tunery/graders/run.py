@@ -62,6 +62,7 @@ def run_grader(
         ),
         sub_rewards=dict(outcome.scores),
         model_grader_token_usage_per_model=outcome.usage,
+        detail=outcome.detail,
     )
 
 
@@ -81,15 +82,15 @@ def _outcome(
             return grade_label_model(grader, sample=sample, item=item, judge=judge)
         return _grade_multi(grader, sample=sample, item=item, judge=judge, sandbox=sandbox)
     except TemplateVariableError as exc:
-        outcome = Outcome(reward=0.0)
+        outcome = Outcome(reward=0.0, detail=str(exc))
         outcome.errors.invalid_variable_error = True
         outcome.errors.sample_parse_error = exc.sample_parse
         return outcome
     except InvalidGrader:
         raise  # a definition error (e.g. cosine without an embedding model): the caller's 400
-    except Exception:  # a metric library failing on odd input: this sample's error, not the caller's crash
+    except Exception as exc:  # a metric library failing on odd input: this sample's error, not a crash
         log.exception("grader %r (%s) failed", grader.name, grader.type)
-        outcome = Outcome(reward=0.0)
+        outcome = Outcome(reward=0.0, detail=f"The {grader.type} grader failed: {exc!r}")
         outcome.errors.other_error = True
         return outcome
 
@@ -107,8 +108,9 @@ def _grade_multi(
     children = grader.children()
     try:
         formula = parse_formula(grader.calculate_output, set(children))
-    except FormulaError:
+    except FormulaError as exc:
         outcome.errors.formula_parse_error = True
+        outcome.detail = str(exc)
         return outcome
     for key, child in children.items():
         result = _outcome(child, sample=sample, item=item, judge=judge, sandbox=sandbox)
@@ -117,13 +119,17 @@ def _grade_multi(
         for model, usage in result.usage.items():
             outcome.usage.setdefault(model, TokenUsage()).add(usage)
         outcome.sampled_model_name = outcome.sampled_model_name or result.sampled_model_name
+        if result.detail and not outcome.detail:
+            outcome.detail = f"{key}: {result.detail}"
     try:
         value = formula.evaluate(outcome.scores)
-    except (ArithmeticError, ValueError):
+    except (ArithmeticError, ValueError) as exc:
         outcome.errors.other_error = True
+        outcome.detail = f"calculate_output could not be evaluated: {exc}"
         return outcome
     if not math.isfinite(value):
         outcome.errors.other_error = True
+        outcome.detail = f"calculate_output gave {value}"
         return outcome
     outcome.reward = value
     return outcome

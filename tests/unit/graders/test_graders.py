@@ -73,6 +73,8 @@ def test_missing_item_field_is_an_invalid_variable_error_not_a_crash() -> None:
     result = _run(_check("eq"), "Paris", {"other": 1})
     assert result.reward == 0.0
     assert result.metadata.errors.invalid_variable_error
+    assert result.detail == "The template variable 'item.answer' does not exist in this item."
+    assert "detail" not in result.model_dump()
 
 
 def test_output_json_of_a_non_json_sample_is_a_sample_parse_error() -> None:
@@ -221,6 +223,7 @@ def test_multi_math_error_gives_invalid_grade() -> None:
     result = _run(_multi("exact / (fuzzy - 1)", invalid_grade=-1), "Paris")
     assert result.reward == -1
     assert result.metadata.errors.other_error
+    assert "division by zero" in (result.detail or "")
     assert _run(_multi("10 ^ 10 ^ 10"), "Paris").metadata.errors.other_error
 
 
