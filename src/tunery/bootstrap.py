@@ -17,11 +17,13 @@ from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import Unavailable
+from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
 from tunery.services.files import FileRules, FileService
+from tunery.services.graders import GraderService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
@@ -160,7 +162,27 @@ def build_services(
     )
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
-    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
+    graders = GraderService(chat, build_sandbox(settings))
+    return Services(
+        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, graders=graders
+    )
+
+
+def build_sandbox(settings: Settings) -> PythonSandbox:
+    """The python graders' sandbox pool; graders may never touch the data directory."""
+    limits = settings.graders
+    denied = {str(settings.data_dir.resolve()), str(settings.model_cache_dir.resolve())}
+    if settings.storage.blob_backend == "local":
+        denied.add(str((settings.data_dir / "blobs").resolve()))
+    return PythonSandbox(
+        SandboxLimits(
+            wall_seconds=limits.python_timeout_s,
+            cpu_seconds=limits.python_cpu_s,
+            memory_bytes=limits.python_memory_mb * 1024**2,
+            workers=limits.python_workers,
+            denied_paths=tuple(sorted(denied)),
+        )
+    )
 
 
 def precision_cache(settings: Settings) -> Path:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tunery.services.chat import ChatService
 from tunery.services.deployments import DeploymentService
 from tunery.services.files import FileService
+from tunery.services.graders import GraderService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
@@ -22,7 +23,9 @@ class Services:
     runs: RunService
     deployments: DeploymentService
     chat: ChatService
+    graders: GraderService
 
     def close(self) -> None:
         self.files.close()
         self.chat.close()
+        self.graders.close()
