@@ -4,7 +4,8 @@ Machines these services land on differ: some CPUs emulate bf16 (~100x slower tha
 (~2x fp32) or AMX (~5x). A flag in ``/proc/cpuinfo`` says what an instruction set offers, not what torch's
 kernels make of it on this VM, so ``auto`` precision is decided by timing both formats on the shapes that
 matter (a transformer layer's projections) and taking bf16 only where it is clearly faster. The verdict is
-cached per (CPU model, torch version, threads, mode) in a small JSON file, so the probe runs once per machine.
+cached per (CPU model, torch version, threads, mode) in a small JSON file, so the probe runs once per machine —
+unless the machine was busy with other work while it measured: then the verdict serves this start only.
 
 Two modes, because training and serving use bf16 differently:
 
@@ -52,12 +53,22 @@ def fastest_format(mode: Mode, *, cache_file: Path | None = None, timer: Timer |
     cached = _read_cache(cache_file)
     if key in cached and cached[key].get("format") in ("fp32", "bf16"):
         return cached[key]["format"]  # type: ignore[no-any-return]
+    busy = machine_is_busy()
     fp32_s, bf16_s = measure(timer or _matmul_timer(mode))
     speedup = fp32_s / bf16_s if bf16_s > 0 else 0.0
     verdict: Format = "bf16" if speedup >= MIN_SPEEDUP else "fp32"
-    cached[key] = {"format": verdict, "bf16_speedup": round(speedup, 3), "measured_at": time.time()}
-    _write_cache(cache_file, cached)
+    if not (busy or machine_is_busy()):  # a verdict taken under others' load is used once, not kept
+        cached[key] = {"format": verdict, "bf16_speedup": round(speedup, 3), "measured_at": time.time()}
+        _write_cache(cache_file, cached)
     return verdict
+
+
+def machine_is_busy() -> bool:
+    """Whether other work already fills the cores (1-minute load average at or above the core count)."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:
+        return False
 
 
 def measure(timer: Timer, rounds: int = ROUNDS) -> tuple[float, float]:
@@ -107,11 +118,18 @@ def _matmul_timer(mode: Mode) -> Timer:
         else:
             x, w = x16, w16
             context = nullcontext()
-        with torch.inference_mode(), context:
-            start = time.perf_counter()
-            for _ in range(3):
-                torch.nn.functional.linear(x, w)
-            return (time.perf_counter() - start) / 3
+        # One thread: per-core speed is what the formats differ in, and a single thread is not held up by
+        # a sibling thread that another process's load has descheduled (which swamps a two-thread timing).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode(), context:
+                start = time.perf_counter()
+                for _ in range(3):
+                    torch.nn.functional.linear(x, w)
+                return (time.perf_counter() - start) / 3
+        finally:
+            torch.set_num_threads(threads)
 
     return timed
 

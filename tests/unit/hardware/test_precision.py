@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tunery.hardware import precision
 from tunery.hardware.precision import MIN_SPEEDUP, Format, fastest_format, machine_key
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the verdict, not about this machine's load (tests that want a busy one say so)."""
+    monkeypatch.setattr(precision, "machine_is_busy", lambda: False)
 
 
 class FakeTimer:
@@ -67,3 +74,16 @@ def test_a_corrupt_or_unwritable_cache_only_costs_a_measurement(tmp_path: Path) 
     blocked.write_text("")
     assert fastest_format("autocast", cache_file=blocked / "p.json", timer=FakeTimer(1.0, 0.3)) == "bf16"
 
+
+
+def test_a_verdict_taken_while_the_machine_is_busy_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "precision.json"
+    monkeypatch.setattr(precision, "machine_is_busy", lambda: True)
+    assert fastest_format("autocast", cache_file=cache, timer=FakeTimer(1.0, 2.0)) == "fp32"
+    assert not cache.exists(), "the next start measures again"
+
+    monkeypatch.setattr(precision, "machine_is_busy", lambda: False)
+    assert fastest_format("autocast", cache_file=cache, timer=FakeTimer(1.0, 0.3)) == "bf16"
+    assert json.loads(cache.read_text())[machine_key("autocast")]["format"] == "bf16"
