@@ -21,6 +21,7 @@ from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
+from tunery.services.evals import EvalRules, EvalService
 from tunery.services.files import FileRules, FileService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
@@ -30,6 +31,7 @@ from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
 from tunery.storage.deployments import DeploymentStore
+from tunery.storage.evals import EvalStore
 from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
@@ -159,7 +161,21 @@ def build_services(
     )
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
-    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
+    limits = settings.evals
+    evals = EvalService(
+        EvalStore(database),
+        files,
+        chat,
+        EvalRules(
+            max_items_per_run=limits.max_items_per_run,
+            max_completion_tokens=limits.max_completion_tokens,
+            default_completion_tokens=limits.default_completion_tokens,
+            max_run_tokens=limits.max_run_tokens,
+        ),
+    )
+    return Services(
+        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals
+    )
 
 
 def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tunery.services.chat import ChatService
 from tunery.services.deployments import DeploymentService
+from tunery.services.evals import EvalService
 from tunery.services.files import FileService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
@@ -22,6 +23,7 @@ class Services:
     runs: RunService
     deployments: DeploymentService
     chat: ChatService
+    evals: EvalService
 
     def close(self) -> None:
         self.files.close()

@@ -106,6 +106,12 @@ class EvalStore:
         rows = self._page(eval_runs, query, page, scope, "run")
         return Page([_row_to_run(r) for r in rows[: page.limit]], len(rows) > page.limit)
 
+    def job_ids_with_runs(self) -> builtins.list[str]:
+        """Fine-tuning jobs that have per-checkpoint runs (any project)."""
+        query = select(eval_runs.c.job_id).where(eval_runs.c.job_id.is_not(None)).distinct()
+        with self._db.read() as conn:
+            return [str(job_id) for job_id in conn.scalars(query)]
+
     def runs_for_job(self, job_id: str) -> builtins.list[EvalRun]:
         """The per-checkpoint runs of a fine-tuning job, oldest first."""
         query = select(eval_runs).where(eval_runs.c.job_id == job_id).order_by(eval_runs.c.seq)
