@@ -19,6 +19,9 @@ from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import Unavailable
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
+from tunery.services.checkpoint_evals import CheckpointEvals
+from tunery.services.eval_judge import ChatJudge
+from tunery.services.eval_runs import EvalRunExecutor, RunnerSettings
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
 from tunery.services.evals import EvalRules, EvalService
@@ -173,8 +176,24 @@ def build_services(
             max_run_tokens=limits.max_run_tokens,
         ),
     )
+    checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
+    models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
     return Services(
-        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals
+        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
+        checkpoint_evals=checkpoint_evals,
+    )  # fmt: skip
+
+
+def build_eval_executor(settings: Settings, services: Services) -> EvalRunExecutor:
+    """What executes eval runs: batched sampling on the chat engine, model graders judged by it too."""
+    checkpoint_evals = services.checkpoint_evals
+    return EvalRunExecutor(
+        services.evals,
+        services.chat,
+        lambda project_id: ChatJudge(services.chat, project_id),
+        RunnerSettings(batch_size=settings.evals.batch_size),
+        resolve_target=checkpoint_evals.resolve_target,
+        on_finished=checkpoint_evals.finished,
     )
 
 

@@ -172,8 +172,11 @@ class CheckpointEvals:
         rates = {
             r.eval_id: r.pass_rate
             for r in self._evals.store.runs_for_job(job.id)
-            if r.target is not None and r.target.checkpoint is not None and r.target.step == checkpoint.step_number
-            and r.status is RunStatus.COMPLETED and r.pass_rate is not None
+            if r.target is not None
+            and r.target.checkpoint is not None
+            and r.target.step == checkpoint.step_number
+            and r.status is RunStatus.COMPLETED
+            and r.pass_rate is not None
         }
         if not rates:
             return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunery.services.chat import ChatService
+from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.deployments import DeploymentService
 from tunery.services.evals import EvalService
 from tunery.services.files import FileService
@@ -24,6 +25,7 @@ class Services:
     deployments: DeploymentService
     chat: ChatService
     evals: EvalService
+    checkpoint_evals: CheckpointEvals
 
     def close(self) -> None:
         self.files.close()

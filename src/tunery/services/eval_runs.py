@@ -217,8 +217,8 @@ class EvalRunExecutor:
     ) -> dict[str, Any]:  # fmt: skip
         base = {"name": raw["id"], "type": raw.get("type")}
         if sample_failed:
-            return {**base, "score": 0.0, "passed": False, "sample": None, "_errored": True,
-                    "error": {"code": "sample_error", "message": "The model produced no sample for this item."}}  # fmt: skip
+            error = {"code": "sample_error", "message": "The model produced no sample for this item."}
+            return {**base, "score": 0.0, "passed": False, "sample": None, "_errored": True, "error": error}
         try:
             result = run_grader(grader, sample=sample, item=item, judge=judge)
         except Exception as exc:  # a grader bug must not take the run down: it is this item's error
@@ -353,8 +353,12 @@ def _sample_record(
         "output": [{"role": "assistant", "content": text}] if finish_reason else [],
         "finish_reason": finish_reason,
         "model": model,
-        "usage": {"total_tokens": prompt + completion, "completion_tokens": completion, "prompt_tokens": prompt,
-                  "cached_tokens": 0},  # fmt: skip
+        "usage": {
+            "total_tokens": prompt + completion,
+            "completion_tokens": completion,
+            "prompt_tokens": prompt,
+            "cached_tokens": 0,
+        },
         "error": error or dict(NO_ERROR),
         "temperature": sampling["temperature"],
         "max_completion_tokens": sampling["max_completion_tokens"],

@@ -31,7 +31,6 @@ from tunery.services.eval_requests import (
     FileContentSource,
     FileIdSource,
     ItemReferenceMessages,
-    JsonlDataSource,
     TemplateMessages,
     UpdateEvalRequest,
 )
@@ -265,9 +264,7 @@ class EvalService:
                         try:
                             grader_templates.render(text, sample={}, item=row.item, param=path)
                         except Exception as exc:  # TemplateVariableError: the row lacks the field
-                            raise InvalidRequest(
-                                f"Row {row_index}: {exc} (used by {path}).", param=path
-                            ) from None
+                            raise InvalidRequest(f"Row {row_index}: {exc} (used by {path}).", param=path) from None
         elif isinstance(messages, ItemReferenceMessages):
             reference = messages.item_reference.strip().removeprefix("{{").removesuffix("}}").strip()
             for row_index, row in enumerate(rows):
@@ -300,7 +297,7 @@ class EvalService:
         if isinstance(source, FileContentSource):
             return [Row(item=row.item, sample=row.sample) for row in source.content]
         try:
-            record, stream = self._files.content(project_id, source.id)
+            _record, stream = self._files.content(project_id, source.id)
         except NotFound:
             raise InvalidRequest(f"No file with id '{source.id}' was found.", param="data_source.source.id") from None
         with stream:
@@ -317,10 +314,7 @@ class EvalService:
                 parsed = json.loads(line)
                 if not isinstance(parsed, dict):
                     raise ValueError("not an object")
-                if "item" in parsed:
-                    row = Row(item=parsed["item"], sample=parsed.get("sample"))
-                else:
-                    row = Row(item=parsed)
+                row = Row(item=parsed["item"], sample=parsed.get("sample")) if "item" in parsed else Row(item=parsed)
                 if not isinstance(row.item, dict):
                     raise ValueError("'item' is not an object")
             except ValueError as exc:
@@ -449,4 +443,3 @@ def message_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(message_text(part) for part in content)
     return ""
-

@@ -96,9 +96,9 @@ class EvalStore:
             row = conn.execute(select(eval_runs).where(eval_runs.c.id == run_id)).mappings().first()
         return _row_to_run(row) if row is not None else None
 
-    def list_runs(self, project_id: str, eval_id: str, page: PageRequest, status: RunStatus | None = None) -> Page[
-        EvalRun
-    ]:
+    def list_runs(
+        self, project_id: str, eval_id: str, page: PageRequest, status: RunStatus | None = None
+    ) -> Page[EvalRun]:
         scope = (eval_runs.c.eval_id == eval_id) & (eval_runs.c.project_id == project_id)
         query = select(eval_runs).where(scope)
         if status is not None:
@@ -204,8 +204,10 @@ class EvalStore:
             return {int(i) for i in conn.scalars(query)}
 
     def all_items(self, run_id: str) -> builtins.list[OutputItem]:
-        query = select(eval_output_items).where(eval_output_items.c.run_id == run_id).order_by(
-            eval_output_items.c.datasource_item_id
+        query = (
+            select(eval_output_items)
+            .where(eval_output_items.c.run_id == run_id)
+            .order_by(eval_output_items.c.datasource_item_id)
         )
         with self._db.read() as conn:
             return [_row_to_item(r) for r in conn.execute(query).mappings()]

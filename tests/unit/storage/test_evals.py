@@ -54,9 +54,11 @@ def test_evals_round_trip_page_update_and_delete(db: Database, project: Project,
     with pytest.raises(NotFound):
         store.get_eval(other_project.id, made[0].id)
     first = store.list_evals(project.id, PageRequest(limit=2, order=Order.ASC))
-    assert [e.id for e in first.data] == [made[0].id, made[1].id] and first.has_more
+    assert [e.id for e in first.data] == [made[0].id, made[1].id]
+    assert first.has_more
     rest = store.list_evals(project.id, PageRequest(limit=2, after=made[1].id, order=Order.ASC))
-    assert [e.id for e in rest.data] == [made[2].id] and not rest.has_more
+    assert [e.id for e in rest.data] == [made[2].id]
+    assert not rest.has_more
     with pytest.raises(InvalidRequest):
         store.list_evals(other_project.id, PageRequest(limit=2, after=made[1].id))
     store.update_eval(made[0].with_changes(name="renamed", metadata=None))
@@ -80,14 +82,18 @@ def test_runs_claim_once_recover_when_stale_and_cancel(db: Database, project: Pr
     store.insert_run(run)
     assert store.get_run(project.id, ev.id, run.id).target == target
     claimed = store.claim_next("w1", now=100.0, stale_after=30)
-    assert claimed is not None and claimed.id == run.id
+    assert claimed is not None
+    assert claimed.id == run.id
     assert store.claim_next("w2", now=110.0, stale_after=30) is None  # held by a live worker
     started = store.transition(run.id, RunStatus.IN_PROGRESS, expect={RunStatus.QUEUED})
-    assert started is not None and started.status is RunStatus.IN_PROGRESS
+    assert started is not None
+    assert started.status is RunStatus.IN_PROGRESS
     assert store.heartbeat(run.id, "w1", now=120.0) is RunStatus.IN_PROGRESS
     # w1 dies: after stale_after seconds without a beat, another worker resumes the run.
     again = store.claim_next("w2", now=200.0, stale_after=30)
-    assert again is not None and again.id == run.id and again.status is RunStatus.IN_PROGRESS
+    assert again is not None
+    assert again.id == run.id
+    assert again.status is RunStatus.IN_PROGRESS
     assert store.heartbeat(run.id, "w1", now=201.0) is None  # w1 lost it
     store.insert_items([make_item(run, 0), make_item(run, 1, "fail")])
     assert store.done_indices(run.id) == {0, 1}

@@ -80,9 +80,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["eval_runs.id"], name=op.f("fk_eval_output_items_run_id_eval_runs")),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_eval_output_items")),
         sa.UniqueConstraint("id", name=op.f("uq_eval_output_items_id")),
-        sa.UniqueConstraint(
-            "run_id", "datasource_item_id", name="uq_eval_output_items_run_id_datasource_item_id"
-        ),
+        sa.UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_id_datasource_item_id"),
     )
     op.create_index(op.f("ix_eval_output_items_run_id"), "eval_output_items", ["run_id"], unique=False)
 
