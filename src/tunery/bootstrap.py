@@ -20,10 +20,10 @@ from tunery.domain.errors import Unavailable
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
 from tunery.services.checkpoint_evals import CheckpointEvals
-from tunery.services.eval_judge import ChatJudge
-from tunery.services.eval_runs import EvalRunExecutor, RunnerSettings
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
+from tunery.services.eval_judge import ChatJudge
+from tunery.services.eval_runs import EvalRunExecutor, RunnerSettings
 from tunery.services.evals import EvalRules, EvalService
 from tunery.services.files import FileRules, FileService
 from tunery.services.jobs import JobRules, JobService

@@ -20,7 +20,12 @@ from tunery.api.routes import chat, deployments, evals, files, fine_tuning, heal
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
-    files.router, fine_tuning.router, models.router, chat.router, deployments.data_router, evals.router
+    files.router,
+    fine_tuning.router,
+    models.router,
+    chat.router,
+    deployments.data_router,
+    evals.router,
 )
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024

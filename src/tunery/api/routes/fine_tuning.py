@@ -12,10 +12,10 @@ from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
 from tunery.api.dialects import Dialect
 from tunery.api.schemas.common import ListResponse
 from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
-from tunery.services.container import Services
 from tunery.domain.errors import NotFound, ServiceError
 from tunery.domain.jobs import Job
 from tunery.domain.pagination import Order, PageRequest
+from tunery.services.container import Services
 
 router = APIRouter(tags=["fine-tuning"])
 
