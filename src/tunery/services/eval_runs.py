@@ -104,7 +104,7 @@ class EvalRunExecutor:
         criteria = [(c, parse_grader(_spec(c), param="testing_criteria")) for c in ev.testing_criteria]
         ref = None
         if isinstance(source, CompletionsDataSource):
-            if run.target is not None and self._resolve_target is not None:
+            if run.target is not None and run.target.checkpoint is not None and self._resolve_target is not None:
                 ref = self._resolve_target(run)
             else:
                 ref = self._evals.resolve_model(run.project_id, source.model)
