@@ -97,7 +97,7 @@ def test_each_checkpoint_is_scored_and_the_best_deploys(server: Server, trained:
     assert all(r["status"] == "completed" for r in results), results
     steps = sorted(r["step"] for r in results)
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert steps == [0] + sorted(c.step_number for c in checkpoints)
+    assert steps == [0, *sorted(c.step_number for c in checkpoints)]
     for checkpoint in checkpoints:  # each checkpoint's metrics carry its score
         assert 0.0 <= checkpoint.metrics.model_extra["eval_pass_rate"] <= 1.0  # type: ignore[union-attr]
     best = extra["best_checkpoint"]
@@ -157,6 +157,6 @@ def test_bad_eval_input_is_a_400_naming_the_param(server: Server) -> None:
                             testing_criteria=[{**CRITERION, "operation": "startswith"}])  # type: ignore[list-item]  # fmt: skip
     assert bad_grader.value.param == "testing_criteria[0].operation"
     with pytest.raises(openai.BadRequestError) as bad_job:
-        client.fine_tuning.jobs.create(model="tiny-llama", training_file="file-x",
-                                       extra_body={"evals": [{"eval_id": "eval_nope", "data_source": data_source()}]})  # fmt: skip
+        bad_evals = {"evals": [{"eval_id": "eval_nope", "data_source": data_source()}]}
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file="file-x", extra_body=bad_evals)
     assert bad_job.value.param == "evals[0].eval_id"
