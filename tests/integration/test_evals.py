@@ -156,7 +156,7 @@ def test_bad_eval_input_is_a_400_naming_the_param(server: Server) -> None:
         client.evals.create(data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
                             testing_criteria=[{**CRITERION, "operation": "startswith"}])  # type: ignore[list-item]  # fmt: skip
     assert bad_grader.value.param == "testing_criteria[0].operation"
+    bad_evals = {"evals": [{"eval_id": "eval_nope", "data_source": data_source()}]}
     with pytest.raises(openai.BadRequestError) as bad_job:
-        bad_evals = {"evals": [{"eval_id": "eval_nope", "data_source": data_source()}]}
         client.fine_tuning.jobs.create(model="tiny-llama", training_file="file-x", extra_body=bad_evals)
     assert bad_job.value.param == "evals[0].eval_id"
