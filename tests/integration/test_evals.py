@@ -11,7 +11,10 @@ criterion's result. Bad input is a 400 naming the ``param``. Run alone:
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -160,3 +163,33 @@ def test_bad_eval_input_is_a_400_naming_the_param(server: Server) -> None:
     with pytest.raises(openai.BadRequestError) as bad_job:
         client.fine_tuning.jobs.create(model="tiny-llama", training_file="file-x", extra_body=bad_evals)
     assert bad_job.value.param == "evals[0].eval_id"
+
+
+def test_cli_creates_runs_and_shows_an_eval(server: Server, tmp_path: Path) -> None:
+    env = {**server.env, "TUNERY_BASE_URL": f"{server.url}/v1", "TUNERY_API_KEY": server.key, "COLUMNS": "200"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tunery", *args], env=env, capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT_S)  # fmt: skip
+
+    created = cli("evals", "create", "--name", "cli", "--item-schema", json.dumps(ITEM_SCHEMA),
+                  "--grader", json.dumps(CRITERION), "--json")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    eval_id = json.loads(created.stdout)["id"]
+    data = tmp_path / "items.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS[:3]))
+    ran = cli("evals", "run", eval_id, "--model", "tiny-llama", "--data", str(data), "--max-tokens", "4",
+              "--template", json.dumps(TEMPLATE["template"]))  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "completed" in ran.stdout
+    assert "of 3" in ran.stdout
+    shown = cli("evals", "show", eval_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "tiny-llama" in shown.stdout
+    run_id = next(word for word in shown.stdout.split() if word.startswith("evalrun_"))
+    items = cli("evals", "show", eval_id, "--run", run_id)
+    assert items.returncode == 0, items.stderr
+    assert "exact answer=0" in items.stdout
+    bad = cli("evals", "run", eval_id, "--model", "nope", "--data", str(data))
+    assert bad.returncode == 1
+    assert "does not exist" in bad.stderr
