@@ -17,15 +17,16 @@ from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import Unavailable
+from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
 from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
-from tunery.services.eval_judge import ChatJudge
 from tunery.services.eval_runs import EvalRunExecutor, RunnerSettings
 from tunery.services.evals import EvalRules, EvalService
 from tunery.services.files import FileRules, FileService
+from tunery.services.graders import ChatJudge, GraderService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
@@ -178,9 +179,10 @@ def build_services(
     )
     checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
     models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
+    graders = GraderService(chat, build_sandbox(settings))
     return Services(
         keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
-        checkpoint_evals=checkpoint_evals,
+        checkpoint_evals=checkpoint_evals, graders=graders,
     )  # fmt: skip
 
 
@@ -194,6 +196,24 @@ def build_eval_executor(settings: Settings, services: Services) -> EvalRunExecut
         RunnerSettings(batch_size=settings.evals.batch_size),
         resolve_target=checkpoint_evals.resolve_target,
         on_finished=checkpoint_evals.finished,
+        sandbox=services.graders.sandbox,
+    )
+
+
+def build_sandbox(settings: Settings) -> PythonSandbox:
+    """The python graders' sandbox pool; graders may never touch the data directory."""
+    limits = settings.graders
+    denied = {str(settings.data_dir.resolve()), str(settings.model_cache_dir.resolve())}
+    if settings.storage.blob_backend == "local":
+        denied.add(str((settings.data_dir / "blobs").resolve()))
+    return PythonSandbox(
+        SandboxLimits(
+            wall_seconds=limits.python_timeout_s,
+            cpu_seconds=limits.python_cpu_s,
+            memory_bytes=limits.python_memory_mb * 1024**2,
+            workers=limits.python_workers,
+            denied_paths=tuple(sorted(denied)),
+        )
     )
 
 

@@ -112,6 +112,15 @@ class EvalsSettings(BaseModel):
     stale_after_s: float = Field(default=60.0, description="A run whose runner is silent this long is resumed")
 
 
+class GradersSettings(BaseModel):
+    """The python grader's sandbox (one forked child per grading, from a warm pool)."""
+
+    python_timeout_s: float = Field(default=120.0, description="Wall-clock limit of one python grading")
+    python_cpu_s: float = Field(default=120.0, description="CPU-time limit of one python grading")
+    python_memory_mb: int = Field(default=2048, description="Address-space limit of one python grading")
+    python_workers: int = Field(default=2, description="Warm sandbox processes (python gradings run at once)")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -133,6 +142,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
+    graders: GradersSettings = Field(default_factory=GradersSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     evals: EvalsSettings = Field(default_factory=EvalsSettings)
 

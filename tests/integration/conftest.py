@@ -26,6 +26,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
         "TUNERY_MODELS__BASE_MODELS": f'["tiny-llama={tiny_model_dir}"]',
         "TUNERY_API__PORT": str(port),
         "PYTHONUNBUFFERED": "1",
+        # Short python-grader limits, so a grader that loops forever is killed within seconds.
+        "TUNERY_GRADERS__PYTHON_TIMEOUT_S": "5",
+        "TUNERY_GRADERS__PYTHON_CPU_S": "4",
     }
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)
     key = tunery(env, "keys", "create", "--project", "itest")

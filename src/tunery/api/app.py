@@ -16,12 +16,13 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import chat, deployments, evals, files, fine_tuning, health, models
+from tunery.api.routes import chat, deployments, evals, files, fine_tuning, graders, health, models
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
     files.router,
     fine_tuning.router,
+    graders.router,
     models.router,
     chat.router,
     deployments.data_router,

@@ -29,7 +29,8 @@ _HEADER = struct.Struct("!I")
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 MAX_SOURCE_BYTES = 256 * 1024
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-PRELOAD = ("json", "math", "re", "statistics", "collections", "difflib", "rapidfuzz")
+START_TIMEOUT_S = 60.0
+PRELOAD = ("json", "math", "re", "statistics", "collections", "difflib", "subprocess", "rapidfuzz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +86,17 @@ class PythonSandbox:
         atexit.register(self.close)
 
     def warm(self) -> None:
-        """Start every worker now, so the first gradings do not pay the start-up."""
+        """Start every worker now and wait until each is ready, so the first gradings pay no start-up."""
         slots = [self._idle.get() for _ in range(max(1, self.limits.workers))]
+        ready: list[_Worker | None] = []
         try:
-            slots = [slot if slot is not None and slot.alive() else self._start() for slot in slots]
-        finally:
             for slot in slots:
+                if slot is not None and not slot.alive():
+                    slot.stop()
+                    slot = None
+                ready.append(slot if slot is not None else self._start())
+        finally:
+            for slot in ready + [None] * (len(slots) - len(ready)):
                 self._idle.put(slot)
 
     def run(self, source: str, *, sample: dict[str, Any], item: dict[str, Any]) -> SandboxReply:
@@ -167,6 +173,12 @@ class PythonSandbox:
             start_new_session=True,
         )
         worker = _Worker(process=process, workdir=workdir)
+        assert process.stdout is not None
+        header = _read_exactly(process.stdout.fileno(), _HEADER.size, time.monotonic() + START_TIMEOUT_S)
+        ready = header and _read_exactly(process.stdout.fileno(), _HEADER.unpack(header)[0], time.monotonic() + 5)
+        if not ready:
+            worker.stop()
+            raise OSError("the grader sandbox process did not start")
         with self._lock:
             if self._closed:
                 worker.stop()

@@ -15,7 +15,8 @@ that, before running any user code:
     path outside the Python installation / site-packages for reading or outside its working directory
     for writing, and any path under the denied roots (Tunery's data directory) at all; listing or
     changing directories outside those; creating sockets; starting processes (subprocess, os.system,
-    exec*, spawn*, fork); sending signals; and loading native code through ctypes.
+    exec*, spawn*, fork; ``_posixsubprocess.fork_exec``, which has no audit event, is replaced);
+    sending signals; and loading native code through ctypes / cffi.
 The zygote also enters a new, empty network namespace at start-up when it runs as root (``unshare``),
 so even native code has no network. The parent's wall-clock timeout kills the child's process group.
 This is defence in depth for graders written by the server's own users, not a boundary against a
@@ -78,6 +79,9 @@ def main() -> None:
         with contextlib.suppress(Exception):  # a missing optional library only costs its import time later
             __import__(name)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    ready = json.dumps({"status": "ready"}).encode()
+    stdout.write(_HEADER.pack(len(ready)) + ready)
+    stdout.flush()
     compiled: dict[str, Any] = {}
     while True:
         header = stdin.read(_HEADER.size)
@@ -136,6 +140,7 @@ def _child(code: Any, request: dict[str, Any], config: dict[str, Any], write_fd:
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _disarm_process_spawning()
     _install_audit_hook(config, write_fd)
     try:
         namespace: dict[str, Any] = {"__name__": "grader", "__builtins__": __builtins__}
@@ -155,6 +160,19 @@ def _child(code: Any, request: dict[str, Any], config: dict[str, Any], write_fd:
         lines = traceback.format_exception(exc)
         reply = {"status": "runtime_error", "details": "".join(lines)[-4000:]}
     os.write(write_fd, json.dumps(reply).encode())
+
+
+def _disarm_process_spawning() -> None:
+    """``_posixsubprocess.fork_exec`` raises no audit event of its own: replace it (the module stays
+    loaded, so importing it again finds this copy; a fresh import is refused by the audit hook)."""
+    import _posixsubprocess
+    import subprocess
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("The grader sandbox does not allow starting processes.")
+
+    _posixsubprocess.fork_exec = refuse
+    subprocess._fork_exec = refuse  # type: ignore[attr-defined]
 
 
 def _install_audit_hook(config: dict[str, Any], result_fd: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from tunery.graders.errors import InvalidGrader
 
@@ -154,12 +154,13 @@ class GraderLabelModel(_Spec):
     passing_labels: list[str] = Field(min_length=1)
     sampling_params: GraderSamplingParams | None = None
 
-    @model_validator(mode="after")
-    def _passing_subset(self) -> GraderLabelModel:
-        unknown = [label for label in self.passing_labels if label not in self.labels]
+    @field_validator("passing_labels")
+    @classmethod
+    def _passing_subset(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        unknown = [label for label in value if label not in info.data.get("labels", [])]
         if unknown:
             raise ValueError(f"passing_labels must be a subset of labels; not in labels: {unknown}")
-        return self
+        return value
 
 
 SubGrader = Annotated[

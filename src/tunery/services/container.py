@@ -9,6 +9,7 @@ from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.deployments import DeploymentService
 from tunery.services.evals import EvalService
 from tunery.services.files import FileService
+from tunery.services.graders import GraderService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
@@ -26,7 +27,9 @@ class Services:
     chat: ChatService
     evals: EvalService
     checkpoint_evals: CheckpointEvals
+    graders: GraderService
 
     def close(self) -> None:
         self.files.close()
         self.chat.close()
+        self.graders.close()

@@ -20,7 +20,7 @@ from typing import Any
 from tunery.domain.errors import ServiceError
 from tunery.domain.evals import NO_ERROR, Eval, EvalRun, OutputItem, RunStatus, new_output_item_id
 from tunery.domain.models import AdapterRef
-from tunery.graders import Judge, parse_grader, passes, run_grader
+from tunery.graders import Judge, PythonSandbox, parse_grader, passes, run_grader
 from tunery.graders import templates as grader_templates
 from tunery.graders.sample import sample_from_text
 from tunery.services.chat import BatchAnswer, BatchSampling, ChatService
@@ -58,6 +58,7 @@ class EvalRunExecutor:
         *,
         resolve_target: Callable[[EvalRun], AdapterRef] | None = None,
         on_finished: Callable[[EvalRun], None] | None = None,
+        sandbox: PythonSandbox | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._evals = evals
@@ -67,6 +68,7 @@ class EvalRunExecutor:
         self._settings = settings
         self._resolve_target = resolve_target
         self._on_finished = on_finished
+        self._sandbox = sandbox
         self._clock = clock
 
     def run_next(self, worker_id: str, stale_after: float) -> bool:
@@ -220,7 +222,7 @@ class EvalRunExecutor:
             error = {"code": "sample_error", "message": "The model produced no sample for this item."}
             return {**base, "score": 0.0, "passed": False, "sample": None, "_errored": True, "error": error}
         try:
-            result = run_grader(grader, sample=sample, item=item, judge=judge)
+            result = run_grader(grader, sample=sample, item=item, judge=judge, sandbox=self._sandbox)
         except Exception as exc:  # a grader bug must not take the run down: it is this item's error
             log.exception("grader %s raised", raw.get("name"))
             return {**base, "score": 0.0, "passed": False, "sample": None, "_errored": True,
