@@ -12,6 +12,7 @@ gone, the data source unreadable) fail the run.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,13 @@ class EvalRunExecutor:
             if started is None:
                 return  # canceled meanwhile
             run = started
+        beating = threading.Event()
+
+        def beat() -> None:  # keeps the run ours while one long batch is in the engine
+            while not beating.wait(self._settings.heartbeat_every_s):
+                self._store.heartbeat(run.id, worker_id, self._clock())
+
+        threading.Thread(target=beat, name="tunery-eval-heartbeat", daemon=True).start()
         try:
             self._execute(run, worker_id)
         except RunStopped:
@@ -94,6 +102,8 @@ class EvalRunExecutor:
         except Exception as exc:  # a bug or an engine crash: the run fails clearly, the runner lives on
             log.exception("eval run %s failed", run.id)
             self._fail(run, "internal_error", f"The run failed: {exc}")
+        finally:
+            beating.set()
 
     def _fail(self, run: EvalRun, code: str, message: str) -> None:
         self._finish(run, RunStatus.FAILED, {"code": code, "message": message})
@@ -112,21 +122,22 @@ class EvalRunExecutor:
                 ref = self._evals.resolve_model(run.project_id, source.model)
         done = self._store.done_indices(run.id)
         pending = [index for index in range(len(rows)) if index not in done]
-        last_beat = self._clock()
         judge = self._judge(run.project_id)
         for start in range(0, len(pending), self._settings.batch_size):
             self._check_alive(run, worker_id)
             batch = pending[start : start + self._settings.batch_size]
             items = self._batch(ev, run, source, ref, rows, batch, criteria, judge)
             self._store.insert_items(items)
-            if self._clock() - last_beat >= 0:
-                last_beat = self._clock()
-                self._save_progress(run)
+            self._save_progress(run)
         self._check_alive(run, worker_id)
         self._finish(run, RunStatus.COMPLETED, dict(NO_ERROR))
 
     def _check_alive(self, run: EvalRun, worker_id: str) -> None:
         status = self._store.heartbeat(run.id, worker_id, self._clock())
+        if status is RunStatus.CANCELED:  # still ours: record what was graded before the cancel
+            current = self._store.get_run_any(run.id)
+            if current is not None:
+                self._store.save_run(current.with_changes(**summarise(self._store.all_items(run.id), run)))
         if status is not RunStatus.IN_PROGRESS:
             raise RunStopped()
 
