@@ -6,6 +6,7 @@ Run alone: ``.venv/bin/pytest tests/unit/api/test_evals_api.py``
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -193,3 +194,17 @@ def test_cancel_and_delete_a_run(api: Api) -> None:
     gone = api.client.delete(f"/v1/evals/{eval_id}/runs/{run['id']}", headers=api.headers()).json()
     assert gone == {"object": "eval.run.deleted", "deleted": True, "run_id": run["id"]}
     assert api.client.get(f"/v1/evals/{eval_id}/runs/{run['id']}", headers=api.headers()).status_code == 404
+
+
+def test_run_reads_an_uploaded_file(api: Api) -> None:
+    eval_id = create_eval(api).json()["id"]
+    data = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
+    uploaded = api.client.post("/v1/files", files={"file": ("items.jsonl", data)}, data={"purpose": "fine-tune"},
+                               headers=api.headers()).json()  # fmt: skip
+    body = completions(ROWS, source={"type": "file_id", "id": uploaded["id"]})
+    run = api.client.post(f"/v1/evals/{eval_id}/runs", json=body, headers=api.headers())
+    assert run.status_code == 201, run.text
+    run_all(api)
+    done = api.client.get(f"/v1/evals/{eval_id}/runs/{run.json()['id']}", headers=api.headers()).json()
+    assert done["result_counts"] == {"total": 3, "errored": 0, "failed": 1, "passed": 2}
+    assert done["data_source"]["source"] == {"type": "file_id", "id": uploaded["id"]}
