@@ -1,10 +1,11 @@
 """Executes one eval run: sample the model for a batch of items at once, grade each item, record results.
 
-Items go to the engine ``batch_size`` at a time through ``ChatService.complete_batch`` (so they share decode
-steps), then each item is graded by every testing criterion through the graders module (model graders reach
-the engine through the ``Judge`` the caller hands in). After each batch the output items are saved and the
-run's heartbeat checked: a cancel stops the run there, and a crash loses at most one batch, because a
-resumed run skips the rows that already have an output item. One item's failure (a template variable its
+Items are sampled a round of ``batch_size * chunk_batches`` at a time through ``ChatService.complete_batch``,
+which keeps ``batch_size`` of them in the engine at once (so they share decode steps; a new item joins as
+soon as one ends); then each item is graded by every testing criterion through the graders module (model
+graders reach the engine through the ``Judge`` the caller hands in). After each round the output items are
+saved and the run's status checked: a cancel stops the run there, and a crash loses at most one round,
+because a resumed run skips the rows that already have an output item. One item's failure (a template variable its
 row lacks, a grader error, an over-long prompt) is recorded on that item; only run-wide problems (the model
 gone, the data source unreadable) fail the run.
 """
@@ -44,6 +45,9 @@ class RunStopped(Exception):
 @dataclass(frozen=True, slots=True)
 class RunnerSettings:
     batch_size: int = 32  # items in the engine at once
+    # Items sampled per round between saves, cancel checks and progress: several engine batches, so the engine
+    # stays full while a round's slowest answers finish (a new item joins as soon as one ends).
+    chunk_batches: int = 4
     heartbeat_every_s: float = 5.0
 
 
@@ -123,9 +127,10 @@ class EvalRunExecutor:
         done = self._store.done_indices(run.id)
         pending = [index for index in range(len(rows)) if index not in done]
         judge = self._judge(run.project_id)
-        for start in range(0, len(pending), self._settings.batch_size):
+        chunk = self._settings.batch_size * self._settings.chunk_batches
+        for start in range(0, len(pending), chunk):
             self._check_alive(run, worker_id)
-            batch = pending[start : start + self._settings.batch_size]
+            batch = pending[start : start + chunk]
             items = self._batch(ev, run, source, ref, rows, batch, criteria, judge)
             self._store.insert_items(items)
             self._save_progress(run)

@@ -106,12 +106,12 @@ def test_cancel_is_honoured_at_the_next_batch(env: Env, monkeypatch: pytest.Monk
         return original(*args, **kwargs)
 
     monkeypatch.setattr(chat, "complete_batch", complete_then_cancel)
-    env.settings.evals.batch_size = 2
+    env.settings.evals.batch_size = 1
     assert build_eval_executor(env.settings, env.services).run_next("runner", stale_after=60)
     done = evals.retrieve_run(env.project, eval_id, run.id)
     assert done.status is RunStatus.CANCELED
-    assert sizes == [2]  # one batch of two, then it stopped
-    assert done.result_counts["total"] == 2
+    assert sizes == [4]  # one round (4 engine batches of 1), then it stopped
+    assert done.result_counts["total"] == 4
 
 
 def register_job(env: Env, steps: list[int], evals: list[dict[str, Any]]) -> tuple[Job, list[str]]:
