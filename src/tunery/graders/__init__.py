@@ -18,7 +18,9 @@ Public API (stable):
 * ``run_grader(grader, *, sample, item=None, judge=None, sandbox=None) -> GraderResult`` — ``reward``
   plus ``metadata`` {name, type, errors{...flags}, execution_time, scores, token_usage,
   sampled_model_name}, ``sub_rewards`` and ``model_grader_token_usage_per_model``. A failure of this one
-  sample never raises: it sets a flag in ``metadata.errors`` and the reward is 0 (multi: ``invalid_grade``).
+  sample never raises: it sets a flag in ``metadata.errors`` and the reward is 0 (multi: ``invalid_grade``);
+  ``result.detail`` then says why in words (not serialized: RunGraderResponse has no such field).
+  It raises ``InvalidGrader`` only for a definition problem ``validate_grader`` would have caught.
   ``judge`` (a ``Judge``) is needed by score_model / label_model; ``sandbox`` (a ``PythonSandbox``)
   runs python graders (default: a shared pool with default ``SandboxLimits``).
 * ``sample_from_text(text, *, parse_json=True, ...)`` — the ``sample`` namespace for one answer.

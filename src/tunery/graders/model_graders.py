@@ -88,12 +88,14 @@ def _ask(
     if judge is None:
         outcome.errors.model_grader_server_error = True
         outcome.errors.model_grader_server_error_details = "No judge model is available to this grader."
+        outcome.detail = outcome.errors.model_grader_server_error_details
         return None, outcome
     try:
         reply = judge.complete(grader.model, messages, _sampling(grader.sampling_params))
     except Exception as exc:  # any judge failure is this sample's error, never the caller's crash
         outcome.errors.model_grader_server_error = True
         outcome.errors.model_grader_server_error_details = str(getattr(exc, "message", None) or exc)[:2000]
+        outcome.detail = f"The grader model '{grader.model}' failed: {outcome.errors.model_grader_server_error_details}"
         return None, outcome
     name = reply.model or grader.model
     outcome.sampled_model_name = name
@@ -118,6 +120,7 @@ def grade_score_model(
     score = parse_score(reply.text)
     if score is None:
         outcome.errors.model_grader_parse_error = True
+        outcome.detail = f"The grader model's reply has no numeric result: {reply.text[:500]!r}"
         return outcome
     low, high = grader.bounds
     outcome.reward = min(max(score, low), high)
@@ -133,6 +136,7 @@ def grade_label_model(
     label = parse_label(reply.text, grader.labels)
     if label is None:
         outcome.errors.model_grader_parse_error = True
+        outcome.detail = f"The grader model's reply names none of the labels: {reply.text[:500]!r}"
         return outcome
     outcome.reward = 1.0 if label in grader.passing_labels else 0.0
     return outcome

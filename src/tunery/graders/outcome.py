@@ -14,3 +14,4 @@ class Outcome:
     scores: dict[str, float] = field(default_factory=dict)
     usage: dict[str, TokenUsage] = field(default_factory=dict)
     sampled_model_name: str | None = None
+    detail: str | None = None  # a human-readable reason when an error flag is set

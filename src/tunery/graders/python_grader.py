@@ -62,7 +62,7 @@ def grade_python(
     grader: GraderPython, *, sample: dict[str, Any], item: dict[str, Any], sandbox: PythonSandbox | None
 ) -> Outcome:
     reply = (sandbox or default_sandbox()).run(grader.source, sample=sample, item=item)
-    outcome = Outcome(reward=reply.reward if reply.status == "ok" else 0.0)
+    outcome = Outcome(reward=reply.reward if reply.status == "ok" else 0.0, detail=reply.details)
     if reply.status == "runtime_error":
         outcome.errors.python_grader_runtime_error = True
         outcome.errors.python_grader_runtime_error_details = reply.details

@@ -70,6 +70,9 @@ class GraderResult(BaseModel):
     metadata: GraderMetadata
     sub_rewards: dict[str, float] = Field(default_factory=dict)
     model_grader_token_usage_per_model: dict[str, TokenUsage] = Field(default_factory=dict)
+    # Why grading failed, in words (e.g. "The template variable 'item.answer' does not exist in this
+    # item."), for eval output items; not part of RunGraderResponse, so never serialized.
+    detail: str | None = Field(default=None, exclude=True)
 
     @property
     def errored(self) -> bool:

@@ -7,11 +7,12 @@ judge error, a formula that cannot be evaluated) into ``metadata.errors`` flags.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
 
-from tunery.graders.errors import TemplateVariableError
+from tunery.graders.errors import InvalidGrader, TemplateVariableError
 from tunery.graders.formula import FormulaError, parse_formula
 from tunery.graders.judge import Judge
 from tunery.graders.model_graders import grade_label_model, grade_score_model
@@ -30,6 +31,8 @@ from tunery.graders.specs import (
 )
 from tunery.graders.string_check import grade_string_check
 from tunery.graders.text_similarity import grade_text_similarity
+
+log = logging.getLogger(__name__)
 
 
 def run_grader(
@@ -59,6 +62,7 @@ def run_grader(
         ),
         sub_rewards=dict(outcome.scores),
         model_grader_token_usage_per_model=outcome.usage,
+        detail=outcome.detail,
     )
 
 
@@ -78,10 +82,16 @@ def _outcome(
             return grade_label_model(grader, sample=sample, item=item, judge=judge)
         return _grade_multi(grader, sample=sample, item=item, judge=judge, sandbox=sandbox)
     except TemplateVariableError as exc:
-        outcome = Outcome(reward=0.0)
+        outcome = Outcome(reward=0.0, detail=str(exc))
         outcome.errors.invalid_variable_error = True
         outcome.errors.sample_parse_error = exc.sample_parse
-        outcome.errors.other_error = False
+        return outcome
+    except InvalidGrader:
+        raise  # a definition error (e.g. cosine without an embedding model): the caller's 400
+    except Exception as exc:  # a metric library failing on odd input: this sample's error, not a crash
+        log.exception("grader %r (%s) failed", grader.name, grader.type)
+        outcome = Outcome(reward=0.0, detail=f"The {grader.type} grader failed: {exc!r}")
+        outcome.errors.other_error = True
         return outcome
 
 
@@ -98,8 +108,9 @@ def _grade_multi(
     children = grader.children()
     try:
         formula = parse_formula(grader.calculate_output, set(children))
-    except FormulaError:
+    except FormulaError as exc:
         outcome.errors.formula_parse_error = True
+        outcome.detail = str(exc)
         return outcome
     for key, child in children.items():
         result = _outcome(child, sample=sample, item=item, judge=judge, sandbox=sandbox)
@@ -108,13 +119,17 @@ def _grade_multi(
         for model, usage in result.usage.items():
             outcome.usage.setdefault(model, TokenUsage()).add(usage)
         outcome.sampled_model_name = outcome.sampled_model_name or result.sampled_model_name
+        if result.detail and not outcome.detail:
+            outcome.detail = f"{key}: {result.detail}"
     try:
         value = formula.evaluate(outcome.scores)
-    except (ArithmeticError, ValueError):
+    except (ArithmeticError, ValueError) as exc:
         outcome.errors.other_error = True
+        outcome.detail = f"calculate_output could not be evaluated: {exc}"
         return outcome
     if not math.isfinite(value):
         outcome.errors.other_error = True
+        outcome.detail = f"calculate_output gave {value}"
         return outcome
     outcome.reward = value
     return outcome

@@ -210,7 +210,7 @@ def parse_grader(raw: Any, *, param: str = "grader", allowed: tuple[str, ...] = 
     try:
         grader: Grader = _ADAPTER.validate_python(raw)
     except ValidationError as exc:
-        raise _as_invalid(exc, param) from None
+        raise _as_invalid(exc, raw, param) from None
     return grader
 
 
@@ -229,12 +229,13 @@ def _reject_nested_multi(raw: dict[str, Any], param: str) -> None:
             raise InvalidGrader("A multi grader cannot contain another multi grader.", param=f"{where}.type")
 
 
-def _as_invalid(exc: ValidationError, param: str) -> InvalidGrader:
-    error = exc.errors()[0]
-    # Drop the union-member tags pydantic puts in the location (e.g. 'string_check', 'list[...]').
-    parts = [str(p) for p in error["loc"] if not _is_union_tag(p)]
-    path = ".".join([param, *parts])
+def _as_invalid(exc: ValidationError, raw: Any, param: str) -> InvalidGrader:
+    # A union reports one error per member; the one reaching deepest into the data is the telling one.
+    candidates = [(e, _data_path(raw, e["loc"], keep_last=e["type"] == "missing")) for e in exc.errors()]
+    # On a tie, a wrong value (a bad enum, a missing field) tells more than a wrong type.
+    error, parts = max(candidates, key=lambda c: (len(c[1]), not str(c[0]["type"]).endswith("_type")))
     kind = error["type"]
+    path = ".".join([param, *parts])
     if kind == "missing":
         message = f"Missing required parameter: '{path}'."
     elif kind == "extra_forbidden":
@@ -246,11 +247,17 @@ def _as_invalid(exc: ValidationError, param: str) -> InvalidGrader:
     return InvalidGrader(message, param=path)
 
 
-def _is_union_tag(part: Any) -> bool:
-    if not isinstance(part, str):
-        return False
-    return (
-        part in GRADER_TYPES
-        or part in {"input_text", "output_text", "input_image", "input_audio"}
-        or ("[" in part or part.startswith(("function-", "str", "dict", "list", "Grader", "Input", "tagged-union")))
-    )
+def _data_path(raw: Any, loc: tuple[int | str, ...], *, keep_last: bool) -> list[str]:
+    """The parts of pydantic's error location that index into the data; the others are union-member
+    tags pydantic adds (``'string_check'``, ``'dict[str,...]'``), which the caller never wrote."""
+    node, parts = raw, []
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            parts.append(str(part))
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            parts.append(f"[{part}]")
+        elif keep_last and index == len(loc) - 1:
+            parts.append(str(part))
+    return [p for p in ".".join(parts).replace(".[", "[").split(".") if p]

@@ -73,6 +73,8 @@ def test_missing_item_field_is_an_invalid_variable_error_not_a_crash() -> None:
     result = _run(_check("eq"), "Paris", {"other": 1})
     assert result.reward == 0.0
     assert result.metadata.errors.invalid_variable_error
+    assert result.detail == "The template variable 'item.answer' does not exist in this item."
+    assert "detail" not in result.model_dump()
 
 
 def test_output_json_of_a_non_json_sample_is_a_sample_parse_error() -> None:
@@ -221,6 +223,7 @@ def test_multi_math_error_gives_invalid_grade() -> None:
     result = _run(_multi("exact / (fuzzy - 1)", invalid_grade=-1), "Paris")
     assert result.reward == -1
     assert result.metadata.errors.other_error
+    assert "division by zero" in (result.detail or "")
     assert _run(_multi("10 ^ 10 ^ 10"), "Paris").metadata.errors.other_error
 
 
@@ -350,3 +353,27 @@ def test_passes() -> None:
     score = parse_grader(_score_model(range=[0, 10]))
     assert passes(score, 5.0)
     assert not passes(score, 4.9)
+
+
+@pytest.mark.parametrize(
+    ("graders", "param"),
+    [
+        ({"string_check": {**_check("eq"), "operation": "x"}}, "grader.graders.string_check.operation"),
+        ([_check("eq"), {**_check("eq"), "operation": "x"}], "grader.graders[1].operation"),
+        ({**_check("eq"), "operation": "x"}, "grader.graders.operation"),
+        ({"a": {k: v for k, v in _check("eq").items() if k != "input"}}, "grader.graders.a.input"),
+    ],
+)
+def test_param_paths_skip_pydantic_union_tags(graders: Any, param: str) -> None:
+    raw = {"type": "multi", "name": "m", "graders": graders, "calculate_output": "1"}
+    with pytest.raises(InvalidGrader) as caught:
+        parse_grader(raw)
+    assert caught.value.param == param
+
+
+def test_param_path_into_message_content() -> None:
+    raw = _score_model()
+    raw["input"] = [{"role": "user", "content": [{"type": "input_text"}]}]
+    with pytest.raises(InvalidGrader) as caught:
+        parse_grader(raw)
+    assert caught.value.param == "grader.input[0].content[0].text"

@@ -117,6 +117,7 @@ def test_no_network(sandbox: PythonSandbox) -> None:
         "import os\n    os.fork()",
         "import os\n    os.kill(os.getppid(), 9)",
         "import ctypes\n    ctypes.CDLL(None)",
+        "import ctypes\n    ctypes.string_at(id(1), 8)",
         "import _posixsubprocess\n    _posixsubprocess.fork_exec(*([None] * 22))",
         "import sys\n    del sys.modules['_posixsubprocess']\n    import _posixsubprocess",
     ],
@@ -158,3 +159,15 @@ def test_libraries_of_openais_grader_image_import(sandbox: PythonSandbox) -> Non
     result = _grade(sandbox, source, "a b")
     assert result.metadata.errors.python_grader_runtime_error_details is None
     assert result.reward == 1.0
+
+
+def test_sockets_are_refused_even_without_a_network_namespace() -> None:
+    """What a server not running as root gets: the audit hook alone."""
+    pool = PythonSandbox(SandboxLimits(wall_seconds=5, cpu_seconds=5, workers=1, isolate_network=False))
+    try:
+        source = "import socket\ndef grade(sample, item):\n    socket.socket()\n    return 1.0\n"
+        result = _grade(pool, source)
+        assert result.reward == 0.0
+        assert "sandbox does not allow socket" in (result.metadata.errors.python_grader_runtime_error_details or "")
+    finally:
+        pool.close()
