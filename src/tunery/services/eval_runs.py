@@ -250,7 +250,8 @@ class EvalRunExecutor:
         if result.errored:
             flags = [k for k, v in errors.model_dump().items() if v is True]
             details = [v for k, v in errors.model_dump().items() if isinstance(v, str) and v]
-            out["error"] = {"code": flags[0] if flags else "other_error", "message": "; ".join(details)}
+            message = result.detail or "; ".join(details) or "The grader failed on this item."
+            out["error"] = {"code": flags[0] if flags else "other_error", "message": message}
         usage = result.model_grader_token_usage_per_model
         if usage:
             model, counts = next(iter(usage.items()))

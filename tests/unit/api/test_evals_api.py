@@ -158,6 +158,7 @@ def test_jsonl_run_grades_given_samples_and_records_per_item_errors(api: Api) ->
     assert_matches("EvalRunOutputItemList", items)
     errored = items["data"][1]["results"][1]
     assert errored["error"]["code"] == "invalid_variable_error"
+    assert "label" in errored["error"]["message"]
     assert errored["passed"] is False
 
 
