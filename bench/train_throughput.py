@@ -7,9 +7,14 @@ RSS is its own). ``--trainers`` picks among (default: all five):
 SFT - generated chats (mixed lengths, 50-500 tokens, loss on assistant turns only, the same token ids for every
 trainer):
 
-* ``trl_default``  - ``SFTConfig`` defaults (no packing, gradient checkpointing, bf16 where the CPU has it),
-* ``trl_packed``   - TRL's best packing setup on CPU: ``packing=True, packing_strategy="wrapped"``, bf16 where
-                     the CPU has it, no gradient checkpointing,
+* ``trl_default``  - ``SFTConfig`` defaults (no packing, gradient checkpointing, bf16 where the CPU is fast at it),
+* ``trl_tuned``    - what a capable user picks instead: no gradient checkpointing (memory is not the limit here),
+                     ``train_sampling_strategy="group_by_length"`` (batches of similar lengths pad little), bf16
+                     where the CPU is measured fast at it (``tunery.hardware.precision``, as for every trainer),
+* ``trl_packed``   - TRL packing ``packing_strategy="wrapped"``, no gradient checkpointing, with the batch size
+                     chosen so it takes as many optimizer steps as the unpacked trainers (packing 512-token rows
+                     at batch 8 would take a fraction of the steps: fewer, bigger updates are not the same run),
+* ``trl_packed_bfd`` - the same with TRL's default packing strategy ``"bfd"`` (padding-free best-fit),
 * ``tunery``       - ``tunery.training.loop.run`` (per-step packing without cross-contamination, LM head on
                      trained positions only, bf16 autocast where the CPU has it).
 
@@ -42,9 +47,14 @@ positions only for Tunery and for both DPO trainers). Attention's L² term is le
 counts it; here it would add ~3-5 % at 512 tokens). The machine may be shared: each run first waits (up to
 ``--quiet-wait`` seconds) for other processes to calm down, and every row reports the cores others kept busy.
 
-Run (all of it: ~25 minutes on a quiet 2-core EPYC; results in ``bench/out/train_throughput/results.json``)::
+Each configuration runs ``--repeat`` times (default 3, interleaved: trainer A, B, ..., A, B, ...); the tables
+give the median tokens/s and the spread (min-max). MFU is given against the measured GEMM peak of the dtype the
+trainer used and against the CPU's nominal peak (cores x clock x FLOP/cycle of its vector units, an estimate:
+``nominal_peak``).
 
-    PYTHONPATH=src .venv/bin/python bench/train_throughput.py
+Run (all of it takes hours on 2 cores; results in ``bench/out/train_throughput/results.json``)::
+
+    PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models smollm2 --trainers trl_tuned tunery
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models tiny --train-examples 32   # a quick look
     PYTHONPATH=src .venv/bin/python bench/train_throughput.py --models tiny --trainers tunery_dpo trl_dpo  # DPO
 """
@@ -57,6 +67,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -71,13 +82,14 @@ BATCH = 8
 LEARNING_RATE = 5e-4
 SEED = 0
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-SFT_TRAINERS = ("trl_default", "trl_packed", "tunery")
+SFT_TRAINERS = ("trl_default", "trl_tuned", "trl_packed", "trl_packed_bfd", "tunery")
 DPO_TRAINERS = ("trl_dpo", "tunery_dpo")
 TRAINERS = SFT_TRAINERS + DPO_TRAINERS
-# Examples (SFT) and preference pairs (DPO) per model: the same for every trainer of a method. 8 optimizer steps
-# for SFT: with 3, one batch's padding and the first step's warm-up swung the ratios by 20-30 %. The whole default
-# run takes ~25 minutes on 2 cores.
-DEFAULT_EXAMPLES = {"smollm2": 64, "tiny": 64}
+# Examples (SFT) and preference pairs (DPO) per model: the same for every trainer of a method. 32 optimizer steps
+# for SFT (batch 8): with 3, one batch's padding and the first step's warm-up swung the ratios by 20-30 %, and 8
+# still let a few long batches decide. With 3 repeats the whole default run takes hours on 2 cores: for a quick
+# look pass --train-examples 64 --repeat 1.
+DEFAULT_EXAMPLES = {"smollm2": 256, "tiny": 256}
 DEFAULT_PAIRS = {"smollm2": 16, "tiny": 32}
 VALID_EXAMPLES = 16
 VALID_PAIRS = 16
@@ -303,6 +315,43 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+# FLOP per cycle per core of the vector units (an FMA counts 2): (fp32, bf16). AMX tiles do 1024 bf16 FLOP a cycle;
+# AVX-512 BF16 on Zen 4 runs 512-bit ops as two 256-bit halves; without AVX-512 BF16 there is no native bf16.
+FLOP_PER_CYCLE = {
+    "amx_bf16": (64, 1024),
+    "avx512_bf16 intel": (64, 128),
+    "avx512_bf16 amd": (32, 64),
+    "avx512f": (64, 0),
+    "avx2": (32, 0),
+}
+
+
+def cpu_flags() -> list[str]:
+    text = Path("/proc/cpuinfo").read_text()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+    return [flag for flag in wanted if f" {flag} " in f"{line} "]
+
+
+def nominal_peak(dtype: str, threads: int) -> float:
+    """Cores x clock x FLOP/cycle (``FLOP_PER_CYCLE``), GFLOP/s; 0 for bf16 where it is not native. The clock is
+    the one ``/proc/cpuinfo`` reports (a VM's nominal clock; boost can exceed it, so a measured GEMM peak can
+    beat this nominal one)."""
+    text = Path("/proc/cpuinfo").read_text()
+    flags = cpu_flags()
+    mhz = max((float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")), default=0.0)
+    vendor = "amd" if "AMD" in cpu_name() else "intel"
+    if "amx_bf16" in flags:
+        per_cycle = FLOP_PER_CYCLE["amx_bf16"]
+    elif "avx512_bf16" in flags:
+        per_cycle = FLOP_PER_CYCLE[f"avx512_bf16 {vendor}"]
+    elif "avx512f" in flags:
+        per_cycle = FLOP_PER_CYCLE["avx512f"]
+    else:
+        per_cycle = FLOP_PER_CYCLE["avx2"]
+    return threads * mhz / 1000 * per_cycle[0 if dtype == "fp32" else 1]
+
+
 def cpu_name() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -326,7 +375,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     elif job["trainer"] == "trl_dpo":
         result = train_trl_dpo(job, bf16=bf16)
     else:
-        result = train_trl(job, packed=job["trainer"] == "trl_packed", bf16=bf16)
+        result = train_trl(job, variant=job["trainer"], bf16=bf16)
     result["dtype"] = "bf16" if bf16 else "fp32"
     return result
 
@@ -371,7 +420,7 @@ def train_tunery(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def train_trl(job: dict[str, Any], *, packed: bool, bf16: bool) -> dict[str, Any]:
+def train_trl(job: dict[str, Any], *, variant: str, bf16: bool) -> dict[str, Any]:
     import warnings
 
     import torch
@@ -386,11 +435,22 @@ def train_trl(job: dict[str, Any], *, packed: bool, bf16: bool) -> dict[str, Any
     warnings.filterwarnings("ignore")  # TRL/transformers advice about CPU training: not what is measured
     examples = read_examples(Path(job["train_file"]), ChatTokenizer.from_dir(Path(job["model_dir"])), SEQ_LEN)
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    batch = BATCH
+    options: dict[str, Any] = {}
+    if variant == "trl_tuned":
+        options = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
+    elif variant in ("trl_packed", "trl_packed_bfd"):
+        # as many optimizer steps as unpacked batches of 8: rows of SEQ_LEN tokens, spread over that many steps
+        steps = math.ceil(len(examples) / BATCH)
+        rows = math.ceil(sum(len(e.input_ids) for e in examples) / SEQ_LEN)
+        batch = max(1, math.ceil(rows / steps))
+        strategy = "wrapped" if variant == "trl_packed" else "bfd"
+        options = {"packing": True, "packing_strategy": strategy, "gradient_checkpointing": False}
     model = AutoModelForCausalLM.from_pretrained(job["model_dir"], dtype=torch.float32, attn_implementation="sdpa")
     config = SFTConfig(
         output_dir=job["run_dir"],
         max_length=SEQ_LEN,
-        per_device_train_batch_size=BATCH,
+        per_device_train_batch_size=batch,
         num_train_epochs=1,
         learning_rate=LEARNING_RATE,
         lr_scheduler_type="linear",
@@ -401,7 +461,7 @@ def train_trl(job: dict[str, Any], *, packed: bool, bf16: bool) -> dict[str, Any
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=False,
-        **({"packing": True, "packing_strategy": "wrapped", "gradient_checkpointing": False} if packed else {}),
+        **options,
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
     tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
@@ -671,7 +731,7 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=None, help="SFT, per model (default: 64 / 64)")
     parser.add_argument("--train-pairs", type=int, default=None, help="DPO, per model (default: 16 / 32)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=1, help="runs per trainer; the fastest is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per trainer: median and spread are reported")
     parser.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for other jobs to calm down")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -716,10 +776,11 @@ def main() -> None:
                 write_jsonl(data_dir / "valid_pairs.jsonl", generate_pairs(4, words, tokenizer, VALID_PAIRS)),
             )
         counts = parameter_counts(model_dir)
+        jobs: dict[str, dict[str, Any]] = {}
         for trainer in args.trainers:
             method = "dpo" if trainer in DPO_TRAINERS else "sft"
             train_file, valid_file = files[method]
-            job = {
+            jobs[trainer] = {
                 "trainer": trainer,
                 "model": model_name,
                 "model_dir": str(model_dir),
@@ -728,14 +789,19 @@ def main() -> None:
                 "run_dir": str(data_dir / trainer),
                 "threads": args.threads,
             }
-            runs = []
-            for _ in range(args.repeat):
+        runs: dict[str, list[dict[str, Any]]] = {trainer: [] for trainer in args.trainers}
+        for _ in range(args.repeat):  # interleaved, so a neighbour's burst of load hits every trainer alike
+            for trainer, job in jobs.items():
                 wait_for_quiet(args.quiet_wait)
-                peaks["fp32"] = max(peaks["fp32"], gemm_peak("fp32", args.threads, seconds=1.0))  # the best seen
-                runs.append(run_worker(job))
-            result = min(runs, key=lambda r: r["train_seconds"])
+                for name in peaks:  # the best seen during the whole run
+                    peaks[name] = max(peaks[name], gemm_peak(name, args.threads, seconds=1.0))
+                runs[trainer].append(run_worker(job))
+        for trainer in args.trainers:
+            method = "dpo" if trainer in DPO_TRAINERS else "sft"
+            speeds = sorted(r["real_tokens"] / r["train_seconds"] for r in runs[trainer])
+            result = sorted(runs[trainer], key=lambda r: r["real_tokens"] / r["train_seconds"])[len(speeds) // 2]
             n_flop = counts["body"] + counts["head"] * result["head_fraction"]
-            tokens_per_s = result["real_tokens"] / result["train_seconds"]
+            tokens_per_s = statistics.median(speeds)
             # SFT: forward + activation backward = 4N per token; DPO adds the reference forward: 6N per token.
             gflops = (6 if method == "dpo" else 4) * n_flop * tokens_per_s / 1e9
             row = {
@@ -743,14 +809,16 @@ def main() -> None:
                 "trainer": trainer,
                 **result,
                 "tokens_per_s": tokens_per_s,
+                "tokens_per_s_runs": speeds,
+                "spread": f"{speeds[0]:.0f}-{speeds[-1]:.0f}",
                 "gflops": gflops,
             }
             if method == "dpo":
-                row["pairs_per_s"] = row["pairs"] / row["train_seconds"]
+                row["pairs_per_s"] = statistics.median(r["pairs"] / r["train_seconds"] for r in runs[trainer])
                 dpo_rows.append(row)
                 print(
                     f"{model_name:8} {trainer:12} steps {row['steps']:3}  {row['pairs_per_s']:6.2f} pairs/s  "
-                    f"{tokens_per_s:7.0f} tok/s  RSS {row['peak_rss_mb']:6.0f} MB  "
+                    f"{tokens_per_s:7.0f} tok/s ({row['spread']})  RSS {row['peak_rss_mb']:6.0f} MB  "
                     f"valid reward acc {row['valid_reward_accuracy']:.2f}  margin {row['valid_reward_margin']:.3f}  "
                     f"others {row['others_cores']:.1f} cores ({row['dtype']})",
                     flush=True,
@@ -758,17 +826,21 @@ def main() -> None:
                 continue
             rows.append(row)
             print(
-                f"{model_name:8} {trainer:12} steps {row['steps']:3}  {tokens_per_s:7.0f} tok/s  "
+                f"{model_name:8} {trainer:14} steps {row['steps']:3}  {tokens_per_s:7.0f} tok/s ({row['spread']})  "
                 f"RSS {row['peak_rss_mb']:6.0f} MB  valid loss {row['valid_loss']:.4f}  "
                 f"{gflops:5.0f} GFLOP/s  others {row['others_cores']:.1f} cores ({row['dtype']})",
                 flush=True,
             )
-    for row in rows + dpo_rows:  # against the best GEMM rate seen during the whole run
+    nominal = {name: nominal_peak(name, args.threads) for name in ("fp32", "bf16")}
+    for row in rows + dpo_rows:  # against the best GEMM rate seen during the whole run, and the nominal one
         row["mfu"] = row["gflops"] / peaks[row["dtype"]]
+        row["mfu_nominal"] = row["gflops"] / nominal[row["dtype"]] if nominal[row["dtype"]] else None
     tables = {"sft": markdown_table(rows) if rows else "", "dpo": dpo_markdown_table(dpo_rows) if dpo_rows else ""}
     summary = {
         "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads",
         "gemm_peak_gflops": peaks,
+        "nominal_peak_gflops": nominal,
+        "flags": cpu_flags(),
         "rows": rows,
         "dpo_rows": dpo_rows,
         "tables": tables,
@@ -783,20 +855,22 @@ def main() -> None:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | trainer | dtype | steps | real tokens | tokens/s | vs TRL default | vs TRL packed "
-        "| peak RSS MB | valid loss | GFLOP/s | MFU | others' load |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | trainer | dtype | steps | real tokens | tokens/s (median, spread) | vs TRL tuned | vs TRL default "
+        "| peak RSS MB | valid loss | GFLOP/s | MFU measured peak | MFU nominal | others' load |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         same = {r["trainer"]: r for r in rows if r["model"] == row["model"]}
         ratios = [
             f"{row['tokens_per_s'] / same[t]['tokens_per_s']:.2f}x" if t in same else "-"
-            for t in ("trl_default", "trl_packed")
+            for t in ("trl_tuned", "trl_default")
         ]
+        nominal = f"{row['mfu_nominal']:.0%}" if row.get("mfu_nominal") else "-"
         lines.append(
             f"| {row['model']} | {row['trainer']} | {row['dtype']} | {row['steps']} | {row['real_tokens']:,} "
-            f"| {row['tokens_per_s']:.0f} | {ratios[0]} | {ratios[1]} | {row['peak_rss_mb']:,.0f} "
-            f"| {row['valid_loss']:.4f} | {row['gflops']:.0f} | {row['mfu']:.0%} | {row['others_cores']:.1f} cores |"
+            f"| {row['tokens_per_s']:.0f} ({row['spread']}) | {ratios[0]} | {ratios[1]} | {row['peak_rss_mb']:,.0f} "
+            f"| {row['valid_loss']:.4f} | {row['gflops']:.0f} | {row['mfu']:.0%} | {nominal} "
+            f"| {row['others_cores']:.1f} cores |"
         )
     return "\n".join(lines)
 

@@ -20,10 +20,13 @@ from tunery.domain.errors import Unavailable
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
+from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.container import Services
 from tunery.services.deployments import DeploymentRules, DeploymentService
+from tunery.services.eval_runs import EvalRunExecutor, RunnerSettings
+from tunery.services.evals import EvalRules, EvalService
 from tunery.services.files import FileRules, FileService
-from tunery.services.graders import GraderService
+from tunery.services.graders import ChatJudge, GraderService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
@@ -32,6 +35,7 @@ from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
 from tunery.storage.deployments import DeploymentStore
+from tunery.storage.evals import EvalStore
 from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
@@ -162,9 +166,38 @@ def build_services(
     )
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
+    limits = settings.evals
+    evals = EvalService(
+        EvalStore(database),
+        files,
+        chat,
+        EvalRules(
+            max_items_per_run=limits.max_items_per_run,
+            max_completion_tokens=limits.max_completion_tokens,
+            default_completion_tokens=limits.default_completion_tokens,
+            max_run_tokens=limits.max_run_tokens,
+        ),
+    )
+    checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
+    models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
     graders = GraderService(chat, build_sandbox(settings))
     return Services(
-        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, graders=graders
+        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
+        checkpoint_evals=checkpoint_evals, graders=graders,
+    )  # fmt: skip
+
+
+def build_eval_executor(settings: Settings, services: Services) -> EvalRunExecutor:
+    """What executes eval runs: batched sampling on the chat engine, model graders judged by it too."""
+    checkpoint_evals = services.checkpoint_evals
+    return EvalRunExecutor(
+        services.evals,
+        services.chat,
+        lambda project_id: ChatJudge(services.chat, project_id),
+        RunnerSettings(batch_size=settings.evals.batch_size),
+        resolve_target=checkpoint_evals.resolve_target,
+        on_finished=checkpoint_evals.finished,
+        sandbox=services.graders.sandbox,
     )
 
 

@@ -99,6 +99,19 @@ class DeploymentsSettings(BaseModel):
     reap_interval_s: float = Field(default=3600.0, description="How often the inactivity reaper runs")
 
 
+class EvalsSettings(BaseModel):
+    """``TUNERY_EVALS__*``: eval runs (bounds checked before a run starts) and the runner in ``tunery serve``."""
+
+    runner_enabled: bool = Field(default=True, description="Run the eval runner thread inside `tunery serve`")
+    poll_interval_s: float = Field(default=0.5, description="How often an idle runner looks for queued runs")
+    batch_size: int = Field(default=32, description="Items of a run sampled together on the engine")
+    max_items_per_run: int = Field(default=5000, description="Most rows a run may have")
+    max_completion_tokens: int = Field(default=1024, description="Most completion tokens per item")
+    default_completion_tokens: int = Field(default=256, description="Completion tokens per item when unset")
+    max_run_tokens: int = Field(default=2_000_000, description="Most completion tokens (items x max) per run")
+    stale_after_s: float = Field(default=60.0, description="A run whose runner is silent this long is resumed")
+
+
 class GradersSettings(BaseModel):
     """The python grader's sandbox (one forked child per grading, from a warm pool)."""
 
@@ -131,6 +144,7 @@ class Settings(BaseSettings):
     deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
     graders: GradersSettings = Field(default_factory=GradersSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    evals: EvalsSettings = Field(default_factory=EvalsSettings)
 
     @property
     def database_url(self) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import chat, deployments, files, jobs
+from tunery.cli import chat, deployments, evals, files, jobs
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -26,6 +26,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(evals.app, name="evals")
 app.command("deploy")(deployments.deploy)
 app.command("chat")(chat.chat)
 
@@ -77,6 +78,20 @@ def serve(
         worker_thread = threading.Thread(target=runner.run, args=(stop,), name="tunery-worker", daemon=True)
         worker_thread.start()
 
+    eval_thread = None
+    if settings.evals.runner_enabled:
+        from tunery.bootstrap import build_eval_executor
+        from tunery.worker.eval_runner import EvalRunner
+
+        eval_runner = EvalRunner(
+            build_eval_executor(settings, services),
+            services.checkpoint_evals,
+            poll_s=settings.evals.poll_interval_s,
+            stale_after_s=settings.evals.stale_after_s,
+        )
+        eval_thread = threading.Thread(target=eval_runner.run, args=(stop,), name="tunery-evals", daemon=True)
+        eval_thread.start()
+
     def reap_forever() -> None:  # the 15-day inactivity rule (spec §9.1): deployments go, models stay
         while not stop.wait(settings.deployments.reap_interval_s):
             services.deployments.reap()
@@ -95,6 +110,8 @@ def serve(
         stop.set()
         if worker_thread is not None:
             worker_thread.join(timeout=30)
+        if eval_thread is not None:
+            eval_thread.join(timeout=30)
         services.close()
 
 

@@ -12,7 +12,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tunery.catalog import Catalog
@@ -87,6 +88,24 @@ class CompletionStream:
     model: str
     deltas: Iterator[ChoiceDelta]
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSampling:
+    """Sampling for every conversation of a batch; ``max_tokens`` None = as much as the context allows."""
+
+    max_tokens: int | None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAnswer:
+    text: str
+    finish_reason: str
+    usage: Usage
+    max_tokens: int
 
 
 def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
@@ -212,6 +231,48 @@ class ChatService:
         return Completion(
             id=completion_id, created=created, model=name, texts=texts, finish_reasons=reasons, usage=stream.usage
         )
+
+    def complete_batch(
+        self,
+        ref: AdapterRef,
+        conversations: list[list[dict[str, Any]]],
+        sampling: BatchSampling,
+        *,
+        window: int,
+    ) -> list[BatchAnswer | ServiceError]:
+        """Answer many conversations with one model at once: up to ``window`` are in the engine together, so
+        they share its decode steps (continuous batching). A conversation that cannot run (too long for the
+        context) gets its error in its place; the others still run."""
+        prepared: list[GenerationRequest | ServiceError] = []
+        for index, messages in enumerate(conversations):
+            request = ChatRequest(
+                messages=messages, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                top_p=sampling.top_p, n=1, stop=(), seed=sampling.seed, stream=False, include_usage=False,
+            )  # fmt: skip
+            try:
+                prepared.append(replace(self._generation_requests(ref, request)[0], request_id=str(index)))
+            except ServiceError as exc:
+                prepared.append(exc)
+        engine = self._engine_instance()
+
+        def answer(item: GenerationRequest | ServiceError) -> BatchAnswer | ServiceError:
+            if isinstance(item, ServiceError):
+                return item
+            text, reason, usage = "", "stop", Usage()
+            try:
+                for chunk in engine.generate(item):
+                    text += chunk.text
+                    if chunk.finish_reason is not None:
+                        reason = chunk.finish_reason
+                        usage = Usage(chunk.prompt_tokens, chunk.completion_tokens)
+            except ServiceError as exc:
+                return exc
+            except Exception as exc:  # one failed generation is that item's error, not the batch's
+                return Unavailable(f"Generation failed: {exc}")
+            return BatchAnswer(text=text, finish_reason=reason, usage=usage, max_tokens=item.params.max_tokens)
+
+        with ThreadPoolExecutor(max_workers=max(1, window), thread_name_prefix="tunery-batch") as pool:
+            return list(pool.map(answer, prepared))
 
     def warm(self, ref: AdapterRef) -> None:
         """Load a model's weights and adapter now (deployments call this), by generating one token."""

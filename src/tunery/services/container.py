@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunery.services.chat import ChatService
+from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.deployments import DeploymentService
+from tunery.services.evals import EvalService
 from tunery.services.files import FileService
 from tunery.services.graders import GraderService
 from tunery.services.jobs import JobService
@@ -23,6 +25,8 @@ class Services:
     runs: RunService
     deployments: DeploymentService
     chat: ChatService
+    evals: EvalService
+    checkpoint_evals: CheckpointEvals
     graders: GraderService
 
     def close(self) -> None:

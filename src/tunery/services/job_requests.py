@@ -82,6 +82,12 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
     )
     if early_stopping is not None:
         extras["early_stopping"] = early_stopping
+    if body.get("evals") is not None:  # Tunery extension: evals to run on every checkpoint (checked by the caller)
+        evals = body["evals"]
+        if not isinstance(evals, list) or not all(isinstance(e, dict) and isinstance(e.get("eval_id"), str)
+                                                  for e in evals):  # fmt: skip
+            raise InvalidRequest("evals must be a list of objects with an 'eval_id'.", param="evals")
+        extras["evals"] = evals
     return JobRequest(
         model=model,
         training_file=training_file,

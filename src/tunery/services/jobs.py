@@ -14,7 +14,7 @@ from typing import Any
 from tunery.domain.checkpoints import Checkpoint
 from tunery.domain.datasets import DatasetFormat
 from tunery.domain.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
-from tunery.domain.events import EventLevel, JobEvent
+from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
@@ -173,10 +173,16 @@ class JobService:
         self._jobs.delete(project_id, job_id)
 
     # ----------------------------------------------------------------------------------------- helpers
-    def log(self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO) -> None:
+    def log(
+        self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO, data: dict[str, Any] | None = None
+    ) -> None:
+        """Append an event to the job (a ``metrics`` event when it carries ``data``)."""
         self._events.append(
-            JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(self._clock()), level=level, message=message)
-        )
+            JobEvent(
+                id=new_id("ftevent"), job_id=job_id, created_at=int(self._clock()), level=level, message=message,
+                type=EventType.METRICS if data else EventType.MESSAGE, data=data,
+            )
+        )  # fmt: skip
 
     def _move(
         self,

@@ -38,6 +38,9 @@ class ModelEntry:
     description: str = ""
 
 
+BEST_SUFFIX = ":best"
+
+
 class ModelService:
     def __init__(
         self,
@@ -57,6 +60,7 @@ class ModelService:
         self._is_deployed = is_deployed or (lambda _project, _model: False)
         self._started_at = started_at or int(clock())
         self._clock = clock
+        self._best: Callable[[str, str], str] | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -65,10 +69,17 @@ class ModelService:
     def set_deployment_check(self, check: DeploymentCheck) -> None:
         self._is_deployed = check
 
+    def set_best_checkpoint(self, best: Callable[[str, str], str]) -> None:
+        """``best(project_id, model)`` names the best-scoring checkpoint of a fine-tuned model: what
+        ``<model>:best`` means (per-checkpoint evals)."""
+        self._best = best
+
     def resolve(self, project_id: str, name: str) -> AdapterRef:
         """Raises:
         NotFound: no base model, fine-tuned model or checkpoint of this project has that name (param model).
         """
+        if name.endswith(BEST_SUFFIX) and self._best is not None:
+            name = self._best(project_id, name.removesuffix(BEST_SUFFIX))
         try:
             spec = self._catalog.get(name)
         except NotFound:

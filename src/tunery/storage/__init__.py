@@ -8,6 +8,7 @@ from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database, sqlite_url
 from tunery.storage.deployments import DeploymentStore
+from tunery.storage.evals import EvalStore
 from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
@@ -20,6 +21,7 @@ __all__ = [
     "CheckpointStore",
     "Database",
     "DeploymentStore",
+    "EvalStore",
     "EventStore",
     "FileStore",
     "JobStore",

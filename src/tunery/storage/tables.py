@@ -180,3 +180,60 @@ deployments = Table(
     Column("error", Text, nullable=True),
     UniqueConstraint("project_id", "name", name="uq_deployments_project_id_name"),
 )
+
+evals = Table(
+    "evals",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("name", String, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("data_source_config", JSON, nullable=False),  # as echoed: {"type": "custom", "schema": {...}}
+    Column("testing_criteria", JSON, nullable=False),  # [grader as echoed, with its "id"]
+    Column("metadata", JSON(none_as_null=True), nullable=True),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("eval_id", ID, ForeignKey("evals.id"), nullable=False, index=True),
+    Column("project_id", ID, nullable=False),
+    Column("name", String, nullable=False),
+    Column("model", String, nullable=False),
+    Column("status", ENUM, nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("data_source", JSON, nullable=False),
+    Column("metadata", JSON(none_as_null=True), nullable=True),
+    Column("error", JSON, nullable=False),  # {"code", "message"}; empty strings while there is none
+    Column("result_counts", JSON, nullable=False),
+    Column("per_model_usage", JSON, nullable=False),
+    Column("per_testing_criteria_results", JSON, nullable=False),
+    # Tunery's per-checkpoint evals: the job and checkpoint (None = the base model) this run scores.
+    Column("job_id", ID, nullable=True, index=True),
+    Column("checkpoint", String, nullable=True),
+    Column("step", Integer, nullable=False),
+    Column("items_total", Integer, nullable=False),
+    Column("worker_id", String, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+)
+
+eval_output_items = Table(
+    "eval_output_items",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("run_id", ID, ForeignKey("eval_runs.id"), nullable=False, index=True),
+    Column("eval_id", ID, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("status", ENUM, nullable=False),
+    Column("datasource_item_id", Integer, nullable=False),
+    Column("datasource_item", JSON, nullable=False),
+    Column("results", JSON, nullable=False),
+    Column("sample", JSON, nullable=False),
+    Column("errored", Integer, nullable=False),  # 1 when sampling or a grader errored
+    UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_id_datasource_item_id"),
+)

@@ -12,8 +12,10 @@ from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
 from tunery.api.dialects import Dialect
 from tunery.api.schemas.common import ListResponse
 from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
-from tunery.domain.errors import NotFound
+from tunery.domain.errors import NotFound, ServiceError
+from tunery.domain.jobs import Job
 from tunery.domain.pagination import Order, PageRequest
+from tunery.services.container import Services
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -21,6 +23,25 @@ METADATA_QUERY = re.compile(r"^metadata\[(?P<key>[^\]]+)\]$")
 JOBS_PAGE = {"default_limit": 20, "max_limit": 100}
 EVENTS_PAGE = {"default_limit": 20, "max_limit": 1000}
 CHECKPOINTS_PAGE = {"default_limit": 10, "max_limit": 100}
+
+
+def _model_known(services: Services, project_id: str, model: object) -> bool:
+    if not isinstance(model, str) or not model:
+        return False
+    try:
+        services.models.resolve(project_id, model)
+    except ServiceError:
+        return False
+    return True
+
+
+def _job(services: Services, job: Job, dialect: Dialect) -> FineTuningJob:
+    """The wire job, with the per-checkpoint eval extension fields when the job has evals."""
+    shown = FineTuningJob.from_domain(job, dialect)
+    extension = services.checkpoint_evals.results(job)
+    if extension:
+        shown = shown.model_copy(update=extension)
+    return shown
 
 
 def _page(limit: int | None, after: str | None, bounds: dict[str, int]) -> PageRequest:
@@ -35,11 +56,15 @@ def create_job(
     dialect: DialectDep,
     body: Annotated[dict[str, Any], Body()],
 ) -> Response:
+    if body.get("evals") is not None and _model_known(services, principal.project_id, body.get("model")):
+        evals = services.checkpoint_evals.check(principal.project_id, body["evals"], str(body["model"]))
+        body = {**body, "evals": evals}
     job = services.jobs.create(principal.project_id, body)
+    services.checkpoint_evals.start(job)
     headers = {}
     if dialect.created_status == 201:
         headers["Location"] = f"{str(request.base_url).rstrip('/')}/openai/fine_tuning/jobs/{job.id}"
-    payload = FineTuningJob.from_domain(job, dialect).model_dump(mode="json")
+    payload = _job(services, job, dialect).model_dump(mode="json")
     return JSONResponse(payload, status_code=dialect.created_status, headers=headers)
 
 
@@ -58,7 +83,7 @@ def list_jobs(
         if (match := METADATA_QUERY.match(name))
     }
     result = services.jobs.list(principal.project_id, _page(limit, after, JOBS_PAGE), metadata or None)
-    data = [FineTuningJob.from_domain(job, dialect) for job in result.data]
+    data = [_job(services, job, dialect) for job in result.data]
     return ListResponse[FineTuningJob].of(data, result.has_more)
 
 
@@ -66,7 +91,7 @@ def list_jobs(
 def retrieve_job(
     fine_tuning_job_id: str, services: ServicesDep, principal: PrincipalDep, dialect: DialectDep
 ) -> FineTuningJob:
-    return FineTuningJob.from_domain(services.jobs.retrieve(principal.project_id, fine_tuning_job_id), dialect)
+    return _job(services, services.jobs.retrieve(principal.project_id, fine_tuning_job_id), dialect)
 
 
 @router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", response_model=FineTuningJob)
@@ -138,5 +163,10 @@ def list_checkpoints(
     page = services.jobs.list_checkpoints(
         principal.project_id, fine_tuning_job_id, _page(limit, after, CHECKPOINTS_PAGE)
     )
-    data = [FineTuningJobCheckpoint.from_domain(checkpoint) for checkpoint in page.data]
+    job = services.jobs.retrieve(principal.project_id, fine_tuning_job_id)
+    data = []
+    for checkpoint in page.data:
+        shown = FineTuningJobCheckpoint.from_domain(checkpoint)
+        shown.metrics = {**shown.metrics, **services.checkpoint_evals.metrics(job, checkpoint)}
+        data.append(shown)
     return ListResponse[FineTuningJobCheckpoint].of(data, page.has_more, ids=True)

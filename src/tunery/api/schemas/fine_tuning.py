@@ -88,11 +88,17 @@ class FineTuningJob(BaseModel):
     """Tunery extension: step, total steps and tokens so far, once the job has started."""
     early_stopping: dict[str, float] | None = None
     """Tunery extension: the early-stopping rule in force ({patience, min_delta}); absent when off."""
+    evals: list[dict[str, Any]] | None = None
+    """Tunery extension: the evals run on every checkpoint, as requested."""
+    eval_results: list[dict[str, Any]] | None = None
+    """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
+    best_checkpoint: dict[str, Any] | None = None
+    """Tunery extension: the checkpoint with the highest mean pass rate; deploy it as ``<model>:best``."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("trainingType", "prompt_loss_weight", "early_stopping"):
+        for key in ("trainingType", "prompt_loss_weight", "early_stopping", "evals", "eval_results", "best_checkpoint"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

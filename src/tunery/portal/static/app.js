@@ -3,6 +3,7 @@
 // (stop polling, abort streams) which the router calls before showing the next page.
 
 import { api, clearKey, getKey, setKey } from "./api.js";
+import * as evals from "./evals.js";
 import * as files from "./files.js";
 import * as jobs from "./jobs.js";
 import * as models from "./models.js";
@@ -19,6 +20,9 @@ const ROUTES = [
   [/^\/models$/, models.models, "models", "Models"],
   [/^\/deployments$/, models.deployments, "deployments", "Deployments"],
   [/^\/playground$/, playground.render, "playground", "Playground"],
+  [/^\/evals$/, evals.list, "evals", "Evals"],
+  [/^\/evals\/([^/]+)$/, evals.detail, "evals", "Eval"],
+  [/^\/evals\/([^/]+)\/runs\/([^/]+)$/, evals.run, "evals", "Eval run"],
 ];
 const PROJECT_STORAGE = "tunery.project";
 

@@ -235,12 +235,18 @@ export async function detail(main, { params: [id], learnProject }) {
       { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
       isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
         : { label: "Token accuracy", cell: metric("train_mean_token_accuracy"), class: "num hide-sm" },
+      state.job && state.job.evals ? { label: "Eval pass rate", class: "num", cell: (c) => {
+        const best = state.job.best_checkpoint && state.job.best_checkpoint.step_number === c.step_number;
+        const rate = c.metrics.eval_pass_rate;
+        return h("span", { class: best ? "best-checkpoint" : null }, rate === undefined ? "…" : `${(100 * rate).toFixed(1)} %`,
+          best ? h("strong", {}, " ★ best") : null);
+      } } : null,
       { label: "Created", cell: (c) => formatTime(c.created_at), class: "num hide-lg" },
       { label: "Actions", cell: (c) => h("button", {
         type: "button", class: "btn btn-small", "aria-label": `Deploy step ${c.step_number}`,
         onclick: () => openDeployDialog(c.fine_tuned_model_checkpoint, { step: c.step_number }),
       }, "Deploy") },
-    ], state.checkpoints, { caption: "Checkpoints", empty: "Checkpoints appear at the end of each epoch (and when a job pauses)." }));
+    ].filter(Boolean), state.checkpoints, { caption: "Checkpoints", empty: "Checkpoints appear at the end of each epoch (and when a job pauses)." }));
   }
 
   function drawEvents(fresh) {
