@@ -24,7 +24,9 @@ from tunery.services.deployments import DeploymentRules, DeploymentService
 from tunery.services.files import FileRules, FileService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
+from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.portability import ExportService, ImportRules, ImportService
 from tunery.services.runs import RunService, RunSettings
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
@@ -34,6 +36,7 @@ from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.portability import ImportedModelStore, MigrationStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
 from tunery.training.spec import LoraSpec
 
@@ -104,7 +107,8 @@ def build_services(
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
     model_store = ModelStore(database)
-    models = ModelService(catalog, model_store, checkpoints, jobs_store)
+    imported, migrated = ImportedModelStore(database), MigrationStore(database)
+    models = ModelService(catalog, model_store, checkpoints, jobs_store, imported=imported, migrations=migrated)
     jobs = JobService(
         jobs_store,
         events,
@@ -147,6 +151,7 @@ def build_services(
             num_threads=worker.num_threads,
             stale_after_s=worker.stale_after_s,
         ),
+        imported=imported,
     )
     deployments = DeploymentService(
         DeploymentStore(database),
@@ -159,7 +164,18 @@ def build_services(
     )
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
-    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
+    portability = settings.portability
+    exports = ExportService(models, blobs, base_weights, settings.data_dir / "exports")
+    imports = ImportService(
+        models, catalog, imported, blobs, base_weights,
+        ImportRules(allowed_dir=portability.import_allowed_dir, max_archive_bytes=portability.max_import_bytes),
+        settings.data_dir / "imports",
+    )  # fmt: skip
+    migrations = MigrationService(migrated, files, jobs, models, chat)
+    return Services(
+        keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat,
+        exports=exports, imports=imports, migrations=migrations,
+    )  # fmt: skip
 
 
 def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:

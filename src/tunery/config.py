@@ -99,6 +99,15 @@ class DeploymentsSettings(BaseModel):
     reap_interval_s: float = Field(default=3600.0, description="How often the inactivity reaper runs")
 
 
+class PortabilitySettings(BaseModel):
+    """Export, import and migration (README "Moving in and out")."""
+
+    import_allowed_dir: Path | None = Field(
+        default=None, description="Adapters in folders under this one may be imported by server path; unset: off"
+    )
+    max_import_bytes: int = Field(default=2 * 1024**3, description="Largest adapter archive accepted for import")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -120,6 +129,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
+    portability: PortabilitySettings = Field(default_factory=PortabilitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property

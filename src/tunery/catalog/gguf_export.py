@@ -235,4 +235,3 @@ def _chat_template(base_dir: Path) -> str | None:
     path = base_dir / "tokenizer_config.json"
     template = json.loads(path.read_text(encoding="utf-8")).get("chat_template") if path.is_file() else None
     return template if isinstance(template, str) else None
-

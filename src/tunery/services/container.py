@@ -9,7 +9,9 @@ from tunery.services.deployments import DeploymentService
 from tunery.services.files import FileService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
+from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.portability import ExportService, ImportService
 from tunery.services.runs import RunService
 
 
@@ -22,6 +24,9 @@ class Services:
     runs: RunService
     deployments: DeploymentService
     chat: ChatService
+    exports: ExportService
+    imports: ImportService
+    migrations: MigrationService
 
     def close(self) -> None:
         self.files.close()
