@@ -76,7 +76,10 @@ class SafetensorsReader:
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:  # an array handed out still views the map; it goes when the last one does
+                pass
         self._handle.close()
 
     def names(self) -> list[str]:
