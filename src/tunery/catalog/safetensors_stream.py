@@ -9,6 +9,7 @@ model size. Web-process safe: numpy only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import struct
@@ -76,10 +77,9 @@ class SafetensorsReader:
 
     def close(self) -> None:
         if self._map is not None:
-            try:
+            # An array handed out may still view the map; then it goes when the last such array does.
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:  # an array handed out still views the map; it goes when the last one does
-                pass
         self._handle.close()
 
     def names(self) -> list[str]:
