@@ -79,7 +79,8 @@ def test_merged_folder_loads_with_plain_transformers_and_answers_like_peft(setup
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    assert tokenizer.chat_template
+    assert "<|im_start|>" in tokenizer.chat_template
     ref = reference(setup)
     for prompt in PROMPTS:
         assert greedy(merged, tokenizer, prompt) == greedy(ref, tokenizer, prompt)
@@ -108,7 +109,7 @@ def test_gguf_adapter_has_llama_cpp_lora_names_shapes_and_metadata(setup: dict[s
 def test_gguf_merged_model_reads_back_and_computes_what_peft_computes(setup: dict[str, Path]) -> None:
     folder = setup["root"] / "gguf"
     reader = gguf.GGUFReader(folder / "tiny.ft-abc.gguf")
-    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
+    fields = {n: f.contents() for n, f in reader.fields.items() if not n.startswith("tokenizer.ggml.t")}
     assert fields["general.type"] == "model"
     assert fields["llama.block_count"] == 2
     assert fields["llama.attention.head_count_kv"] == 2
@@ -138,7 +139,8 @@ def test_archive_has_a_top_folder_and_a_checksum(setup: dict[str, Path], tmp_pat
 
     size, digest = write_archive(setup["root"] / "peft", tmp_path / "tiny-peft.tar")
     data = (tmp_path / "tiny-peft.tar").read_bytes()
-    assert size == len(data) and digest == hashlib.sha256(data).hexdigest()
+    assert size == len(data)
+    assert digest == hashlib.sha256(data).hexdigest()
     with tarfile.open(tmp_path / "tiny-peft.tar") as archive:
         assert sorted(archive.getnames()) == ["tiny-peft/README.md", "tiny-peft/adapter_config.json",
                                               "tiny-peft/adapter_model.safetensors"]  # fmt: skip
@@ -156,14 +158,15 @@ def test_the_import_check_names_what_does_not_fit(setup: dict[str, Path], tmp_pa
                          num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
     LlamaForCausalLM(config).save_pretrained(other_base)
     wide = make_adapter(other_base, tmp_path / "wide-adapter")
-    with PeftAdapter(wide) as adapter, pytest.raises(AdapterProblem, match=r"LoRA shapes A \[4, 128\] / B \[96, 4\].*128->64"):
+    wrong = r"LoRA shapes A \[4, 128\] / B \[96, 4\].*128->64"
+    with PeftAdapter(wide) as adapter, pytest.raises(AdapterProblem, match=wrong):
         check_against_base(adapter, base_infos, "tiny-llama")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(setup["adapter"], corrupt)
     weights = corrupt / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(AdapterProblem, match="not a valid safetensors file.*truncated or corrupt"):
+    with pytest.raises(AdapterProblem, match=r"not a valid safetensors file.*truncated or corrupt"):
         PeftAdapter(corrupt)
 
     missing = tmp_path / "missing"
