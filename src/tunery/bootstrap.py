@@ -26,7 +26,7 @@ from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
-from tunery.services.portability import ExportService, ImportRules, ImportService
+from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
 from tunery.services.runs import RunService, RunSettings
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
@@ -165,7 +165,10 @@ def build_services(
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
     portability = settings.portability
-    exports = ExportService(models, blobs, base_weights, settings.data_dir / "exports")
+    exports = ExportService(
+        models, blobs, base_weights, settings.data_dir / "exports",
+        HubSettings(endpoint=portability.hf_endpoint, token=portability.hf_token),
+    )  # fmt: skip
     imports = ImportService(
         models, catalog, imported, blobs, base_weights,
         ImportRules(allowed_dir=portability.import_allowed_dir, max_archive_bytes=portability.max_import_bytes),

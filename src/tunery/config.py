@@ -106,6 +106,8 @@ class PortabilitySettings(BaseModel):
         default=None, description="Adapters in folders under this one may be imported by server path; unset: off"
     )
     max_import_bytes: int = Field(default=2 * 1024**3, description="Largest adapter archive accepted for import")
+    hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face Hub for pushes")
+    hf_token: str | None = Field(default=None, description="Hub token used when a push request brings none")
 
 
 class ApiSettings(BaseModel):

@@ -7,6 +7,7 @@ Run alone: ``.venv/bin/pytest tests/integration/test_portability.py``
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -15,9 +16,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gguf
 import httpx
@@ -40,8 +43,64 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 MAX_TOKENS = 12
 
 
+class FakeHub(BaseHTTPRequestHandler):
+    """The few Hugging Face Hub endpoints ``HfApi.create_repo`` / ``upload_folder`` call, answering every file as
+    a regular (inline) upload; what was committed is kept in ``commits`` (no network on these machines)."""
+
+    commits: ClassVar[list[dict[str, Any]]] = []
+    cards: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        auth = self.headers.get("authorization", "")
+        if auth != "Bearer hf_test_token":
+            return self._reply(401, {"error": "Invalid credentials in Authorization header"})
+        if self.path == "/api/validate-yaml":  # the model card's metadata
+            FakeHub.cards.append(json.loads(body)["content"])
+            return self._reply(200, {"errors": [], "warnings": []})
+        if self.path == "/api/repos/create":
+            request = json.loads(body)
+            return self._reply(200, {"url": f"{self.root()}/{request.get('organization')}/{request['name']}"})
+        parts = self.path.split("?")[0].split("/")  # /api/models/<owner>/<name>/<preupload|commit>/<revision>
+        if len(parts) == 7 and parts[5] == "preupload":
+            files = json.loads(body)["files"]
+            listed = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            return self._reply(200, {"files": listed})
+        if len(parts) == 7 and parts[5] == "commit":
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            files = {item["value"]["path"]: base64.b64decode(item["value"]["content"])
+                     for item in lines if item["key"] == "file"}  # fmt: skip
+            FakeHub.commits.append({"repo": f"{parts[3]}/{parts[4]}", "files": files})
+            return self._reply(200, {"commitUrl": f"{self.root()}/{parts[3]}/{parts[4]}/commit/{'a' * 40}",
+                                     "commitOid": "a" * 40})  # fmt: skip
+        return self._reply(404, {"error": f"not faked: {self.path}"})
+
+    def root(self) -> str:
+        return f"http://{self.headers['host']}"
+
+    def _reply(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def dest(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+def fake_hub() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, fake_hub: str) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("dest-data")
     allowed = data_dir / "allowed"
     allowed.mkdir()
@@ -52,6 +111,7 @@ def dest(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iter
         "TUNERY_MODELS__BASE_MODELS": f'["tiny-llama={tiny_model_dir}"]',
         "TUNERY_INFERENCE__DTYPE": "fp32",
         "TUNERY_PORTABILITY__IMPORT_ALLOWED_DIR": str(allowed),
+        "TUNERY_PORTABILITY__HF_ENDPOINT": fake_hub,
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)
@@ -79,14 +139,21 @@ def client_of(server: Server, key: str | None = None) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key or server.key, max_retries=0, timeout=300)
 
 
-def train(client: openai.OpenAI, *, suffix: str, **extra: Any) -> Any:
+def train(client: openai.OpenAI, *, suffix: str, steps: int = 36, **extra: Any) -> Any:
+    """``steps`` 36 moves the tiny model well away from its base (3 epochs of 24 examples, batch 2)."""
     job = client.fine_tuning.jobs.create(
         model=extra.pop("model", "tiny-llama"),
-        training_file=upload(client, colour_jsonl(24), f"{suffix}-train.jsonl"),
+        training_file=upload(client, colour_jsonl(24 if steps == 36 else 2 * steps), f"{suffix}-train.jsonl"),
         suffix=suffix,
         method={
             "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10}},
+            "supervised": {
+                "hyperparameters": {
+                    "n_epochs": 3 if steps == 36 else 1,
+                    "batch_size": 2,
+                    "learning_rate_multiplier": 10,
+                }
+            },
         },
         **extra,
     )
@@ -171,6 +238,19 @@ def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_pat
     bad_format = download(dest, model, format="onnx")
     assert bad_format.status_code == 400
     assert "peft, merged, gguf" in bad_format.json()["error"]["message"]
+
+    pushed: Any = client.post(f"/models/{model}/push", cast_to=object,
+                              body={"hf_output_repo_name": "me/colours", "hf_token": "hf_test_token"})  # fmt: skip
+    assert pushed["repo_id"] == "me/colours"
+    (commit,) = FakeHub.commits
+    assert commit["repo"] == "me/colours"
+    assert commit["files"]["adapter_model.safetensors"] == (peft_dir / "adapter_model.safetensors").read_bytes()
+    assert "base_model: tiny-llama" in commit["files"]["README.md"].decode()
+    with pytest.raises(openai.BadRequestError, match="refused the push"):
+        client.post(f"/models/{model}/push", body={"hf_output_repo_name": "me/colours", "hf_token": "wrong"},
+                    cast_to=object)  # fmt: skip
+    with pytest.raises(openai.BadRequestError, match="token is needed"):
+        client.post(f"/models/{model}/push", body={"hf_output_repo_name": "me/colours"}, cast_to=object)
 
     cli_dir = tmp_path / "cli-export"
     env = {**dest.env, "TUNERY_BASE_URL": f"{dest.url}/v1", "TUNERY_API_KEY": dest.key}
@@ -273,8 +353,8 @@ def test_migrate_jobs_from_another_server(server: Server, dest: Server) -> None:
     source_key = tunery(server.env, "keys", "create", "--project", "migration-source")
     source = openai.OpenAI(base_url=f"{server.url}/v1", api_key=source_key, max_retries=0, timeout=300)
     validation = upload(source, colour_jsonl(10, offset=50), "held-out.jsonl")
-    first = train(source, suffix="alpha", seed=7, metadata={"team": "red"}, validation_file=validation)
-    second = train(source, suffix="beta", seed=11, metadata={"team": "blue"})
+    first = train(source, suffix="alpha", steps=6, seed=7, metadata={"team": "red"}, validation_file=validation)
+    second = train(source, suffix="beta", steps=6, seed=11, metadata={"team": "blue"})
     client = client_of(dest)
     body = {"source_url": f"{server.url}/v1", "api_key": source_key, "base_model": "tiny-llama", "compare": False}
 
@@ -289,7 +369,7 @@ def test_migrate_jobs_from_another_server(server: Server, dest: Server) -> None:
         assert new.seed == old.seed
         assert new.user_provided_suffix == old.user_provided_suffix
         assert new.metadata == {**(old.metadata or {}), "migrated_from": old.id}
-        assert new.method.supervised.hyperparameters.n_epochs == 3  # type: ignore[union-attr]
+        assert new.method.supervised.hyperparameters.n_epochs == 1  # type: ignore[union-attr]
         assert bool(new.validation_file) == bool(old.validation_file)
         # the old id reaches the new fine-tune, in chat and in deployments
         assert tunery_answer(client, old.fine_tuned_model, PROMPTS[0]) == tunery_answer(

@@ -34,6 +34,7 @@ def export_peft(adapter_dir: Path, out_dir: Path, *, base_id: str, model_name: s
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     shutil.copyfile(adapter_dir / WEIGHTS_FILE, out_dir / WEIGHTS_FILE)
     (out_dir / "README.md").write_text(
+        f"---\nbase_model: {base_id}\nlibrary_name: peft\ntags:\n- lora\n- tunery\n---\n\n"
         f"# {model_name}\n\nA LoRA adapter for `{base_id}`, exported by Tunery.\n\n"
         "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
         f'base = AutoModelForCausalLM.from_pretrained("{base_id}")\n'

@@ -4,14 +4,15 @@ Hand-written on purpose (the format is an 8-byte length, a JSON header and raw b
 cannot read bfloat16 (numpy has no such type) and its writer wants every tensor in memory at once. Here a
 reader memory-maps the file and hands out one tensor as a float32 (or raw) array, and a writer takes the
 header up front and then the tensors in order, so export and import hold one tensor at a time whatever the
-model size. Web-process safe: numpy only.
+model size. Tensors are read with ``pread`` rather than memory-mapped: a mapped file's pages count in the
+process's resident memory until it is closed, read buffers are freed tensor by tensor. Web-process safe:
+numpy only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import mmap
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class TensorInfo:
 
 
 class SafetensorsReader:
-    """One safetensors file, memory-mapped; ``array`` reads a single tensor.
+    """One safetensors file, open; ``array`` reads a single tensor.
 
     Raises:
         SafetensorsError: on open, when the header or the offsets are not valid.
@@ -64,7 +65,6 @@ class SafetensorsReader:
         self._handle = path.open("rb")
         try:
             self.metadata, self.tensors, self._data_start = _read_header(self._handle, path.stat().st_size)
-            self._map = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if self.tensors else None
         except BaseException:
             self._handle.close()
             raise
@@ -76,22 +76,22 @@ class SafetensorsReader:
         self.close()
 
     def close(self) -> None:
-        if self._map is not None:
-            # An array handed out may still view the map; then it goes when the last such array does.
-            with contextlib.suppress(BufferError):
-                self._map.close()
         self._handle.close()
 
     def names(self) -> list[str]:
         return list(self.tensors)
 
     def raw(self, name: str) -> np.ndarray:
-        """The tensor's stored values (bfloat16 as uint16 bits), a read-only view of the mapped file."""
+        """The tensor's stored values (bfloat16 as uint16 bits), read from disk into a new array."""
         info = self.tensors[name]
-        assert self._map is not None
-        flat = np.frombuffer(self._map, dtype=_NUMPY[info.dtype], count=int(np.prod(info.shape, dtype=np.int64)),
-                             offset=self._data_start + info.start)  # fmt: skip
-        return flat.reshape(info.shape)
+        buffer = bytearray(info.nbytes)
+        view, done, fd = memoryview(buffer), 0, self._handle.fileno()
+        while done < info.nbytes:
+            count = os.preadv(fd, [view[done:]], self._data_start + info.start + done)
+            if count <= 0:
+                raise SafetensorsError(f"tensor '{name}' ends past the end of the file")
+            done += count
+        return np.frombuffer(buffer, dtype=_NUMPY[info.dtype]).reshape(info.shape)
 
     def array(self, name: str) -> np.ndarray:
         """The tensor as float32 (floating types) or its own integer type."""

@@ -23,12 +23,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from tunery.catalog import BaseModelSpec, Catalog
 from tunery.catalog.export import EXPORT_FORMATS, export_model, sha256_of, write_archive
 from tunery.catalog.gguf_export import UnsupportedForGguf
 from tunery.catalog.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterProblem, PeftAdapter, check_against_base
 from tunery.catalog.safetensors_stream import SafetensorsError, read_infos, weight_files
-from tunery.domain.errors import InvalidRequest, NotFound
+from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
 from tunery.services.models import ModelEntry, ModelService
 from tunery.services.runs import adapter_path
 from tunery.storage.blobs import BlobStore
@@ -48,8 +50,22 @@ class ExportedFile:
     media_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    endpoint: str = "https://huggingface.co"
+    token: str | None = None  # used when a push request brings none
+
+
 class ExportService:
-    def __init__(self, models: ModelService, blobs: BlobStore, base_weights: BaseWeights, export_dir: Path) -> None:
+    def __init__(
+        self,
+        models: ModelService,
+        blobs: BlobStore,
+        base_weights: BaseWeights,
+        export_dir: Path,
+        hub: HubSettings | None = None,
+    ) -> None:
+        self._hub = hub or HubSettings()
         self._models = models
         self._blobs = blobs
         self._base_weights = base_weights
@@ -92,6 +108,44 @@ class ExportService:
         digest = (folder / "archive.tar.sha256").read_text().strip()
         filename = f"{model_name}-{fmt}.tar"
         return ExportedFile(archive, filename, archive.stat().st_size, digest, "application/x-tar")
+
+    def push_to_hub(
+        self, project_id: str, name: str, fmt: str, *, repo_id: str, token: str | None, private: bool
+    ) -> dict[str, str]:
+        """Export the model and upload the folder to a Hugging Face Hub repository (created if missing).
+
+        Raises:
+            InvalidRequest: no token, a bad repo id, or the Hub refused the upload (its message is passed on).
+            Unavailable: the Hub cannot be reached.
+        """
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise InvalidRequest(f"hf_output_repo_name '{repo_id}' is not 'owner/name'.", param="hf_output_repo_name")
+        token = token or self._hub.token
+        if not token:
+            raise InvalidRequest(
+                "A Hugging Face token is needed: pass hf_token, or the admin sets TUNERY_PORTABILITY__HF_TOKEN.",
+                param="hf_token",
+            )
+        exported = self.export(project_id, name, fmt)
+        folder = exported.path.parent / "files"
+        api = HfApi(endpoint=self._hub.endpoint, token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=f"Upload {name} ({fmt}) exported by Tunery"
+            )
+        except (HfHubHTTPError, ValueError) as exc:
+            raise InvalidRequest(
+                f"The Hub at {self._hub.endpoint} refused the push: {exc}", param="hf_output_repo_name",
+                code="hub_error",
+            ) from None  # fmt: skip
+        except (OSError, httpx.HTTPError) as exc:
+            raise Unavailable(f"Cannot reach the Hub at {self._hub.endpoint}: {exc}") from None
+        return {"object": "model.push", "model": name, "format": fmt, "repo_id": repo_id,
+                "commit_url": str(commit.commit_url), "commit_oid": str(commit.oid)}  # fmt: skip
 
     def _build(
         self, fmt: str, adapter_key: str, base_model: str, folder: Path, *, base_id: str, model_name: str

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from tunery.api.deps import PrincipalDep, ServicesDep
 from tunery.api.schemas.common import DeletedResponse, ListResponse
@@ -90,6 +91,21 @@ def export_model(
             "Digest": f"sha-256={_b64(exported.sha256)}",
         },
     )
+
+
+class PushBody(BaseModel):
+    hf_output_repo_name: str = Field(min_length=3, description="The Hub repository, 'owner/name'")
+    format: str = Field(default="peft", description="peft | merged | gguf")
+    hf_token: str | None = Field(default=None, description="Hub token (write access); not stored")
+    private: bool = True
+
+
+@router.post("/models/{model:path}/push")
+def push_model(model: str, body: PushBody, services: ServicesDep, principal: PrincipalDep) -> dict[str, str]:
+    return services.exports.push_to_hub(
+        principal.project_id, model, body.format, repo_id=body.hf_output_repo_name, token=body.hf_token,
+        private=body.private,
+    )  # fmt: skip
 
 
 @router.get("/models/{model:path}", response_model=Model)
