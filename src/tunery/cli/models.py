@@ -116,6 +116,24 @@ def import_adapter(
     console.print(f"Imported [bold]{model['id']}[/bold]")
 
 
+@app.command("push")
+def push(
+    model: Annotated[str, typer.Argument(help="Fine-tuned model or checkpoint")],
+    repo: Annotated[str, typer.Option("--repo", help="Hugging Face Hub repository, owner/name")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="peft | merged | gguf")] = "peft",
+    hf_token: Annotated[str | None, typer.Option(envvar="HF_TOKEN", help="Hub token with write access")] = None,
+    public: Annotated[bool, typer.Option(help="Create the repository public (default private)")] = False,
+    base_url: BaseUrlOption = URL,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Push an exported model to a Hugging Face Hub repository (the server uploads it)."""
+    client = make_client(base_url, api_key).with_options(timeout=3600.0)
+    body = {"hf_output_repo_name": repo, "format": fmt, "hf_token": hf_token, "private": not public}
+    with api_errors():
+        pushed: Any = client.post(f"/models/{quote(model, safe='')}/push", body=body, cast_to=object)
+    console.print(f"Pushed {model} ({fmt}) to {pushed['repo_id']}: {pushed['commit_url']}")
+
+
 def migrate(
     from_url: Annotated[str, typer.Option("--from-url", help="The source's OpenAI-layout URL (…/v1)")],
     source_key: Annotated[
