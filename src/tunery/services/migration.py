@@ -19,7 +19,7 @@ from typing import Any
 
 import openai
 
-from tunery.domain.errors import Conflict, InvalidRequest, ServiceError
+from tunery.domain.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from tunery.domain.files import FileStatus
 from tunery.services.chat import ChatService, Completion
 from tunery.services.files import FileService
@@ -95,7 +95,10 @@ class MigrationService:
         """
         url = request.source_url.rstrip("/")
         base = request.base_model or self._models.catalog.default.name
-        self._models.catalog.get(base) if request.base_model else None
+        try:
+            self._models.catalog.get(base)
+        except NotFound as exc:
+            raise InvalidRequest(exc.message, param="base_model") from None
         client = self._client_factory(url, request.api_key)
         try:
             source_jobs = list(client.fine_tuning.jobs.list(limit=100))
