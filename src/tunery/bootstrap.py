@@ -29,7 +29,9 @@ from tunery.services.files import FileRules, FileService
 from tunery.services.graders import ChatJudge, GraderService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
+from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
 from tunery.services.runs import RunService, RunSettings
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
@@ -40,6 +42,7 @@ from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.portability import ImportedModelStore, MigrationStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
 from tunery.training.spec import LoraSpec
 
@@ -110,7 +113,8 @@ def build_services(
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
     model_store = ModelStore(database)
-    models = ModelService(catalog, model_store, checkpoints, jobs_store)
+    imported, migrated = ImportedModelStore(database), MigrationStore(database)
+    models = ModelService(catalog, model_store, checkpoints, jobs_store, imported=imported, migrations=migrated)
     jobs = JobService(
         jobs_store,
         events,
@@ -154,6 +158,7 @@ def build_services(
             stale_after_s=worker.stale_after_s,
             precision_cache=precision_cache(settings),
         ),
+        imported=imported,
     )
     deployments = DeploymentService(
         DeploymentStore(database),
@@ -181,9 +186,20 @@ def build_services(
     checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
     models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
     graders = GraderService(chat, build_sandbox(settings))
+    portability = settings.portability
+    exports = ExportService(
+        models, blobs, base_weights, settings.data_dir / "exports",
+        HubSettings(endpoint=portability.hf_endpoint, token=portability.hf_token),
+    )  # fmt: skip
+    imports = ImportService(
+        models, catalog, imported, blobs, base_weights,
+        ImportRules(allowed_dir=portability.import_allowed_dir, max_archive_bytes=portability.max_import_bytes),
+        settings.data_dir / "imports",
+    )  # fmt: skip
+    migrations = MigrationService(migrated, files, jobs, models, chat)
     return Services(
         keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
-        checkpoint_evals=checkpoint_evals, graders=graders,
+        checkpoint_evals=checkpoint_evals, graders=graders, exports=exports, imports=imports, migrations=migrations,
     )  # fmt: skip
 
 

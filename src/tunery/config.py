@@ -119,6 +119,15 @@ class GradersSettings(BaseModel):
     python_cpu_s: float = Field(default=120.0, description="CPU-time limit of one python grading")
     python_memory_mb: int = Field(default=2048, description="Address-space limit of one python grading")
     python_workers: int = Field(default=2, description="Warm sandbox processes (python gradings run at once)")
+class PortabilitySettings(BaseModel):
+    """Export, import and migration (README "Moving in and out")."""
+
+    import_allowed_dir: Path | None = Field(
+        default=None, description="Adapters in folders under this one may be imported by server path; unset: off"
+    )
+    max_import_bytes: int = Field(default=2 * 1024**3, description="Largest adapter archive accepted for import")
+    hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face Hub for pushes")
+    hf_token: str | None = Field(default=None, description="Hub token used when a push request brings none")
 
 
 class ApiSettings(BaseModel):
@@ -143,6 +152,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
     graders: GradersSettings = Field(default_factory=GradersSettings)
+    portability: PortabilitySettings = Field(default_factory=PortabilitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     evals: EvalsSettings = Field(default_factory=EvalsSettings)
 

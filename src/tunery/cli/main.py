@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import chat, deployments, evals, files, jobs
+from tunery.cli import chat, deployments, evals, files, jobs, models
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -29,6 +29,8 @@ app.add_typer(deployments.app, name="deployments")
 app.add_typer(evals.app, name="evals")
 app.command("deploy")(deployments.deploy)
 app.command("chat")(chat.chat)
+app.add_typer(models.app, name="models")
+app.command("migrate")(models.migrate)
 
 DEFAULT_PROJECT = "default"
 

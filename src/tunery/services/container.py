@@ -12,7 +12,9 @@ from tunery.services.files import FileService
 from tunery.services.graders import GraderService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
+from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.portability import ExportService, ImportService
 from tunery.services.runs import RunService
 
 
@@ -28,6 +30,9 @@ class Services:
     evals: EvalService
     checkpoint_evals: CheckpointEvals
     graders: GraderService
+    exports: ExportService
+    imports: ImportService
+    migrations: MigrationService
 
     def close(self) -> None:
         self.files.close()

@@ -18,6 +18,7 @@ from tunery.domain.models import AdapterRef, FineTunedModel
 from tunery.storage.checkpoints import CheckpointStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.portability import ImportedModelStore, MigrationStore
 
 # Something that answers "is this model deployed?" (deployments are added by the serving layer).
 DeploymentCheck = Callable[[str, str], bool]
@@ -52,7 +53,11 @@ class ModelService:
         is_deployed: DeploymentCheck | None = None,
         started_at: int | None = None,
         clock: Callable[[], float] = time.time,
+        imported: ImportedModelStore | None = None,
+        migrations: MigrationStore | None = None,
     ) -> None:
+        self._imported = imported
+        self._migrations = migrations
         self._catalog = catalog
         self._models = models
         self._checkpoints = checkpoints
@@ -95,6 +100,12 @@ class ModelService:
                 project_id=project_id,
                 job_id=model.job_id,
             )
+        imported = self._imported.get(project_id, name) if self._imported is not None else None
+        if imported is not None:
+            return AdapterRef(
+                name=imported.id, base_model=imported.base_model, adapter_key=imported.adapter_key,
+                project_id=project_id,
+            )  # fmt: skip
         checkpoint = self._checkpoint(project_id, name)
         if checkpoint is not None:
             job = self._jobs.get(project_id, checkpoint.job_id)
@@ -105,6 +116,9 @@ class ModelService:
                 project_id=project_id,
                 job_id=job.id,
             )
+        target = self.alias_target(project_id, name)
+        if target is not None:
+            return self.resolve(project_id, target)
         available = ", ".join(spec.name for spec in self._catalog.list())
         raise NotFound(
             f"The model '{name}' does not exist: it is not a base model ({available}) nor a fine-tuned model "
@@ -113,9 +127,34 @@ class ModelService:
             code="model_not_found",
         )
 
+    def alias_target(self, project_id: str, name: str) -> str | None:
+        """The model a migrated job's old id stands for (its new job's fine-tuned model), or None.
+
+        Raises:
+            NotFound: the alias is known but its new job has not produced a model (yet, or it failed).
+        """
+        moved = self._migrations.by_alias(project_id, name) if self._migrations is not None else None
+        if moved is None or moved.job_id is None:
+            return None
+        job = self._jobs.get(project_id, moved.job_id)
+        if not job.fine_tuned_model:
+            raise NotFound(
+                f"The model '{name}' was migrated to the job {job.id}, which has no fine-tuned model yet "
+                f"(status {job.status.value}).",
+                param="model",
+                code="model_not_found",
+            )
+        return job.fine_tuned_model
+
     def list(self, project_id: str) -> list[ModelEntry]:
         entries = [self._base_entry(spec) for spec in self._catalog.list()]
         entries += [self._fine_tuned_entry(model) for model in self._models.list(project_id)]
+        if self._imported is not None:
+            entries += [
+                ModelEntry(id=m.id, created_at=m.created_at, owned_by=project_id, base_model=m.base_model,
+                           description=f"Imported adapter ({m.source})")
+                for m in self._imported.list(project_id)
+            ]  # fmt: skip
         return entries
 
     def retrieve(self, project_id: str, name: str) -> ModelEntry:
@@ -125,18 +164,33 @@ class ModelService:
         model = self._models.get(project_id, ref.name)
         if model is not None:
             return self._fine_tuned_entry(model)
+        imported = self._imported.get(project_id, ref.name) if self._imported is not None else None
+        if imported is not None:
+            return ModelEntry(
+                id=imported.id,
+                created_at=imported.created_at,
+                owned_by=project_id,
+                base_model=imported.base_model,
+                description=f"Imported adapter ({imported.source})",
+            )
         return ModelEntry(
             id=ref.name, created_at=self._started_at, owned_by=project_id, base_model=ref.base_model, job_id=ref.job_id
         )
 
-    def delete(self, project_id: str, name: str) -> FineTunedModel:
-        """Delete a fine-tuned model (its adapters stay with the job's checkpoints until the job is deleted).
+    def delete(self, project_id: str, name: str) -> str:
+        """Delete a fine-tuned or imported model and return its name (a job's adapters stay with its
+        checkpoints until the job is deleted).
 
         Raises:
             NotFound: not a fine-tuned model of this project.
             Conflict: it is deployed; delete the deployment first.
         """
         model = self._models.get(project_id, name)
+        if model is None and self._imported is not None and self._imported.get(project_id, name) is not None:
+            if self._is_deployed(project_id, name):
+                raise Conflict(f"The model '{name}' has a deployment; delete the deployment first.", param="model")
+            self._imported.mark_deleted(project_id, name, int(self._clock()))
+            return name
         if model is None:
             raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
         served = [name, *(c.fine_tuned_model_checkpoint for c in self._checkpoints.list_all(model.job_id))]
@@ -148,7 +202,7 @@ class ModelService:
                 code="conflict",
             )
         self._models.mark_deleted(project_id, name, int(self._clock()))
-        return model
+        return model.id
 
     def _checkpoint(self, project_id: str, name: str) -> Checkpoint | None:
         if has_prefix(name, "ftchkpt"):

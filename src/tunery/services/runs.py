@@ -39,6 +39,7 @@ from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.portability import ImportedModelStore
 from tunery.training.progress import STATE_DIR, ControlRequest, ProgressKind, ProgressReader, ProgressRecord, saved_step
 from tunery.training.spec import LoraSpec, TrainingSpec
 
@@ -84,7 +85,9 @@ class RunService:
         settings: RunSettings,
         *,
         clock: Callable[[], float] = time.time,
+        imported: ImportedModelStore | None = None,
     ) -> None:
+        self._imported = imported
         self._jobs = jobs
         self._events = events
         self._checkpoints = checkpoints
@@ -214,6 +217,9 @@ class RunService:
         if key is None:
             checkpoint = self._checkpoints.get_by_name(project_id, model_name)
             key = checkpoint.adapter_key if checkpoint else None
+        if key is None and self._imported is not None:
+            imported = self._imported.get(project_id, model_name)
+            key = imported.adapter_key if imported else None
         if key is None:
             raise ServiceError(f"The parent model '{model_name}' no longer exists.", param="model")
         return adapter_path(self._blobs, key)

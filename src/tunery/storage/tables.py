@@ -237,3 +237,34 @@ eval_output_items = Table(
     Column("errored", Integer, nullable=False),  # 1 when sampling or a grader errored
     UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_id_datasource_item_id"),
 )
+
+imported_models = Table(
+    "imported_models",
+    metadata,
+    # Adapters trained elsewhere and imported (no job made them); they resolve like fine-tuned models.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String, nullable=False, unique=True),  # the model name: <base>.imported-<hex>[-<suffix>]
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("base_model", String, nullable=False),
+    Column("adapter_key", String, nullable=False),
+    Column("source", Text, nullable=False),  # what was imported: "upload:<filename>" or "path:<folder>"
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=True),
+)
+
+migrated_jobs = Table(
+    "migrated_jobs",
+    metadata,
+    # One row per fine-tuning job seen on a migration source; its source model id is an alias of the new one.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("source_url", String, nullable=False),
+    Column("source_job_id", String, nullable=False),
+    Column("source_model", String, nullable=True),  # the source's fine_tuned_model (the alias), if any
+    Column("job_id", ID, nullable=True),  # the job recreated here; NULL when it was not moved
+    Column("status", ENUM, nullable=False),  # moved | not_moved
+    Column("reason", Text, nullable=True),
+    Column("details", JSON, nullable=False),  # {"training_file", "validation_file", "base_model", ...}
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("project_id", "source_url", "source_job_id", name="uq_migrated_jobs_project_id_source"),
+)

@@ -109,19 +109,41 @@ export async function models(main) {
     } catch (error) { alert.show(error); }
   }
 
+  async function download(model, format, part = null) {
+    alert.show(null);
+    try {
+      const query = `format=${format}${part ? `&part=${part}` : ""}`;
+      const response = await api(`/models/${encodeURIComponent(model.id)}/export?${query}`, { raw: true });
+      const name = /filename="([^"]+)"/.exec(response.headers.get("content-disposition") || "");
+      const url = URL.createObjectURL(await response.blob());
+      h("a", { href: url, download: name ? name[1] : `${model.id}-${format}` }).click();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    } catch (error) { alert.show(error); }
+  }
+
+  /** Download as a PEFT adapter, a merged Hugging Face folder, or GGUF for llama.cpp / Ollama. */
+  function downloadMenu(m) {
+    const item = (label, format, part) => h("li", {}, h("button", { type: "button", class: "btn btn-link",
+      onclick: (event) => { event.target.closest("details").open = false; download(m, format, part); } }, label));
+    return h("details", { class: "menu" }, h("summary", { class: "btn btn-small", "aria-label": `Download ${m.id}` }, "Download"),
+      h("ul", {}, item("PEFT adapter (.tar)", "peft"), item("Merged model (.tar)", "merged"),
+        item("GGUF model", "gguf", "merged"), item("GGUF LoRA adapter", "gguf", "adapter")));
+  }
+
   async function refresh() {
     const all = (await api("/models")).data;
     const byId = new Map(all.map((m) => [m.id, m]));
-    const tuned = all.filter((m) => m.fine_tune);
+    const tuned = all.filter((m) => m.fine_tune || m.model);  // trained here, or imported (an adapter over a base)
     fill(fineTuned, table([
       { label: "Model", cell: (m) => h("code", { class: "wrap" }, m.id) },
       { label: "Lineage", cell: (m) => h("ol", { class: "lineage", "aria-label": "Lineage, base first" },
         lineage(m, byId).map((id) => h("li", {}, h("code", {}, id === m.id ? "this model" : shortId(id))))), class: "hide-sm" },
-      { label: "Job", cell: (m) => h("a", { href: `#/jobs/${m.fine_tune}` }, h("code", {}, shortId(m.fine_tune))) },
+      { label: "Job", cell: (m) => (m.fine_tune ? h("a", { href: `#/jobs/${m.fine_tune}` }, h("code", {}, shortId(m.fine_tune))) : "imported") },
       { label: "Created", cell: (m) => formatDate(m.created), class: "hide-md" },
       { label: "Actions", cell: (m) => h("div", { class: "row-actions" },
         h("button", { type: "button", class: "btn btn-small", "aria-label": `Deploy ${m.id}`, onclick: () => openDeployDialog(m.id) }, "Deploy"),
         h("a", { class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.id)}`, "aria-label": `Fine-tune ${m.id} further` }, "Fine-tune"),
+        downloadMenu(m),
         h("button", { type: "button", class: "btn btn-small btn-danger", "aria-label": `Delete ${m.id}`, onclick: () => remove(m) }, "Delete")) },
     ], tuned, { caption: "Fine-tuned models", empty: "No fine-tuned models yet. They appear here when a job succeeds." }));
     fill(base, table([
@@ -131,7 +153,7 @@ export async function models(main) {
       { label: "Actions", cell: (m) => h("div", { class: "row-actions" },
         h("a", { class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.id)}`, "aria-label": `Fine-tune ${m.id}` }, "Fine-tune"),
         h("a", { class: "btn btn-small", href: `#/playground?model=${encodeURIComponent(m.id)}`, "aria-label": `Chat with ${m.id}` }, "Chat")) },
-    ], all.filter((m) => !m.fine_tune), { caption: "Base models" }));
+    ], all.filter((m) => !m.fine_tune && !m.model), { caption: "Base models" }));
   }
   try { await refresh(); } catch (error) { alert.show(error); }
 }

@@ -1,0 +1,342 @@
+"""Moving models out and in: export a fine-tuned model as a file, import an adapter trained elsewhere.
+
+Export resolves the name in the caller's project (another project's model is a 404), builds the format once
+into ``export_dir`` with ``catalog.export`` (streamed, tensor by tensor) and hands back a finished file with
+its size and sha256, so the API can send a Content-Length and a checksum before the first byte; later
+downloads of the same model and format reuse the file. Import unpacks an uploaded archive (or reads an
+admin-allowed folder), checks the adapter against its base with ``catalog.peft_adapter`` and stores it as a
+model that resolves like any fine-tuned one. Migration from another service lives in ``services.migration``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tunery.catalog import BaseModelSpec, Catalog
+from tunery.catalog.export import EXPORT_FORMATS, export_model, sha256_of, write_archive
+from tunery.catalog.gguf_export import UnsupportedForGguf
+from tunery.catalog.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterProblem, PeftAdapter, check_against_base
+from tunery.catalog.safetensors_stream import SafetensorsError, read_infos, weight_files
+from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
+from tunery.services.models import ModelEntry, ModelService
+from tunery.services.runs import adapter_path
+from tunery.storage.blobs import BlobStore
+from tunery.storage.portability import ImportedModel, ImportedModelStore
+
+BaseWeights = Callable[[str], Path]
+GGUF_PARTS = ("merged", "adapter")
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedFile:
+    path: Path
+    filename: str
+    size: int
+    sha256: str
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    endpoint: str = "https://huggingface.co"
+    token: str | None = None  # used when a push request brings none
+
+
+class ExportService:
+    def __init__(
+        self,
+        models: ModelService,
+        blobs: BlobStore,
+        base_weights: BaseWeights,
+        export_dir: Path,
+        hub: HubSettings | None = None,
+    ) -> None:
+        self._hub = hub or HubSettings()
+        self._models = models
+        self._blobs = blobs
+        self._base_weights = base_weights
+        self._export_dir = export_dir
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def export(self, project_id: str, name: str, fmt: str, part: str | None = None) -> ExportedFile:
+        """The model as a tar of its ``fmt`` folder, or (``fmt="gguf"`` with ``part``) one GGUF file.
+
+        Raises:
+            NotFound: no model or checkpoint of this project has that name.
+            InvalidRequest: unknown format or part, a base model, or a model GGUF cannot describe.
+        """
+        if fmt not in EXPORT_FORMATS:
+            raise InvalidRequest(f"Unknown export format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}.",
+                                 param="format")  # fmt: skip
+        if part is not None and (fmt != "gguf" or part not in GGUF_PARTS):
+            raise InvalidRequest(f"'part' is only for format gguf and is one of {', '.join(GGUF_PARTS)}.",
+                                 param="part")  # fmt: skip
+        ref = self._models.resolve(project_id, name)
+        if ref.adapter_key is None:
+            raise InvalidRequest(
+                f"'{ref.name}' is a base model; only fine-tuned models and checkpoints can be exported.", param="model"
+            )
+        model_name = ref.name.replace(":", "-")
+        spec = self._models.catalog.get(ref.base_model)
+        key = hashlib.sha256(f"{ref.adapter_key}\0{ref.name}".encode()).hexdigest()[:24]
+        folder = self._export_dir / key / fmt
+        with self._lock(f"{key}/{fmt}"):
+            if not (folder / ".done").is_file():
+                self._build(
+                    fmt, ref.adapter_key, ref.base_model, folder, base_id=spec.portable_id, model_name=model_name
+                )
+        if part is not None:
+            path = folder / "files" / (f"{model_name}.gguf" if part == "merged" else f"{model_name}-lora.gguf")
+            digest = (folder / f"{path.name}.sha256").read_text().strip()
+            return ExportedFile(path, path.name, path.stat().st_size, digest, "application/octet-stream")
+        archive = folder / "archive.tar"
+        digest = (folder / "archive.tar.sha256").read_text().strip()
+        filename = f"{model_name}-{fmt}.tar"
+        return ExportedFile(archive, filename, archive.stat().st_size, digest, "application/x-tar")
+
+    def push_to_hub(
+        self, project_id: str, name: str, fmt: str, *, repo_id: str, token: str | None, private: bool
+    ) -> dict[str, str]:
+        """Export the model and upload the folder to a Hugging Face Hub repository (created if missing).
+
+        Raises:
+            InvalidRequest: no token, a bad repo id, or the Hub refused the upload (its message is passed on).
+            Unavailable: the Hub cannot be reached.
+        """
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise InvalidRequest(f"hf_output_repo_name '{repo_id}' is not 'owner/name'.", param="hf_output_repo_name")
+        token = token or self._hub.token
+        if not token:
+            raise InvalidRequest(
+                "A Hugging Face token is needed: pass hf_token, or the admin sets TUNERY_PORTABILITY__HF_TOKEN.",
+                param="hf_token",
+            )
+        exported = self.export(project_id, name, fmt)
+        folder = exported.path.parent / "files"
+        api = HfApi(endpoint=self._hub.endpoint, token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=f"Upload {name} ({fmt}) exported by Tunery"
+            )
+        except (HfHubHTTPError, ValueError) as exc:
+            raise InvalidRequest(
+                f"The Hub at {self._hub.endpoint} refused the push: {exc}", param="hf_output_repo_name",
+                code="hub_error",
+            ) from None  # fmt: skip
+        except (OSError, httpx.HTTPError) as exc:
+            raise Unavailable(f"Cannot reach the Hub at {self._hub.endpoint}: {exc}") from None
+        return {"object": "model.push", "model": name, "format": fmt, "repo_id": repo_id,
+                "commit_url": str(commit.commit_url), "commit_oid": str(commit.oid)}  # fmt: skip
+
+    def _build(
+        self, fmt: str, adapter_key: str, base_model: str, folder: Path, *, base_id: str, model_name: str
+    ) -> None:
+        adapter_dir = adapter_path(self._blobs, adapter_key)
+        base_dir = self._base_weights(base_model) if fmt != "peft" else adapter_dir
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+        try:
+            files = staging / "files"
+            try:
+                export_model(fmt, adapter_dir, base_dir, files, base_id=base_id, model_name=model_name)  # type: ignore[arg-type]
+            except UnsupportedForGguf as exc:
+                raise InvalidRequest(str(exc), param="format", code="unsupported_format") from None
+            _, digest = write_archive(files, staging / f"{model_name}-{fmt}.tar")
+            os.replace(staging / f"{model_name}-{fmt}.tar", staging / "archive.tar")
+            (staging / "archive.tar.sha256").write_text(digest + "\n")
+            if fmt == "gguf":
+                for item in files.glob("*.gguf"):
+                    (staging / f"{item.name}.sha256").write_text(sha256_of(item) + "\n")
+            (staging / ".done").write_text(str(int(time.time())))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRules:
+    allowed_dir: Path | None  # local folders under it may be imported by path; None: path imports are off
+    max_archive_bytes: int
+
+
+class ImportService:
+    def __init__(
+        self,
+        models: ModelService,
+        catalog: Catalog,
+        imported: ImportedModelStore,
+        blobs: BlobStore,
+        base_weights: BaseWeights,
+        rules: ImportRules,
+        work_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._models = models
+        self._catalog = catalog
+        self._imported = imported
+        self._blobs = blobs
+        self._base_weights = base_weights
+        self._rules = rules
+        self._work_dir = work_dir
+        self._clock = clock
+
+    def import_archive(
+        self, project_id: str, *, filename: str, chunks: Iterable[bytes], base_model: str | None, suffix: str | None
+    ) -> ModelEntry:
+        """Import a PEFT adapter from an uploaded ``.tar``, ``.tar.gz`` or ``.zip``.
+
+        Raises:
+            InvalidRequest: the archive or the adapter is not usable (the message says why), or does not fit
+                its base model.
+        """
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self._work_dir) as scratch:
+            archive = Path(scratch) / "upload"
+            total = 0
+            with archive.open("wb") as out:
+                for chunk in chunks:
+                    total += len(chunk)
+                    if total > self._rules.max_archive_bytes:
+                        raise InvalidRequest(
+                            f"The archive is larger than {self._rules.max_archive_bytes} bytes.", param="file"
+                        )
+                    out.write(chunk)
+            folder = _unpack(archive, Path(scratch) / "adapter", filename)
+            return self._import(project_id, folder, base_model, suffix, source=f"upload:{filename}", param="file")
+
+    def import_path(self, project_id: str, *, path: str, base_model: str | None, suffix: str | None) -> ModelEntry:
+        """Import a PEFT adapter folder on the server's disk; it must lie under the admin-allowed folder.
+
+        Raises:
+            InvalidRequest: path imports are off, the path is outside the allowed folder or not an adapter.
+        """
+        allowed = self._rules.allowed_dir
+        if allowed is None:
+            raise InvalidRequest(
+                "Importing from a server path is turned off; the server's admin allows it by setting "
+                "TUNERY_PORTABILITY__IMPORT_ALLOWED_DIR. Upload the adapter as an archive instead.",
+                param="path",
+            )
+        folder = Path(path).expanduser().resolve()
+        if not folder.is_relative_to(allowed.resolve()):
+            raise InvalidRequest(
+                f"The path {path} is outside the folder the server allows imports from ({allowed}).", param="path"
+            )
+        if not folder.is_dir():
+            raise InvalidRequest(f"The path {path} is not a folder on the server.", param="path")
+        return self._import(project_id, folder, base_model, suffix, source=f"path:{folder}", param="path")
+
+    def _import(
+        self, project_id: str, folder: Path, base_model: str | None, suffix: str | None, *, source: str, param: str
+    ) -> ModelEntry:
+        if suffix is not None and (len(suffix) > 40 or not all(c.isalnum() or c in "-_" for c in suffix)):
+            raise InvalidRequest("suffix may hold up to 40 letters, digits, '-' and '_'.", param="suffix")
+        try:
+            with PeftAdapter(folder) as adapter:
+                spec = self._base_for(adapter.base_model_id, base_model)
+                base_infos = {}
+                for weights in weight_files(self._base_weights(spec.name)):
+                    base_infos.update(read_infos(weights))
+                check_against_base(adapter, base_infos, spec.name)
+        except AdapterProblem as exc:
+            raise InvalidRequest(
+                f"The adapter cannot be imported: {exc}", param=param, code="invalid_adapter"
+            ) from None
+        except SafetensorsError as exc:
+            raise InvalidRequest(f"The base model's weights cannot be read: {exc}", param="base_model") from None
+        token = uuid.uuid4().hex
+        name = f"{spec.name}.imported-{token[:12]}" + (f"-{suffix}" if suffix else "")
+        key = f"adapters/imported/{token}"
+        for filename in (CONFIG_FILE, WEIGHTS_FILE):
+            with (folder / filename).open("rb") as handle:
+                self._blobs.write(f"{key}/{filename}", iter(lambda h=handle: h.read(CHUNK_BYTES), b""))
+        now = int(self._clock())
+        self._imported.insert(
+            ImportedModel(id=name, project_id=project_id, base_model=spec.name, adapter_key=key, source=source,
+                          created_at=now)
+        )  # fmt: skip
+        return self._models.retrieve(project_id, name)
+
+    def _base_for(self, named: str, requested: str | None) -> BaseModelSpec:
+        known = {spec.name: spec for spec in self._catalog.list()}
+        by_id = {spec.portable_id: spec for spec in known.values()}
+        named_spec = known.get(named) or by_id.get(named) or by_id.get(named.rstrip("/").rpartition("/")[2])
+        if requested is not None:
+            try:
+                spec = self._catalog.get(requested)
+            except NotFound as exc:
+                raise InvalidRequest(exc.message, param="base_model") from None
+            if named_spec is not None and named_spec.name != spec.name:
+                raise AdapterProblem(
+                    f"adapter_config.json names the base model '{named}' ({named_spec.name} here), not '{spec.name}'."
+                )
+            return spec
+        if named_spec is None:
+            raise AdapterProblem(
+                f"adapter_config.json names the base model '{named or '(none)'}', which is not a base model of this "
+                f"server ({', '.join(known)}); pass base_model to choose one."
+            )
+        return named_spec
+
+
+def _unpack(archive: Path, target: Path, filename: str) -> Path:
+    """Extract a tar or zip safely (no absolute paths, no '..', no links) and find the adapter folder in it."""
+    target.mkdir()
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as bundle:
+                for member in bundle.infolist():
+                    _safe_member(member.filename)
+                bundle.extractall(target)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as bundle:
+                for info in bundle.getmembers():
+                    _safe_member(info.name)
+                    if not (info.isfile() or info.isdir()):
+                        raise InvalidRequest(
+                            f"The archive holds '{info.name}', which is not a plain file.", param="file"
+                        )
+                bundle.extractall(target, filter="data")
+        else:
+            raise InvalidRequest(f"'{filename}' is not a .tar, .tar.gz or .zip archive.", param="file")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise InvalidRequest(f"'{filename}' cannot be unpacked: {exc}.", param="file") from None
+    configs = sorted(target.rglob(CONFIG_FILE), key=lambda p: len(p.parts))
+    if not configs:
+        raise InvalidRequest(
+            f"The archive '{filename}' holds no {CONFIG_FILE}; upload a PEFT adapter folder (as save_pretrained "
+            "writes it) packed as .tar, .tar.gz or .zip.",
+            param="file",
+            code="invalid_adapter",
+        )
+    return configs[0].parent
+
+
+def _safe_member(name: str) -> None:
+    if name.startswith(("/", "\\")) or ".." in Path(name).parts:
+        raise InvalidRequest(f"The archive holds the unsafe path '{name}'.", param="file")
