@@ -103,7 +103,7 @@ def build_services(
     )
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
-    model_store = ModelStore(database)
+    model_store, deployment_store = ModelStore(database), DeploymentStore(database)
     models = ModelService(catalog, model_store, checkpoints, jobs_store)
     jobs = JobService(
         jobs_store,
@@ -147,9 +147,10 @@ def build_services(
             num_threads=worker.num_threads,
             stale_after_s=worker.stale_after_s,
         ),
+        deployments=deployment_store,
     )
     deployments = DeploymentService(
-        DeploymentStore(database),
+        deployment_store,
         models,
         DeploymentRules(
             max_per_project=settings.deployments.max_per_project,

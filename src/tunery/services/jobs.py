@@ -168,6 +168,7 @@ class JobService:
                 param="fine_tuning_job_id",
                 code="unexpectedEntityState",
             )
+        self._model_service.check_unused(project_id, job.id, job.fine_tuned_model or job.id)
         if job.fine_tuned_model and self._models.get(project_id, job.fine_tuned_model) is not None:
             self._model_service.delete(project_id, job.fine_tuned_model)
         self._jobs.delete(project_id, job_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 NAMING_CONVENTION = {
@@ -134,6 +136,8 @@ checkpoints = Table(
     Column("fine_tuned_model_checkpoint", String, nullable=False, unique=True),
     Column("adapter_key", String, nullable=False),
     Column("metrics", JSON, nullable=False),  # {column: value}
+    # Kept whatever the retention count says: a pause checkpoint users were told they can deploy.
+    Column("pinned", Boolean, nullable=False, server_default=false()),
 )
 
 job_metrics = Table(

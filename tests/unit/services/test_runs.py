@@ -18,9 +18,11 @@ import pytest
 
 from tunery.bootstrap import build_services
 from tunery.config import ModelsSettings, Settings
+from tunery.domain.errors import Conflict
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
+from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
 from tunery.worker.runner import Worker
@@ -294,3 +296,57 @@ def test_a_pause_no_worker_read_keeps_its_checkpoint_and_the_job_resumes(
     events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=100)).data]
     assert "The worker restarted while the job was pausing; it resumes instead." in events
     assert "Job resumed from step 4." in events
+
+
+def checkpoint_steps(services: Services, project: str, job: Job) -> list[int]:
+    return [c.step_number for c in services.jobs.list_checkpoints(project, job.id, PageRequest(limit=50)).data]
+
+
+def test_retention_keeps_what_a_deployment_serves_a_job_starts_from_or_a_pause_saved(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    services.deployments.set_warmup(lambda _ref: None)
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=40)
+    model = f"tiny-llama.ft-{job.job_hex}"
+    for step in (5, 10, 15):
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=40, train_loss=1.0)
+        feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)))
+    services.deployments.create_or_update(project, "served", model=f"{model}:ckpt-step-5")
+    child = new_job(services, project, model=f"{model}:ckpt-step-10")
+    services.jobs.pause(project, job.id)
+    job = feed(services, job, ProgressKind.PAUSED, step=16, checkpoint=str(adapter(tmp_path, 16)))
+    services.jobs.resume(project, job.id)
+    job = services.jobs.retrieve(project, job.id).with_changes(status=JobStatus.RUNNING)
+    for step in (20, 25, 30, 35, 40):
+        feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)))
+
+    assert checkpoint_steps(services, project, job) == [40, 35, 30, 16, 10, 5], "15, 20, 25 pruned; the rest used"
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=500)).data]
+    assert any("step 5 kept" in m and "deployment served serves it" in m for m in events)
+    assert any("step 10 kept" in m and f"job {child.id} starts from it" in m for m in events)
+    assert any("step 16 kept" in m and "saved at a pause" in m for m in events)
+    for step in (5, 10, 16):  # the files are still there: the deployment and the child job can load them
+        key = services.models.resolve(project, f"{model}:ckpt-step-{step}").adapter_key or ""
+        folder = adapter_path(LocalBlobStore(tmp_path / "blobs"), key)
+        assert (folder / "adapter_model.safetensors").read_bytes() == b"weights %d" % step
+
+
+def test_a_job_whose_checkpoint_is_deployed_or_a_parent_cannot_be_deleted(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    services.deployments.set_warmup(lambda _ref: None)
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=10)
+    feed(services, job, ProgressKind.CHECKPOINT, step=5, path=str(adapter(tmp_path, 5)))
+    services.jobs.cancel(project, job.id)
+    name = f"tiny-llama.ft-{job.job_hex}:ckpt-step-5"
+    services.deployments.create_or_update(project, "served", model=name)
+    with pytest.raises(Conflict, match="has a deployment"):
+        services.jobs.delete(project, job.id)
+    services.deployments.delete(project, "served")
+    child = new_job(services, project, model=name)
+    with pytest.raises(Conflict, match=f"parent model of unfinished job {child.id}"):
+        services.jobs.delete(project, job.id)
+    services.jobs.cancel(project, child.id)
+    services.jobs.delete(project, job.id)
