@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
+from tunery.api.edge import BODY_LIMITS
 from tunery.api.routes import chat, deployments, files, fine_tuning, health, models
 from tunery.services.container import Services
 
@@ -31,6 +32,7 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
         description="Self-hosted fine-tuning with the Azure OpenAI / OpenAI API.",
     )
     app.state.services = services
+    app.state.body_limits = {**BODY_LIMITS, "upload": max_upload_bytes + UPLOAD_SLACK_BYTES}
     errors.install(app)
     app.include_router(health.router)
     app.include_router(deployments.arm_router)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunery.api.edge import param_name
 from tunery.domain.errors import (
     Conflict,
     InvalidRequest,
@@ -66,8 +67,10 @@ def _service_error(request: Request, exc: Exception) -> JSONResponse:
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = ".".join(location) or None
+    location = [part for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = param_name(location) or None
+    if first.get("type") == "json_invalid":
+        param = None  # the location is a character offset, not a param
     reason = first.get("msg", "invalid value")
     message = f"Invalid value for '{param}': {reason}." if param else f"Invalid request: {reason}."
     if first.get("type") == "missing" and param:

@@ -10,12 +10,13 @@ from fastapi import APIRouter, Body, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.chat import ChatCompletion, chunk, delta_choice
 from tunery.api.streaming import sse, sse_error
 from tunery.domain.errors import ServiceError
 from tunery.services.chat import Completion, CompletionStream
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=bounded("chat"))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)

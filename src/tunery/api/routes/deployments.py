@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject
 from tunery.domain.errors import InvalidRequest
 
@@ -22,8 +23,8 @@ ARM_PREFIX = (
     "/accounts/{account}/deployments"
 )
 
-arm_router = APIRouter(tags=["deployments (ARM)"])
-data_router = APIRouter(tags=["deployments"])
+arm_router = APIRouter(tags=["deployments (ARM)"], route_class=bounded("deployments"))
+data_router = APIRouter(tags=["deployments"], route_class=bounded("deployments"))
 
 
 def _model_name(body: dict[str, Any]) -> tuple[str, str, int]:

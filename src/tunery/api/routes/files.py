@@ -9,11 +9,12 @@ from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import DeletedResponse, ListResponse
 from tunery.api.schemas.files import FileObject
 from tunery.domain.pagination import Order, PageRequest
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], route_class=bounded("upload"))
 
 CHUNK_BYTES = 1024 * 1024
 MAX_LIST_LIMIT = 10_000

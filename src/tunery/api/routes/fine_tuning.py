@@ -10,12 +10,13 @@ from fastapi.responses import JSONResponse
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
 from tunery.api.dialects import Dialect
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import ListResponse
 from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
 from tunery.domain.errors import NotFound
 from tunery.domain.pagination import Order, PageRequest
 
-router = APIRouter(tags=["fine-tuning"])
+router = APIRouter(tags=["fine-tuning"], route_class=bounded("jobs"))
 
 METADATA_QUERY = re.compile(r"^metadata\[(?P<key>[^\]]+)\]$")
 JOBS_PAGE = {"default_limit": 20, "max_limit": 100}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import DeletedResponse, ListResponse
 from tunery.api.schemas.models import Model
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=bounded("default"))
 
 
 @router.get("/models", response_model=ListResponse[Model])

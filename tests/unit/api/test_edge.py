@@ -1,0 +1,117 @@
+"""The request edge: unstorable strings are a 400 naming the param before anything is stored, and bodies are
+bounded per route (413 in the API's error shape, chunked bodies counted as they arrive).
+
+Run alone: ``.venv/bin/pytest tests/unit/api/test_edge.py``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.unit.api.conftest import MAX_UPLOAD_BYTES, Api
+from tests.unit.api.test_fine_tuning_api import chat_jsonl, upload
+from tunery.api.edge import BODY_LIMITS
+
+ARM = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a/deployments"
+LONE = "\\ud83d"  # a JSON escape of a lone high surrogate: valid JSON, not encodable text
+
+
+def post_raw(api: Api, path: str, raw: str, method: str = "POST") -> Any:
+    headers = {**api.headers(), "content-type": "application/json"}
+    return api.client.request(method, path, headers=headers, content=raw.encode())
+
+
+def assert_error(response: Any, status: int, param: str | None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param, error
+    return dict(error)
+
+
+def test_a_lone_surrogate_in_job_metadata_is_refused_and_nothing_is_stored(api: Api) -> None:
+    train = upload(api, chat_jsonl())
+    raw = f'{{"model": "tiny-llama", "training_file": "{train}", "metadata": {{"x": "{LONE}"}}}}'
+    error = assert_error(post_raw(api, "/v1/fine_tuning/jobs", raw), 400, "metadata.x")
+    assert "surrogate" in error["message"]
+    listed = api.client.get("/v1/fine_tuning/jobs", headers=api.headers())
+    assert listed.status_code == 200
+    assert listed.json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "param"),
+    [
+        ("/v1/chat/completions", f'{{"model": "tiny-llama", "messages": [{{"role": "user", "content": "{LONE}"}}]}}',
+         "messages[0].content"),
+        ("/v1/chat/completions", f'{{"model": "tiny{LONE}", "messages": [{{"role": "user", "content": "hi"}}]}}',
+         "model"),
+        (f"{ARM}/d1?api-version=2024-10-01", f'{{"properties": {{"model": {{"name": "x{LONE}"}}}}}}',
+         "properties.model.name"),
+        ("/v1/deployments", f'{{"model": "tiny{LONE}"}}', "model"),
+        ("/v1/chat/completions", f'{{"model": "tiny-llama", "messages": [], "{LONE}": 1}}', "\\ud83d"),
+    ],
+)  # fmt: skip
+def test_lone_surrogates_anywhere_in_a_json_body_are_a_400(api: Api, path: str, raw: str, param: str) -> None:
+    method = "PUT" if path.startswith(ARM) else "POST"
+    assert_error(post_raw(api, path, raw, method), 400, param)
+    assert api.services.deployments.list(api.project_id) == []
+
+
+def test_invalid_json_names_no_param(api: Api) -> None:
+    error = assert_error(post_raw(api, "/v1/chat/completions", '{"model": '), 400, None)
+    assert "not valid JSON" in error["message"]
+
+
+def test_a_chat_body_over_its_limit_is_a_413_declared_or_chunked(api: Api) -> None:
+    limit = BODY_LIMITS["chat"]
+    big = json.dumps({"model": "tiny-llama", "messages": [{"role": "user", "content": "x" * (limit + 10)}]})
+    error = assert_error(post_raw(api, "/v1/chat/completions", big), 413, None)
+    assert error["code"] == "requestTooLarge"
+    assert str(limit) in error["message"]
+
+    def pieces() -> Iterator[bytes]:  # no Content-Length: the body is counted as it arrives
+        data = big.encode()
+        for start in range(0, len(data), 64 * 1024):
+            yield data[start : start + 64 * 1024]
+
+    chunked = api.client.post(
+        "/v1/chat/completions", headers={**api.headers(), "content-type": "application/json"}, content=pieces()
+    )
+    assert_error(chunked, 413, None)
+    assert api.engine.requests == []
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_as_it_arrives(api: Api) -> None:
+    boundary = "XyZ"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.jsonl"\r\n\r\n'
+    ).encode()
+    sent = 0
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal sent
+        yield head
+        for _ in range(160):  # 160 x 16 KiB = 2.5 MiB: over the 64 KiB file limit plus the 1 MiB form slack
+            sent += 16 * 1024
+            yield b"x" * (16 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = api.client.post(
+        "/v1/files",
+        headers={**api.headers(), "content-type": f"multipart/form-data; boundary={boundary}"},
+        content=pieces(),
+    )
+    error = assert_error(response, 413, "file")
+    assert f"accepts at most {MAX_UPLOAD_BYTES + 1024 * 1024} bytes" in error["message"]
+    assert api.client.get("/v1/files", headers=api.headers()).json()["data"] == []
+
+
+def test_a_deployment_body_over_its_small_limit_is_a_413(api: Api) -> None:
+    raw = json.dumps({"properties": {"model": {"name": "tiny-llama"}}, "pad": "x" * BODY_LIMITS["deployments"]})
+    assert_error(post_raw(api, f"{ARM}/d1?api-version=2024-10-01", raw, "PUT"), 413, None)
