@@ -191,16 +191,23 @@ class ChatService:
 
     # ----------------------------------------------------------------------------------------- chat
     def create(
-        self, project_id: str, body: dict[str, Any], *, deployment: str | None = None
+        self,
+        project_id: str,
+        body: dict[str, Any],
+        *,
+        deployment: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion | CompletionStream:
+        """Answer a chat request; setting ``cancel`` (the client left) stops every choice at the next step."""
         request = parse_chat_request(body)
+        cancel = cancel if cancel is not None else threading.Event()
         ref = self.resolve(project_id, model=body.get("model"), deployment=deployment)
-        requests = self._generation_requests(ref, request)
+        requests = self._generation_requests(ref, request, cancel)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(self._clock())
         name = deployment or str(body.get("model") or ref.name)
         stream = CompletionStream(id=completion_id, created=created, model=name, deltas=iter(()))
-        stream.deltas = self._run(requests, stream.usage)
+        stream.deltas = self._run(requests, stream.usage, cancel)
         if request.stream:
             return stream
         texts = [""] * request.n
@@ -219,14 +226,24 @@ class ChatService:
             messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0, top_p=1.0, n=1,
             stop=(), seed=0, stream=False, include_usage=False,
         )  # fmt: skip
-        for _ in self._run(self._generation_requests(ref, request), Usage()):
+        for _ in self._run(self._generation_requests(ref, request), Usage(), threading.Event()):
             pass
+
+    def active_rows(self) -> int:
+        """Choices being generated now (0 before the engine is built)."""
+        return self._engine.active_rows() if self._engine is not None else 0
+
+    def generated_tokens(self) -> int:
+        """Tokens the engine has sampled since it was built (0 before)."""
+        return self._engine.generated_tokens() if self._engine is not None else 0
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
 
-    def _generation_requests(self, ref: AdapterRef, request: ChatRequest) -> list[GenerationRequest]:
+    def _generation_requests(
+        self, ref: AdapterRef, request: ChatRequest, cancel: threading.Event | None = None
+    ) -> list[GenerationRequest]:
         tokenizer = self._catalog.chat_tokenizer(ref.base_model)
         prompt = tokenizer.render(request.messages, request.tools, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(prompt)
@@ -256,6 +273,7 @@ class ChatService:
                 adapter_name=ref.name if ref.adapter_key else None,
                 request_id=f"{index}",
                 stop_token_ids=tuple(tokenizer.stop_token_ids),
+                cancel=cancel,
             )
             for index in range(request.n)
         ]
@@ -266,17 +284,28 @@ class ChatService:
                 self._engine = self._engine_factory()
             return self._engine
 
-    def _run(self, requests: list[GenerationRequest], usage: Usage) -> Iterator[ChoiceDelta]:
-        """Run every choice concurrently; yield their pieces as they come (choices interleave)."""
+    def _run(self, requests: list[GenerationRequest], usage: Usage, cancel: threading.Event) -> Iterator[ChoiceDelta]:
+        """Run every choice concurrently; yield their pieces as they come (choices interleave).
+
+        When ``cancel`` is set, or this iterator is closed, each choice stops at its next piece: its engine
+        iterator is closed, which takes its row out of the batch.
+        """
         engine = self._engine_instance()
         pieces: queue.Queue[tuple[int, GenerationChunk | BaseException | None]] = queue.Queue()
 
         def produce(index: int, request: GenerationRequest) -> None:
+            chunks = engine.generate(request)
             try:
-                for chunk in engine.generate(request):
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
                     pieces.put((index, chunk))
             except BaseException as exc:  # handed to the consumer, which raises it
                 pieces.put((index, exc))
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # the engine drops the row of an unfinished request
             pieces.put((index, None))
 
         threads = [
@@ -287,19 +316,22 @@ class ChatService:
             thread.start()
         running = len(threads)
         prompt_counted = False
-        while running:
-            index, item = pieces.get()
-            if item is None:
-                running -= 1
-                continue
-            if isinstance(item, ServiceError):
-                raise item
-            if isinstance(item, BaseException):
-                raise Unavailable(f"Generation failed: {item}") from item
-            if item.finish_reason is not None:
-                if not prompt_counted:
-                    usage.prompt_tokens = item.prompt_tokens
-                    prompt_counted = True
-                usage.completion_tokens += item.completion_tokens
-            if item.text or item.finish_reason:
-                yield ChoiceDelta(index=index, text=item.text, finish_reason=item.finish_reason)
+        try:
+            while running:
+                index, item = pieces.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, ServiceError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise Unavailable(f"Generation failed: {item}") from item
+                if item.finish_reason is not None:
+                    if not prompt_counted:
+                        usage.prompt_tokens = item.prompt_tokens
+                        prompt_counted = True
+                    usage.completion_tokens += item.completion_tokens
+                if item.text or item.finish_reason:
+                    yield ChoiceDelta(index=index, text=item.text, finish_reason=item.finish_reason)
+        finally:
+            cancel.set()  # finished, failed or abandoned: no choice keeps generating for nobody
