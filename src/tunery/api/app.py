@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from tunery import __version__
@@ -49,19 +48,7 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
     async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes + UPLOAD_SLACK_BYTES:
-            response: Response = JSONResponse(
-                errors.error_body(
-                    f"The request body is {int(declared)} bytes; uploads may be at most {max_upload_bytes} bytes.",
-                    type_="invalid_request_error",
-                    param="file",
-                    code="fileTooLarge",
-                ),
-                413,
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)  # bodies are bounded per route: api/edge.py
         response.headers["x-request-id"] = request_id
         response.headers["apim-request-id"] = request_id
         return response

@@ -63,6 +63,7 @@ class RequestHandle:
         self.request = request
         self.adapter = adapter
         self.cancelled = False
+        self.ended = False  # set by the scheduler once, when the request leaves it
         self._queue: queue.SimpleQueue[GenerationChunk | BaseException] = queue.SimpleQueue()
 
     @property
@@ -170,6 +171,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._rows: list[_Row] = []
+        self._in_flight = 0  # submitted and not yet ended: waiting, prefilling or decoding
         self.generated_tokens = 0  # every token sampled since start, for every request (a serving metric)
         self._cache = PaddedKVCache(loaded.num_layers, [], 0)
         self._plan: LoraPlan | None = None
@@ -182,10 +184,9 @@ class Scheduler:
 
     @property
     def active_rows(self) -> int:
-        """Requests in the running batch or waiting to join it (a cancelled one leaves at the next step)."""
+        """Requests waiting, prefilling or decoding; a cancelled one leaves at the next step."""
         with self._wake:
-            waiting = sum(not handle.stopped for handle in self._inbox)
-        return waiting + sum(not row.done for row in list(self._rows))
+            return self._in_flight
 
     def submit(self, handle: RequestHandle) -> None:
         """Queue a request; its chunks will arrive on ``handle``.
@@ -197,6 +198,7 @@ class Scheduler:
             if self._closing or not self._thread.is_alive():
                 raise Unavailable(f"The inference engine for model '{self._loaded.name}' is shut down.")
             self._inbox.append(handle)
+            self._in_flight += 1
             self._wake.notify()
 
     def close(self, timeout: float | None = None) -> None:
@@ -408,6 +410,10 @@ class Scheduler:
         self, handle: RequestHandle, error: ServiceError | None, cause: BaseException | None = None
     ) -> None:
         """Release the request's adapter and, for a failure, send the caller its error."""
+        if not handle.ended:
+            handle.ended = True
+            with self._wake:
+                self._in_flight -= 1
         if handle.adapter is not None:
             self._adapters.release(handle.adapter)
         if error is not None:

@@ -6,6 +6,7 @@ Run alone: ``.venv/bin/pytest tests/unit/api/test_disconnect.py`` (~10 s on a 2-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import uvicorn
 
@@ -117,3 +119,87 @@ def test_a_non_streamed_request_whose_client_gave_up_stops(served: tuple[str, st
 
 def _generated(services: Services) -> int:
     return services.chat.generated_tokens()
+
+
+class PeakRss:
+    """The process's highest resident set size while the block runs, sampled every few milliseconds."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.start = self.peak = self._process.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def send_body(url: str, key: str, head: str, pieces: Iterator[bytes]) -> bytes:
+    """Send a request piece by piece until the server answers or hangs up; return what it answered."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=CEILING_S) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\napi-key: {key}\r\n{head}\r\n".encode())
+        sock.setblocking(False)
+        answer = b""
+        for piece in pieces:
+            with contextlib.suppress(BlockingIOError):
+                answer += sock.recv(65536)
+            if answer:
+                break
+            try:
+                sock.setblocking(True)
+                sock.sendall(piece)
+                sock.setblocking(False)
+            except OSError:  # the server answered and closed
+                break
+        sock.setblocking(True)
+        sock.settimeout(CEILING_S)
+        while b"\r\n\r\n" not in answer or b'"error"' not in answer:
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    return answer
+
+
+THIRTY_MB = 30 * 1024 * 1024
+
+
+def chat_body_pieces(total: int, chunked: bool) -> Iterator[bytes]:
+    """A 30 MB chat body made on the fly (the test process never holds it): one long user message."""
+    start = b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "'
+    end = b'"}]}'
+    filler = b"x" * (256 * 1024)
+    sent = 0
+    for piece in (start, *([filler] * ((total - len(start) - len(end)) // len(filler))), end):
+        sent += len(piece)
+        yield (f"{len(piece):x}\r\n".encode() + piece + b"\r\n") if chunked else piece
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_30_mb_chat_body_is_refused_without_the_server_growing(
+    served: tuple[str, str, Services], chunked: bool
+) -> None:
+    url, key, _ = served
+    pieces = chat_body_pieces(THIRTY_MB, chunked)
+    head = "Content-Type: application/json\r\n" + (
+        "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {THIRTY_MB}\r\n"
+    )
+    with PeakRss() as rss:
+        answer = send_body(url, key, head, pieces)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b'"code":"requestTooLarge"' in answer.replace(b" ", b"")
+    grown = rss.peak - rss.start
+    assert grown < 8 * 1024 * 1024, f"the server grew by {grown / 2**20:.1f} MB refusing the body"
