@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +23,7 @@ from tunery.services.container import Services
 DATA_PLANE_ROUTERS = (files.router, fine_tuning.router, models.router, chat.router, deployments.data_router)
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[str] | None = None) -> FastAPI:
@@ -46,7 +48,9 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
 
     @app.middleware("http")
     async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or ""
+        if not REQUEST_ID_RE.fullmatch(request_id):  # echo a client's id only when it is short and plain
+            request_id = uuid.uuid4().hex
         request.state.request_id = request_id
         response = await call_next(request)  # bodies are bounded per route: api/edge.py
         response.headers["x-request-id"] = request_id

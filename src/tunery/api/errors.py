@@ -56,7 +56,8 @@ def status_for(exc: ServiceError) -> int:
 def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     status = status_for(exc)
-    headers = {"retry-after": "5"} if status in (429, 503) else None
+    # A quota frees only when the user deletes something: no retry-after, so clients do not retry in vain.
+    headers = {"retry-after": "5"} if status == 503 else None
     if status == 401:
         headers = {"www-authenticate": "Bearer"}
     return JSONResponse(

@@ -63,6 +63,7 @@ def serve(
     first_key = None
     if not services.keys.has_keys():
         first_key = services.keys.create(DEFAULT_PROJECT)
+    services.files.sweep()
     recovered = services.files.recover()
     if recovered:
         logging.getLogger("tunery").info("re-checking %d file(s) left unfinished by a restart", recovered)

@@ -28,6 +28,7 @@ DEFAULT_MAX_TOKENS = 512
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
 MAX_MESSAGES = 2048
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # OpenAI's int64
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 EngineFactory = Callable[[], Engine]
@@ -113,7 +114,11 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
         raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
     temperature = _number(body.get("temperature", 1.0), "temperature", 0.0, 2.0)
     top_p = _number(body.get("top_p", 1.0), "top_p", 0.0, 1.0)
-    n = body.get("n", 1) or 1
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model must be a string: a deployment, model or checkpoint name.", param="model")
+    n = body.get("n")
+    n = 1 if n is None else n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
         raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}.", param="n")
     stop = body.get("stop")
@@ -125,8 +130,8 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
     elif stop is not None:
         raise InvalidRequest(f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", param="stop")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidRequest("seed must be an integer.", param="seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not MIN_SEED <= seed <= MAX_SEED):
+        raise InvalidRequest(f"seed must be an integer between {MIN_SEED} and {MAX_SEED}.", param="seed")
     options = body.get("stream_options") or {}
     return ChatRequest(
         messages=messages,
@@ -248,8 +253,16 @@ class ChatService:
         prompt = tokenizer.render(request.messages, request.tools, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(prompt)
         room = tokenizer.context_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidRequest(
+                f"This model's maximum context length is {tokenizer.context_length} tokens. However, your messages "
+                f"resulted in {len(prompt_ids)} tokens, which leaves no room for a completion. Please reduce the "
+                "length of the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
-        if room < 1 or max_tokens > room:
+        if max_tokens > room:
             raise InvalidRequest(
                 f"This model's maximum context length is {tokenizer.context_length} tokens. However, you requested "
                 f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, {max_tokens} in the "

@@ -45,6 +45,10 @@ class FileRules:
 TokenizerProvider = Callable[[], ExampleTokenizer | None]
 
 
+# A blob or temporary file this old with no owner is a crash's leftover, not an upload in progress.
+ORPHAN_MIN_AGE_S = 600.0
+
+
 def blob_key(record: FileRecord) -> str:
     return f"files/{record.project_id}/{record.id}"
 
@@ -222,6 +226,25 @@ class FileService:
                 self._store.set_status(record.id, FileStatus.PENDING, expect={FileStatus.RUNNING})
             self._schedule(record.id)
         return len(stranded)
+
+    def sweep(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
+        """Delete what a crash mid-upload left behind: temporary files, and file blobs no file row owns
+        (the row is written just after the blob). Only things older than ``min_age_s`` go, so an upload in
+        progress in another process is never touched. Returns how many were deleted."""
+        cutoff = self._clock() - min_age_s
+        removed = self._blobs.remove_temporaries(cutoff)
+        for key, modified in list(self._blobs.listing("files/")):
+            file_id = key.rsplit("/", 1)[-1]
+            if modified >= cutoff:
+                continue
+            try:
+                self._store.get_any(file_id)
+            except NotFound:
+                self._blobs.delete(key)
+                removed += 1
+        if removed:
+            log.info("start-up sweep deleted %d orphaned blob(s) and temporary file(s)", removed)
+        return removed
 
     def wait_idle(self, timeout: float | None = None) -> None:
         """Block until scheduled checks have finished (tests and orderly shutdown)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -115,3 +116,77 @@ def test_a_chunked_upload_over_the_limit_is_refused_as_it_arrives(api: Api) -> N
 def test_a_deployment_body_over_its_small_limit_is_a_413(api: Api) -> None:
     raw = json.dumps({"properties": {"model": {"name": "tiny-llama"}}, "pad": "x" * BODY_LIMITS["deployments"]})
     assert_error(post_raw(api, f"{ARM}/d1?api-version=2024-10-01", raw, "PUT"), 413, None)
+
+
+def chat(api: Api, **change: Any) -> Any:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], **change}
+    return api.client.post("/v1/chat/completions", headers=api.headers(), json=body)
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [({"model": 5}, "model"), ({"model": ["a"]}, "model"), ({"seed": 10**30}, "seed"), ({"n": 0}, "n")],
+)
+def test_bad_chat_values_are_400s_naming_the_param(api: Api, change: dict[str, Any], param: str) -> None:
+    assert_error(chat(api, **change), 400, param)
+
+
+def test_a_prompt_over_the_context_says_so_without_negative_numbers(api: Api) -> None:
+    error = assert_error(chat(api, messages=[{"role": "user", "content": "lorem ipsum " * 1500}]), 400, "messages")
+    assert error["code"] == "context_length_exceeded"
+    assert "-" not in error["message"].replace("context_length", ""), error["message"]
+
+
+@pytest.mark.parametrize("capacity", ["10**30", "1e30", '"abc"', "[1]", "0"])
+def test_bad_capacities_are_400s(api: Api, capacity: str) -> None:
+    value = str(10**30) if capacity == "10**30" else capacity
+    arm = f'{{"sku": {{"name": "standard", "capacity": {value}}}, "properties": {{"model": {{"name": "tiny-llama"}}}}}}'
+    assert_error(post_raw(api, f"{ARM}/d1?api-version=2024-10-01", arm, "PUT"), 400, "sku.capacity")
+    assert_error(post_raw(api, "/v1/deployments/d1", arm, "PUT"), 400, "sku.capacity")
+    legacy = f'{{"model": "tiny-llama", "scale_settings": {{"capacity": {value}}}}}'
+    assert_error(post_raw(api, "/v1/deployments", legacy), 400, "scale_settings.capacity")
+
+
+def test_quota_429s_do_not_advise_a_retry(api: Api) -> None:
+    for _ in range(8):
+        upload(api, chat_jsonl())
+    response = api.client.post(
+        "/v1/files", headers=api.headers(), files={"file": ("d.jsonl", chat_jsonl())}, data={"purpose": "fine-tune"}
+    )
+    assert_error(response, 429, "file")
+    assert "retry-after" not in response.headers
+
+
+def test_a_long_request_id_is_not_echoed(api: Api) -> None:
+    short = api.client.get("/v1/models", headers={**api.headers(), "x-request-id": "abc-123"})
+    assert short.headers["x-request-id"] == "abc-123"
+    long = api.client.get("/v1/models", headers={**api.headers(), "x-request-id": "a" * 5000})
+    assert len(long.headers["x-request-id"]) <= 128
+
+
+@pytest.mark.parametrize("name", ["日本語.jsonl", "😀train.jsonl", 'say "hi".jsonl'])
+def test_any_file_name_can_be_downloaded(api: Api, name: str) -> None:
+    data = chat_jsonl()
+    response = api.client.post(
+        "/v1/files", headers=api.headers(), files={"file": (name, data)}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    download = api.client.get(f"/v1/files/{response.json()['id']}/content", headers=api.headers())
+    assert download.status_code == 200
+    assert download.content == data
+    disposition = download.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="')
+    stored = response.json()["filename"]  # httpx sends a quote in a multipart name as %22
+    assert "filename*=UTF-8''" + quote(stored, safe="") in disposition
+    assert disposition.count('"') == 2, "quotes in the name are not copied into the quoted fallback"
+
+
+def test_odd_static_paths_are_404s(api: Api) -> None:
+    from fastapi.testclient import TestClient
+
+    from tunery.portal.routes import router as portal_router
+
+    api.client.app.include_router(portal_router)  # type: ignore[attr-defined]
+    client = TestClient(api.client.app)  # type: ignore[arg-type]
+    for path in ("/static/%00", "/static/" + "a" * 5000, "/static/" + "a/" * 3000):
+        assert client.get(path).status_code == 404, path

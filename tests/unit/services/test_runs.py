@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -350,3 +351,25 @@ def test_a_job_whose_checkpoint_is_deployed_or_a_parent_cannot_be_deleted(
         services.jobs.delete(project, job.id)
     services.jobs.cancel(project, child.id)
     services.jobs.delete(project, job.id)
+
+
+def test_the_start_up_sweep_deletes_what_a_crash_mid_upload_left(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    kept = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
+    blobs.write(f"files/{project}/file-0123456789abcdef0123456789abcdef", [b"no row owns me"])
+    half = blobs.root / "files" / project / ".file-x.abc.tmp"
+    half.write_bytes(b"half an upload")
+    fresh = blobs.root / "files" / project / ".file-y.abc.tmp"
+    fresh.write_bytes(b"an upload in progress")
+    old = time.time() - 3600
+    for path in (half, blobs.root / "files" / project / "file-0123456789abcdef0123456789abcdef"):
+        os.utime(path, (old, old))
+    os.utime(blobs.root / "files" / project / kept.id, (old, old))
+
+    assert services.files.sweep(min_age_s=600) == 2
+    assert not half.exists()
+    assert not blobs.exists(f"files/{project}/file-0123456789abcdef0123456789abcdef")
+    assert fresh.exists(), "a recent temporary file may be an upload in progress"
+    assert blobs.exists(f"files/{project}/{kept.id}")

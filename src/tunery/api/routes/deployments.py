@@ -23,6 +23,7 @@ ARM_PREFIX = (
     "/accounts/{account}/deployments"
 )
 
+MAX_CAPACITY = 100_000  # far above any real deployment; keeps the number inside a database integer
 arm_router = APIRouter(tags=["deployments (ARM)"], route_class=bounded("deployments"))
 data_router = APIRouter(tags=["deployments"], route_class=bounded("deployments"))
 
@@ -39,10 +40,20 @@ def _model_name(body: dict[str, Any]) -> tuple[str, str, int]:
     sku = body.get("sku") or {}
     if not isinstance(sku, dict):
         raise InvalidRequest("sku must be an object such as {'name': 'standard', 'capacity': 1}.", param="sku")
-    capacity = sku.get("capacity", 1)
-    if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise InvalidRequest("sku.capacity must be an integer.", param="sku.capacity")
-    return name, str(sku.get("name") or "Standard"), capacity
+    sku_name = sku.get("name") or "Standard"
+    if not isinstance(sku_name, str):
+        raise InvalidRequest("sku.name must be a string such as 'Standard'.", param="sku.name")
+    return name, sku_name, _capacity(sku.get("capacity", 1), "sku.capacity")
+
+
+def _capacity(value: Any, param: str) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CAPACITY:
+        raise InvalidRequest(f"{param} must be an integer from 1 to {MAX_CAPACITY}.", param=param)
+    return value
 
 
 def _resource_id(request: Request) -> str:
@@ -103,10 +114,14 @@ def create_legacy_deployment(
     if not isinstance(model, str) or not model:
         raise InvalidRequest("model is required.", param="model")
     name = body.get("name") or f"deployment-{uuid.uuid4().hex}"
+    if not isinstance(name, str):
+        raise InvalidRequest("name must be a string.", param="name")
     scale = body.get("scale_settings") or {}
-    capacity = scale.get("capacity", 1) if isinstance(scale, dict) else 1
+    if not isinstance(scale, dict):
+        raise InvalidRequest("scale_settings must be an object such as {'capacity': 1}.", param="scale_settings")
+    capacity = _capacity(scale.get("capacity", 1), "scale_settings.capacity")
     deployment, _ = services.deployments.create_or_update(
-        principal.project_id, str(name), model=model, sku_capacity=int(capacity or 1)
+        principal.project_id, name, model=model, sku_capacity=capacity
     )
     return DeploymentObject.from_domain(deployment)
 
