@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunery.api.edge import param_name
 from tunery.domain.errors import (
     Conflict,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -26,6 +27,7 @@ from tunery.domain.errors import (
     Unauthorized,
     Unavailable,
 )
+from tunery.storage.disk import disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ServiceError], int], ...] = (
     (InvalidRequest, 400),
     (Unauthorized, 401),
     (Unavailable, 503),
+    (InsufficientStorage, 507),
 )
 HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 413: "fileTooLarge", 401: "401"}
 
@@ -95,6 +98,9 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "?")
+    if is_disk_full(exc):  # wherever it surfaced: a clear 507, never internals
+        log.error("request %s: the disk is full (%s)", request_id, exc)
+        return _service_error(request, disk_full("this request"))
     log.exception("unhandled error in request %s", request_id)
     return JSONResponse(
         error_body(

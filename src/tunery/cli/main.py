@@ -64,6 +64,7 @@ def serve(
     if not services.keys.has_keys():
         first_key = services.keys.create(DEFAULT_PROJECT)
     services.files.sweep()
+    services.files.reserve_space()
     recovered = services.files.recover()
     if recovered:
         logging.getLogger("tunery").info("re-checking %d file(s) left unfinished by a restart", recovered)

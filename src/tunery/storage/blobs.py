@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from tunery.domain.errors import NotFound, PayloadTooLarge
+from tunery.storage.disk import disk_full, is_disk_full
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 S3_PART_BYTES = 8 * 1024 * 1024  # S3 wants at least 5 MiB in every part but the last
@@ -91,8 +92,13 @@ def _limited(chunks: Iterable[bytes], max_bytes: int | None) -> Iterator[bytes]:
 
 def _write_atomically(target: Path, chunks: Iterable[bytes], max_bytes: int | None) -> int:
     """Write to a temporary file beside ``target``, fsync it, then rename it over ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full("storing the data") from exc
+        raise
     try:
         total = 0
         with os.fdopen(fd, "wb") as out:
@@ -102,9 +108,11 @@ def _write_atomically(target: Path, chunks: Iterable[bytes], max_bytes: int | No
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if is_disk_full(exc):
+            raise disk_full("storing the data") from exc
         raise
     _fsync_dir(target.parent)
     return total
