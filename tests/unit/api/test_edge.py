@@ -190,3 +190,20 @@ def test_odd_static_paths_are_404s(api: Api) -> None:
     client = TestClient(api.client.app)  # type: ignore[arg-type]
     for path in ("/static/%00", "/static/" + "a" * 5000, "/static/" + "a/" * 3000):
         assert client.get(path).status_code == 404, path
+
+
+def test_a_row_stored_with_a_lone_surrogate_can_still_be_read_back(api: Api) -> None:
+    """Rows written before the edge refused such strings (or by another path) never break a list."""
+    train = upload(api, chat_jsonl())
+    created = api.client.post(
+        "/v1/fine_tuning/jobs", headers=api.headers(), json={"model": "tiny-llama", "training_file": train}
+    )
+    job_id = created.json()["id"]
+    with api.db.transaction() as conn:  # as an older version stored it: JSON escapes the surrogate
+        marker = "?" if api.db.is_sqlite else "%s"
+        conn.exec_driver_sql(f'UPDATE jobs SET metadata = \'{{"x": "a\\ud83d"}}\' WHERE id = {marker}', (job_id,))
+    for path in ("/v1/fine_tuning/jobs", f"/v1/fine_tuning/jobs/{job_id}"):
+        response = api.client.get(path, headers=api.headers())
+        assert response.status_code == 200, response.text
+    assert response.json()["metadata"] == {"x": "a\ufffd"}
+    assert api.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=api.headers()).status_code == 200
