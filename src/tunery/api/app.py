@@ -36,7 +36,7 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
     app.state.body_limits = {**BODY_LIMITS, "upload": max_upload_bytes + UPLOAD_SLACK_BYTES}
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(deployments.arm_router)
+    app.include_router(deployments.arm_router, generate_unique_id_function=_operation_id("arm"))
     for prefix, dialect in LAYOUTS:
         for router in DATA_PLANE_ROUTERS:
             app.include_router(

@@ -207,3 +207,17 @@ def test_a_row_stored_with_a_lone_surrogate_can_still_be_read_back(api: Api) -> 
         assert response.status_code == 200, response.text
     assert response.json()["metadata"] == {"x": "a\ufffd"}
     assert api.client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=api.headers()).status_code == 200
+
+
+def test_openapi_has_unique_operation_ids_and_declares_arm_path_parameters(api: Api) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns about a duplicate operationId
+        spec = api.client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    arm = next(p for p in spec["paths"] if p.startswith("/subscriptions/") and p.endswith("{name}"))
+    for method in ("put", "get", "delete"):
+        declared = {p["name"] for p in spec["paths"][arm][method]["parameters"] if p["in"] == "path"}
+        assert declared == {"subscription", "resource_group", "account", "name"}

@@ -8,9 +8,10 @@ Data plane: ``GET|POST /deployments``, ``PUT|GET|DELETE /deployments/{name}`` on
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
@@ -56,14 +57,40 @@ def _capacity(value: Any, param: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class ArmScope:
+    """The ARM path segments Azure clients send; Tunery has one account, so they only name the resource."""
+
+    subscription: str
+    resource_group: str
+    account: str
+
+
+def _arm_scope(
+    subscription: Annotated[str, Path(description="Azure subscription id (any value; Tunery has one account)")],
+    resource_group: Annotated[str, Path(description="Resource group name (any value)")],
+    account: Annotated[str, Path(description="Azure OpenAI account name (any value)")],
+) -> ArmScope:
+    return ArmScope(subscription, resource_group, account)
+
+
+ArmScopeDep = Annotated[ArmScope, Depends(_arm_scope)]
+
+
 def _resource_id(request: Request) -> str:
     return request.url.path
 
 
 # ------------------------------------------------------------------------------------------------- ARM
-@arm_router.api_route(ARM_PREFIX + "/{name}", methods=["PUT", "POST"], response_model=ArmDeployment)
+@arm_router.put(ARM_PREFIX + "/{name}", response_model=ArmDeployment)
+@arm_router.post(ARM_PREFIX + "/{name}", response_model=ArmDeployment, name="arm_put_by_post")
 def arm_put(
-    name: str, request: Request, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    name: str,
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    scope: ArmScopeDep,
+    body: Annotated[dict[str, Any], Body()],
 ) -> Response:
     model, sku, capacity = _model_name(body)
     deployment, created = services.deployments.create_or_update(
@@ -74,12 +101,14 @@ def arm_put(
 
 
 @arm_router.get(ARM_PREFIX + "/{name}", response_model=ArmDeployment)
-def arm_get(name: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> ArmDeployment:
+def arm_get(
+    name: str, request: Request, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep
+) -> ArmDeployment:
     return ArmDeployment.from_domain(services.deployments.retrieve(principal.project_id, name), _resource_id(request))
 
 
 @arm_router.get(ARM_PREFIX)
-def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep) -> dict[str, Any]:
     base = request.url.path.rstrip("/")
     return {
         "value": [
@@ -90,7 +119,7 @@ def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep) -
 
 
 @arm_router.delete(ARM_PREFIX + "/{name}", status_code=204)
-def arm_delete(name: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+def arm_delete(name: str, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep) -> Response:
     services.deployments.delete(principal.project_id, name)
     return Response(status_code=204)
 

@@ -106,10 +106,11 @@ def delete_job(
 
 
 # The Azure REST how-to shows POST for events and checkpoints (a docs bug; GET is right): accept both.
-@router.api_route(
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=ListResponse[FineTuningJobEvent])
+@router.post(
     "/fine_tuning/jobs/{fine_tuning_job_id}/events",
-    methods=["GET", "POST"],
     response_model=ListResponse[FineTuningJobEvent],
+    name="list_events_by_post",
 )
 def list_events(
     fine_tuning_job_id: str,
@@ -124,10 +125,11 @@ def list_events(
     return ListResponse[FineTuningJobEvent].of(data, page.has_more)
 
 
-@router.api_route(
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", response_model=ListResponse[FineTuningJobCheckpoint])
+@router.post(
     "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
-    methods=["GET", "POST"],
     response_model=ListResponse[FineTuningJobCheckpoint],
+    name="list_checkpoints_by_post",
 )
 def list_checkpoints(
     fine_tuning_job_id: str,
