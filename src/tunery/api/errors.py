@@ -75,7 +75,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     param = param_name(location) or None
     if first.get("type") == "json_invalid":
         param = None  # the location is a character offset, not a param
-    reason = first.get("msg", "invalid value")
+    reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     message = f"Invalid value for '{param}': {reason}." if param else f"Invalid request: {reason}."
     if first.get("type") == "missing" and param:
         message = f"Missing required parameter: '{param}'."

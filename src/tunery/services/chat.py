@@ -46,6 +46,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     tools: list[dict[str, Any]] | None = None
+    model: str | None = None  # a deployment, model or checkpoint name; the deployment path may name it instead
 
 
 @dataclass(slots=True)
@@ -88,71 +89,6 @@ class CompletionStream:
     model: str
     deltas: Iterator[ChoiceDelta]
     usage: Usage = field(default_factory=Usage)
-
-
-def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
-    """Raises:
-    InvalidRequest: naming the offending parameter.
-    """
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list.", param="messages")
-    if len(messages) > MAX_MESSAGES:
-        raise InvalidRequest(f"messages may have at most {MAX_MESSAGES} items.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise InvalidRequest(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{index}].role"
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise InvalidRequest(
-                f"messages[{index}].content must be a string or a list of parts.", param=f"messages[{index}].content"
-            )
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
-    temperature = _number(body.get("temperature", 1.0), "temperature", 0.0, 2.0)
-    top_p = _number(body.get("top_p", 1.0), "top_p", 0.0, 1.0)
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("model must be a string: a deployment, model or checkpoint name.", param="model")
-    n = body.get("n")
-    n = 1 if n is None else n
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}.", param="n")
-    stop = body.get("stop")
-    stops: tuple[str, ...] = ()
-    if isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP_SEQUENCES:
-        stops = tuple(stop)
-    elif stop is not None:
-        raise InvalidRequest(f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not MIN_SEED <= seed <= MAX_SEED):
-        raise InvalidRequest(f"seed must be an integer between {MIN_SEED} and {MAX_SEED}.", param="seed")
-    options = body.get("stream_options") or {}
-    return ChatRequest(
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        n=n,
-        stop=tuple(s for s in stops if s),
-        seed=seed,
-        stream=bool(body.get("stream")),
-        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-        tools=body.get("tools"),
-    )
-
-
-def _number(value: Any, param: str, low: float, high: float) -> float:
-    if value is None:
-        return high if param == "top_p" else 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise InvalidRequest(f"{param} must be a number between {low:g} and {high:g}.", param=param)
-    return float(value)
 
 
 class ChatService:
@@ -198,19 +134,18 @@ class ChatService:
     def create(
         self,
         project_id: str,
-        body: dict[str, Any],
+        request: ChatRequest,
         *,
         deployment: str | None = None,
         cancel: threading.Event | None = None,
     ) -> Completion | CompletionStream:
         """Answer a chat request; setting ``cancel`` (the client left) stops every choice at the next step."""
-        request = parse_chat_request(body)
         cancel = cancel if cancel is not None else threading.Event()
-        ref = self.resolve(project_id, model=body.get("model"), deployment=deployment)
+        ref = self.resolve(project_id, model=request.model, deployment=deployment)
         requests = self._generation_requests(ref, request, cancel)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(self._clock())
-        name = deployment or str(body.get("model") or ref.name)
+        name = deployment or request.model or ref.name
         stream = CompletionStream(id=completion_id, created=created, model=name, deltas=iter(()))
         stream.deltas = self._run(requests, stream.usage, cancel)
         if request.stream:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from itertools import chain
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
 from tunery.api.disconnect import CancellingStream, until_disconnected
 from tunery.api.edge import bounded
-from tunery.api.schemas.chat import ChatCompletion, chunk, delta_choice
+from tunery.api.schemas.chat import ChatCompletion, ChatCompletionRequest, chunk, delta_choice
 from tunery.api.streaming import sse, sse_error
 from tunery.domain.errors import ServiceError
 from tunery.services.chat import ChoiceDelta, Completion, CompletionStream
@@ -24,7 +24,7 @@ router = APIRouter(tags=["chat"], route_class=bounded("chat"))
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
-    request: Request, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    request: Request, services: ServicesDep, principal: PrincipalDep, body: ChatCompletionRequest
 ) -> Response:
     return await _answer(request, services, principal.project_id, body, None)
 
@@ -35,19 +35,20 @@ async def deployment_chat_completions(
     deployment: str,
     services: ServicesDep,
     principal: PrincipalDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: ChatCompletionRequest,
 ) -> Response:
     return await _answer(request, services, principal.project_id, body, deployment)
 
 
 async def _answer(
-    request: Request, services: Services, project_id: str, body: dict[str, Any], deployment: str | None
+    request: Request, services: Services, project_id: str, body: ChatCompletionRequest, deployment: str | None
 ) -> Response:
     """Generate in a worker thread; a client that disconnects cancels its choices (streamed or not)."""
     cancel = threading.Event()
+    chat = body.to_domain()
 
     def start() -> tuple[Completion | CompletionStream, ChoiceDelta | None]:
-        result = services.chat.create(project_id, body, deployment=deployment, cancel=cancel)
+        result = services.chat.create(project_id, chat, deployment=deployment, cancel=cancel)
         # Wait for the first piece before answering, so a failure to start is still a proper HTTP error.
         first = next(result.deltas, None) if isinstance(result, CompletionStream) else None
         return result, first
@@ -56,9 +57,7 @@ async def _answer(
     if isinstance(result, Completion):
         return JSONResponse(ChatCompletion.from_domain(result).model_dump(mode="json"))
     deltas = chain([first], result.deltas) if first is not None else iter(())
-    options = body.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return CancellingStream(_events(result, deltas, include_usage), cancel, media_type="text/event-stream")
+    return CancellingStream(_events(result, deltas, chat.include_usage), cancel, media_type="text/event-stream")
 
 
 def _events(result: CompletionStream, deltas: Iterator[Any], include_usage: bool) -> Iterator[bytes]:

@@ -11,12 +11,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
 from tunery.api.edge import bounded
-from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject
+from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject, DeploymentRequest, LegacyDeploymentRequest
 from tunery.domain.errors import InvalidRequest
 
 ARM_PREFIX = (
@@ -24,37 +24,18 @@ ARM_PREFIX = (
     "/accounts/{account}/deployments"
 )
 
-MAX_CAPACITY = 100_000  # far above any real deployment; keeps the number inside a database integer
 arm_router = APIRouter(tags=["deployments (ARM)"], route_class=bounded("deployments"))
 data_router = APIRouter(tags=["deployments"], route_class=bounded("deployments"))
 
 
-def _model_name(body: dict[str, Any]) -> tuple[str, str, int]:
-    properties = body.get("properties")
-    model = properties.get("model") if isinstance(properties, dict) else None
-    name = model.get("name") if isinstance(model, dict) else None
-    if not isinstance(name, str) or not name:
+def _model_name(body: DeploymentRequest) -> tuple[str, str, int]:
+    name = body.properties.model.name
+    if not name:
         raise InvalidRequest(
             "properties.model.name is required: the fine-tuned model, checkpoint or base model to deploy.",
             param="properties.model.name",
         )
-    sku = body.get("sku") or {}
-    if not isinstance(sku, dict):
-        raise InvalidRequest("sku must be an object such as {'name': 'standard', 'capacity': 1}.", param="sku")
-    sku_name = sku.get("name") or "Standard"
-    if not isinstance(sku_name, str):
-        raise InvalidRequest("sku.name must be a string such as 'Standard'.", param="sku.name")
-    return name, sku_name, _capacity(sku.get("capacity", 1), "sku.capacity")
-
-
-def _capacity(value: Any, param: str) -> int:
-    if value is None:
-        return 1
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CAPACITY:
-        raise InvalidRequest(f"{param} must be an integer from 1 to {MAX_CAPACITY}.", param=param)
-    return value
+    return name, body.sku.name or "Standard", body.sku.capacity
 
 
 @dataclass(frozen=True)
@@ -90,7 +71,7 @@ def arm_put(
     services: ServicesDep,
     principal: PrincipalDep,
     scope: ArmScopeDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: DeploymentRequest,
 ) -> Response:
     model, sku, capacity = _model_name(body)
     deployment, created = services.deployments.create_or_update(
@@ -135,30 +116,19 @@ def list_deployments(services: ServicesDep, principal: PrincipalDep) -> dict[str
 
 @data_router.post("/deployments", response_model=DeploymentObject, status_code=201)
 def create_legacy_deployment(
-    services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    services: ServicesDep, principal: PrincipalDep, body: LegacyDeploymentRequest
 ) -> DeploymentObject:
     """The pre-2023 data-plane create: ``{"model": ..., "scale_settings": {...}}``; the name is generated
     unless ``name`` is given."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required.", param="model")
-    name = body.get("name") or f"deployment-{uuid.uuid4().hex}"
-    if not isinstance(name, str):
-        raise InvalidRequest("name must be a string.", param="name")
-    scale = body.get("scale_settings") or {}
-    if not isinstance(scale, dict):
-        raise InvalidRequest("scale_settings must be an object such as {'capacity': 1}.", param="scale_settings")
-    capacity = _capacity(scale.get("capacity", 1), "scale_settings.capacity")
+    name = body.name or f"deployment-{uuid.uuid4().hex}"
     deployment, _ = services.deployments.create_or_update(
-        principal.project_id, name, model=model, sku_capacity=capacity
+        principal.project_id, name, model=body.model, sku_capacity=body.scale_settings.capacity
     )
     return DeploymentObject.from_domain(deployment)
 
 
 @data_router.put("/deployments/{name}", response_model=DeploymentObject)
-def put_deployment(
-    name: str, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
-) -> Response:
+def put_deployment(name: str, services: ServicesDep, principal: PrincipalDep, body: DeploymentRequest) -> Response:
     model, sku, capacity = _model_name(body)
     deployment, created = services.deployments.create_or_update(
         principal.project_id, name, model=model, sku_name=sku, sku_capacity=capacity
