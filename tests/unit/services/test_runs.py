@@ -23,6 +23,7 @@ from tunery.domain.errors import Conflict
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
+from tunery.services.job_requests import parse_job_request
 from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
@@ -54,7 +55,7 @@ def project(services: Services) -> str:
 
 def new_job(services: Services, project: str, **body: Any) -> Job:
     file = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
-    return services.jobs.create(project, {"model": "tiny-llama", "training_file": file.id, **body})
+    return services.jobs.create(project, parse_job_request({"model": "tiny-llama", "training_file": file.id, **body}))
 
 
 def start(services: Services, job: Job) -> Job:

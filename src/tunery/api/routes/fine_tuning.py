@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
 from tunery.api.dialects import Dialect
 from tunery.api.edge import bounded
 from tunery.api.schemas.common import ListResponse
-from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+from tunery.api.schemas.fine_tuning import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+)
 from tunery.domain.errors import NotFound
 from tunery.domain.pagination import Order, PageRequest
 
@@ -34,9 +38,9 @@ def create_job(
     services: ServicesDep,
     principal: PrincipalDep,
     dialect: DialectDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: FineTuningJobCreate,
 ) -> Response:
-    job = services.jobs.create(principal.project_id, body)
+    job = services.jobs.create(principal.project_id, body.to_domain())
     headers = {}
     if dialect.created_status == 201:
         headers["Location"] = f"{str(request.base_url).rstrip('/')}/openai/fine_tuning/jobs/{job.id}"
