@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +188,7 @@ class RunService:
             base_model_dir=str(base_dir),
             train_file=str(training),
             validation_file=str(validation) if validation else None,
-            method=job.method.value,  # type: ignore[arg-type]
+            method=job.method.value,
             n_epochs=int(resolved.n_epochs or 1),
             batch_size=int(resolved.batch_size or 1),
             learning_rate=BASE_LEARNING_RATE * float(resolved.learning_rate_multiplier or 1.0),
@@ -355,7 +356,7 @@ class RunService:
         key = f"adapters/{job.id}/step-{step}"
         for filename in ADAPTER_FILES:
             with (folder / filename).open("rb") as source:
-                self._blobs.write(f"{key}/{filename}", iter(lambda s=source: s.read(1 << 20), b""))
+                self._blobs.write(f"{key}/{filename}", iter(partial(source.read, 1 << 20), b""))
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numbers.setdefault("step", float(step))
         self._checkpoints.insert(

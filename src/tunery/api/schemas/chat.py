@@ -40,11 +40,21 @@ def _stop(value: Any) -> tuple[str, ...]:
     raise ValueError(f"must be a string or a list of up to {MAX_STOP_SEQUENCES} strings")
 
 
+_CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {}}, {"type": "null"}]}
+_STOP_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+        {"type": "null"},
+    ]
+}
+
+
 class ChatMessageIn(Loose):
     """One message; fields beyond these (``name``, ``tool_calls``, ...) are kept for the chat template."""
 
     role: Role
-    content: one_of(_content, {"anyOf": [{"type": "string"}, {"type": "array", "items": {}}, {"type": "null"}]}) = None
+    content: Annotated[str | list[Any] | None, *one_of(_content, _CONTENT_SCHEMA)] = None
 
 
 class StreamOptions(Loose):
@@ -61,11 +71,7 @@ class ChatCompletionRequest(Loose):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
-    stop: one_of(
-        _stop,
-        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
-                   {"type": "null"}]},
-    ) = ()  # fmt: skip
+    stop: Annotated[tuple[str, ...], *one_of(_stop, _STOP_SCHEMA)] = ()
     seed: Int64 | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

@@ -21,10 +21,11 @@ class Loose(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
-def one_of(check: Callable[[Any], Any], json_schema: dict[str, Any]) -> Any:
-    """A field of several JSON shapes, validated by ``check`` (its ValueError names this field alone, where
-    a pydantic union would name each branch) and documented in OpenAPI as ``json_schema``."""
-    return Annotated[Any, PlainValidator(check), WithJsonSchema(json_schema)]
+def one_of(check: Callable[[Any], Any], json_schema: dict[str, Any]) -> tuple[PlainValidator, WithJsonSchema]:
+    """Metadata for a field of several JSON shapes, ``Annotated[T, *one_of(check, schema)]``: validated by
+    ``check`` (its ValueError names this field alone, where a pydantic union would name each branch) and
+    documented in OpenAPI as ``json_schema``."""
+    return PlainValidator(check), WithJsonSchema(json_schema)
 
 
 class ListResponse(BaseModel, Generic[T]):

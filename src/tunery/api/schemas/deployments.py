@@ -20,7 +20,7 @@ class ArmModelRef(Loose):
 
 
 class ArmProperties(Loose):
-    model: ArmModelRef = Field(default_factory=ArmModelRef)
+    model: ArmModelRef = Field(default_factory=lambda: ArmModelRef())
 
 
 class ArmSku(Loose):
@@ -31,8 +31,8 @@ class ArmSku(Loose):
 class DeploymentRequest(Loose):
     """The ARM deployment body (``PUT .../deployments/{name}``): ``sku`` + ``properties.model``."""
 
-    sku: ArmSku = Field(default_factory=ArmSku)
-    properties: ArmProperties = Field(default_factory=ArmProperties)
+    sku: ArmSku = Field(default_factory=lambda: ArmSku())
+    properties: ArmProperties = Field(default_factory=lambda: ArmProperties())
 
 
 class ScaleSettings(Loose):
@@ -45,7 +45,7 @@ class LegacyDeploymentRequest(Loose):
 
     model: Annotated[str, Field(min_length=1)]
     name: str | None = None
-    scale_settings: ScaleSettings = Field(default_factory=ScaleSettings)
+    scale_settings: ScaleSettings = Field(default_factory=lambda: ScaleSettings())
 
 
 ARM_TYPE = "Microsoft.CognitiveServices/accounts/deployments"

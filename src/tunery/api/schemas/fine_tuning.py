@@ -38,6 +38,9 @@ _METHOD = {
 }
 
 
+_TRAINING_TYPE = {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}
+
+
 class FineTuningJobCreate(Loose):
     """``POST /fine_tuning/jobs`` (OpenAI's ``CreateFineTuningJobRequest`` plus Azure's ``trainingType``).
 
@@ -48,14 +51,14 @@ class FineTuningJobCreate(Loose):
     model: Annotated[str, Field(min_length=1)]
     training_file: Annotated[str, Field(min_length=1)]
     validation_file: str | None = None
-    method: one_of(_json, {"anyOf": [_METHOD, {"type": "null"}]}) = None
-    hyperparameters: one_of(_json, {"anyOf": [_HYPERPARAMETERS, {"type": "null"}]}) = None
+    method: Annotated[Any, *one_of(_json, {"anyOf": [_METHOD, {"type": "null"}]})] = None
+    hyperparameters: Annotated[Any, *one_of(_json, {"anyOf": [_HYPERPARAMETERS, {"type": "null"}]})] = None
     seed: int | None = None
     suffix: str | None = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
-    trainingType: one_of(_json, {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}) = None
-    training_type: one_of(_json, {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}) = None
+    trainingType: Annotated[Any, *one_of(_json, _TRAINING_TYPE)] = None
+    training_type: Annotated[Any, *one_of(_json, _TRAINING_TYPE)] = None
 
     def to_domain(self) -> JobRequest:
         return parse_job_request(self.model_dump(exclude_unset=True))
