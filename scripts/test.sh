@@ -29,4 +29,5 @@ fi
 
 .venv/bin/ruff check src tests bench
 .venv/bin/lint-imports
+.venv/bin/mypy  # strict on tunery.domain, tunery.services, tunery.api ([tool.mypy] in pyproject.toml)
 exec .venv/bin/pytest "$@"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
-from tunery.domain.errors import Unavailable
+from tunery.domain.errors import ServiceError, Unavailable
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
@@ -37,6 +39,7 @@ from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
 from tunery.storage.deployments import DeploymentStore
+from tunery.storage.disk import SpaceReserve, disk_full, is_disk_full
 from tunery.storage.evals import EvalStore
 from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
@@ -47,6 +50,8 @@ from tunery.storage.projects import ApiKeyStore, ProjectStore
 from tunery.training.spec import LoraSpec
 
 log = logging.getLogger(__name__)
+# How long a failed base-model preparation is answered from memory before it is tried again.
+PREPARE_RETRY_S = 300.0
 
 
 def build_catalog(settings: Settings) -> Catalog:
@@ -77,7 +82,41 @@ def prepare_base_model(settings: Settings, name: str | None = None, *, weights: 
     command = [sys.executable, "-m", "tunery.catalog", "prepare", ref, "--cache-dir", str(settings.model_cache_dir)]
     if weights:
         command.append("--all")
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        log.error("preparing base model %s failed (exit %d):\n%s", spec.name, done.returncode, done.stderr)
+        if is_disk_full(OSError(done.stderr)):
+            raise disk_full(f"preparing base model '{spec.name}'")
+        raise Unavailable(f"Preparing base model '{spec.name}' failed; the server log says why.")
+
+
+class BaseWeights:
+    """A local folder with a base model's weights, preparing it on first use.
+
+    A failed preparation (a full disk, say) is remembered for ``retry_after_s``: requests in that time get
+    the same clear error at once instead of each running the minutes-long preparation again.
+    """
+
+    def __init__(self, settings: Settings, catalog: Catalog, *, retry_after_s: float = PREPARE_RETRY_S) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._retry_after_s = retry_after_s
+        self._failures: dict[str, tuple[float, ServiceError]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> Path:
+        with self._lock:
+            failed = self._failures.get(name)
+            if failed is not None and time.monotonic() - failed[0] < self._retry_after_s:
+                error = failed[1]
+                raise type(error)(error.message, param=error.param, code=error.code)
+            try:
+                prepare_base_model(self._settings, name, weights=True)
+            except ServiceError as exc:
+                self._failures[name] = (time.monotonic(), exc)
+                raise
+            self._failures.pop(name, None)
+        return self._catalog.weights_dir(name)
 
 
 def build_services(
@@ -109,10 +148,11 @@ def build_services(
         ),
         default_tokenizer,
         background=background_checks,
+        reserve=SpaceReserve(settings.data_dir / ".space-reserve"),
     )
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
-    model_store = ModelStore(database)
+    model_store, deployment_store = ModelStore(database), DeploymentStore(database)
     imported, migrated = ImportedModelStore(database), MigrationStore(database)
     models = ModelService(catalog, model_store, checkpoints, jobs_store, imported=imported, migrations=migrated)
     jobs = JobService(
@@ -128,9 +168,7 @@ def build_services(
         ),
     )
 
-    def base_weights(name: str) -> Path:
-        prepare_base_model(settings, name, weights=True)
-        return catalog.weights_dir(name)
+    base_weights = BaseWeights(settings, catalog)
 
     worker = settings.worker
     runs = RunService(
@@ -159,9 +197,10 @@ def build_services(
             precision_cache=precision_cache(settings),
         ),
         imported=imported,
+        deployments=deployment_store,
     )
     deployments = DeploymentService(
-        DeploymentStore(database),
+        deployment_store,
         models,
         DeploymentRules(
             max_per_project=settings.deployments.max_per_project,

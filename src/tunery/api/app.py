@@ -5,17 +5,18 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
+from tunery.api.edge import BODY_LIMITS
 from tunery.api.routes import chat, deployments, evals, files, fine_tuning, graders, health, migrations, models
 from tunery.services.container import Services
 
@@ -23,6 +24,7 @@ DATA_PLANE_ROUTERS = (
     files.router,
     fine_tuning.router,
     graders.router,
+    models.import_router,  # before models.router: /models/import is not a model name
     models.router,
     chat.router,
     deployments.data_router,
@@ -31,18 +33,30 @@ DATA_PLANE_ROUTERS = (
 )
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[str] | None = None) -> FastAPI:
+def create_app(
+    services: Services,
+    *,
+    max_upload_bytes: int,
+    max_import_bytes: int = BODY_LIMITS["import"],
+    cors_origins: list[str] | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Tunery",
         version=__version__,
         description="Self-hosted fine-tuning with the Azure OpenAI / OpenAI API.",
     )
     app.state.services = services
+    app.state.body_limits = {
+        **BODY_LIMITS,
+        "upload": max_upload_bytes + UPLOAD_SLACK_BYTES,
+        "import": max_import_bytes + UPLOAD_SLACK_BYTES,
+    }
     errors.install(app)
     app.include_router(health.router)
-    app.include_router(deployments.arm_router)
+    app.include_router(deployments.arm_router, generate_unique_id_function=_operation_id("arm"))
     for prefix, dialect in LAYOUTS:
         for router in DATA_PLANE_ROUTERS:
             app.include_router(
@@ -54,21 +68,11 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
 
     @app.middleware("http")
     async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or ""
+        if not REQUEST_ID_RE.fullmatch(request_id):  # echo a client's id only when it is short and plain
+            request_id = uuid.uuid4().hex
         request.state.request_id = request_id
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes + UPLOAD_SLACK_BYTES:
-            response: Response = JSONResponse(
-                errors.error_body(
-                    f"The request body is {int(declared)} bytes; uploads may be at most {max_upload_bytes} bytes.",
-                    type_="invalid_request_error",
-                    param="file",
-                    code="fileTooLarge",
-                ),
-                413,
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)  # bodies are bounded per route: api/edge.py
         response.headers["x-request-id"] = request_id
         response.headers["apim-request-id"] = request_id
         return response

@@ -15,8 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunery.api.edge import param_name
 from tunery.domain.errors import (
     Conflict,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -25,6 +27,7 @@ from tunery.domain.errors import (
     Unauthorized,
     Unavailable,
 )
+from tunery.storage.disk import disk_full, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ServiceError], int], ...] = (
     (InvalidRequest, 400),
     (Unauthorized, 401),
     (Unavailable, 503),
+    (InsufficientStorage, 507),
 )
 HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 413: "fileTooLarge", 401: "401"}
 
@@ -55,7 +59,8 @@ def status_for(exc: ServiceError) -> int:
 def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     status = status_for(exc)
-    headers = {"retry-after": "5"} if status in (429, 503) else None
+    # A quota frees only when the user deletes something: no retry-after, so clients do not retry in vain.
+    headers = {"retry-after": "5"} if status == 503 else None
     if status == 401:
         headers = {"www-authenticate": "Bearer"}
     return JSONResponse(
@@ -66,9 +71,11 @@ def _service_error(request: Request, exc: Exception) -> JSONResponse:
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
-    param = ".".join(location) or None
-    reason = first.get("msg", "invalid value")
+    location = [part for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = param_name(location) or None
+    if first.get("type") == "json_invalid":
+        param = None  # the location is a character offset, not a param
+    reason = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     message = f"Invalid value for '{param}': {reason}." if param else f"Invalid request: {reason}."
     if first.get("type") == "missing" and param:
         message = f"Missing required parameter: '{param}'."
@@ -91,6 +98,9 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "?")
+    if is_disk_full(exc):  # wherever it surfaced: a clear 507, never internals
+        log.error("request %s: the disk is full (%s)", request_id, exc)
+        return _service_error(request, disk_full("this request"))
     log.exception("unhandled error in request %s", request_id)
     return JSONResponse(
         error_body(

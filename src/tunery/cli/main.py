@@ -66,11 +66,16 @@ def serve(
     first_key = None
     if not services.keys.has_keys():
         first_key = services.keys.create(DEFAULT_PROJECT)
+    services.files.sweep()
+    services.files.reserve_space()
     recovered = services.files.recover()
     if recovered:
         logging.getLogger("tunery").info("re-checking %d file(s) left unfinished by a restart", recovered)
     app_ = create_app(
-        services, max_upload_bytes=settings.files.max_upload_bytes, cors_origins=settings.api.cors_origins
+        services,
+        max_upload_bytes=settings.files.max_upload_bytes,
+        max_import_bytes=settings.portability.max_import_bytes,
+        cors_origins=settings.api.cors_origins,
     )
     app_.include_router(portal_router)  # the web portal at /, a client of the API above
     stop = threading.Event()

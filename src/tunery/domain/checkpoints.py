@@ -50,6 +50,7 @@ class Checkpoint:
     fine_tuned_model_checkpoint: str  # <model>:ckpt-step-<N>; the newest carries the plain model name
     adapter_key: str  # blob-store prefix of the adapter files
     metrics: dict[str, float] = field(default_factory=dict)
+    pinned: bool = False  # a pause checkpoint: retention never deletes it
 
 
 @dataclass(frozen=True, slots=True)

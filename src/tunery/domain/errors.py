@@ -66,3 +66,10 @@ class Unavailable(ServiceError):
 
     type = "server_error"
     default_code = "serviceUnavailable"
+
+
+class InsufficientStorage(ServiceError):
+    """The server's disk (or database) is full; deleting files or models frees space (HTTP 507)."""
+
+    type = "server_error"
+    default_code = "insufficientStorage"

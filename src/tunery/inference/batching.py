@@ -63,7 +63,14 @@ class RequestHandle:
         self.request = request
         self.adapter = adapter
         self.cancelled = False
+        self.ended = False  # set by the scheduler once, when the request leaves it
         self._queue: queue.SimpleQueue[GenerationChunk | BaseException] = queue.SimpleQueue()
+
+    @property
+    def stopped(self) -> bool:
+        """The caller closed its stream or set the request's ``cancel`` event."""
+        cancel = self.request.cancel
+        return self.cancelled or (cancel is not None and cancel.is_set())
 
     def put(self, item: GenerationChunk | BaseException) -> None:
         self._queue.put(item)
@@ -164,6 +171,8 @@ class Scheduler:
         self._wake = threading.Condition()
         self._closing = False
         self._rows: list[_Row] = []
+        self._in_flight = 0  # submitted and not yet ended: waiting, prefilling or decoding
+        self.generated_tokens = 0  # every token sampled since start, for every request (a serving metric)
         self._cache = PaddedKVCache(loaded.num_layers, [], 0)
         self._plan: LoraPlan | None = None
         self._thread = threading.Thread(target=self._run, name=f"tunery-scheduler-{loaded.name}", daemon=True)
@@ -172,6 +181,12 @@ class Scheduler:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def active_rows(self) -> int:
+        """Requests waiting, prefilling or decoding; a cancelled one leaves at the next step."""
+        with self._wake:
+            return self._in_flight
 
     def submit(self, handle: RequestHandle) -> None:
         """Queue a request; its chunks will arrive on ``handle``.
@@ -183,6 +198,7 @@ class Scheduler:
             if self._closing or not self._thread.is_alive():
                 raise Unavailable(f"The inference engine for model '{self._loaded.name}' is shut down.")
             self._inbox.append(handle)
+            self._in_flight += 1
             self._wake.notify()
 
     def close(self, timeout: float | None = None) -> None:
@@ -246,9 +262,9 @@ class Scheduler:
         longest = 0
         while self._inbox and len(admitted) < room:
             handle = self._inbox[0]
-            if handle.cancelled:
+            if handle.stopped:
                 self._inbox.popleft()
-                self._end_request(handle, None)
+                self._end_cancelled(handle, 0)
                 continue
             longest = max(longest, len(handle.request.prompt_ids))
             if admitted and longest * (len(admitted) + 1) > self._max_prefill_tokens:
@@ -312,9 +328,9 @@ class Scheduler:
     def _regroup(self, joining: tuple[list[_Row], PaddedKVCache] | None) -> None:
         """Drop finished and cancelled rows, then append the newly prefilled ones (one cache rebuild at most)."""
         for row in self._rows:
-            if row.handle.cancelled and not row.done:
+            if row.handle.stopped and not row.done:
                 row.done = True
-                self._end_request(row.handle, None)
+                self._end_cancelled(row.handle, row.generated)
         keep = [i for i, row in enumerate(self._rows) if not row.done]
         if joining is None and len(keep) == len(self._rows):
             return
@@ -354,6 +370,7 @@ class Scheduler:
         self._accept(rows, tokens)
 
     def _accept(self, rows: Sequence[_Row], tokens: Sequence[int]) -> None:
+        self.generated_tokens += len(rows)
         for row, token in zip(rows, tokens, strict=True):
             try:
                 chunk = row.accept(token)
@@ -383,10 +400,20 @@ class Scheduler:
         error = exc if isinstance(exc, ServiceError) else GenerationError(f"Generation failed: {exc}")
         self._end_request(handle, error, exc)
 
+    def _end_cancelled(self, handle: RequestHandle, generated: int) -> None:
+        """End a cancelled request; a caller still reading gets a last chunk, so its stream ends now."""
+        self._end_request(handle, None)
+        prompt = len(handle.request.prompt_ids)
+        handle.put(GenerationChunk(text="", finish_reason="stop", prompt_tokens=prompt, completion_tokens=generated))
+
     def _end_request(
         self, handle: RequestHandle, error: ServiceError | None, cause: BaseException | None = None
     ) -> None:
         """Release the request's adapter and, for a failure, send the caller its error."""
+        if not handle.ended:
+            handle.ended = True
+            with self._wake:
+                self._in_flight -= 1
         if handle.adapter is not None:
             self._adapters.release(handle.adapter)
         if error is not None:

@@ -8,6 +8,7 @@ and streams each request's new text back as it is decoded. Backends: ``hf_engine
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -35,6 +36,8 @@ class GenerationRequest:
     adapter_name: str | None = None  # a stable name for caching (the model or checkpoint name)
     request_id: str = ""
     stop_token_ids: tuple[int, ...] = ()
+    # Set when the caller is gone: the row leaves the batch at the next step and the stream ends at once.
+    cancel: threading.Event | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,14 @@ class GenerationChunk:
 class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> Iterator[GenerationChunk]:
         """Stream one request's output. Thread-safe: many callers at once share batched forward passes."""
+        ...
+
+    def active_rows(self) -> int:
+        """Requests being generated or waiting to be (a cancelled one stops counting at the next step)."""
+        ...
+
+    def generated_tokens(self) -> int:
+        """Tokens sampled since the engine started, over every request (a serving metric)."""
         ...
 
     def close(self) -> None:

@@ -144,6 +144,18 @@ class HFEngine:
             runtime = self._runtimes.get(base_model)
         return runtime.adapters.loaded() if runtime is not None else []
 
+    def active_rows(self) -> int:
+        """Requests being generated or waiting to be, over every loaded base model (a serving metric)."""
+        with self._lock:
+            runtimes = list(self._runtimes.values())
+        return sum(runtime.scheduler.active_rows for runtime in runtimes)
+
+    def generated_tokens(self) -> int:
+        """Tokens sampled so far for every request of the loaded base models (a serving metric)."""
+        with self._lock:
+            runtimes = list(self._runtimes.values())
+        return sum(runtime.scheduler.generated_tokens for runtime in runtimes)
+
     def close(self) -> None:
         """Stop the scheduler threads; requests in flight end with ``Unavailable``. Idempotent."""
         with self._lock:

@@ -23,6 +23,7 @@ MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+
 # The page is tiny and changes with each release: let the browser revalidate instead of guessing.
 NO_CACHE = {"Cache-Control": "no-cache"}
 
+MAX_STATIC_PATH = 255
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
 
@@ -35,9 +36,16 @@ def index(request: Request) -> Response:
 
 @router.get("/static/{path:path}")
 def static(path: str) -> Response:
-    """A file under ``static/``; anything outside it (``..``, absolute paths) is a 404."""
-    target = (STATIC_DIR / path).resolve()
-    if not target.is_file() or not target.is_relative_to(STATIC_DIR):
+    """A file under ``static/``; anything outside it (``..``, absolute paths, NUL bytes, names longer than
+    any file there) is a 404."""
+    if "\x00" in path or len(path) > MAX_STATIC_PATH:
+        return Response(status_code=404)
+    try:
+        target = (STATIC_DIR / path).resolve()
+        found = target.is_file() and target.is_relative_to(STATIC_DIR)
+    except (OSError, ValueError):  # a name the file system refuses
+        found = False
+    if not found:
         return Response(status_code=404)
     media_type = MEDIA_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     return FileResponse(target, media_type=media_type, headers=NO_CACHE)

@@ -29,6 +29,7 @@ DEFAULT_MAX_TOKENS = 512
 MAX_CHOICES = 8
 MAX_STOP_SEQUENCES = 4
 MAX_MESSAGES = 2048
+MIN_SEED, MAX_SEED = -(2**63), 2**63 - 1  # OpenAI's int64
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 EngineFactory = Callable[[], Engine]
@@ -46,6 +47,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     tools: list[dict[str, Any]] | None = None
+    model: str | None = None  # a deployment, model or checkpoint name; the deployment path may name it instead
 
 
 @dataclass(slots=True)
@@ -108,67 +110,6 @@ class BatchAnswer:
     max_tokens: int
 
 
-def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
-    """Raises:
-    InvalidRequest: naming the offending parameter.
-    """
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list.", param="messages")
-    if len(messages) > MAX_MESSAGES:
-        raise InvalidRequest(f"messages may have at most {MAX_MESSAGES} items.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise InvalidRequest(
-                f"messages[{index}].role must be one of {', '.join(sorted(ROLES))}.", param=f"messages[{index}].role"
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise InvalidRequest(
-                f"messages[{index}].content must be a string or a list of parts.", param=f"messages[{index}].content"
-            )
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InvalidRequest("max_tokens must be a positive integer.", param="max_tokens")
-    temperature = _number(body.get("temperature", 1.0), "temperature", 0.0, 2.0)
-    top_p = _number(body.get("top_p", 1.0), "top_p", 0.0, 1.0)
-    n = body.get("n", 1) or 1
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
-        raise InvalidRequest(f"n must be between 1 and {MAX_CHOICES}.", param="n")
-    stop = body.get("stop")
-    stops: tuple[str, ...] = ()
-    if isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP_SEQUENCES:
-        stops = tuple(stop)
-    elif stop is not None:
-        raise InvalidRequest(f"stop must be a string or a list of up to {MAX_STOP_SEQUENCES} strings.", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidRequest("seed must be an integer.", param="seed")
-    options = body.get("stream_options") or {}
-    return ChatRequest(
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        n=n,
-        stop=tuple(s for s in stops if s),
-        seed=seed,
-        stream=bool(body.get("stream")),
-        include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-        tools=body.get("tools"),
-    )
-
-
-def _number(value: Any, param: str, low: float, high: float) -> float:
-    if value is None:
-        return high if param == "top_p" else 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise InvalidRequest(f"{param} must be a number between {low:g} and {high:g}.", param=param)
-    return float(value)
-
-
 class ChatService:
     def __init__(
         self,
@@ -210,16 +151,22 @@ class ChatService:
 
     # ----------------------------------------------------------------------------------------- chat
     def create(
-        self, project_id: str, body: dict[str, Any], *, deployment: str | None = None
+        self,
+        project_id: str,
+        request: ChatRequest,
+        *,
+        deployment: str | None = None,
+        cancel: threading.Event | None = None,
     ) -> Completion | CompletionStream:
-        request = parse_chat_request(body)
-        ref = self.resolve(project_id, model=body.get("model"), deployment=deployment)
-        requests = self._generation_requests(ref, request)
+        """Answer a chat request; setting ``cancel`` (the client left) stops every choice at the next step."""
+        cancel = cancel if cancel is not None else threading.Event()
+        ref = self.resolve(project_id, model=request.model, deployment=deployment)
+        requests = self._generation_requests(ref, request, cancel)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(self._clock())
-        name = deployment or str(body.get("model") or ref.name)
+        name = deployment or request.model or ref.name
         stream = CompletionStream(id=completion_id, created=created, model=name, deltas=iter(()))
-        stream.deltas = self._run(requests, stream.usage)
+        stream.deltas = self._run(requests, stream.usage, cancel)
         if request.stream:
             return stream
         texts = [""] * request.n
@@ -280,20 +227,38 @@ class ChatService:
             messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0.0, top_p=1.0, n=1,
             stop=(), seed=0, stream=False, include_usage=False,
         )  # fmt: skip
-        for _ in self._run(self._generation_requests(ref, request), Usage()):
+        for _ in self._run(self._generation_requests(ref, request), Usage(), threading.Event()):
             pass
+
+    def active_rows(self) -> int:
+        """Choices being generated now (0 before the engine is built)."""
+        return self._engine.active_rows() if self._engine is not None else 0
+
+    def generated_tokens(self) -> int:
+        """Tokens the engine has sampled since it was built (0 before)."""
+        return self._engine.generated_tokens() if self._engine is not None else 0
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
 
-    def _generation_requests(self, ref: AdapterRef, request: ChatRequest) -> list[GenerationRequest]:
+    def _generation_requests(
+        self, ref: AdapterRef, request: ChatRequest, cancel: threading.Event | None = None
+    ) -> list[GenerationRequest]:
         tokenizer = self._catalog.chat_tokenizer(ref.base_model)
         prompt = tokenizer.render(request.messages, request.tools, add_generation_prompt=True)
         prompt_ids = tokenizer.encode(prompt)
         room = tokenizer.context_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidRequest(
+                f"This model's maximum context length is {tokenizer.context_length} tokens. However, your messages "
+                f"resulted in {len(prompt_ids)} tokens, which leaves no room for a completion. Please reduce the "
+                "length of the messages.",
+                param="messages",
+                code="context_length_exceeded",
+            )
         max_tokens = request.max_tokens or min(DEFAULT_MAX_TOKENS, room)
-        if room < 1 or max_tokens > room:
+        if max_tokens > room:
             raise InvalidRequest(
                 f"This model's maximum context length is {tokenizer.context_length} tokens. However, you requested "
                 f"{len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the messages, {max_tokens} in the "
@@ -317,6 +282,7 @@ class ChatService:
                 adapter_name=ref.name if ref.adapter_key else None,
                 request_id=f"{index}",
                 stop_token_ids=tuple(tokenizer.stop_token_ids),
+                cancel=cancel,
             )
             for index in range(request.n)
         ]
@@ -327,17 +293,28 @@ class ChatService:
                 self._engine = self._engine_factory()
             return self._engine
 
-    def _run(self, requests: list[GenerationRequest], usage: Usage) -> Iterator[ChoiceDelta]:
-        """Run every choice concurrently; yield their pieces as they come (choices interleave)."""
+    def _run(self, requests: list[GenerationRequest], usage: Usage, cancel: threading.Event) -> Iterator[ChoiceDelta]:
+        """Run every choice concurrently; yield their pieces as they come (choices interleave).
+
+        When ``cancel`` is set, or this iterator is closed, each choice stops at its next piece: its engine
+        iterator is closed, which takes its row out of the batch.
+        """
         engine = self._engine_instance()
         pieces: queue.Queue[tuple[int, GenerationChunk | BaseException | None]] = queue.Queue()
 
         def produce(index: int, request: GenerationRequest) -> None:
+            chunks = engine.generate(request)
             try:
-                for chunk in engine.generate(request):
+                for chunk in chunks:
+                    if cancel.is_set():
+                        break
                     pieces.put((index, chunk))
             except BaseException as exc:  # handed to the consumer, which raises it
                 pieces.put((index, exc))
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # the engine drops the row of an unfinished request
             pieces.put((index, None))
 
         threads = [
@@ -348,19 +325,22 @@ class ChatService:
             thread.start()
         running = len(threads)
         prompt_counted = False
-        while running:
-            index, item = pieces.get()
-            if item is None:
-                running -= 1
-                continue
-            if isinstance(item, ServiceError):
-                raise item
-            if isinstance(item, BaseException):
-                raise Unavailable(f"Generation failed: {item}") from item
-            if item.finish_reason is not None:
-                if not prompt_counted:
-                    usage.prompt_tokens = item.prompt_tokens
-                    prompt_counted = True
-                usage.completion_tokens += item.completion_tokens
-            if item.text or item.finish_reason:
-                yield ChoiceDelta(index=index, text=item.text, finish_reason=item.finish_reason)
+        try:
+            while running:
+                index, item = pieces.get()
+                if item is None:
+                    running -= 1
+                    continue
+                if isinstance(item, ServiceError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise Unavailable(f"Generation failed: {item}") from item
+                if item.finish_reason is not None:
+                    if not prompt_counted:
+                        usage.prompt_tokens = item.prompt_tokens
+                        prompt_counted = True
+                    usage.completion_tokens += item.completion_tokens
+                if item.text or item.finish_reason:
+                    yield ChoiceDelta(index=index, text=item.text, finish_reason=item.finish_reason)
+        finally:
+            cancel.set()  # finished, failed or abandoned: no choice keeps generating for nobody

@@ -8,6 +8,7 @@ for the configured inactivity period (15 days by default), again leaving the mod
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import threading
@@ -148,7 +149,7 @@ class DeploymentService:
             return None
         return self.resolve(project_id, name)
 
-    def reap(self) -> list[Deployment]:
+    def reap(self) -> builtins.list[Deployment]:
         """Delete deployments nobody called for ``inactivity_days``; never their models."""
         cutoff = int(self._clock() - self._rules.inactivity_days * SECONDS_PER_DAY)
         reaped = self._store.inactive_since(cutoff)

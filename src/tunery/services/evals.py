@@ -8,6 +8,7 @@ only for reasons nobody could see coming (the model deleted meanwhile, the engin
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -224,7 +225,9 @@ class EvalService:
             "max_completion_tokens": max_tokens,
         }
 
-    def _check_completions(self, project_id: str, ev: Eval, source: CompletionsDataSource, rows: list[Row]) -> None:
+    def _check_completions(
+        self, project_id: str, ev: Eval, source: CompletionsDataSource, rows: builtins.list[Row]
+    ) -> None:
         sampling = self.sampling(source)
         if sampling["max_completion_tokens"] > self.rules.max_completion_tokens:
             raise InvalidRequest(
@@ -281,7 +284,7 @@ class EvalService:
         except NotFound as exc:
             raise InvalidRequest(exc.message, param="data_source.model", code="model_not_found") from None
 
-    def _check_items(self, ev: Eval, rows: list[Row]) -> None:
+    def _check_items(self, ev: Eval, rows: builtins.list[Row]) -> None:
         validator = jsonschema.Draft202012Validator(ev.item_schema)
         for index, row in enumerate(rows):
             error = jsonschema.exceptions.best_match(validator.iter_errors(row.item))
@@ -292,7 +295,7 @@ class EvalService:
                     param=f"data_source.source.content[{index}].item",
                 )
 
-    def rows(self, project_id: str, source: FileContentSource | FileIdSource) -> list[Row]:
+    def rows(self, project_id: str, source: FileContentSource | FileIdSource) -> builtins.list[Row]:
         """The data source's rows (inline, or read from a file of this project, one JSON object a line)."""
         if isinstance(source, FileContentSource):
             return [Row(item=row.item, sample=row.sample) for row in source.content]

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from tunery.domain.datasets import DatasetFormat, ExampleTokenizer, ValidationReport
-from tunery.domain.errors import InvalidRequest, NotFound, QuotaExceeded, ServiceError
+from tunery.domain.errors import InsufficientStorage, InvalidRequest, NotFound, QuotaExceeded, ServiceError
 from tunery.domain.files import UPLOADABLE_PURPOSES, FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
 from tunery.domain.pagination import Page, PageRequest
 from tunery.storage.blobs import BlobStore
+from tunery.storage.disk import SpaceReserve
 from tunery.storage.files import FileStore
 from tunery.training.datasets import validate_jsonl
 
@@ -45,6 +46,12 @@ class FileRules:
 TokenizerProvider = Callable[[], ExampleTokenizer | None]
 
 
+# A blob or temporary file this old with no owner is a crash's leftover, not an upload in progress.
+ORPHAN_MIN_AGE_S = 600.0
+FINISH_ATTEMPTS = 3
+FINISH_RETRY_S = 1.0
+
+
 def blob_key(record: FileRecord) -> str:
     return f"files/{record.project_id}/{record.id}"
 
@@ -59,7 +66,9 @@ class FileService:
         *,
         clock: Callable[[], float] = time.time,
         background: bool = True,
+        reserve: SpaceReserve | None = None,
     ) -> None:
+        self._reserve = reserve
         self._store = store
         self._blobs = blobs
         self._rules = rules
@@ -114,7 +123,11 @@ class FileService:
         )
         size = self._blobs.write(blob_key(record), chunks, max_bytes=self._rules.max_upload_bytes)
         record = record.with_changes(bytes=size)
-        self._store.insert(record)
+        try:
+            self._store.insert(record)
+        except BaseException:
+            self._blobs.delete(blob_key(record))  # no row, no blob (the disk may be full)
+            raise
         self._schedule(record.id)
         return record
 
@@ -148,8 +161,16 @@ class FileService:
     def delete(self, project_id: str, file_id: str) -> FileRecord:
         """Delete a file. Allowed even when a job used it: jobs keep their own copy of the data."""
         record = self._store.get(project_id, file_id)
-        self._store.mark_deleted(project_id, file_id)
+        try:
+            self._store.mark_deleted(project_id, file_id)
+        except InsufficientStorage:
+            # A full disk must not stop the one thing that frees it: give back the reserve and retry.
+            if self._reserve is None or not self._reserve.release():
+                raise
+            self._store.mark_deleted(project_id, file_id)
         self._blobs.delete(blob_key(record))
+        if self._reserve is not None:
+            self._reserve.ensure()
         return record
 
     # ----------------------------------------------------------------------------------------- checks
@@ -188,11 +209,24 @@ class FileService:
         )
 
     def _finish(self, record: FileRecord) -> None:
-        """Store the outcome; a file deleted while it was being checked stays deleted."""
+        """Store the outcome; a file deleted while it was being checked stays deleted.
+
+        When the outcome cannot be written (a full disk), it is tried again a few times and then handed
+        back as ``pending`` so that the next start checks the file again; it never stays ``running``."""
+        for attempt in range(FINISH_ATTEMPTS):
+            try:
+                self._store.update(record)
+                return
+            except NotFound:
+                log.info("file %s was deleted while being checked", record.id)
+                return
+            except Exception:
+                log.exception("recording the check of file %s failed (attempt %d)", record.id, attempt + 1)
+                time.sleep(FINISH_RETRY_S * (attempt + 1))
         try:
-            self._store.update(record)
-        except NotFound:
-            log.info("file %s was deleted while being checked", record.id)
+            self._store.set_status(record.id, FileStatus.PENDING, expect={FileStatus.RUNNING})
+        except Exception:
+            log.exception("file %s stays running until the next start re-checks it", record.id)
 
     def inspect(self, record: FileRecord, expected: DatasetFormat | None = None) -> ValidationReport:
         """Run the dataset checks on a stored file."""
@@ -223,6 +257,25 @@ class FileService:
             self._schedule(record.id)
         return len(stranded)
 
+    def sweep(self, min_age_s: float = ORPHAN_MIN_AGE_S) -> int:
+        """Delete what a crash mid-upload left behind: temporary files, and file blobs no file row owns
+        (the row is written just after the blob). Only things older than ``min_age_s`` go, so an upload in
+        progress in another process is never touched. Returns how many were deleted."""
+        cutoff = self._clock() - min_age_s
+        removed = self._blobs.remove_temporaries(cutoff)
+        for key, modified in list(self._blobs.listing("files/")):
+            file_id = key.rsplit("/", 1)[-1]
+            if modified >= cutoff:
+                continue
+            try:
+                self._store.get_any(file_id)
+            except NotFound:
+                self._blobs.delete(key)
+                removed += 1
+        if removed:
+            log.info("start-up sweep deleted %d orphaned blob(s) and temporary file(s)", removed)
+        return removed
+
     def wait_idle(self, timeout: float | None = None) -> None:
         """Block until scheduled checks have finished (tests and orderly shutdown)."""
         with self._lock:
@@ -246,6 +299,12 @@ class FileService:
     def _forget(self, future: Future[None]) -> None:
         with self._lock:
             self._pending.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            log.error("checking a file failed", exc_info=exc)  # never silently: the file is re-checked at start
+
+    def reserve_space(self) -> bool:
+        """Set aside the few megabytes that let deletes run on a full disk (the server does this at start)."""
+        return self._reserve.ensure() if self._reserve is not None else False
 
     def _expiry(self, expires_after: tuple[str | None, int | None], now: int) -> int | None:
         anchor, seconds = expires_after

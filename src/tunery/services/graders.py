@@ -28,7 +28,7 @@ from tunery.graders import (
     sample_from_text,
     validate_grader,
 )
-from tunery.services.chat import ChatService, Completion
+from tunery.services.chat import ChatRequest, ChatService, Completion
 
 
 class ChatJudge:
@@ -39,15 +39,19 @@ class ChatJudge:
         self._project_id = project_id
 
     def complete(self, model: str, messages: list[ChatMessage], sampling: JudgeSampling) -> JudgeReply:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "seed": sampling.seed,
-            "max_tokens": sampling.max_tokens,
-        }
-        completion = self._chat.create(self._project_id, body)
+        request = ChatRequest(
+            model=model,
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            max_tokens=sampling.max_tokens,
+            n=1,
+            stop=(),
+            stream=False,
+            include_usage=False,
+        )
+        completion = self._chat.create(self._project_id, request)
         assert isinstance(completion, Completion)  # not streamed
         usage = JudgeUsage(
             prompt_tokens=completion.usage.prompt_tokens, completion_tokens=completion.usage.completion_tokens

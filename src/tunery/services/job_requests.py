@@ -166,7 +166,7 @@ def _parse_method(method: Any, legacy: Any) -> tuple[Method, Hyperparameters, di
             param="method.type",
         )
     try:
-        parsed = Method(kind)
+        parsed = Method(kind if isinstance(kind, str) else "")
     except ValueError:
         raise InvalidRequest(
             f"method.type must be 'supervised' or 'dpo' (got {kind!r}).", param="method.type"

@@ -20,7 +20,7 @@ from tunery.domain.ids import new_id
 from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
 from tunery.domain.pagination import Page, PageRequest
 from tunery.services.files import FileService
-from tunery.services.job_requests import JobRequest, parse_job_request
+from tunery.services.job_requests import JobRequest
 from tunery.services.models import ModelService
 from tunery.storage.checkpoints import CheckpointStore
 from tunery.storage.events import EventStore
@@ -65,14 +65,13 @@ class JobService:
         self._clock = clock
 
     # ----------------------------------------------------------------------------------------- create
-    def create(self, project_id: str, body: dict[str, Any]) -> Job:
+    def create(self, project_id: str, request: JobRequest) -> Job:
         """Check the request, keep a copy of the data, and record a pending job.
 
         Raises:
             InvalidRequest: a bad field, an unknown model, or a file that is not usable (``param`` names it).
             QuotaExceeded: too many jobs in this project.
         """
-        request = parse_job_request(body)
         try:
             ref = self._model_service.resolve(project_id, request.model)
         except NotFound as exc:
@@ -168,6 +167,7 @@ class JobService:
                 param="fine_tuning_job_id",
                 code="unexpectedEntityState",
             )
+        self._model_service.check_unused(project_id, job.id, job.fine_tuned_model or job.id)
         if job.fine_tuned_model and self._models.get(project_id, job.fine_tuned_model) is not None:
             self._model_service.delete(project_id, job.fine_tuned_model)
         self._jobs.delete(project_id, job_id)

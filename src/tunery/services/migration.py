@@ -11,6 +11,7 @@ and the new job has finished. Training happens on the worker as for any job; thi
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
@@ -21,8 +22,9 @@ import openai
 
 from tunery.domain.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from tunery.domain.files import FileStatus
-from tunery.services.chat import ChatService, Completion
+from tunery.services.chat import ChatRequest, ChatService, Completion
 from tunery.services.files import FileService
+from tunery.services.job_requests import parse_job_request
 from tunery.services.jobs import JobService
 from tunery.services.models import ModelService
 from tunery.storage.portability import MigratedJob, MigrationStore
@@ -99,8 +101,8 @@ class MigrationService:
             self._models.catalog.get(base)
         except NotFound as exc:
             raise InvalidRequest(exc.message, param="base_model") from None
-        client = self._client_factory(url, request.api_key)
         try:
+            client = self._client_factory(url, request.api_key)
             source_jobs = list(client.fine_tuning.jobs.list(limit=100))
         except openai.AuthenticationError:
             raise InvalidRequest(
@@ -116,6 +118,10 @@ class MigrationService:
                 f"The source {url} answered {exc.status_code} when listing fine-tuning jobs: {exc.message}",
                 param="source_url", code="source_unreachable",
             ) from None  # fmt: skip
+        except Exception as exc:  # the boundary with a remote service: e.g. a URL its HTTP client cannot parse
+            raise InvalidRequest(
+                f"Cannot use the source URL {url!r}: {exc}.", param="source_url", code="source_unreachable"
+            ) from None
         entries = [self._one(project_id, url, client, job, base) for job in reversed(source_jobs)]
         if request.compare:
             for entry in entries:
@@ -130,7 +136,7 @@ class MigrationService:
             "entries": [e.to_dict() for e in entries],
         }
 
-    def list(self, project_id: str) -> list[MigratedJob]:
+    def list(self, project_id: str) -> builtins.list[MigratedJob]:
         return self._store.list(project_id)
 
     # ----------------------------------------------------------------------------------------- one job
@@ -179,12 +185,14 @@ class MigrationService:
         metadata = dict(job.metadata or {})
         metadata.setdefault("migrated_from", job.id)
         body["metadata"] = dict(list(metadata.items())[:16])
-        created = self._jobs.create(project_id, body)
+        created = self._jobs.create(project_id, parse_job_request(body))
         details = {"training_file": training, "validation_file": validation, "base_model": base,
                    "prompts": prompts, "source_base_model": job.model}  # fmt: skip
         return created.id, details
 
-    def _copy_file(self, project_id: str, client: openai.OpenAI, file_id: str, param: str) -> tuple[str, list[Any]]:
+    def _copy_file(
+        self, project_id: str, client: openai.OpenAI, file_id: str, param: str
+    ) -> tuple[str, builtins.list[Any]]:
         """Download a source file, upload it here, wait for its checks; return its id and held-out prompts."""
         source = client.files.retrieve(file_id)
         data = client.files.content(file_id).read()
@@ -231,8 +239,11 @@ class MigrationService:
             except openai.OpenAIError as exc:
                 row["old"] = None
                 row["old_error"] = str(exc)
-            body = {"model": entry.fine_tuned_model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
-            answer = self._chat.create(project_id, body)
+            request = ChatRequest(
+                model=entry.fine_tuned_model, messages=messages, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
+                n=1, stop=(), seed=None, stream=False, include_usage=False,
+            )  # fmt: skip
+            answer = self._chat.create(project_id, request)
             row["new"] = answer.texts[0] if isinstance(answer, Completion) else None
             entry.comparisons.append(row)
 

@@ -193,16 +193,35 @@ class ModelService:
             return name
         if model is None:
             raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
-        served = [name, *(c.fine_tuned_model_checkpoint for c in self._checkpoints.list_all(model.job_id))]
-        deployed = [n for n in dict.fromkeys(served) if self._is_deployed(project_id, n)]
+        self.check_unused(project_id, model.job_id, name)
+        self._models.mark_deleted(project_id, name, int(self._clock()))
+        return model.id
+
+    def check_unused(self, project_id: str, job_id: str, name: str) -> None:
+        """Refuse to delete ``name`` (a job's model, or the job itself) while anything still uses its adapters.
+
+        Raises:
+            Conflict: a deployment serves the model or one of the job's checkpoints, or an unfinished job
+                starts from one of them.
+        """
+        served = list(
+            dict.fromkeys([name, *(c.fine_tuned_model_checkpoint for c in self._checkpoints.list_all(job_id))])
+        )
+        deployed = [n for n in served if self._is_deployed(project_id, n)]
         if deployed:
             raise Conflict(
-                f"The model '{name}' has a deployment (of {', '.join(deployed)}); delete the deployment first.",
+                f"'{name}' has a deployment (of {', '.join(deployed)}); delete the deployment first.",
                 param="model",
                 code="conflict",
             )
-        self._models.mark_deleted(project_id, name, int(self._clock()))
-        return model.id
+        children = self._jobs.starting_from(project_id, set(served))
+        if children:
+            raise Conflict(
+                f"'{name}' is the parent model of unfinished job {', '.join(children)}; cancel it or wait "
+                "for it to finish first.",
+                param="model",
+                code="conflict",
+            )
 
     def _checkpoint(self, project_id: str, name: str) -> Checkpoint | None:
         if has_prefix(name, "ftchkpt"):

@@ -10,6 +10,7 @@ model that resolves like any fine-tuned one. Migration from another service live
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -274,7 +275,7 @@ class ImportService:
         key = f"adapters/imported/{token}"
         for filename in (CONFIG_FILE, WEIGHTS_FILE):
             with (folder / filename).open("rb") as handle:
-                self._blobs.write(f"{key}/{filename}", iter(lambda h=handle: h.read(CHUNK_BYTES), b""))
+                self._blobs.write(f"{key}/{filename}", iter(functools.partial(handle.read, CHUNK_BYTES), b""))
         now = int(self._clock())
         self._imported.insert(
             ImportedModel(id=name, project_id=project_id, base_model=spec.name, adapter_key=key, source=source,

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from tunery.services.files import FileService
 from tunery.services.jobs import FORMAT_FOR_METHOD, training_copy_key
 from tunery.storage.blobs import BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
+from tunery.storage.deployments import DeploymentStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
@@ -84,10 +86,12 @@ class RunService:
         base_weights: BaseWeights,
         settings: RunSettings,
         *,
+        deployments: DeploymentStore | None = None,
         clock: Callable[[], float] = time.time,
         imported: ImportedModelStore | None = None,
     ) -> None:
         self._imported = imported
+        self._deployments = deployments
         self._jobs = jobs
         self._events = events
         self._checkpoints = checkpoints
@@ -190,7 +194,7 @@ class RunService:
             base_model_dir=str(base_dir),
             train_file=str(training),
             validation_file=str(validation) if validation else None,
-            method=job.method.value,  # type: ignore[arg-type]
+            method=job.method.value,
             n_epochs=int(resolved.n_epochs or 1),
             batch_size=int(resolved.batch_size or 1),
             learning_rate=BASE_LEARNING_RATE * float(resolved.learning_rate_multiplier or 1.0),
@@ -254,7 +258,10 @@ class RunService:
             elif record.kind in (ProgressKind.CHECKPOINT, ProgressKind.PAUSED):
                 folder = data.get("path") or data.get("checkpoint")  # a pause saves a checkpoint too
                 if folder and Path(folder).is_dir():
-                    self._save_checkpoint(job, int(data["step"]), Path(folder), data.get("metrics") or {})
+                    paused = record.kind is ProgressKind.PAUSED
+                    self._save_checkpoint(
+                        job, int(data["step"]), Path(folder), data.get("metrics") or {}, pinned=paused
+                    )
             elif record.kind in (ProgressKind.COMPLETED, ProgressKind.FAILED):
                 ended = record
         if ended is None:
@@ -308,7 +315,7 @@ class RunService:
         if kind is ProgressKind.PAUSED:
             step = int(data["step"])
             if data.get("checkpoint"):
-                self._save_checkpoint(job, step, Path(data["checkpoint"]), data.get("metrics") or {})
+                self._save_checkpoint(job, step, Path(data["checkpoint"]), data.get("metrics") or {}, pinned=True)
             paused = self._jobs.transition(
                 job.id, JobStatus.PAUSED, expect={JobStatus.PAUSING}, finished_at=int(self._clock()), step=step
             )
@@ -351,15 +358,20 @@ class RunService:
             )
         return job.with_changes(step=step, total_steps=total, trained_tokens=trained)
 
-    def _save_checkpoint(self, job: Job, step: int, folder: Path, metrics: dict[str, Any]) -> None:
+    def _save_checkpoint(
+        self, job: Job, step: int, folder: Path, metrics: dict[str, Any], *, pinned: bool = False
+    ) -> None:
         model_name = fine_tuned_model_name(job.base_model, job.id, job.suffix)
         name = checkpoint_model_name(model_name, step)
-        if self._checkpoints.get_by_name(job.project_id, name) is not None:
-            return  # a resumed run re-announcing a checkpoint it already has
+        existing = self._checkpoints.get_by_name(job.project_id, name)
+        if existing is not None:  # a resumed run re-announcing a checkpoint it already has
+            if pinned and not existing.pinned:
+                self._checkpoints.pin(existing.id)
+            return
         key = f"adapters/{job.id}/step-{step}"
         for filename in ADAPTER_FILES:
             with (folder / filename).open("rb") as source:
-                self._blobs.write(f"{key}/{filename}", iter(lambda s=source: s.read(1 << 20), b""))
+                self._blobs.write(f"{key}/{filename}", iter(partial(source.read, 1 << 20), b""))
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numbers.setdefault("step", float(step))
         self._checkpoints.insert(
@@ -372,14 +384,44 @@ class RunService:
                 fine_tuned_model_checkpoint=name,
                 adapter_key=key,
                 metrics=numbers,
+                pinned=pinned,
             )
         )
         self._log(job.id, f"Checkpoint created at step {step}.")
+        self._retain(job)
+
+    def _retain(self, job: Job) -> None:
+        """Keep the newest ``keep_checkpoints`` checkpoints and every older one something still uses.
+
+        A checkpoint a deployment serves, an unfinished job starts from, or that was saved at a pause (users
+        are told they can deploy it) is kept; the event says why, once, when it leaves the newest few.
+        """
         kept = self._checkpoints.list_all(job.id)
-        for old in kept[: max(0, len(kept) - self._settings.keep_checkpoints)]:
-            self._checkpoints.delete(old.id)
-            for filename in ADAPTER_FILES:
-                self._blobs.delete(f"{old.adapter_key}/{filename}")
+        older = kept[: max(0, len(kept) - self._settings.keep_checkpoints)]
+        for old in older:
+            reason = self._still_used(old)
+            if reason is None:
+                self._checkpoints.delete(old.id)
+                for filename in ADAPTER_FILES:
+                    self._blobs.delete(f"{old.adapter_key}/{filename}")
+            elif old is older[-1]:  # it has just left the newest few: say so once
+                self._log(
+                    job.id,
+                    f"Checkpoint at step {old.step_number} kept beyond the last "
+                    f"{self._settings.keep_checkpoints}: {reason}.",
+                )
+
+    def _still_used(self, checkpoint: Checkpoint) -> str | None:
+        """Why retention must keep this checkpoint, or None."""
+        if checkpoint.pinned:
+            return "it was saved at a pause and can be deployed"
+        served = self._deployments.serving_adapter(checkpoint.adapter_key) if self._deployments else []
+        if served:
+            return f"deployment {', '.join(served)} serves it"
+        children = self._jobs.starting_from(checkpoint.project_id, {checkpoint.fine_tuned_model_checkpoint})
+        if children:
+            return f"job {', '.join(children)} starts from it"
+        return None
 
     def _complete(self, job: Job, data: dict[str, Any]) -> Job:
         self._log(job.id, "Postprocessing started.")

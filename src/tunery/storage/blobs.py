@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from tunery.domain.errors import NotFound, PayloadTooLarge
+from tunery.storage.disk import disk_full, is_disk_full
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 S3_PART_BYTES = 8 * 1024 * 1024  # S3 wants at least 5 MiB in every part but the last
@@ -53,6 +54,15 @@ class BlobStore(Protocol):
         """The blob's size in bytes. Raises NotFound."""
         ...
 
+    def listing(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """``(key, last modified time)`` of every blob whose key starts with ``prefix`` (start-up sweeps)."""
+        ...
+
+    def remove_temporaries(self, older_than: float) -> int:
+        """Delete half-written temporary files last touched before ``older_than`` (a crash mid-write left
+        them); returns how many. Stores without temporaries return 0."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid blob key; raise ``ValueError`` otherwise."""
@@ -82,8 +92,13 @@ def _limited(chunks: Iterable[bytes], max_bytes: int | None) -> Iterator[bytes]:
 
 def _write_atomically(target: Path, chunks: Iterable[bytes], max_bytes: int | None) -> int:
     """Write to a temporary file beside ``target``, fsync it, then rename it over ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full("storing the data") from exc
+        raise
     try:
         total = 0
         with os.fdopen(fd, "wb") as out:
@@ -93,9 +108,11 @@ def _write_atomically(target: Path, chunks: Iterable[bytes], max_bytes: int | No
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if is_disk_full(exc):
+            raise disk_full("storing the data") from exc
         raise
     _fsync_dir(target.parent)
     return total
@@ -148,6 +165,22 @@ class LocalBlobStore:
             return self._file(key).stat().st_size
         except FileNotFoundError:
             raise _missing(key) from None
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, float]]:
+        for path in sorted(self.root.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and path.is_file() and not path.name.startswith("."):
+                with suppress(FileNotFoundError):
+                    yield key, path.stat().st_mtime
+
+    def remove_temporaries(self, older_than: float) -> int:
+        removed = 0
+        for path in self.root.rglob(".*.tmp"):
+            with suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+        return removed
 
 
 class S3BlobStore:
@@ -270,6 +303,15 @@ class S3BlobStore:
 
     def size(self, key: str) -> int:
         return int(self._head(key)["ContentLength"])
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, float]]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for item in page.get("Contents", []):
+                yield str(item["Key"])[len(self.prefix) :], float(item["LastModified"].timestamp())
+
+    def remove_temporaries(self, older_than: float) -> int:
+        return 0  # S3 writes are atomic; an aborted multipart upload is dropped by the write that started it
 
     def _head(self, key: str) -> dict[str, Any]:
         try:

@@ -44,6 +44,7 @@ class CheckpointStore:
                     fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
                     adapter_key=checkpoint.adapter_key,
                     metrics=dict(checkpoint.metrics),
+                    pinned=checkpoint.pinned,
                 )
             )
 
@@ -122,6 +123,11 @@ class CheckpointStore:
         if result.rowcount != 1:
             raise NotFound(f"No checkpoint with id '{checkpoint_id}' was found.", param="checkpoint_id")
 
+    def pin(self, checkpoint_id: str) -> None:
+        """Keep the checkpoint whatever retention says (a pause checkpoint users may deploy)."""
+        with self._db.transaction() as conn:
+            conn.execute(checkpoints.update().where(checkpoints.c.id == checkpoint_id).values(pinned=True))
+
     def delete(self, checkpoint_id: str) -> None:
         """Delete the checkpoint's row (retention); nothing happens when there is none."""
         with self._db.transaction() as conn:
@@ -170,4 +176,5 @@ def _row_to_checkpoint(row: Any) -> Checkpoint:
         fine_tuned_model_checkpoint=row["fine_tuned_model_checkpoint"],
         adapter_key=row["adapter_key"],
         metrics=row["metrics"],
+        pinned=bool(row["pinned"]),
     )

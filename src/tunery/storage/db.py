@@ -23,6 +23,9 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError
+
+from tunery.storage.disk import disk_full, is_disk_full
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -65,9 +68,18 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """A connection inside a write transaction: committed on success, rolled back on an exception."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection inside a write transaction: committed on success, rolled back on an exception.
+
+        Raises:
+            InsufficientStorage: the disk or the database is full (nothing was written).
+        """
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            if is_disk_full(exc):
+                raise disk_full("saving the change") from exc
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -86,6 +86,12 @@ class DeploymentStore:
         with self._db.read() as conn:
             return bool(conn.scalar(query))
 
+    def serving_adapter(self, adapter_key: str) -> builtins.list[str]:
+        """The names of deployments (of any project) that serve this adapter."""
+        query = select(deployments.c.name).where(deployments.c.adapter_key == adapter_key)
+        with self._db.read() as conn:
+            return [str(name) for name in conn.scalars(query)]
+
     def inactive_since(self, cutoff: int) -> builtins.list[Deployment]:
         """Deployments (of any project) not called since ``cutoff``."""
         query = select(deployments).where(deployments.c.last_used_at < cutoff)

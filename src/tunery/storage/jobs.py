@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 
 from tunery.domain.errors import Conflict, InvalidRequest, NotFound
-from tunery.domain.jobs import ACTIVE, CLAIMABLE, Hyperparameters, Job, JobError, JobStatus, Method
+from tunery.domain.jobs import ACTIVE, CLAIMABLE, TERMINAL, Hyperparameters, Job, JobError, JobStatus, Method
 from tunery.domain.pagination import Order, Page, PageRequest
 from tunery.storage.db import Database
 from tunery.storage.tables import checkpoints, fine_tuned_models, job_events, job_metrics, jobs
@@ -119,6 +119,18 @@ class JobStore:
             query = query.where(jobs.c.status.in_([s.value for s in statuses]))
         with self._db.read() as conn:
             return int(conn.scalar(query) or 0)
+
+    def starting_from(self, project_id: str, models: AbstractSet[str]) -> builtins.list[str]:
+        """Ids of the project's unfinished jobs whose parent model is one of ``models`` (they still need it)."""
+        if not models:
+            return []
+        query = select(jobs.c.id).where(
+            jobs.c.project_id == project_id,
+            jobs.c.parent_model.in_(sorted(models)),
+            jobs.c.status.not_in([s.value for s in TERMINAL]),
+        )
+        with self._db.read() as conn:
+            return [str(job_id) for job_id in conn.scalars(query.order_by(jobs.c.seq))]
 
     def update(self, job: Job) -> None:
         """Save every field but ``id``, ``project_id`` and ``created_at``, status included, whatever the

@@ -8,9 +8,12 @@ they outlive 2038). Records are converted to and from rows in the stores, not he
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -20,7 +23,39 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+
+class TextJSON(TypeDecorator[Any]):
+    """JSON whose strings are always text: an unpaired UTF-16 surrogate (which JSON can escape but UTF-8
+    cannot hold) becomes U+FFFD going in and coming out, so every stored row can be read back and sent."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _repaired(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return _repaired(value)
+
+
+def _repaired(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {_repaired(k): _repaired(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repaired(v) for v in value]
+    return value
+
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -66,9 +101,9 @@ files = Table(
     Column("status", ENUM, nullable=False, index=True),
     Column("status_details", Text, nullable=True),
     Column("expires_at", BigInteger, nullable=True),
-    Column("problems", JSON, nullable=False),  # [{"line", "code", "message"}, ...]
+    Column("problems", TextJSON, nullable=False),  # [{"line", "code", "message"}, ...]
     Column("problem_count", Integer, nullable=False),
-    Column("stats", JSON(none_as_null=True), nullable=True),  # DatasetStats.to_dict() or SQL NULL
+    Column("stats", TextJSON(none_as_null=True), nullable=True),  # DatasetStats.to_dict() or SQL NULL
     Column("format", ENUM, nullable=True),
 )
 
@@ -84,22 +119,22 @@ jobs = Table(
     Column("training_file", ID, nullable=False),
     Column("validation_file", ID, nullable=True),
     Column("method", ENUM, nullable=False),
-    Column("hyperparameters", JSON, nullable=False),  # Hyperparameters.to_dict(): as requested
+    Column("hyperparameters", TextJSON, nullable=False),  # Hyperparameters.to_dict(): as requested
     Column("seed", BigInteger, nullable=False),
     Column("status", ENUM, nullable=False, index=True),
     Column("parent_model", String, nullable=True),
-    Column("resolved", JSON(none_as_null=True), nullable=True),  # Hyperparameters.to_dict() or SQL NULL
+    Column("resolved", TextJSON(none_as_null=True), nullable=True),  # Hyperparameters.to_dict() or SQL NULL
     Column("suffix", String, nullable=True),
-    Column("metadata", JSON(none_as_null=True), nullable=True),  # {str: str} or SQL NULL
-    Column("integrations", JSON(none_as_null=True), nullable=True),  # [{...}, ...] or SQL NULL
+    Column("metadata", TextJSON(none_as_null=True), nullable=True),  # {str: str} or SQL NULL
+    Column("integrations", TextJSON(none_as_null=True), nullable=True),  # [{...}, ...] or SQL NULL
     Column("training_type", ENUM, nullable=True),
-    Column("extras", JSON, nullable=False),  # {name: value}
-    Column("error", JSON(none_as_null=True), nullable=True),  # {"code", "message", "param"} or SQL NULL
+    Column("extras", TextJSON, nullable=False),  # {name: value}
+    Column("error", TextJSON(none_as_null=True), nullable=True),  # {"code", "message", "param"} or SQL NULL
     Column("fine_tuned_model", String, nullable=True),
     Column("finished_at", BigInteger, nullable=True),
     Column("started_at", BigInteger, nullable=True),
     Column("trained_tokens", BigInteger, nullable=True),
-    Column("result_files", JSON, nullable=False),  # [file id, ...]
+    Column("result_files", TextJSON, nullable=False),  # [file id, ...]
     Column("estimated_finish", BigInteger, nullable=True),
     Column("step", Integer, nullable=False),
     Column("total_steps", Integer, nullable=True),
@@ -119,7 +154,7 @@ job_events = Table(
     Column("level", ENUM, nullable=False),
     Column("message", Text, nullable=False),
     Column("type", ENUM, nullable=False),
-    Column("data", JSON(none_as_null=True), nullable=True),  # {name: value} or SQL NULL
+    Column("data", TextJSON(none_as_null=True), nullable=True),  # {name: value} or SQL NULL
 )
 
 checkpoints = Table(
@@ -133,7 +168,9 @@ checkpoints = Table(
     Column("step_number", Integer, nullable=False),
     Column("fine_tuned_model_checkpoint", String, nullable=False, unique=True),
     Column("adapter_key", String, nullable=False),
-    Column("metrics", JSON, nullable=False),  # {column: value}
+    Column("metrics", TextJSON, nullable=False),  # {column: value}
+    # Kept whatever the retention count says: a pause checkpoint users were told they can deploy.
+    Column("pinned", Boolean, nullable=False, server_default=false()),
 )
 
 job_metrics = Table(
@@ -142,7 +179,7 @@ job_metrics = Table(
     # One results.csv row per optimizer step; a resumed run rewrites its steps in place.
     Column("job_id", ID, ForeignKey("jobs.id"), primary_key=True),
     Column("step", Integer, primary_key=True, autoincrement=False),
-    Column("values", JSON, nullable=False),  # {column: value}; read it as job_metrics.c["values"]
+    Column("values", TextJSON, nullable=False),  # {column: value}; read it as job_metrics.c["values"]
 )
 
 fine_tuned_models = Table(

@@ -58,5 +58,11 @@ class FakeEngine:
             completion_tokens=count,  # type: ignore[arg-type]
         )
 
+    def active_rows(self) -> int:
+        return 0  # the fake answers at once; nothing stays in flight
+
+    def generated_tokens(self) -> int:
+        return 0
+
     def close(self) -> None:
         self.closed = True

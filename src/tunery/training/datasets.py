@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from itertools import chain
 from typing import Any, BinaryIO, NamedTuple
 
@@ -54,6 +55,11 @@ COUNT_BATCH_EXAMPLES = 256
 COUNT_BATCH_BYTES = 1024 * 1024
 _WARNING_SAMPLES = 3
 _HINT_CHARS = 20
+# A JSON escape of a UTF-16 surrogate; and one without its other half (valid JSON, but not text).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<![0-9a-fA-F]{4})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
@@ -314,6 +320,15 @@ class _FileCheck:
         except RecursionError:
             self._report(number, [Issue("invalid_json", "this line is not valid JSON: it is nested too deeply")])
             return None
+        if _SURROGATE_ESCAPE.search(text) and not _encodable(value):
+            escape = _LONE_SURROGATE.search(text) or _SURROGATE_ESCAPE.search(text)
+            column = escape.start() + 1 if escape else 1
+            message = (
+                f"this line has an unpaired UTF-16 surrogate escape ({text[column - 1 : column + 5]} at column "
+                f"{column}): it is valid JSON but not text; write the character itself or a complete pair"
+            )
+            self._report(number, [Issue("invalid_encoding", message)])
+            return None
         if not isinstance(value, dict):
             message = (
                 "Expected file to have JSONL format, where every line is a JSON dictionary. This line is "
@@ -435,6 +450,15 @@ def _preference_chats(example: dict[str, Any]) -> list[Chat]:
         (context + output_of(example, "preferred_output"), tools),
         (context + output_of(example, "non_preferred_output"), tools),
     ]
+
+
+def _encodable(value: Any) -> bool:
+    """Whether every string in the value can be written as UTF-8 (a lone ``\\ud83d`` escape cannot)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _hint(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ import pytest
 
 from tunery.bootstrap import build_services
 from tunery.config import ModelsSettings, Settings
+from tunery.domain.errors import Conflict
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
+from tunery.services.job_requests import parse_job_request
+from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
 from tunery.worker.runner import Worker
@@ -51,7 +55,7 @@ def project(services: Services) -> str:
 
 def new_job(services: Services, project: str, **body: Any) -> Job:
     file = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
-    return services.jobs.create(project, {"model": "tiny-llama", "training_file": file.id, **body})
+    return services.jobs.create(project, parse_job_request({"model": "tiny-llama", "training_file": file.id, **body}))
 
 
 def start(services: Services, job: Job) -> Job:
@@ -332,3 +336,79 @@ def test_a_run_that_stopped_early_makes_its_best_checkpoint_the_model(
     ), messages
     _, stream = services.files.content(project, done.result_files[0])
     assert len(list(csv.DictReader(io.StringIO(stream.read().decode())))) == 24
+
+
+def checkpoint_steps(services: Services, project: str, job: Job) -> list[int]:
+    return [c.step_number for c in services.jobs.list_checkpoints(project, job.id, PageRequest(limit=50)).data]
+
+
+def test_retention_keeps_what_a_deployment_serves_a_job_starts_from_or_a_pause_saved(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    services.deployments.set_warmup(lambda _ref: None)
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=40)
+    model = f"tiny-llama.ft-{job.job_hex}"
+    for step in (5, 10, 15):
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=40, train_loss=1.0)
+        feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)))
+    services.deployments.create_or_update(project, "served", model=f"{model}:ckpt-step-5")
+    child = new_job(services, project, model=f"{model}:ckpt-step-10")
+    services.jobs.pause(project, job.id)
+    job = feed(services, job, ProgressKind.PAUSED, step=16, checkpoint=str(adapter(tmp_path, 16)))
+    services.jobs.resume(project, job.id)
+    job = services.jobs.retrieve(project, job.id).with_changes(status=JobStatus.RUNNING)
+    for step in (20, 25, 30, 35, 40):
+        feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)))
+
+    assert checkpoint_steps(services, project, job) == [40, 35, 30, 16, 10, 5], "15, 20, 25 pruned; the rest used"
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=500)).data]
+    assert any("step 5 kept" in m and "deployment served serves it" in m for m in events)
+    assert any("step 10 kept" in m and f"job {child.id} starts from it" in m for m in events)
+    assert any("step 16 kept" in m and "saved at a pause" in m for m in events)
+    for step in (5, 10, 16):  # the files are still there: the deployment and the child job can load them
+        key = services.models.resolve(project, f"{model}:ckpt-step-{step}").adapter_key or ""
+        folder = adapter_path(LocalBlobStore(tmp_path / "blobs"), key)
+        assert (folder / "adapter_model.safetensors").read_bytes() == b"weights %d" % step
+
+
+def test_a_job_whose_checkpoint_is_deployed_or_a_parent_cannot_be_deleted(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    services.deployments.set_warmup(lambda _ref: None)
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=10)
+    feed(services, job, ProgressKind.CHECKPOINT, step=5, path=str(adapter(tmp_path, 5)))
+    services.jobs.cancel(project, job.id)
+    name = f"tiny-llama.ft-{job.job_hex}:ckpt-step-5"
+    services.deployments.create_or_update(project, "served", model=name)
+    with pytest.raises(Conflict, match="has a deployment"):
+        services.jobs.delete(project, job.id)
+    services.deployments.delete(project, "served")
+    child = new_job(services, project, model=name)
+    with pytest.raises(Conflict, match=f"parent model of unfinished job {child.id}"):
+        services.jobs.delete(project, job.id)
+    services.jobs.cancel(project, child.id)
+    services.jobs.delete(project, job.id)
+
+
+def test_the_start_up_sweep_deletes_what_a_crash_mid_upload_left(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    kept = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
+    blobs.write(f"files/{project}/file-0123456789abcdef0123456789abcdef", [b"no row owns me"])
+    half = blobs.root / "files" / project / ".file-x.abc.tmp"
+    half.write_bytes(b"half an upload")
+    fresh = blobs.root / "files" / project / ".file-y.abc.tmp"
+    fresh.write_bytes(b"an upload in progress")
+    old = time.time() - 3600
+    for path in (half, blobs.root / "files" / project / "file-0123456789abcdef0123456789abcdef"):
+        os.utime(path, (old, old))
+    os.utime(blobs.root / "files" / project / kept.id, (old, old))
+
+    assert services.files.sweep(min_age_s=600) == 2
+    assert not half.exists()
+    assert not blobs.exists(f"files/{project}/file-0123456789abcdef0123456789abcdef")
+    assert fresh.exists(), "a recent temporary file may be an upload in progress"
+    assert blobs.exists(f"files/{project}/{kept.id}")

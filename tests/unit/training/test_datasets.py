@@ -631,3 +631,14 @@ def test_importing_the_training_package_does_not_import_the_ml_stack() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
 
     assert result.stdout.strip() == "[]"
+
+
+def test_a_lone_surrogate_escape_is_reported_on_its_line() -> None:
+    good = json.dumps(chat())
+    pair = json.dumps(chat(user="smile \U0001f600"))  # json.dumps writes it as the pair \ud83d\ude00: fine
+    lone = good.replace("France?", "France? \\ud83d")
+    report = check_bytes(f"{good}\n{pair}\n{lone}\n{good}\n".encode(), min_examples=1)
+    assert codes(report) == [(3, "invalid_encoding")]
+    message = report.problems[0].message
+    assert "unpaired UTF-16 surrogate" in message
+    assert "\\ud83d" in message

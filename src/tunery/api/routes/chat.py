@@ -2,45 +2,62 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from itertools import chain
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
-from tunery.api.schemas.chat import ChatCompletion, chunk, delta_choice
+from tunery.api.disconnect import CancellingStream, until_disconnected
+from tunery.api.edge import bounded
+from tunery.api.schemas.chat import ChatCompletion, ChatCompletionRequest, chunk, delta_choice
 from tunery.api.streaming import sse, sse_error
 from tunery.domain.errors import ServiceError
-from tunery.services.chat import Completion, CompletionStream
+from tunery.services.chat import ChoiceDelta, Completion, CompletionStream
+from tunery.services.container import Services
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=bounded("chat"))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
-def chat_completions(
-    services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+async def chat_completions(
+    request: Request, services: ServicesDep, principal: PrincipalDep, body: ChatCompletionRequest
 ) -> Response:
-    return _respond(services.chat.create(principal.project_id, body), body)
+    return await _answer(request, services, principal.project_id, body, None)
 
 
 @router.post("/deployments/{deployment}/chat/completions", response_model=ChatCompletion)
-def deployment_chat_completions(
-    deployment: str, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+async def deployment_chat_completions(
+    request: Request,
+    deployment: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    body: ChatCompletionRequest,
 ) -> Response:
-    return _respond(services.chat.create(principal.project_id, body, deployment=deployment), body)
+    return await _answer(request, services, principal.project_id, body, deployment)
 
 
-def _respond(result: Completion | CompletionStream, body: dict[str, Any]) -> Response:
+async def _answer(
+    request: Request, services: Services, project_id: str, body: ChatCompletionRequest, deployment: str | None
+) -> Response:
+    """Generate in a worker thread; a client that disconnects cancels its choices (streamed or not)."""
+    cancel = threading.Event()
+    chat = body.to_domain()
+
+    def start() -> tuple[Completion | CompletionStream, ChoiceDelta | None]:
+        result = services.chat.create(project_id, chat, deployment=deployment, cancel=cancel)
+        # Wait for the first piece before answering, so a failure to start is still a proper HTTP error.
+        first = next(result.deltas, None) if isinstance(result, CompletionStream) else None
+        return result, first
+
+    result, first = await until_disconnected(request, cancel, start)
     if isinstance(result, Completion):
         return JSONResponse(ChatCompletion.from_domain(result).model_dump(mode="json"))
-    # Wait for the first piece before answering, so a failure to start is still a proper HTTP error.
-    first = next(result.deltas, None)
     deltas = chain([first], result.deltas) if first is not None else iter(())
-    options = body.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-    return StreamingResponse(_events(result, deltas, include_usage), media_type="text/event-stream")
+    return CancellingStream(_events(result, deltas, chat.include_usage), cancel, media_type="text/event-stream")
 
 
 def _events(result: CompletionStream, deltas: Iterator[Any], include_usage: bool) -> Iterator[bytes]:

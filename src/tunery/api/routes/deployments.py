@@ -8,13 +8,15 @@ Data plane: ``GET|POST /deployments``, ``PUT|GET|DELETE /deployments/{name}`` on
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
-from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject
+from tunery.api.edge import bounded
+from tunery.api.schemas.deployments import ArmDeployment, DeploymentObject, DeploymentRequest, LegacyDeploymentRequest
 from tunery.domain.errors import InvalidRequest
 
 ARM_PREFIX = (
@@ -22,26 +24,38 @@ ARM_PREFIX = (
     "/accounts/{account}/deployments"
 )
 
-arm_router = APIRouter(tags=["deployments (ARM)"])
-data_router = APIRouter(tags=["deployments"])
+arm_router = APIRouter(tags=["deployments (ARM)"], route_class=bounded("deployments"))
+data_router = APIRouter(tags=["deployments"], route_class=bounded("deployments"))
 
 
-def _model_name(body: dict[str, Any]) -> tuple[str, str, int]:
-    properties = body.get("properties")
-    model = properties.get("model") if isinstance(properties, dict) else None
-    name = model.get("name") if isinstance(model, dict) else None
-    if not isinstance(name, str) or not name:
+def _model_name(body: DeploymentRequest) -> tuple[str, str, int]:
+    name = body.properties.model.name
+    if not name:
         raise InvalidRequest(
             "properties.model.name is required: the fine-tuned model, checkpoint or base model to deploy.",
             param="properties.model.name",
         )
-    sku = body.get("sku") or {}
-    if not isinstance(sku, dict):
-        raise InvalidRequest("sku must be an object such as {'name': 'standard', 'capacity': 1}.", param="sku")
-    capacity = sku.get("capacity", 1)
-    if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise InvalidRequest("sku.capacity must be an integer.", param="sku.capacity")
-    return name, str(sku.get("name") or "Standard"), capacity
+    return name, body.sku.name or "Standard", body.sku.capacity
+
+
+@dataclass(frozen=True)
+class ArmScope:
+    """The ARM path segments Azure clients send; Tunery has one account, so they only name the resource."""
+
+    subscription: str
+    resource_group: str
+    account: str
+
+
+def _arm_scope(
+    subscription: Annotated[str, Path(description="Azure subscription id (any value; Tunery has one account)")],
+    resource_group: Annotated[str, Path(description="Resource group name (any value)")],
+    account: Annotated[str, Path(description="Azure OpenAI account name (any value)")],
+) -> ArmScope:
+    return ArmScope(subscription, resource_group, account)
+
+
+ArmScopeDep = Annotated[ArmScope, Depends(_arm_scope)]
 
 
 def _resource_id(request: Request) -> str:
@@ -49,9 +63,15 @@ def _resource_id(request: Request) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- ARM
-@arm_router.api_route(ARM_PREFIX + "/{name}", methods=["PUT", "POST"], response_model=ArmDeployment)
+@arm_router.put(ARM_PREFIX + "/{name}", response_model=ArmDeployment)
+@arm_router.post(ARM_PREFIX + "/{name}", response_model=ArmDeployment, name="arm_put_by_post")
 def arm_put(
-    name: str, request: Request, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    name: str,
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    scope: ArmScopeDep,
+    body: DeploymentRequest,
 ) -> Response:
     model, sku, capacity = _model_name(body)
     deployment, created = services.deployments.create_or_update(
@@ -62,12 +82,14 @@ def arm_put(
 
 
 @arm_router.get(ARM_PREFIX + "/{name}", response_model=ArmDeployment)
-def arm_get(name: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> ArmDeployment:
+def arm_get(
+    name: str, request: Request, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep
+) -> ArmDeployment:
     return ArmDeployment.from_domain(services.deployments.retrieve(principal.project_id, name), _resource_id(request))
 
 
 @arm_router.get(ARM_PREFIX)
-def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep) -> dict[str, Any]:
     base = request.url.path.rstrip("/")
     return {
         "value": [
@@ -78,7 +100,7 @@ def arm_list(request: Request, services: ServicesDep, principal: PrincipalDep) -
 
 
 @arm_router.delete(ARM_PREFIX + "/{name}", status_code=204)
-def arm_delete(name: str, services: ServicesDep, principal: PrincipalDep) -> Response:
+def arm_delete(name: str, services: ServicesDep, principal: PrincipalDep, scope: ArmScopeDep) -> Response:
     services.deployments.delete(principal.project_id, name)
     return Response(status_code=204)
 
@@ -94,26 +116,19 @@ def list_deployments(services: ServicesDep, principal: PrincipalDep) -> dict[str
 
 @data_router.post("/deployments", response_model=DeploymentObject, status_code=201)
 def create_legacy_deployment(
-    services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    services: ServicesDep, principal: PrincipalDep, body: LegacyDeploymentRequest
 ) -> DeploymentObject:
     """The pre-2023 data-plane create: ``{"model": ..., "scale_settings": {...}}``; the name is generated
     unless ``name`` is given."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model is required.", param="model")
-    name = body.get("name") or f"deployment-{uuid.uuid4().hex}"
-    scale = body.get("scale_settings") or {}
-    capacity = scale.get("capacity", 1) if isinstance(scale, dict) else 1
+    name = body.name or f"deployment-{uuid.uuid4().hex}"
     deployment, _ = services.deployments.create_or_update(
-        principal.project_id, str(name), model=model, sku_capacity=int(capacity or 1)
+        principal.project_id, name, model=body.model, sku_capacity=body.scale_settings.capacity
     )
     return DeploymentObject.from_domain(deployment)
 
 
 @data_router.put("/deployments/{name}", response_model=DeploymentObject)
-def put_deployment(
-    name: str, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
-) -> Response:
+def put_deployment(name: str, services: ServicesDep, principal: PrincipalDep, body: DeploymentRequest) -> Response:
     model, sku, capacity = _model_name(body)
     deployment, created = services.deployments.create_or_update(
         principal.project_id, name, model=model, sku_name=sku, sku_capacity=capacity

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import ListResponse
 from tunery.api.schemas.evals import (
     EvalDeleted,
@@ -25,7 +26,7 @@ from tunery.domain.pagination import Order, PageRequest
 from tunery.services.container import Services
 from tunery.services.eval_requests import CreateEvalRequest, CreateEvalRunRequest, UpdateEvalRequest
 
-router = APIRouter(tags=["evals"])
+router = APIRouter(tags=["evals"], route_class=bounded("evals"))
 
 
 def _page(limit: int | None, after: str | None, order: str | None) -> PageRequest:
@@ -95,7 +96,7 @@ def retrieve_run(
 
 
 @router.post("/evals/{eval_id}/runs/{run_id}/cancel", response_model=EvalRunObject)
-@router.post("/evals/{eval_id}/runs/{run_id}", response_model=EvalRunObject)
+@router.post("/evals/{eval_id}/runs/{run_id}", response_model=EvalRunObject, name="cancel_run_by_post")
 def cancel_run(
     eval_id: str, run_id: str, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> EvalRunObject:

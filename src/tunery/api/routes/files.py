@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import DeletedResponse, ListResponse
 from tunery.api.schemas.files import FileObject
 from tunery.domain.pagination import Order, PageRequest
 
-router = APIRouter(tags=["files"])
+router = APIRouter(tags=["files"], route_class=bounded("upload"))
 
 CHUNK_BYTES = 1024 * 1024
 MAX_LIST_LIMIT = 10_000
@@ -22,6 +24,14 @@ MAX_LIST_LIMIT = 10_000
 def _chunks(upload: UploadFile) -> Iterator[bytes]:
     while chunk := upload.file.read(CHUNK_BYTES):
         yield chunk
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII ``filename`` fallback and the exact name as RFC 6266 / 5987 ``filename*``."""
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in filename) or "download"
+    return (
+        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename.encode('utf-8', 'replace'), safe='')}"
+    )
 
 
 @router.post("/files", response_model=FileObject)
@@ -99,7 +109,7 @@ def file_content(file_id: str, services: ServicesDep, principal: PrincipalDep) -
         body(),
         media_type="application/octet-stream",
         headers={
-            "Content-Disposition": f'attachment; filename="{record.filename}"',
+            "Content-Disposition": content_disposition(record.filename),
             "Content-Length": str(record.bytes),
         },
     )

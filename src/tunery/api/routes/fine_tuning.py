@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
 from tunery.api.dialects import Dialect
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import ListResponse
-from tunery.api.schemas.fine_tuning import FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent
+from tunery.api.schemas.fine_tuning import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+)
 from tunery.domain.errors import NotFound, ServiceError
 from tunery.domain.jobs import Job
 from tunery.domain.pagination import Order, PageRequest
 from tunery.services.container import Services
 
-router = APIRouter(tags=["fine-tuning"])
+router = APIRouter(tags=["fine-tuning"], route_class=bounded("jobs"))
 
 METADATA_QUERY = re.compile(r"^metadata\[(?P<key>[^\]]+)\]$")
 JOBS_PAGE = {"default_limit": 20, "max_limit": 100}
@@ -54,12 +59,13 @@ def create_job(
     services: ServicesDep,
     principal: PrincipalDep,
     dialect: DialectDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: FineTuningJobCreate,
 ) -> Response:
-    if body.get("evals") is not None and _model_known(services, principal.project_id, body.get("model")):
-        evals = services.checkpoint_evals.check(principal.project_id, body["evals"], str(body["model"]))
-        body = {**body, "evals": evals}
-    job = services.jobs.create(principal.project_id, body)
+    extensions = body.model_extra or {}
+    if extensions.get("evals") is not None and _model_known(services, principal.project_id, body.model):
+        checked = services.checkpoint_evals.check(principal.project_id, extensions["evals"], body.model)
+        body = body.model_copy(update={"evals": checked})
+    job = services.jobs.create(principal.project_id, body.to_domain())
     services.checkpoint_evals.start(job)
     headers = {}
     if dialect.created_status == 201:
@@ -130,10 +136,11 @@ def delete_job(
 
 
 # The Azure REST how-to shows POST for events and checkpoints (a docs bug; GET is right): accept both.
-@router.api_route(
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", response_model=ListResponse[FineTuningJobEvent])
+@router.post(
     "/fine_tuning/jobs/{fine_tuning_job_id}/events",
-    methods=["GET", "POST"],
     response_model=ListResponse[FineTuningJobEvent],
+    name="list_events_by_post",
 )
 def list_events(
     fine_tuning_job_id: str,
@@ -148,10 +155,11 @@ def list_events(
     return ListResponse[FineTuningJobEvent].of(data, page.has_more)
 
 
-@router.api_route(
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", response_model=ListResponse[FineTuningJobCheckpoint])
+@router.post(
     "/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
-    methods=["GET", "POST"],
     response_model=ListResponse[FineTuningJobCheckpoint],
+    name="list_checkpoints_by_post",
 )
 def list_checkpoints(
     fine_tuning_job_id: str,

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.domain.errors import InvalidRequest
 
-router = APIRouter(tags=["graders"])
+router = APIRouter(tags=["graders"], route_class=bounded("evals"))
 
 
 def _grader(body: dict[str, Any]) -> Any:

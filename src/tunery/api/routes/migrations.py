@@ -8,12 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.services.migration import MigrationRequest
 
-router = APIRouter(tags=["migrations"])
+router = APIRouter(tags=["migrations"], route_class=bounded("default"))
 
 
 class MigrationBody(BaseModel):
@@ -21,6 +22,14 @@ class MigrationBody(BaseModel):
     api_key: str = Field(min_length=1, description="The source's API key (used for this request only, not stored)")
     base_model: str | None = Field(default=None, description="Base model here for the recreated jobs")
     compare: bool = Field(default=True, description="Set old and new answers side by side where both answer")
+
+    @field_validator("source_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        """An http(s) URL of printable ASCII: anything else cannot name a server (checked before any request)."""
+        if not value.isascii() or not value.isprintable() or not value.startswith(("http://", "https://")):
+            raise ValueError("source_url must be an http:// or https:// URL")
+        return value
 
 
 @router.post("/migrations")

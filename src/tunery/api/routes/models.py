@@ -15,11 +15,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from tunery.api.deps import PrincipalDep, ServicesDep
+from tunery.api.edge import bounded
 from tunery.api.schemas.common import DeletedResponse, ListResponse
 from tunery.api.schemas.models import Model
 from tunery.domain.errors import InvalidRequest
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=bounded("default"))
+import_router = APIRouter(tags=["models"], route_class=bounded("import"))  # adapter archives are large
 CHUNK_BYTES = 1024 * 1024
 
 
@@ -29,7 +31,7 @@ def list_models(services: ServicesDep, principal: PrincipalDep) -> ListResponse[
     return ListResponse[Model].of(data, False)
 
 
-@router.post("/models/import", response_model=Model)
+@import_router.post("/models/import", response_model=Model)
 async def import_model(request: Request, services: ServicesDep, principal: PrincipalDep) -> Model:
     """Multipart (``file`` = .tar/.tar.gz/.zip of a PEFT folder) or JSON ``{"path": ...}``; both take
     optional ``base_model`` and ``suffix``."""

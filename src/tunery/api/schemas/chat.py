@@ -1,13 +1,97 @@
-"""Chat completion wire objects: ``ChatCompletion`` and ``ChatCompletionChunk`` as the openai SDK parses them."""
+"""Chat completion wire objects: the request as the openai SDK sends it, and ``ChatCompletion`` /
+``ChatCompletionChunk`` as it parses them."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tunery import __version__
-from tunery.services.chat import ChoiceDelta, Completion, Usage
+from tunery.api.schemas.common import Int64, Loose, one_of
+from tunery.services.chat import (
+    MAX_CHOICES,
+    MAX_MESSAGES,
+    MAX_STOP_SEQUENCES,
+    ROLES,
+    ChatRequest,
+    ChoiceDelta,
+    Completion,
+    Usage,
+)
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+assert set(Role.__args__) == ROLES  # type: ignore[attr-defined]
+
+
+def _content(value: Any) -> str | list[Any] | None:
+    if value is None or isinstance(value, (str, list)):
+        return value
+    raise ValueError("must be a string or a list of content parts")
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list) and len(value) <= MAX_STOP_SEQUENCES and all(isinstance(s, str) for s in value):
+        return tuple(s for s in value if s)
+    raise ValueError(f"must be a string or a list of up to {MAX_STOP_SEQUENCES} strings")
+
+
+_CONTENT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {}}, {"type": "null"}]}
+_STOP_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+        {"type": "null"},
+    ]
+}
+
+
+class ChatMessageIn(Loose):
+    """One message; fields beyond these (``name``, ``tool_calls``, ...) are kept for the chat template."""
+
+    role: Role
+    content: Annotated[str | list[Any] | None, *one_of(_content, _CONTENT_SCHEMA)] = None
+
+
+class StreamOptions(Loose):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(Loose):
+    """``POST /chat/completions`` (OpenAI's ``CreateChatCompletionRequest``; unknown fields are accepted)."""
+
+    model: str | None = Field(None, description="A deployment, fine-tuned model, checkpoint or base model name.")
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+    stop: Annotated[tuple[str, ...], *one_of(_stop, _STOP_SCHEMA)] = ()
+    seed: Int64 | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+
+    def to_domain(self) -> ChatRequest:
+        return ChatRequest(
+            model=self.model,
+            messages=[message.model_dump(exclude_unset=True) for message in self.messages],
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            n=self.n or 1,
+            stop=self.stop,
+            seed=self.seed,
+            stream=bool(self.stream),
+            include_usage=bool(self.stream_options and self.stream_options.include_usage),
+            tools=self.tools,
+        )
+
 
 SYSTEM_FINGERPRINT = f"fp_tunery_{__version__}"
 

@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from tunery.api.schemas.common import Loose
 from tunery.domain.deployments import Deployment, ProvisioningState
+
+MAX_CAPACITY = 100_000  # far above any real deployment; keeps the number inside a database integer
+Capacity = Annotated[int, Field(ge=1, le=MAX_CAPACITY)]
+
+
+class ArmModelRef(Loose):
+    format: str | None = "OpenAI"
+    name: str = Field("", description="The fine-tuned model, checkpoint or base model to deploy.")
+    version: str | None = None
+
+
+class ArmProperties(Loose):
+    model: ArmModelRef = Field(default_factory=lambda: ArmModelRef())
+
+
+class ArmSku(Loose):
+    name: str = "Standard"
+    capacity: Capacity = 1
+
+
+class DeploymentRequest(Loose):
+    """The ARM deployment body (``PUT .../deployments/{name}``): ``sku`` + ``properties.model``."""
+
+    sku: ArmSku = Field(default_factory=lambda: ArmSku())
+    properties: ArmProperties = Field(default_factory=lambda: ArmProperties())
+
+
+class ScaleSettings(Loose):
+    scale_type: str | None = None
+    capacity: Capacity = 1
+
+
+class LegacyDeploymentRequest(Loose):
+    """The pre-2023 data-plane create: ``{"model": ..., "scale_settings": {...}}`` (``name`` optional)."""
+
+    model: Annotated[str, Field(min_length=1)]
+    name: str | None = None
+    scale_settings: ScaleSettings = Field(default_factory=lambda: ScaleSettings())
+
 
 ARM_TYPE = "Microsoft.CognitiveServices/accounts/deployments"
 LEGACY_STATUS = {

@@ -6,14 +6,63 @@ Azure's ``-1``, and the event level spelling (spec §4.2, §12).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from tunery.api.dialects import Dialect
+from tunery.api.schemas.common import Loose, one_of
 from tunery.domain.checkpoints import Checkpoint
 from tunery.domain.events import EventLevel, JobEvent
 from tunery.domain.jobs import Hyperparameters, Job, JobStatus, Method
+from tunery.services.job_requests import JobRequest, parse_job_request
+
+
+def _json(value: Any) -> Any:
+    return value  # checked, with the param named, by parse_job_request (method shapes vary by client)
+
+
+_AUTO_OR_NUMBER = {"anyOf": [{"type": "string", "enum": ["auto"]}, {"type": "number"}]}
+_HYPERPARAMETERS = {
+    "type": "object",
+    "properties": dict.fromkeys(("n_epochs", "batch_size", "learning_rate_multiplier", "beta"), _AUTO_OR_NUMBER),
+}
+_METHOD = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": ["supervised", "dpo"]},
+        "supervised": {"type": "object", "properties": {"hyperparameters": _HYPERPARAMETERS}},
+        "dpo": {"type": "object", "properties": {"hyperparameters": _HYPERPARAMETERS}},
+    },
+    "required": ["type"],
+}
+
+
+_TRAINING_TYPE = {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]}
+
+
+class FineTuningJobCreate(Loose):
+    """``POST /fine_tuning/jobs`` (OpenAI's ``CreateFineTuningJobRequest`` plus Azure's ``trainingType``).
+
+    JSON types are checked here; the rules that depend on several fields (method sections, ``-1``/"auto",
+    DPO's ``beta`` placement, limits) in ``parse_job_request``, once, before the service sees a typed
+    ``JobRequest``."""
+
+    model: Annotated[str, Field(min_length=1)]
+    training_file: Annotated[str, Field(min_length=1)]
+    validation_file: str | None = None
+    method: Annotated[Any, *one_of(_json, {"anyOf": [_METHOD, {"type": "null"}]})] = None
+    hyperparameters: Annotated[Any, *one_of(_json, {"anyOf": [_HYPERPARAMETERS, {"type": "null"}]})] = None
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    trainingType: Annotated[Any, *one_of(_json, _TRAINING_TYPE)] = None
+    training_type: Annotated[Any, *one_of(_json, _TRAINING_TYPE)] = None
+
+    def to_domain(self) -> JobRequest:
+        return parse_job_request(self.model_dump(exclude_unset=True))
+
 
 # The OpenAI layout speaks OpenAI's status vocabulary (spec §4.2); Azure layouts show Azure's.
 OPENAI_STATUS = {
