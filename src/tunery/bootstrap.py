@@ -149,6 +149,10 @@ def build_services(
             num_threads=worker.num_threads,
             stale_after_s=worker.stale_after_s,
             precision_cache=precision_cache(settings),
+            rft_temperature=worker.rft_temperature,
+            rft_kl_beta=worker.rft_kl_beta,
+            rft_max_new_tokens=worker.rft_max_new_tokens,
+            grader_concurrency=worker.grader_concurrency,
         ),
     )
     deployments = DeploymentService(
