@@ -32,7 +32,9 @@ pytestmark = pytest.mark.integration
 E_SHARE = {
     "type": "python",
     "name": "e_share",
-    "source": "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n",
+    "source": (
+        "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n"
+    ),
 }
 RFT_COLUMNS = [
     "step", "train_reward_mean", "valid_reward_mean", "train_reward_std", "train_loss", "train_kl",
@@ -89,7 +91,10 @@ def prompts(n: int, seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def files(rft_server: Server) -> dict[str, str]:
     client = client_for(rft_server)
-    return {"train": upload(client, prompts(16, 0), "train.jsonl"), "valid": upload(client, prompts(10, 1), "valid.jsonl")}
+    return {
+        "train": upload(client, prompts(16, 0), "train.jsonl"),
+        "valid": upload(client, prompts(10, 1), "valid.jsonl"),
+    }
 
 
 def rft_method(grader: dict[str, Any] = E_SHARE, **hyperparameters: Any) -> dict[str, Any]:
@@ -113,7 +118,8 @@ def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict
         seed=1,
         method=rft_method(),  # type: ignore[arg-type]
     )
-    assert job.method is not None and job.method.type == "reinforcement"
+    assert job.method is not None
+    assert job.method.type == "reinforcement"
 
     done = wait_for(client, job.id, finished)
 
@@ -134,9 +140,12 @@ def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict
     assert any("train mean reward=" in e.message for e in metrics)
     assert any("full validation mean reward=" in (e.message or "") for e in events)
     scored = [e.data for e in metrics if e.data and "scores" in e.data]
-    assert scored and "train_reward_mean" in scored[0]["scores"]
+    assert scored
+    assert "train_reward_mean" in scored[0]["scores"]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert checkpoints and "train_reward_mean" in (checkpoints[0].metrics.model_extra or {}) | dict(checkpoints[0].metrics)
+    assert checkpoints
+    carried = checkpoints[0].metrics.model_dump() | (checkpoints[0].metrics.model_extra or {})
+    assert "train_reward_mean" in carried, "checkpoints carry the reward"
 
 
 def test_pause_and_resume_continue_the_same_rft_run(rft_server: Server, files: dict[str, str]) -> None:
@@ -166,7 +175,11 @@ def test_pause_and_resume_continue_the_same_rft_run(rft_server: Server, files: d
 
 def test_a_crashing_grader_fails_the_job_with_grader_error(rft_server: Server, files: dict[str, str]) -> None:
     client = client_for(rft_server)
-    crashing = {"type": "python", "name": "boom", "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n"}
+    crashing = {
+        "type": "python",
+        "name": "boom",
+        "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n",
+    }
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=files["train"],
@@ -175,7 +188,8 @@ def test_a_crashing_grader_fails_the_job_with_grader_error(rft_server: Server, f
     )
     done = wait_for(client, job.id, finished)
     assert done.status == "failed"
-    assert done.error is not None and done.error.code == "grader_error"
+    assert done.error is not None
+    assert done.error.code == "grader_error"
     assert "kaboom" in done.error.message
 
 

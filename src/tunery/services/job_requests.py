@@ -99,7 +99,8 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
             )
         if body.get("early_stopping") not in (None, False):
             raise InvalidRequest(
-                "early_stopping watches the validation loss, which reinforcement fine-tuning has none of; leave it out.",
+                "early_stopping watches the validation loss, which reinforcement fine-tuning has none of; "
+                "leave it out.",
                 param="early_stopping",
             )
         early_stopping = None
@@ -239,9 +240,7 @@ def _reasoning_effort(value: Any, param: str) -> str | None:
     if value is None:
         return None
     if value not in REASONING_EFFORTS:
-        raise InvalidRequest(
-            f"{param} must be one of {', '.join(REASONING_EFFORTS)} (got {value!r}).", param=param
-        )
+        raise InvalidRequest(f"{param} must be one of {', '.join(REASONING_EFFORTS)} (got {value!r}).", param=param)
     return str(value)
 
 

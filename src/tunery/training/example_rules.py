@@ -41,9 +41,9 @@ def detect_format(example: dict[str, Any]) -> DatasetFormat | None:
     user turn (nothing to imitate, a prompt to answer); ``input``/outputs → preference."""
     if "messages" in example:
         messages = example["messages"]
-        if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-            if messages[-1].get("role") == "user":
-                return DatasetFormat.REINFORCEMENT
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "user":
+            return DatasetFormat.REINFORCEMENT
         return DatasetFormat.CHAT
     if not _PREFERENCE_MARKERS.isdisjoint(example):
         return DatasetFormat.PREFERENCE

@@ -4,8 +4,9 @@ One plain loop (nanoGPT style): tokenize (``training.examples``, ``training.pref
 ``training.rft.read_prompts`` for reinforcement fine-tuning), add the
 adapter (``training.lora``), then for each optimizer step pack ``batch_size`` examples (``training.packing``),
 run the micro-batches forward and backward, step AdamW on the LoRA parameters and report. What a step and an
-evaluation compute is the method's ``Objective``: supervised (cross-entropy on assistant tokens, here) or DPO
-(``training.dpo``) or GRPO (``training.rft``); everything else (schedule, validation, checkpoints, pause/resume/cancel) is shared.
+evaluation compute is the method's ``Objective``: supervised (cross-entropy on assistant tokens, here), DPO
+(``training.dpo``) or GRPO (``training.rft``); everything else (schedule, validation, checkpoints,
+pause/resume/cancel) is shared.
 Everything the worker needs goes through ``progress.jsonl`` records and files in the run folder (see ``run``);
 the worker asks for pause/cancel with ``control.json``. It does not read the database, talk HTTP or copy
 adapters to the blob store (the worker does).
@@ -73,6 +74,7 @@ from tunery.training.packing import (
     use_varlen_attention,
 )
 from tunery.training.preferences import PreferencePair, read_pairs
+from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
 from tunery.training.rft import (
     GrpoObjective,
     GrpoSettings,
@@ -81,7 +83,6 @@ from tunery.training.rft import (
     load_reference_adapter,
     read_prompts,
 )
-from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
 from tunery.training.spec import TrainingSpec
 
 DEFAULT_MICRO_BATCH_TOKENS = 4096  # padded tokens per forward/backward pass: bounds activation memory
@@ -303,8 +304,7 @@ def run(
             if spec.early_stopping_patience:
                 state.note_full_validation(metrics.get("full_valid_loss"), spec.early_stopping_min_delta)
                 stop_early = (
-                    state.epochs_without_improvement >= spec.early_stopping_patience
-                    and finished_epoch < spec.n_epochs
+                    state.epochs_without_improvement >= spec.early_stopping_patience and finished_epoch < spec.n_epochs
                 )
             state.epoch += 1
             state.step_in_epoch = 0

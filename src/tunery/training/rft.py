@@ -190,7 +190,9 @@ class _ErrorWatch:
         if training:
             self.bad_steps = self.bad_steps + 1 if share > BAD_SHARE else 0
             if self.bad_steps >= MAX_BAD_STEPS:
-                raise GraderFailure(self._message(f"more than half the gradings failed in {MAX_BAD_STEPS} steps in a row"))
+                raise GraderFailure(
+                    self._message(f"more than half the gradings failed in {MAX_BAD_STEPS} steps in a row")
+                )
         return share
 
     def _message(self, what: str) -> str:

@@ -51,7 +51,9 @@ def sample_completions(
     try:
         out: list[Completion] = []
         for start in range(0, len(prompts), max_rows):
-            out.extend(_sample_chunk(model, prompts[start : start + max_rows], max_new_tokens, stop_ids, temperature, amp))
+            out.extend(
+                _sample_chunk(model, prompts[start : start + max_rows], max_new_tokens, stop_ids, temperature, amp)
+            )
         return out
     finally:
         model.train(was_training)

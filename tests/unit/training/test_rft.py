@@ -28,7 +28,9 @@ from tunery.training.spec import LoraSpec, TrainingSpec
 E_SHARE = {
     "type": "python",
     "name": "e_share",
-    "source": "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n",
+    "source": (
+        "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n"
+    ),
 }
 WORDS = ["capital", "France", "Paris", "Rome", "hello", "help", "today"]
 
@@ -171,7 +173,7 @@ def test_a_run_raises_the_validation_reward(completed: TrainingSpec) -> None:
         assert all(key in s for s in steps)
     assert records(completed, ProgressKind.COMPLETED)
     checkpoint = records(completed, ProgressKind.CHECKPOINT)[-1]
-    assert "train_reward_mean" in checkpoint["metrics"] and "valid_reward_mean" in checkpoint["metrics"]
+    assert {"train_reward_mean", "valid_reward_mean"} <= set(checkpoint["metrics"])
 
 
 def test_pause_and_resume_give_the_same_rewards(
@@ -190,7 +192,8 @@ def test_pause_and_resume_give_the_same_rewards(
     monkeypatch.setattr(control, "requested", pause_once)
     run(spec, ProgressWriter(spec.run_path))
     paused = records(spec, ProgressKind.PAUSED)
-    assert paused and paused[0]["step"] == 2
+    assert paused
+    assert paused[0]["step"] == 2
     monkeypatch.setattr(control, "requested", real)
     resumed = TrainingSpec(**{**json.loads(spec.to_json()), "lora": spec.lora, "resume_from": paused[0]["state_path"]})
     run(resumed, ProgressWriter(spec.run_path))
@@ -215,7 +218,11 @@ def test_continuous_fine_tuning_measures_kl_against_the_parent_adapter(
 
 
 def test_a_crashing_grader_ends_the_run_with_its_reason(tiny_model_dir: Path, tmp_path: Path) -> None:
-    crashing = {"type": "python", "name": "boom", "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n"}
+    crashing = {
+        "type": "python",
+        "name": "boom",
+        "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n",
+    }
     spec = make_spec(tiny_model_dir, tmp_path, "crash", grader=crashing, n_epochs=1)
     with pytest.raises(GraderFailure, match="kaboom"):
         run(spec, ProgressWriter(spec.run_path))
