@@ -25,6 +25,7 @@ import openai
 import pytest
 
 from tests.integration.harness import Server, free_port, tunery, wait_until_healthy
+from tests.integration.test_cli import run_cli
 from tests.integration.test_fine_tuning import at_step, client_for, finished, results, upload, wait_for
 
 pytestmark = pytest.mark.integration
@@ -210,3 +211,29 @@ def test_a_grader_naming_a_missing_field_is_refused_at_create(rft_server: Server
             method=rft_method(grader),  # type: ignore[arg-type]
         )
     assert caught.value.body["param"] == "method.reinforcement.grader.reference"  # type: ignore[index]
+
+
+def test_the_cli_creates_a_reinforcement_job_from_a_grader_file(
+    rft_server: Server, files: dict[str, str], tmp_path: Path
+) -> None:
+    grader_file = tmp_path / "grader.json"
+    grader_file.write_text(json.dumps(E_SHARE))
+    created = run_cli(
+        rft_server, "jobs", "create", "--model", "tiny-llama", "-t", files["train"], "-v", files["valid"],
+        "--method", "reinforcement", "--grader", str(grader_file), "--compute-multiplier", "1.5",
+        "--eval-samples", "2", "--n-epochs", "1", "--json",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    job = json.loads(created.stdout)
+    section = job["method"]["reinforcement"]
+    assert {k: v for k, v in section["grader"].items() if v is not None} == E_SHARE  # the SDK adds image_tag: null
+    assert section["hyperparameters"]["compute_multiplier"] == 1.5
+    assert section["hyperparameters"]["eval_samples"] == 2
+    assert run_cli(rft_server, "jobs", "cancel", job["id"]).returncode == 0
+
+    missing = run_cli(
+        rft_server, "jobs", "create", "--model", "tiny-llama", "-t", files["train"], "-v", files["valid"],
+        "--method", "reinforcement",
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "--grader" in missing.stderr
