@@ -211,6 +211,16 @@ export async function detail(main, { params: [id], learnProject }) {
     const rows = [...state.metrics.values()].sort((a, b) => a.step - b.step);
     const series = (key, name, dots = false) => ({ name, dots, points: rows.filter((r) => r[key] !== undefined && r[key] !== null).map((r) => [r.step, r[key]]) });
     const xMax = TERMINAL.has(state.job.status) ? null : progressInfo().total;
+    if (isRft()) {
+      // Reinforcement: the grader's mean reward (training samples each step; the whole validation file every
+      // eval_interval steps). Diverging curves hint at reward hacking.
+      fill(el.charts,
+        lineChart({ title: "Mean reward", xMax, series: [series("train_reward_mean", "Training"), series("valid_reward_mean", "Validation", true)] }),
+        lineChart({ title: "KL to the starting model", xMax, series: [series("train_kl", "Training")] }),
+        lineChart({ title: "Answer length (tokens)", xMax,
+          series: [series("train_completion_tokens_mean", "Training"), series("valid_completion_tokens_mean", "Validation", true)] }));
+      return;
+    }
     const accuracy = isDpo() ? { title: "Reward accuracy", key: "reward_accuracy" } : { title: "Token accuracy", key: "mean_token_accuracy" };
     fill(el.charts,
       lineChart({ title: "Loss", xMax, series: [series("train_loss", "Training"), series("valid_loss", "Validation"), series("full_valid_loss", "Full validation", true)] }),
@@ -224,23 +234,30 @@ export async function detail(main, { params: [id], learnProject }) {
 
   // DPO jobs chart how often the chosen reply out-scores the rejected one instead of token accuracy.
   function isDpo() { return Boolean(state.job.method && state.job.method.type === "dpo"); }
+  // Reinforcement jobs chart the grader's reward instead of a loss.
+  function isRft() { return Boolean(state.job.method && state.job.method.type === "reinforcement"); }
 
   function drawCheckpoints() {
     const metric = (key) => (c) => formatMetric(c.metrics[key]);
     fill(el.checkpoints, table([
       { label: "Step", cell: (c) => String(c.step_number), class: "num" },
       { label: "Model", cell: (c) => h("code", { class: "wrap" }, c.fine_tuned_model_checkpoint), class: "col-model hide-sm" },
-      { label: "Training loss", cell: metric("train_loss"), class: "num" },
-      { label: "Validation loss", cell: metric("valid_loss"), class: "num hide-sm" },
-      { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
-      isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
+      ...(isRft() ? [
+        { label: "Training reward", cell: metric("train_reward_mean"), class: "num" },
+        { label: "Validation reward", cell: metric("valid_reward_mean"), class: "num hide-sm" },
+      ] : [
+        { label: "Training loss", cell: metric("train_loss"), class: "num" },
+        { label: "Validation loss", cell: metric("valid_loss"), class: "num hide-sm" },
+        { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
+      ]),
+      isRft() ? null : isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
         : { label: "Token accuracy", cell: metric("train_mean_token_accuracy"), class: "num hide-sm" },
       { label: "Created", cell: (c) => formatTime(c.created_at), class: "num hide-lg" },
       { label: "Actions", cell: (c) => h("button", {
         type: "button", class: "btn btn-small", "aria-label": `Deploy step ${c.step_number}`,
         onclick: () => openDeployDialog(c.fine_tuned_model_checkpoint, { step: c.step_number }),
       }, "Deploy") },
-    ], state.checkpoints, { caption: "Checkpoints", empty: "Checkpoints appear at the end of each epoch (and when a job pauses)." }));
+    ].filter(Boolean), state.checkpoints, { caption: "Checkpoints", empty: "Checkpoints appear at the end of each epoch (and when a job pauses)." }));
   }
 
   function drawEvents(fresh) {
