@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -218,16 +219,20 @@ class GrpoObjective:
         self, model: PeftModel, prompts: Sequence[Prompt], samples: int, setup: Setup, where: str, *, training: bool
     ) -> tuple[list[list[int]], torch.Tensor, dict[str, float]]:
         """Sample and grade ``samples`` answers per prompt. Returns (answers, ``(prompts, samples)`` rewards,
-        metrics: reward_mean, reward_std, completion_tokens_mean, grader_error_mean, parse_error_mean)."""
+        metrics: reward_mean, reward_std, completion_tokens_mean, grader_error_mean, parse_error_mean; sampling_s
+        and grading_s, the seconds each took)."""
         s = self.settings
         rows = [p.input_ids for p in prompts for _ in range(samples)]
+        started = time.perf_counter()
         completions = sample_completions(
             model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature, amp=setup.amp
         )
         stops = set(s.stop_ids)
         texts = [self.tokenizer.decode([t for t in c.tokens if t not in stops]) for c in completions]
         items = [p.item for p in prompts for _ in range(samples)]
+        sampled = time.perf_counter()
         results = self.rewarder.grade(texts, items)
+        graded = time.perf_counter()
         error_share = self.errors.check(results, where, training=training)
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32).view(len(prompts), samples)
         parse_errors = sum(r.metadata.errors.sample_parse_error for r in results)
@@ -237,6 +242,8 @@ class GrpoObjective:
             "completion_tokens_mean": sum(len(c.tokens) for c in completions) / max(len(completions), 1),
             "grader_error_mean": error_share,
             "parse_error_mean": parse_errors / max(len(results), 1),
+            "sampling_s": sampled - started,
+            "grading_s": graded - sampled,
         }
         return [c.tokens or [s.stop_ids[0]] for c in completions], rewards, metrics
 
@@ -256,6 +263,7 @@ class GrpoObjective:
             _sequence(prompt.input_ids, answer)
             for prompt, answer in zip((p for p in prompts for _ in range(s.group_size)), answers, strict=True)
         ]
+        started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         total = len(sequences)
         loss_sum = kl_sum = 0.0
@@ -277,7 +285,7 @@ class GrpoObjective:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        metrics |= {"loss": loss_sum / total, "kl": kl_sum / total}
+        metrics |= {"loss": loss_sum / total, "kl": kl_sum / total, "training_s": time.perf_counter() - started}
         return metrics, sum(len(e) for e in sequences)
 
     def evaluate(self, model: PeftModel, prompts: Sequence[Prompt], setup: Setup) -> dict[str, Any]:

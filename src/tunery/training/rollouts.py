@@ -84,7 +84,6 @@ def _sample_chunk(
     mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
     num_layers = model.get_base_model().config.num_hidden_layers
     cache = PaddedKVCache(num_layers, pads, width + max_new_tokens)
-    stops = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     with autocast:
         output = model(
@@ -96,15 +95,16 @@ def _sample_chunk(
             logits_to_keep=1,
         )
     tokens: list[list[int]] = [[] for _ in range(rows)]
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    done = [False] * rows
+    stop_set = set(stop_ids)
     next_positions = torch.tensor(lengths, device=device)
     for step in range(max_new_tokens):
         chosen = _draw(output.logits[:, -1], temperature)
         for i, token in enumerate(chosen.tolist()):
             if not done[i]:
                 tokens[i].append(token)
-        done |= torch.isin(chosen, stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
+                done[i] = token in stop_set
+        if all(done) or step == max_new_tokens - 1:
             break
         with autocast:
             output = model(
@@ -115,7 +115,6 @@ def _sample_chunk(
                 use_cache=True,
             )
         next_positions = next_positions + 1
-    stop_set = set(stop_ids)
     return [Completion(tokens=t, finished=bool(t) and t[-1] in stop_set) for t in tokens]
 
 
