@@ -35,6 +35,8 @@ FORMAT_FOR_METHOD = {
     Method.REINFORCEMENT: DatasetFormat.REINFORCEMENT,
 }
 RFT_RESERVED_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
+# evals-graders-rft.md §3.1: at most 50,000 training and 1,000 validation prompts.
+RFT_MAX_ROWS = {"training_file": 50_000, "validation_file": 1_000}
 CAS_ATTEMPTS = 5
 
 
@@ -92,7 +94,8 @@ class JobService:
             else None
         )
         if request.method is Method.REINFORCEMENT:
-            self._check_grader_fields(project_id, request, [training] + ([validation] if validation else []))
+            files = {"training_file": training} | ({"validation_file": validation} if validation else {})
+            self._check_grader_fields(project_id, request, files)
         self._check_quota(project_id)
         now = int(self._clock())
         job = Job(
@@ -248,16 +251,25 @@ class JobService:
             )
         return record
 
-    def _check_grader_fields(self, project_id: str, request: JobRequest, files: list[FileRecord]) -> None:
-        """Every ``{{item.x}}`` of an RFT grader must name a field that every row of both files has (400)."""
+    def _check_grader_fields(self, project_id: str, request: JobRequest, files: dict[str, FileRecord]) -> None:
+        """Every ``{{item.x}}`` of an RFT grader must name a field that every row of both files has, and the
+        files must stay within RFT's row limits (400s naming the param)."""
         fields: set[str] | None = None
-        for record in files:
+        for param, record in files.items():
             _, stream = self._files.content(project_id, record.id)
+            rows = 0
             with stream:
                 for raw in stream:
                     line = raw.strip()
                     if not line:
                         continue
+                    rows += 1
+                    if rows > RFT_MAX_ROWS[param]:
+                        raise InvalidRequest(
+                            f"{param} '{record.id}' has more than {RFT_MAX_ROWS[param]:,} rows, the most a "
+                            "reinforcement job takes.",
+                            param=param,
+                        )
                     try:
                         row = json.loads(line)
                     except ValueError:

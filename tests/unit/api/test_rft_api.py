@@ -163,3 +163,13 @@ def test_an_rft_file_with_an_assistant_last_turn_fails_upload_with_its_line(api:
     assert record.status.value == "error"
     assert record.problems[0].line == 4
     assert record.problems[0].code == "invalid_last_message"
+
+
+def test_a_validation_file_over_1000_prompts_is_refused(api: Api, files: tuple[str, str]) -> None:
+    row = json.dumps({"messages": [{"role": "user", "content": "q"}], "answer": "1"}, separators=(",", ":"))
+    big = upload(api, ((row + "\n") * 1001).encode())  # small rows: the test app takes 64 KiB uploads
+    response = create(api, rft_body((files[0], big)))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "validation_file"
+    assert "1,000" in error["message"]
