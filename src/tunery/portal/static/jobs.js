@@ -78,7 +78,7 @@ export async function detail(main, { params: [id], learnProject }) {
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Fine-tuning")),
     el.header, alert, el.summary,
     h("section", { "aria-labelledby": "metrics-h" }, h("h2", { id: "metrics-h" }, "Metrics"),
-      h("p", { class: "muted" }, "Loss should fall and token accuracy rise. If validation loss climbs while training loss ",
+      el.hint = h("p", { class: "muted" }, "Loss should fall and token accuracy rise. If validation loss climbs while training loss ",
         "keeps falling, the model is overfitting: try fewer epochs or a smaller learning rate multiplier."),
       el.charts),
     h("section", { "aria-labelledby": "ckpt-h" }, h("h2", { id: "ckpt-h" }, "Checkpoints"), el.checkpoints),
@@ -212,6 +212,8 @@ export async function detail(main, { params: [id], learnProject }) {
     const series = (key, name, dots = false) => ({ name, dots, points: rows.filter((r) => r[key] !== undefined && r[key] !== null).map((r) => [r.step, r[key]]) });
     const xMax = TERMINAL.has(state.job.status) ? null : progressInfo().total;
     if (isRft()) {
+      el.hint.textContent = "The mean reward should rise. If the training reward keeps climbing while the validation " +
+        "reward does not, the model may be reward hacking: check the grader against a few answers.";
       // Reinforcement: the grader's mean reward (training samples each step; the whole validation file every
       // eval_interval steps). Diverging curves hint at reward hacking.
       fill(el.charts,
