@@ -79,6 +79,12 @@ class WorkerSettings(BaseModel):
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     num_threads: int | None = Field(default=None, description="CPU threads for training (default: all cores)")
     stale_after_s: float = Field(default=30.0, description="A job whose worker is silent this long is recovered")
+    rft_temperature: float = Field(default=1.0, description="Reinforcement fine-tuning: sampling temperature")
+    rft_kl_beta: float = Field(default=0.04, description="Reinforcement fine-tuning: KL penalty to the start model")
+    rft_max_new_tokens: int | None = Field(
+        default=None, description="Reinforcement fine-tuning: answer budget in tokens (default: by reasoning_effort)"
+    )
+    grader_concurrency: int = Field(default=4, description="Reinforcement fine-tuning: gradings run at once")
 
 
 class InferenceSettings(BaseModel):

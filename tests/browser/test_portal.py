@@ -423,6 +423,45 @@ def test_a_dpo_job_from_the_wizard_charts_reward_accuracy(page: Page, portal_ser
     shot(page, screenshots, "16-dpo-job")
 
 
+def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Server, screenshots: Path) -> None:
+    def prompts(n: int) -> bytes:
+        rows = [{"messages": [{"role": "user", "content": f"Say e {i}"}], "target": "e"} for i in range(n)]
+        return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    grader = {
+        "type": "python",
+        "name": "e_share",
+        "source": "def grade(sample, item):\n    t = sample['output_text']\n    return t.count('e') / max(len(t), 1)\n",
+    }
+    with api(portal_server) as client:
+        ids = []
+        for name in ("rft_train.jsonl", "rft_valid.jsonl"):
+            created = client.post("/files", files={"file": (name, prompts(10))}, data={"purpose": "fine-tune"})
+            ids.append(created.json()["id"])
+        hyper = {"n_epochs": 1, "batch_size": 4, "compute_multiplier": 0.5, "eval_samples": 1}
+        hyper["reasoning_effort"] = "low"
+        body = {
+            "model": "tiny-llama",
+            "training_file": ids[0],
+            "validation_file": ids[1],
+            "method": {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hyper}},
+        }
+        deadline = time.monotonic() + ceiling(20)
+        while (job := client.post("/fine_tuning/jobs", json=body)).status_code == 400 and time.monotonic() < deadline:
+            time.sleep(0.3)  # the files are still being checked
+        assert job.status_code == 200, job.text
+    page.goto(f"{portal_server.url}/#/jobs/{job.json()['id']}")
+    status = page.get_by_role("region", name="Status")
+    expect(status).to_contain_text("succeeded", ignore_case=True, timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_role("img", name=re.compile("^Mean reward:"))).to_be_visible()
+    assert chart_points(page, "Mean reward") >= 3
+    expect(page.get_by_role("region", name="Metrics")).to_contain_text("reward hacking")
+    checkpoints = page.get_by_role("table", name="Checkpoints")
+    expect(checkpoints.get_by_role("columnheader", name="Validation reward")).to_be_visible()
+    expect(page.get_by_role("log", name="Events, newest first")).to_contain_text("train mean reward=")
+    shot(page, screenshots, "17-rft-job")
+
+
 def test_phone_width_screenshots(page: Page, portal_server: Server, screenshots: Path, state: dict[str, Any]) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     routes = ["#/files", "#/jobs", "#/jobs/new", "#/models", "#/playground"]

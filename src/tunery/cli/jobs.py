@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import openai
@@ -31,11 +32,18 @@ def create(
     model: Annotated[str, typer.Option(help="Base model, fine-tuned model or checkpoint")],
     training_file: Annotated[str, typer.Option("--training-file", "-t", help="File id of the training data")],
     validation_file: Annotated[str | None, typer.Option("--validation-file", "-v", help="File id")] = None,
-    method: Annotated[str, typer.Option(help="supervised or dpo")] = "supervised",
+    method: Annotated[str, typer.Option(help="supervised, dpo or reinforcement")] = "supervised",
     n_epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step (default: auto)")] = None,
     learning_rate_multiplier: Annotated[float | None, typer.Option(help="Default: auto")] = None,
     beta: Annotated[float | None, typer.Option(help="DPO beta (default: auto)")] = None,
+    grader: Annotated[
+        Path | None, typer.Option(help="Reinforcement: a JSON file holding the grader", exists=True, dir_okay=False)
+    ] = None,
+    compute_multiplier: Annotated[float | None, typer.Option(help="Reinforcement: samples per prompt / 4")] = None,
+    eval_interval: Annotated[int | None, typer.Option(help="Reinforcement: steps between evaluations")] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="Reinforcement: answers per validation prompt")] = None,
+    reasoning_effort: Annotated[str | None, typer.Option(help="Reinforcement: low, medium or high")] = None,
     suffix: Annotated[str | None, typer.Option(help="Added to the fine-tuned model's name")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default: generated)")] = None,
     watch_job: Annotated[bool, typer.Option("--watch", help="Follow the job until it ends")] = False,
@@ -49,6 +57,20 @@ def create(
     if method == "dpo" and beta is not None:
         hyper["beta"] = beta
     body: dict[str, Any] = {"type": method, method: {"hyperparameters": hyper}}
+    if method == "reinforcement":
+        rft = {
+            "compute_multiplier": compute_multiplier,
+            "eval_interval": eval_interval,
+            "eval_samples": eval_samples,
+            "reasoning_effort": reasoning_effort,
+        }
+        hyper.update({k: v for k, v in rft.items() if v is not None})
+        if grader is None:
+            raise typer.BadParameter("a reinforcement job needs --grader grader.json", param_hint="--grader")
+        try:
+            body[method]["grader"] = json.loads(grader.read_text())
+        except ValueError as exc:
+            raise typer.BadParameter(f"{grader} is not JSON: {exc}", param_hint="--grader") from None
     with api_errors():
         job = client.fine_tuning.jobs.create(
             model=model,

@@ -35,8 +35,30 @@ DPO_METRIC_COLUMNS = (
 )
 
 
+# A reinforcement job's columns (evals-graders-rft.md §3.6): the mean reward of the step's samples and of the
+# whole validation file (every eval_interval steps; empty in between), answer lengths (Tunery's open models do not
+# reason apart from the answer, so completion tokens stand where OpenAI shows reasoning tokens), the loss and KL
+# to the starting model, and the share of gradings that failed or whose answer did not parse.
+RFT_METRIC_COLUMNS = (
+    "step",
+    "train_reward_mean",
+    "valid_reward_mean",
+    "train_reward_std",
+    "train_loss",
+    "train_kl",
+    "train_completion_tokens_mean",
+    "valid_completion_tokens_mean",
+    "train_grader_error_mean",
+    "valid_grader_error_mean",
+    "train_parse_error_mean",
+    "valid_parse_error_mean",
+)
+
+
 def metric_columns(method: str) -> tuple[str, ...]:
-    """The results.csv columns of a job trained with ``method`` (``supervised`` or ``dpo``)."""
+    """The results.csv columns of a job trained with ``method`` (``supervised``, ``dpo`` or ``reinforcement``)."""
+    if method == "reinforcement":
+        return RFT_METRIC_COLUMNS
     return DPO_METRIC_COLUMNS if method == "dpo" else METRIC_COLUMNS
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 class DatasetFormat(StrEnum):
     CHAT = "chat"  # supervised: {"messages": [...]}
     PREFERENCE = "preference"  # DPO: {"input", "preferred_output", "non_preferred_output"}
+    REINFORCEMENT = "reinforcement"  # RFT: {"messages": [... ending in a user turn], <reference fields>...}
 
 
 @dataclass(frozen=True, slots=True)

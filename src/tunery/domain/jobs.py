@@ -68,6 +68,7 @@ def check_transition(job_id: str, current: JobStatus, target: JobStatus, action:
 class Method(StrEnum):
     SUPERVISED = "supervised"
     DPO = "dpo"
+    REINFORCEMENT = "reinforcement"
 
 
 # The peak LoRA learning rate that a learning_rate_multiplier of 1.0 stands for.
@@ -77,6 +78,18 @@ BASE_LEARNING_RATE = 2e-4
 TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25_000
 MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS = 1, 25
 DEFAULT_DPO_BETA = 0.1
+# Reinforcement fine-tuning (evals-graders-rft.md §3.2): auto values. compute_multiplier m gives
+# max(2, round(RFT_SAMPLES_PER_UNIT * m)) samples per prompt; eval_interval aims at RFT_EVALS_PER_RUN evaluations.
+DEFAULT_COMPUTE_MULTIPLIER = 1.0
+RFT_SAMPLES_PER_UNIT = 4
+MAX_RFT_GROUP = 64
+DEFAULT_EVAL_SAMPLES = 5
+RFT_EVALS_PER_RUN = 10
+MAX_RFT_AUTO_BATCH = 8
+REASONING_EFFORTS = ("default", "low", "medium", "high")
+# New tokens a sampled answer may have, by reasoning effort (Tunery's open models do not reason apart from the
+# answer, so the effort is the answer's token budget).
+COMPLETION_TOKENS = {"low": 128, "medium": 256, "high": 512}
 # Auto batch size and learning rate (``auto_batch_size``): tokens one optimizer step should carry, the fewest
 # optimizer steps a run should have, the largest batch, and the largest learning-rate multiplier.
 TARGET_STEP_TOKENS = 1024
@@ -93,10 +106,17 @@ class Hyperparameters:
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
     beta: float | None = None  # DPO only
+    # reinforcement only
+    eval_interval: int | None = None
+    eval_samples: int | None = None
+    compute_multiplier: float | None = None
+    reasoning_effort: str | None = None  # "default" | "low" | "medium" | "high"; None = not given
 
     def resolve(self, n_examples: int, method: Method, tokens_mean: float | None = None) -> Hyperparameters:
         """Fill every "auto": epochs from the dataset size (spec §6.2); batch size and learning rate for time
         to quality (``auto_batch_size``, ``auto_learning_rate_multiplier``). Explicit values stay exactly."""
+        if method is Method.REINFORCEMENT:
+            return self._resolve_reinforcement(n_examples)
         n_epochs = self.n_epochs or auto_epochs(n_examples)
         batch_size = self.batch_size or auto_batch_size(n_examples, tokens_mean, n_epochs)
         return Hyperparameters(
@@ -105,6 +125,23 @@ class Hyperparameters:
             learning_rate_multiplier=self.learning_rate_multiplier
             or (auto_learning_rate_multiplier(batch_size) if method is Method.SUPERVISED else 1.0),
             beta=(self.beta or DEFAULT_DPO_BETA) if method is Method.DPO else None,
+        )
+
+    def _resolve_reinforcement(self, n_examples: int) -> Hyperparameters:
+        """RFT's autos (evals-graders-rft.md §3.2): epochs as SFT; a few prompts per step (each is sampled
+        ``group_size`` times); about ``RFT_EVALS_PER_RUN`` evaluations; 5 validation samples; effort medium."""
+        n = max(n_examples, 1)
+        n_epochs = self.n_epochs or auto_epochs(n)
+        batch_size = self.batch_size or max(1, min(MAX_RFT_AUTO_BATCH, n // 8 or 1))
+        total_steps = -(-n // batch_size) * n_epochs
+        return Hyperparameters(
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            learning_rate_multiplier=self.learning_rate_multiplier or 1.0,
+            eval_interval=self.eval_interval or max(1, -(-total_steps // RFT_EVALS_PER_RUN)),
+            eval_samples=self.eval_samples or DEFAULT_EVAL_SAMPLES,
+            compute_multiplier=self.compute_multiplier or DEFAULT_COMPUTE_MULTIPLIER,
+            reasoning_effort=self.reasoning_effort or "default",
         )
 
     @property
@@ -117,6 +154,10 @@ class Hyperparameters:
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
             "beta": self.beta,
+            "eval_interval": self.eval_interval,
+            "eval_samples": self.eval_samples,
+            "compute_multiplier": self.compute_multiplier,
+            "reasoning_effort": self.reasoning_effort,
         }
 
     @classmethod
@@ -127,7 +168,21 @@ class Hyperparameters:
             batch_size=data.get("batch_size"),
             learning_rate_multiplier=data.get("learning_rate_multiplier"),
             beta=data.get("beta"),
+            eval_interval=data.get("eval_interval"),
+            eval_samples=data.get("eval_samples"),
+            compute_multiplier=data.get("compute_multiplier"),
+            reasoning_effort=data.get("reasoning_effort"),
         )
+
+
+def rft_group_size(compute_multiplier: float) -> int:
+    """Samples drawn per prompt in an RFT step: ``max(2, round(4 × compute_multiplier))``, at most 64."""
+    return max(2, min(MAX_RFT_GROUP, round(RFT_SAMPLES_PER_UNIT * compute_multiplier)))
+
+
+def completion_tokens(reasoning_effort: str | None) -> int:
+    """The most new tokens one sampled answer may have (``default`` is ``medium``)."""
+    return COMPLETION_TOKENS.get(reasoning_effort or "medium", COMPLETION_TOKENS["medium"])
 
 
 def auto_epochs(n_examples: int) -> int:

@@ -2,7 +2,8 @@
 
 Covers the shapes clients really send (spec §3.2.1, §6.1, §12): ``method`` with nested hyperparameters, the
 legacy top-level ``hyperparameters``, DPO's ``beta`` directly under ``method.dpo``, Azure's ``-1`` for auto,
-``trainingType`` spelled any way the docs spell it, suffix/seed/metadata/integrations limits.
+``trainingType`` spelled any way the docs spell it, suffix/seed/metadata/integrations limits, and reinforcement
+fine-tuning's ``method.reinforcement`` (grader, RFT hyperparameters, ``response_format``; evals-graders-rft.md §3.2).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunery.domain.errors import InvalidRequest
-from tunery.domain.jobs import Hyperparameters, Method
+from tunery.domain.jobs import REASONING_EFFORTS, Hyperparameters, Method
+from tunery.graders import RUN_GRADER_TYPES, Grader, GraderLabelModel, GraderMulti, GraderScoreModel, parse_grader
+from tunery.graders import validate_grader as check_grader
 
 MAX_SEED = 2_147_483_647
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -38,7 +41,17 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "batch_size": (1, 256, True),
     "learning_rate_multiplier": (0, 10, False),
     "beta": (0, 2, False),
+    "eval_interval": (1, 10_000, True),
+    "eval_samples": (1, 32, True),
+    "compute_multiplier": (0.00001, 10, False),
 }
+RFT_HYPERPARAMETERS = {"eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort"}
+GRADER_PARAM = "method.reinforcement.grader"
+MODEL_GRADERS_REFUSED = (
+    "Model graders (score_model, label_model) are not available in reinforcement fine-tuning yet: the trainer "
+    "runs apart from the chat models that would judge. Use string_check, text_similarity or python graders "
+    "(a multi grader may combine them)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +90,26 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
     for name in TOLERATED_TOP_LEVEL:
         if body.get(name) is not None:
             extras[name] = _number(body[name], name)
-    early_stopping = parse_early_stopping(
-        body.get("early_stopping"), auto_epochs=hyperparameters.n_epochs is None, has_validation=bool(validation_file)
-    )
+    if method is Method.REINFORCEMENT:
+        if not validation_file:
+            raise InvalidRequest(
+                "Reinforcement fine-tuning needs a validation_file: the job measures its reward on it "
+                "(valid_reward_mean).",
+                param="validation_file",
+            )
+        if body.get("early_stopping") not in (None, False):
+            raise InvalidRequest(
+                "early_stopping watches the validation loss, which reinforcement fine-tuning has none of; "
+                "leave it out.",
+                param="early_stopping",
+            )
+        early_stopping = None
+    else:
+        early_stopping = parse_early_stopping(
+            body.get("early_stopping"),
+            auto_epochs=hyperparameters.n_epochs is None,
+            has_validation=bool(validation_file),
+        )
     if early_stopping is not None:
         extras["early_stopping"] = early_stopping
     if body.get("evals") is not None:  # Tunery extension: evals to run on every checkpoint (checked by the caller)
@@ -160,16 +190,11 @@ def _parse_method(method: Any, legacy: Any) -> tuple[Method, Hyperparameters, di
     if not isinstance(method, dict):
         raise InvalidRequest("method must be an object such as {'type': 'supervised'}.", param="method")
     kind = method.get("type")
-    if kind == "reinforcement":
-        raise InvalidRequest(
-            "Reinforcement fine-tuning needs a reasoning model and graders; Tunery supports 'supervised' and 'dpo'.",
-            param="method.type",
-        )
     try:
         parsed = Method(kind if isinstance(kind, str) else "")
     except ValueError:
         raise InvalidRequest(
-            f"method.type must be 'supervised' or 'dpo' (got {kind!r}).", param="method.type"
+            f"method.type must be 'supervised', 'dpo' or 'reinforcement' (got {kind!r}).", param="method.type"
         ) from None
     section = method.get(parsed.value) or {}
     if not isinstance(section, dict):
@@ -184,6 +209,8 @@ def _parse_method(method: Any, legacy: Any) -> tuple[Method, Hyperparameters, di
         for name in TOLERATED_DPO_FIELDS:
             if section.get(name) is not None:
                 extras[name] = _number(section[name], f"method.dpo.{name}")
+    if parsed is Method.REINFORCEMENT:
+        extras |= parse_reinforcement(section)
     if nested is not None and legacy is not None:
         raise InvalidRequest(
             "Give hyperparameters either in method or in the deprecated top-level 'hyperparameters', not both.",
@@ -199,14 +226,86 @@ def _parse_hyperparameters(raw: Any, where: str, method: Method) -> Hyperparamet
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{where} must be an object.", param=where)
     allowed = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if method is Method.DPO else set())
+    if method is Method.REINFORCEMENT:
+        allowed |= RFT_HYPERPARAMETERS
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise InvalidRequest(
             f"Unknown hyperparameter {unknown[0]!r} in {where}; allowed: {', '.join(sorted(allowed))}.",
             param=f"{where}.{unknown[0]}",
         )
-    values = {name: _hyperparameter(raw.get(name), name, f"{where}.{name}") for name in allowed}
+    values = {
+        name: _hyperparameter(raw.get(name), name, f"{where}.{name}") for name in allowed if name != "reasoning_effort"
+    }
+    if "reasoning_effort" in allowed:
+        values["reasoning_effort"] = _reasoning_effort(raw.get("reasoning_effort"), f"{where}.reasoning_effort")
     return Hyperparameters(**values)
+
+
+def _reasoning_effort(value: Any, param: str) -> str | None:
+    if value is None:
+        return None
+    if value not in REASONING_EFFORTS:
+        raise InvalidRequest(f"{param} must be one of {', '.join(REASONING_EFFORTS)} (got {value!r}).", param=param)
+    return str(value)
+
+
+def parse_reinforcement(section: dict[str, Any]) -> dict[str, Any]:
+    """``method.reinforcement``'s grader and ``response_format``, checked, as job extras (echoed as received).
+
+    The grader must parse and pass ``graders.validate_grader`` (item fields are checked against the training
+    file by the job service); model graders are refused (``MODEL_GRADERS_REFUSED``). ``response_format`` is
+    ``{"type": "json_schema", "json_schema": {name, schema, strict}}`` or Azure's flat ``{"type":
+    "json_schema", name, schema, strict}`` (or ``{"type": "text"}``).
+    """
+    if section.get("grader") is None:
+        raise InvalidRequest(
+            "method.reinforcement.grader is required: the grader scores the model's answers.", param=GRADER_PARAM
+        )
+    raw = section["grader"]
+    grader = parse_grader(raw, param=GRADER_PARAM, allowed=RUN_GRADER_TYPES)
+    check_grader(grader, param=GRADER_PARAM)
+    refused = model_grader_path(grader, GRADER_PARAM)
+    if refused:
+        raise InvalidRequest(MODEL_GRADERS_REFUSED, param=refused)
+    extras: dict[str, Any] = {"grader": raw}
+    if section.get("response_format") is not None:
+        response_format_schema(section["response_format"])  # raises when malformed
+        extras["response_format"] = section["response_format"]
+    return extras
+
+
+def model_grader_path(grader: Grader, param: str) -> str | None:
+    """The param of the first model grader in ``grader`` (itself or a multi's child), or None."""
+    if isinstance(grader, GraderScoreModel | GraderLabelModel):
+        return param
+    if isinstance(grader, GraderMulti):
+        for key, child in grader.children().items():
+            found = model_grader_path(child, f"{param}.graders.{key}")
+            if found:
+                return found
+    return None
+
+
+def response_format_schema(value: Any) -> dict[str, Any] | None:
+    """The JSON schema of an RFT ``response_format`` (either documented shape); None for ``{"type": "text"}``.
+
+    Raises:
+        InvalidRequest: naming ``method.reinforcement.response_format``.
+    """
+    param = "method.reinforcement.response_format"
+    if not isinstance(value, dict) or value.get("type") not in ("json_schema", "text"):
+        raise InvalidRequest(
+            f"{param} must be {{'type': 'json_schema', 'json_schema': {{'name', 'schema', 'strict'}}}}.", param=param
+        )
+    if value["type"] == "text":
+        return None
+    nested = value.get("json_schema")
+    holder: dict[str, Any] = nested if isinstance(nested, dict) else value
+    schema = holder.get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{param} needs a 'schema' object (a JSON schema).", param=f"{param}.schema")
+    return schema
 
 
 def _hyperparameter(value: Any, name: str, param: str) -> Any:

@@ -6,6 +6,7 @@ compare-and-set in the store, so a user's cancel and a worker's progress never o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,15 +20,23 @@ from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
 from tunery.domain.pagination import Page, PageRequest
+from tunery.graders import parse_grader, validate_grader
 from tunery.services.files import FileService
-from tunery.services.job_requests import JobRequest
+from tunery.services.job_requests import GRADER_PARAM, JobRequest
 from tunery.services.models import ModelService
 from tunery.storage.checkpoints import CheckpointStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
 
-FORMAT_FOR_METHOD = {Method.SUPERVISED: DatasetFormat.CHAT, Method.DPO: DatasetFormat.PREFERENCE}
+FORMAT_FOR_METHOD = {
+    Method.SUPERVISED: DatasetFormat.CHAT,
+    Method.DPO: DatasetFormat.PREFERENCE,
+    Method.REINFORCEMENT: DatasetFormat.REINFORCEMENT,
+}
+RFT_RESERVED_KEYS = frozenset({"messages", "tools", "parallel_tool_calls"})
+# evals-graders-rft.md §3.1: at most 50,000 training and 1,000 validation prompts.
+RFT_MAX_ROWS = {"training_file": 50_000, "validation_file": 1_000}
 CAS_ATTEMPTS = 5
 
 
@@ -83,6 +92,9 @@ class JobService:
             if request.validation_file
             else None
         )
+        if request.method is Method.REINFORCEMENT:
+            files = {"training_file": training} | ({"validation_file": validation} if validation else {})
+            self._check_grader_fields(project_id, request, files)
         self._check_quota(project_id)
         now = int(self._clock())
         job = Job(
@@ -244,6 +256,35 @@ class JobService:
                 param=param,
             )
         return record
+
+    def _check_grader_fields(self, project_id: str, request: JobRequest, files: dict[str, FileRecord]) -> None:
+        """Every ``{{item.x}}`` of an RFT grader must name a field that every row of both files has, and the
+        files must stay within RFT's row limits (400s naming the param)."""
+        fields: set[str] | None = None
+        for param, record in files.items():
+            _, stream = self._files.content(project_id, record.id)
+            rows = 0
+            with stream:
+                for raw in stream:
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    rows += 1
+                    if rows > RFT_MAX_ROWS[param]:
+                        raise InvalidRequest(
+                            f"{param} '{record.id}' has more than {RFT_MAX_ROWS[param]:,} rows, the most a "
+                            "reinforcement job takes.",
+                            param=param,
+                        )
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # the file checks report it
+                    if isinstance(row, dict):
+                        keys = set(row) - RFT_RESERVED_KEYS
+                        fields = keys if fields is None else fields & keys
+        grader = parse_grader(request.extras["grader"], param=GRADER_PARAM)
+        validate_grader(grader, item_fields=fields or set(), param=GRADER_PARAM)
 
     def _check_quota(self, project_id: str) -> None:
         if self._jobs.count(project_id) >= self._rules.max_jobs_per_project:

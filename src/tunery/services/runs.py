@@ -26,14 +26,19 @@ from tunery.domain.ids import new_id
 from tunery.domain.jobs import (
     ACTIVE,
     BASE_LEARNING_RATE,
+    Hyperparameters,
     Job,
     JobError,
     JobStatus,
+    Method,
     checkpoint_model_name,
+    completion_tokens,
     fine_tuned_model_name,
+    rft_group_size,
 )
 from tunery.domain.models import FineTunedModel
 from tunery.services.files import FileService
+from tunery.services.job_requests import response_format_schema
 from tunery.services.jobs import FORMAT_FOR_METHOD, training_copy_key
 from tunery.storage.blobs import BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
@@ -67,6 +72,10 @@ class RunSettings:
     num_threads: int | None = None
     stale_after_s: float = 30.0
     precision_cache: Path | None = None  # the measured fp32/bf16 verdict for dtype "auto" (hardware.precision)
+    rft_temperature: float = 1.0
+    rft_kl_beta: float = 0.04
+    rft_max_new_tokens: int | None = None  # None: by the job's reasoning_effort (domain.jobs.completion_tokens)
+    grader_concurrency: int = 4
 
 
 # Returns a local folder with the base model's weights (preparing it if needed).
@@ -212,7 +221,24 @@ class RunService:
             precision_cache=str(settings.precision_cache) if settings.precision_cache else None,
             early_stopping_patience=int(stopping["patience"]) if stopping and validation else None,
             early_stopping_min_delta=float(stopping["min_delta"]) if stopping else 0.001,
+            **(self._rft_fields(job, resolved) if job.method is Method.REINFORCEMENT else {}),
         )
+
+    def _rft_fields(self, job: Job, resolved: Hyperparameters) -> dict[str, Any]:
+        """The reinforcement part of a spec: the grader, group size, sampling budget and loss settings."""
+        settings = self._settings
+        response_format = job.extras.get("response_format")
+        return {
+            "grader": job.extras["grader"],
+            "rft_group_size": rft_group_size(float(resolved.compute_multiplier or 1.0)),
+            "rft_eval_samples": int(resolved.eval_samples or 1),
+            "rft_eval_interval": int(resolved.eval_interval or 1),
+            "rft_max_new_tokens": settings.rft_max_new_tokens or completion_tokens(resolved.reasoning_effort),
+            "rft_temperature": settings.rft_temperature,
+            "rft_kl_beta": settings.rft_kl_beta,
+            "rft_parse_json": True if response_format is None else response_format_schema(response_format) is not None,
+            "grader_concurrency": settings.grader_concurrency,
+        }
 
     def _adapter_dir(self, model_name: str, project_id: str) -> Path:
         """A local folder with a model's or checkpoint's adapter files (fetched from the blob store)."""
@@ -344,7 +370,8 @@ class RunService:
         if seconds_per_step:
             eta = int(self._clock() + float(seconds_per_step) * max(total - step, 0))
         self.heartbeat(job, worker_id, step=step, total_steps=total, trained_tokens=trained, estimated_finish=eta)
-        if step % self._settings.metrics_every == 0 or step == total or "full_valid_loss" in values:
+        evaluated = "full_valid_loss" in values or "valid_reward_mean" in values
+        if step % self._settings.metrics_every == 0 or step == total or evaluated:
             self._events.append(
                 JobEvent(
                     id=new_id("ftevent"),
@@ -353,7 +380,7 @@ class RunService:
                     level=EventLevel.INFO,
                     message=_step_message(step, total, values),
                     type=EventType.METRICS,
-                    data=values,
+                    data=_event_data(values, step, total),
                 )
             )
         return job.with_changes(step=step, total_steps=total, trained_tokens=trained)
@@ -603,8 +630,22 @@ def _data_error(problems: list[Any], count: int, param: str) -> JobError:
     )
 
 
+def _event_data(values: dict[str, float], step: int, total: int) -> dict[str, Any]:
+    """A metrics event's data: the step's values; for RFT also OpenAI's ``scores`` object (rft §3.5)."""
+    if "train_reward_mean" not in values:
+        return dict(values)
+    scores = {k: values[k] for k in ("train_reward_mean", "valid_reward_mean") if k in values}
+    return {**values, "step": step, "total_steps": total, "scores": scores}
+
+
 def _step_message(step: int, total: int, values: dict[str, float]) -> str:
-    """``Step 10/40: training loss=0.6931`` (spec §4.4), with the reward accuracy for DPO."""
+    """``Step 10/40: training loss=0.6931`` (spec §4.4), with the reward accuracy for DPO; for RFT
+    ``Step 10/20, train mean reward=0.42, full validation mean reward=0.68`` (rft §3.5)."""
+    if "train_reward_mean" in values:
+        message = f"Step {step}/{total}, train mean reward={values['train_reward_mean']:.2f}"
+        if "valid_reward_mean" in values:
+            message += f", full validation mean reward={values['valid_reward_mean']:.2f}"
+        return message
     message = f"Step {step}/{total}: training loss={values.get('train_loss', float('nan')):.4f}"
     if "train_reward_accuracy" in values:
         message += f", reward accuracy={values['train_reward_accuracy']:.2f}"
@@ -612,7 +653,9 @@ def _step_message(step: int, total: int, values: dict[str, float]) -> str:
 
 
 def _validation_summary(values: dict[str, float]) -> str:
-    """``full validation loss=0.6931, reward accuracy=0.00`` from ``full_valid_*`` values."""
+    """``full validation loss=0.6931, reward accuracy=0.00`` from ``full_valid_*`` values (RFT: its mean reward)."""
+    if "valid_reward_mean" in values:
+        return f"full validation mean reward={values['valid_reward_mean']:.2f}"
     parts = [f"full validation loss={values.get('full_valid_loss', float('nan')):.4f}"]
     if "full_valid_reward_accuracy" in values:
         parts.append(f"reward accuracy={values['full_valid_reward_accuracy']:.2f}")

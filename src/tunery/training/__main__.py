@@ -46,6 +46,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
     from tunery.training.examples import InvalidTrainingData
     from tunery.training.loop import TrainingDiverged, UnsupportedMethod
+    from tunery.training.rft import GraderFailure
 
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or _is_cpu_oom(exc):
         return (
@@ -54,6 +55,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         )
     if isinstance(exc, InvalidTrainingData):
         return "invalid_training_file", str(exc)
+    if isinstance(exc, GraderFailure):
+        return "grader_error", str(exc)
     if isinstance(exc, TrainingDiverged):
         return "training_diverged", str(exc)
     if isinstance(exc, UnsupportedMethod):

@@ -43,7 +43,14 @@ from tunery.domain.datasets import (
     ValidationReport,
 )
 from tunery.domain.errors import InvalidRequest
-from tunery.training.example_rules import check_example, describe_format, detect_format, output_of, unrecognized_format
+from tunery.training.example_rules import (
+    check_example,
+    describe_format,
+    detect_format,
+    output_of,
+    same_family,
+    unrecognized_format,
+)
 from tunery.training.jsonl_lines import read_chunks, read_head, sniff_not_text, split_lines
 from tunery.training.message_rules import Issue, json_kind
 
@@ -342,7 +349,7 @@ class _FileCheck:
         """The format to check this line against; ``None`` (after reporting) when it cannot be."""
         found = detect_format(example)
         if self.expected is not None:
-            if found is not None and found is not self.expected:
+            if found is not None and not same_family(found, self.expected):
                 message = (
                     f"this line is a {describe_format(found)} example, but this file must hold "
                     f"{describe_format(self.expected)} examples"
@@ -356,7 +363,7 @@ class _FileCheck:
                 return None
             self.format, self.format_line = found, number
             return found
-        if found is not None and found is not self.format:
+        if found is not None and not same_family(found, self.format):
             message = (
                 f"this line is a {describe_format(found)} example, but line {self.format_line} made this a "
                 f"{self.format.value} file; every line must use the same format"
@@ -366,7 +373,7 @@ class _FileCheck:
         return self.format
 
     def _note_roles(self, number: int, example: dict[str, Any], fmt: DatasetFormat) -> None:
-        messages = example["messages"] if fmt is DatasetFormat.CHAT else example["input"]["messages"]
+        messages = example["input"]["messages"] if fmt is DatasetFormat.PREFERENCE else example["messages"]
         roles = {message["role"] for message in messages}
         if roles.isdisjoint(_SYSTEM_ROLES):
             self.no_system.add(number)
@@ -378,7 +385,7 @@ class _FileCheck:
         self, tally: _TokenTally, number: int, example: dict[str, Any], fmt: DatasetFormat, size: int
     ) -> None:
         """Queue a valid example for counting; count the queue once it is a full batch (at once without one)."""
-        if fmt is DatasetFormat.CHAT:
+        if fmt is not DatasetFormat.PREFERENCE:
             chats = [(example["messages"], _chat_tools(example))]
         else:
             chats = _preference_chats(example)

@@ -1,8 +1,9 @@
-"""The rules for one training example: is this parsed JSON object a valid chat or preference (DPO) line?
+"""The rules for one training example: is this parsed JSON object a valid chat, preference (DPO) or RFT line?
 
 Pure functions over already-parsed JSON; no I/O, no line numbers, no token counting (``training.datasets``
 streams the file and calls these), and no per-message rules (``training.message_rules``). Codes are stable
-snake_case, the OpenAI cookbook's where one exists. Formats follow spec §5.2 (chat) and §5.5 (preference).
+snake_case, the OpenAI cookbook's where one exists. Formats follow spec §5.2 (chat), §5.5 (preference) and
+§5.6 (reinforcement: messages ending in a user turn, any other top-level keys are reference fields).
 """
 
 from __future__ import annotations
@@ -31,19 +32,37 @@ _INPUT_KEY_SET = frozenset(INPUT_KEYS)
 
 
 # ---------------------------------------------------------------------------------------- formats
+# RFT: "messages and tools are the only reserved keywords"; every other key is a reference field for graders.
+RFT_RESERVED_KEYS = ("messages", "tools", "parallel_tool_calls")
+
+
 def detect_format(example: dict[str, Any]) -> DatasetFormat | None:
-    """The format a line's keys say it is in: ``messages`` → chat; ``input``/outputs → preference."""
+    """The format a line's keys say it is in: ``messages`` → chat, or reinforcement when the last message is a
+    user turn (nothing to imitate, a prompt to answer); ``input``/outputs → preference."""
     if "messages" in example:
+        messages = example["messages"]
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, dict) and last.get("role") == "user":
+            return DatasetFormat.REINFORCEMENT
         return DatasetFormat.CHAT
     if not _PREFERENCE_MARKERS.isdisjoint(example):
         return DatasetFormat.PREFERENCE
     return None
 
 
+def same_family(found: DatasetFormat, decided: DatasetFormat) -> bool:
+    """Chat and reinforcement lines both have ``messages``: a line of one in a file of the other is checked by
+    the file's rules (a chat line missing its assistant reply is that, not a reinforcement line)."""
+    family = {DatasetFormat.CHAT, DatasetFormat.REINFORCEMENT}
+    return found is decided or {found, decided} <= family
+
+
 def describe_format(fmt: DatasetFormat) -> str:
     """How a format is named in messages, with the shape of a line."""
     if fmt is DatasetFormat.CHAT:
         return 'chat (supervised: {"messages": [...]})'
+    if fmt is DatasetFormat.REINFORCEMENT:
+        return 'reinforcement (RFT: {"messages": [..., {"role": "user", ...}], <reference fields>})'
     return 'preference (DPO: {"input": ..., "preferred_output": [...], "non_preferred_output": [...]})'
 
 
@@ -51,7 +70,44 @@ def check_example(example: dict[str, Any], fmt: DatasetFormat) -> list[Issue]:
     """All problems of one example in the given format; empty when it is valid."""
     if fmt is DatasetFormat.CHAT:
         return check_chat_example(example)
+    if fmt is DatasetFormat.REINFORCEMENT:
+        return check_reinforcement_example(example)
     return check_preference_example(example)
+
+
+# ---------------------------------------------------------------------------------- reinforcement
+def check_reinforcement_example(example: dict[str, Any]) -> list[Issue]:
+    """Problems of an RFT line ``{"messages": [..., user turn], "tools"?, <reference fields>...}`` (spec §5.6).
+
+    The prompt the model answers; the grader reads every other key as ``{{item.<key>}}``. The last message must
+    be a user turn (the model writes the next one); ``weight`` means nothing here (nothing is imitated).
+    """
+    if "messages" not in example:
+        return [_missing_messages(example)]
+    out: list[Issue] = []
+    messages = example["messages"]
+    if check_messages(messages, "messages", out):
+        last = messages[-1]
+        if last["role"] != "user":
+            out.append(
+                Issue(
+                    "invalid_last_message",
+                    f"messages[{len(messages) - 1}] is the last message and has role '{last['role']}'; a "
+                    "reinforcement example must end with the user message the model answers (the grader, not the "
+                    "file, judges the answer)",
+                )
+            )
+        weighted = [i for i, m in enumerate(messages) if "weight" in m]
+        if weighted:
+            out.append(
+                Issue(
+                    "unexpected_weight",
+                    f"messages[{weighted[0]}] has a weight; reinforcement examples are not imitated, so no "
+                    "message takes a weight",
+                )
+            )
+    check_tool_fields(example, "", out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- chat

@@ -1,10 +1,12 @@
 """The LoRA training loop: ``run(spec, progress)`` turns a ``TrainingSpec`` into adapter checkpoints.
 
-One plain loop (nanoGPT style): tokenize (``training.examples``, or ``training.preferences`` for DPO), add the
+One plain loop (nanoGPT style): tokenize (``training.examples``, ``training.preferences`` for DPO, or
+``training.rft.read_prompts`` for reinforcement fine-tuning), add the
 adapter (``training.lora``), then for each optimizer step pack ``batch_size`` examples (``training.packing``),
 run the micro-batches forward and backward, step AdamW on the LoRA parameters and report. What a step and an
-evaluation compute is the method's ``Objective``: supervised (cross-entropy on assistant tokens, here) or DPO
-(``training.dpo``); everything else (schedule, validation, checkpoints, pause/resume/cancel) is shared.
+evaluation compute is the method's ``Objective``: supervised (cross-entropy on assistant tokens, here), DPO
+(``training.dpo``) or GRPO (``training.rft``); everything else (schedule, validation, checkpoints,
+pause/resume/cancel) is shared.
 Everything the worker needs goes through ``progress.jsonl`` records and files in the run folder (see ``run``);
 the worker asks for pause/cancel with ``control.json``. It does not read the database, talk HTTP or copy
 adapters to the blob store (the worker does).
@@ -73,6 +75,14 @@ from tunery.training.packing import (
 )
 from tunery.training.preferences import PreferencePair, read_pairs
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
+from tunery.training.rft import (
+    GrpoObjective,
+    GrpoSettings,
+    Prompt,
+    Rewarder,
+    load_reference_adapter,
+    read_prompts,
+)
 from tunery.training.spec import TrainingSpec
 
 DEFAULT_MICRO_BATCH_TOKENS = 4096  # padded tokens per forward/backward pass: bounds activation memory
@@ -173,7 +183,7 @@ def run(
         InvalidTrainingData: a training or validation line cannot be tokenized.
         TrainingDiverged: the loss became NaN or infinite.
     """
-    if spec.method not in ("supervised", "dpo"):
+    if spec.method not in ("supervised", "dpo", "reinforcement"):
         raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer.")
     run_dir = spec.run_path
     timings = Timings()
@@ -186,7 +196,10 @@ def run(
 
     timings.lap("precision")
     tokenizer = ChatTokenizer.from_dir(Path(spec.base_model_dir))
-    read = read_pairs if spec.method == "dpo" else read_examples
+    rft = spec.method == "reinforcement"
+    read: Callable[[Path, ChatTokenizer, int], Sequence[Any]] = read_pairs if spec.method == "dpo" else read_examples
+    if rft:
+        read = lambda path, tok, length: read_prompts(path, tok, length, spec.rft_max_new_tokens)  # noqa: E731
     train: list[Any] = list(read(Path(spec.train_file), tokenizer, spec.max_seq_len))
     valid: list[Any] = (
         list(read(Path(spec.validation_file), tokenizer, spec.max_seq_len)) if spec.validation_file else []
@@ -199,12 +212,14 @@ def run(
         use_varlen_attention(base)
     init_adapter = resume / ADAPTER_DIR if resume else (Path(spec.init_adapter_dir) if spec.init_adapter_dir else None)
     model = add_adapter(base, spec.lora, init_adapter)
+    if rft and spec.init_adapter_dir:  # continuous fine-tuning: the parent adapter is GRPO's reference
+        load_reference_adapter(model, Path(spec.init_adapter_dir))
     model.train()
     timings.lap("model_load")
     if spec.method == "dpo":
         train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
         timings.lap("dpo_reference")
-    objective = Objective.for_spec(spec)
+    objective = Objective.for_spec(spec, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     per_epoch = steps_per_epoch(len(train), spec.batch_size)
@@ -215,8 +230,11 @@ def run(
     if resume is not None:
         state = load_state(resume, optimizer, scheduler, len(train))
     initial: dict[str, Any] = {}
+    # RFT evaluates the whole validation file every rft_eval_interval steps as valid_* (the spec's
+    # valid_reward_mean); the other methods evaluate a batch as valid_* and the whole file as full_valid_*.
+    whole = "valid_" if rft else "full_valid_"
     if valid and state.step == 0:  # where validation starts: the curve's step 0
-        initial = {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        initial = {f"{whole}{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         timings.lap("initial_validation")
     progress.emit(
         ProgressKind.STARTED,
@@ -252,12 +270,15 @@ def run(
         state.trained_tokens += real_tokens
         steps_this_run += 1
         metrics: dict[str, Any] = {"step": state.step, **{f"train_{k}": v for k, v in trained.items()}}
-        if valid and (state.step % spec.metrics_every == 0 or state.step == total_steps):
+        if rft:
+            if valid and (state.step % spec.rft_eval_interval == 0 or state.step == total_steps):
+                metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        elif valid and (state.step % spec.metrics_every == 0 or state.step == total_steps):
             picked = [valid[(state.valid_cursor + i) % len(valid)] for i in range(min(spec.batch_size, len(valid)))]
             state.valid_cursor = (state.valid_cursor + len(picked)) % len(valid)
             metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, picked, setup).items()}
         epoch_done = state.step_in_epoch == per_epoch
-        if epoch_done and valid:
+        if epoch_done and valid and not rft:
             metrics |= {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         for name, value in metrics.items():
             if value is not None and not math.isfinite(value):
@@ -283,8 +304,7 @@ def run(
             if spec.early_stopping_patience:
                 state.note_full_validation(metrics.get("full_valid_loss"), spec.early_stopping_min_delta)
                 stop_early = (
-                    state.epochs_without_improvement >= spec.early_stopping_patience
-                    and finished_epoch < spec.n_epochs
+                    state.epochs_without_improvement >= spec.early_stopping_patience and finished_epoch < spec.n_epochs
                 )
             state.epoch += 1
             state.step_in_epoch = 0
@@ -408,6 +428,8 @@ def target_count(item: Example | PreferencePair) -> int:
     """Positions of ``item`` that have a target (the first token is never predicted); both sides of a pair."""
     if isinstance(item, PreferencePair):
         return target_count(item.chosen) + target_count(item.rejected)
+    if isinstance(item, Prompt):
+        return 0  # nothing to imitate: the answers are sampled
     return sum(label != IGNORE_INDEX for label in item.labels[1:])
 
 
@@ -420,7 +442,12 @@ class Objective:
     evaluate: Callable[[PeftModel, Sequence[Any], Setup], dict[str, Any]]
 
     @staticmethod
-    def for_spec(spec: TrainingSpec) -> Objective:
+    def for_spec(spec: TrainingSpec, tokenizer: ChatTokenizer | None = None) -> Objective:
+        if spec.method == "reinforcement":
+            if tokenizer is None or spec.grader is None:
+                raise ValueError("A reinforcement objective needs the tokenizer and the grader.")
+            grpo = rft_objective(spec, tokenizer)
+            return Objective(step=grpo.step, evaluate=grpo.evaluate)
         if spec.method == "dpo":
             beta = spec.dpo_beta
             return Objective(
@@ -430,6 +457,24 @@ class Objective:
                 evaluate=lambda model, pairs, setup: dpo_evaluate(model, pairs, setup, beta),
             )
         return Objective(step=_supervised_step, evaluate=_supervised_evaluate)
+
+
+def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective:
+    """GRPO with the spec's grader, group size, sampling budget and loss settings."""
+    assert spec.grader is not None
+    settings = GrpoSettings(
+        group_size=spec.rft_group_size,
+        eval_samples=spec.rft_eval_samples,
+        max_new_tokens=spec.rft_max_new_tokens,
+        stop_ids=tuple(tokenizer.stop_token_ids) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id else (0,)),
+        temperature=spec.rft_temperature,
+        kl_beta=spec.rft_kl_beta,
+        clip_epsilon=spec.rft_clip_epsilon,
+        max_grad_norm=MAX_GRAD_NORM,
+        parse_json=spec.rft_parse_json,
+    )
+    rewarder = Rewarder(spec.grader, concurrency=spec.grader_concurrency, parse_json=spec.rft_parse_json)
+    return GrpoObjective(settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir))
 
 
 def _supervised_step(

@@ -93,7 +93,7 @@ def save_adapter(model: PeftModel, folder: Path, extra_files: Mapping[str, str] 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}~", dir=folder.parent))
     try:
-        model.save_pretrained(str(staging))
+        model.save_pretrained(str(staging), selected_adapters=["default"])  # not RFT's frozen reference
         (staging / "README.md").unlink(missing_ok=True)  # peft's model-card stub: not ours to publish
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text, encoding="utf-8")

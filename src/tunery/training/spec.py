@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 Dtype = Literal["auto", "bf16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -56,6 +56,17 @@ class TrainingSpec:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.001
     precision_cache: str | None = None  # where dtype "auto" keeps this machine's measured fp32/bf16 verdict
+    # reinforcement (GRPO, training.rft): the grader as the user gave it, and the sampling/loss settings
+    grader: dict[str, Any] | None = None
+    rft_group_size: int = 4  # answers sampled per prompt in a step
+    rft_eval_samples: int = 5  # answers sampled per validation prompt in an evaluation
+    rft_eval_interval: int = 1  # steps between evaluations on the whole validation file
+    rft_max_new_tokens: int = 256
+    rft_temperature: float = 1.0
+    rft_kl_beta: float = 0.04
+    rft_clip_epsilon: float = 0.2
+    rft_parse_json: bool = True  # response_format given (or not): the grader sees output_json when it parses
+    grader_concurrency: int = 4
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

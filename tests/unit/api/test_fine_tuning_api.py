@@ -105,7 +105,7 @@ BAD_REQUESTS = [
         {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "many"}}}},
         "method.supervised.hyperparameters.n_epochs",
     ),
-    ({"method": {"type": "reinforcement"}}, "method.type"),
+    ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
     ({"method": {"type": "magic"}}, "method.type"),
     ({"method": {"type": "dpo"}}, "training_file"),  # chat data cannot train DPO
     ({"suffix": "has.dots"}, "suffix"),

@@ -452,13 +452,13 @@ def test_continuing_from_a_parent_adapter_starts_at_its_loss(tiny_model_dir: Pat
 
 
 def test_failures_become_a_failed_record_and_exit_code_1(tiny_model_dir: Path, tmp_path: Path) -> None:
-    spec = make_spec(tiny_model_dir, tmp_path, "rft", method="reinforcement")
+    spec = make_spec(tiny_model_dir, tmp_path, "ppo", method="ppo")
     spec.write(spec.run_path / "spec.json")
 
     assert main([str(spec.run_path / "spec.json")]) == 1
     (failed,) = of_kind(spec, ProgressKind.FAILED)
     assert failed["code"] == "unsupported_method"
-    assert "reinforcement" in failed["message"]
+    assert "ppo" in failed["message"]
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,15 @@ def hyperparameters_for(values: Hyperparameters, dialect: Dialect, method: Metho
     }
     if method is Method.DPO:
         shown["beta"] = values.beta if values.beta is not None else auto
+    if method is Method.REINFORCEMENT:
+        for name in ("eval_interval", "eval_samples", "compute_multiplier"):
+            value = getattr(values, name)
+            shown[name] = value if value is not None else auto
+        shown["reasoning_effort"] = values.reasoning_effort or "default"
     return shown
+
+
+TOP_LEVEL_HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 
 
 class JobErrorObject(BaseModel):
@@ -159,6 +167,9 @@ class FineTuningJob(BaseModel):
         section: dict[str, Any] = {"hyperparameters": dict(hyper)}
         if job.method is Method.DPO and "l2_multiplier" in job.extras:
             section["l2_multiplier"] = job.extras["l2_multiplier"]
+        if job.method is Method.REINFORCEMENT:
+            section["grader"] = job.extras.get("grader")
+            section["response_format"] = job.extras.get("response_format")
         return cls(
             id=job.id,
             created_at=job.created_at,
@@ -166,7 +177,7 @@ class FineTuningJob(BaseModel):
             status=status_for(job.status, dialect),
             training_file=job.training_file,
             validation_file=job.validation_file,
-            hyperparameters={k: v for k, v in hyper.items() if k != "beta"},
+            hyperparameters={k: v for k, v in hyper.items() if k in TOP_LEVEL_HYPERPARAMETERS},
             method={"type": job.method.value, job.method.value: section},
             seed=job.seed,
             fine_tuned_model=job.fine_tuned_model,

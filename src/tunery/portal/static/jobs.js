@@ -78,7 +78,7 @@ export async function detail(main, { params: [id], learnProject }) {
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Fine-tuning")),
     el.header, alert, el.summary,
     h("section", { "aria-labelledby": "metrics-h" }, h("h2", { id: "metrics-h" }, "Metrics"),
-      h("p", { class: "muted" }, "Loss should fall and token accuracy rise. If validation loss climbs while training loss ",
+      el.hint = h("p", { class: "muted" }, "Loss should fall and token accuracy rise. If validation loss climbs while training loss ",
         "keeps falling, the model is overfitting: try fewer epochs or a smaller learning rate multiplier."),
       el.charts),
     h("section", { "aria-labelledby": "ckpt-h" }, h("h2", { id: "ckpt-h" }, "Checkpoints"), el.checkpoints),
@@ -211,6 +211,18 @@ export async function detail(main, { params: [id], learnProject }) {
     const rows = [...state.metrics.values()].sort((a, b) => a.step - b.step);
     const series = (key, name, dots = false) => ({ name, dots, points: rows.filter((r) => r[key] !== undefined && r[key] !== null).map((r) => [r.step, r[key]]) });
     const xMax = TERMINAL.has(state.job.status) ? null : progressInfo().total;
+    if (isRft()) {
+      el.hint.textContent = "The mean reward should rise. If the training reward keeps climbing while the validation " +
+        "reward does not, the model may be reward hacking: check the grader against a few answers.";
+      // Reinforcement: the grader's mean reward (training samples each step; the whole validation file every
+      // eval_interval steps). Diverging curves hint at reward hacking.
+      fill(el.charts,
+        lineChart({ title: "Mean reward", xMax, series: [series("train_reward_mean", "Training"), series("valid_reward_mean", "Validation", true)] }),
+        lineChart({ title: "KL to the starting model", xMax, series: [series("train_kl", "Training")] }),
+        lineChart({ title: "Answer length (tokens)", xMax,
+          series: [series("train_completion_tokens_mean", "Training"), series("valid_completion_tokens_mean", "Validation", true)] }));
+      return;
+    }
     const accuracy = isDpo() ? { title: "Reward accuracy", key: "reward_accuracy" } : { title: "Token accuracy", key: "mean_token_accuracy" };
     fill(el.charts,
       lineChart({ title: "Loss", xMax, series: [series("train_loss", "Training"), series("valid_loss", "Validation"), series("full_valid_loss", "Full validation", true)] }),
@@ -224,16 +236,23 @@ export async function detail(main, { params: [id], learnProject }) {
 
   // DPO jobs chart how often the chosen reply out-scores the rejected one instead of token accuracy.
   function isDpo() { return Boolean(state.job.method && state.job.method.type === "dpo"); }
+  // Reinforcement jobs chart the grader's reward instead of a loss.
+  function isRft() { return Boolean(state.job.method && state.job.method.type === "reinforcement"); }
 
   function drawCheckpoints() {
     const metric = (key) => (c) => formatMetric(c.metrics[key]);
     fill(el.checkpoints, table([
       { label: "Step", cell: (c) => String(c.step_number), class: "num" },
       { label: "Model", cell: (c) => h("code", { class: "wrap" }, c.fine_tuned_model_checkpoint), class: "col-model hide-sm" },
-      { label: "Training loss", cell: metric("train_loss"), class: "num" },
-      { label: "Validation loss", cell: metric("valid_loss"), class: "num hide-sm" },
-      { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
-      isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
+      ...(isRft() ? [
+        { label: "Training reward", cell: metric("train_reward_mean"), class: "num" },
+        { label: "Validation reward", cell: metric("valid_reward_mean"), class: "num hide-sm" },
+      ] : [
+        { label: "Training loss", cell: metric("train_loss"), class: "num" },
+        { label: "Validation loss", cell: metric("valid_loss"), class: "num hide-sm" },
+        { label: "Full validation loss", cell: metric("full_valid_loss"), class: "num hide-sm" },
+      ]),
+      isRft() ? null : isDpo() ? { label: "Reward accuracy", cell: metric("full_valid_reward_accuracy"), class: "num hide-sm" }
         : { label: "Token accuracy", cell: metric("train_mean_token_accuracy"), class: "num hide-sm" },
       state.job && state.job.evals ? { label: "Eval pass rate", class: "num", cell: (c) => {
         const best = state.job.best_checkpoint && state.job.best_checkpoint.step_number === c.step_number;

@@ -1,0 +1,239 @@
+"""Reinforcement fine-tuning end to end on a real server + worker + trainer subprocess, with the tiny model.
+
+The official client uploads RFT files (prompts ending in a user turn, a ``target`` reference field), creates
+``method: reinforcement`` jobs with a python grader (reward: the share of the answer's characters that are the
+target letter, which a random tiny model writes ~5 % of the time and GRPO moves quickly), and checks: the job
+succeeds with the validation reward rising and the RFT results.csv columns; pause → resume continues the same
+steps; a grader that raises fails the job with ``grader_error``; a grader naming a field the rows lack is a 400.
+
+The server here samples at temperature 0.2 with 12-token answers and a LoRA scaled for the tiny model's flat
+logits (worker settings), so 20 steps show learning. Run alone: ``.venv/bin/pytest tests/integration/test_rft_jobs.py``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.integration.harness import Server, free_port, tunery, wait_until_healthy
+from tests.integration.test_cli import run_cli
+from tests.integration.test_fine_tuning import at_step, client_for, finished, results, upload, wait_for
+
+pytestmark = pytest.mark.integration
+
+E_SHARE = {
+    "type": "python",
+    "name": "e_share",
+    "source": (
+        "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n"
+    ),
+}
+RFT_COLUMNS = [
+    "step", "train_reward_mean", "valid_reward_mean", "train_reward_std", "train_loss", "train_kl",
+    "train_completion_tokens_mean", "valid_completion_tokens_mean", "train_grader_error_mean",
+    "valid_grader_error_mean", "train_parse_error_mean", "valid_parse_error_mean",
+]  # fmt: skip
+WORDS = ["capital", "France", "Paris", "Rome", "hello", "help", "today"]
+
+
+@pytest.fixture(scope="module")
+def rft_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("rft-server")
+    port = free_port()
+    env = {
+        **os.environ,
+        "TUNERY_DATA_DIR": str(data_dir),
+        "TUNERY_MODELS__BASE_MODELS": f'["tiny-llama={tiny_model_dir}"]',
+        "TUNERY_API__PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "TUNERY_WORKER__RFT_TEMPERATURE": "0.2",
+        "TUNERY_WORKER__RFT_MAX_NEW_TOKENS": "12",
+        "TUNERY_WORKER__LORA_R": "4",
+        "TUNERY_WORKER__LORA_ALPHA": "40",
+        "TUNERY_WORKER__DTYPE": "fp32",
+    }
+    env.pop("TUNERY_STORAGE__DATABASE_URL", None)
+    key = tunery(env, "keys", "create", "--project", "rft")
+    log = data_dir / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tunery", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(proc, url, log)
+        yield Server(url=url, key=key, other_key=key, data_dir=data_dir, env=env)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def prompts(n: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    rows = [
+        {"messages": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=4))}], "target": "e"} for _ in range(n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+@pytest.fixture(scope="module")
+def files(rft_server: Server) -> dict[str, str]:
+    client = client_for(rft_server)
+    return {
+        "train": upload(client, prompts(16, 0), "train.jsonl"),
+        "valid": upload(client, prompts(10, 1), "valid.jsonl"),
+    }
+
+
+def rft_method(grader: dict[str, Any] = E_SHARE, **hyperparameters: Any) -> dict[str, Any]:
+    defaults = {
+        "n_epochs": 5,
+        "batch_size": 4,
+        "learning_rate_multiplier": 10,
+        "compute_multiplier": 2,
+        "eval_samples": 2,
+        "eval_interval": 4,
+    }
+    return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": defaults | hyperparameters}}
+
+
+def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict[str, str]) -> None:
+    client = client_for(rft_server)
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        seed=1,
+        method=rft_method(),  # type: ignore[arg-type]
+    )
+    assert job.method is not None
+    assert job.method.type == "reinforcement"
+
+    done = wait_for(client, job.id, finished)
+
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model
+    hyper = done.method.reinforcement.hyperparameters  # type: ignore[union-attr]
+    assert (hyper.compute_multiplier, hyper.eval_samples, hyper.eval_interval) == (2, 2, 4)
+    assert hyper.reasoning_effort == "default"
+    rows = results(client, done)
+    assert list(rows[0]) == RFT_COLUMNS
+    assert [int(r["step"]) for r in rows] == list(range(1, 21))
+    valid = [float(r["valid_reward_mean"]) for r in rows if r["valid_reward_mean"]]
+    print("validation reward by evaluation:", valid)
+    assert len(valid) == 5  # every eval_interval (4) steps
+    assert valid[-1] > valid[0] + 0.05
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    metrics = [e for e in events if e.type == "metrics"]
+    assert any("train mean reward=" in e.message for e in metrics)
+    assert any("full validation mean reward=" in (e.message or "") for e in events)
+    scored = [e.data for e in metrics if e.data and "scores" in e.data]
+    assert scored
+    assert "train_reward_mean" in scored[0]["scores"]
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints
+    carried = checkpoints[0].metrics.model_dump() | (checkpoints[0].metrics.model_extra or {})
+    assert "train_reward_mean" in carried, "checkpoints carry the reward"
+
+
+def test_pause_and_resume_continue_the_same_rft_run(rft_server: Server, files: dict[str, str]) -> None:
+    client = client_for(rft_server)
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        seed=2,
+        method=rft_method(n_epochs=4),  # type: ignore[arg-type]
+    )
+    wait_for(client, job.id, at_step(2))
+    assert client.fine_tuning.jobs.pause(job.id).status == "running"  # OpenAI's layout shows pausing as running
+    paused = wait_for(client, job.id, lambda j: getattr(j, "status", None) in {"paused", "succeeded", "failed"})
+    assert paused.status == "paused"
+    paused_step = paused.model_extra["progress"]["step"]  # type: ignore[index]
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == paused_step
+
+    client.fine_tuning.jobs.resume(job.id)
+    done = wait_for(client, job.id, finished)
+
+    assert done.status == "succeeded", done.error
+    assert [int(r["step"]) for r in results(client, done)] == list(range(1, 17))
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200).data]
+    assert any(m.startswith(f"Job resumed from step {paused_step}") for m in messages)
+
+
+def test_a_crashing_grader_fails_the_job_with_grader_error(rft_server: Server, files: dict[str, str]) -> None:
+    client = client_for(rft_server)
+    crashing = {
+        "type": "python",
+        "name": "boom",
+        "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n",
+    }
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        method=rft_method(crashing, n_epochs=1),  # type: ignore[arg-type]
+    )
+    done = wait_for(client, job.id, finished)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert done.error.code == "grader_error"
+    assert "kaboom" in done.error.message
+
+
+def test_a_grader_naming_a_missing_field_is_refused_at_create(rft_server: Server, files: dict[str, str]) -> None:
+    client = client_for(rft_server)
+    grader = {
+        "type": "string_check",
+        "name": "exact",
+        "operation": "eq",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.solution}}",
+    }
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(
+            model="tiny-llama",
+            training_file=files["train"],
+            validation_file=files["valid"],
+            method=rft_method(grader),  # type: ignore[arg-type]
+        )
+    assert caught.value.body["param"] == "method.reinforcement.grader.reference"  # type: ignore[index]
+
+
+def test_the_cli_creates_a_reinforcement_job_from_a_grader_file(
+    rft_server: Server, files: dict[str, str], tmp_path: Path
+) -> None:
+    grader_file = tmp_path / "grader.json"
+    grader_file.write_text(json.dumps(E_SHARE))
+    created = run_cli(
+        rft_server, "jobs", "create", "--model", "tiny-llama", "-t", files["train"], "-v", files["valid"],
+        "--method", "reinforcement", "--grader", str(grader_file), "--compute-multiplier", "1.5",
+        "--eval-samples", "2", "--n-epochs", "1", "--json",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    job = json.loads(created.stdout)
+    section = job["method"]["reinforcement"]
+    assert {k: v for k, v in section["grader"].items() if v is not None} == E_SHARE  # the SDK adds image_tag: null
+    assert section["hyperparameters"]["compute_multiplier"] == 1.5
+    assert section["hyperparameters"]["eval_samples"] == 2
+    assert run_cli(rft_server, "jobs", "cancel", job["id"]).returncode == 0
+
+    missing = run_cli(
+        rft_server, "jobs", "create", "--model", "tiny-llama", "-t", files["train"], "-v", files["valid"],
+        "--method", "reinforcement",
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "--grader" in missing.stderr

@@ -1,0 +1,228 @@
+"""GRPO (reinforcement fine-tuning) on the tiny Llama: advantages, the clipped loss and its KL, batched sampling
+with the KV cache against a plain greedy loop, a run whose validation reward rises, pause + resume, the
+parent adapter as the reference for continuous fine-tuning, and a crashing grader ending the run.
+
+Run: .venv/bin/pytest tests/unit/training/test_rft.py -q  (~40 s on 2 cores)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tunery.training import progress as control
+from tunery.training.loop import load_base_model, run
+from tunery.training.lora import add_adapter
+from tunery.training.packing import use_varlen_attention
+from tunery.training.progress import ProgressKind, ProgressReader, ProgressWriter
+from tunery.training.rft import GraderFailure, group_advantages, grpo_token_loss, sequence_means
+from tunery.training.rollouts import sample_completions
+from tunery.training.spec import LoraSpec, TrainingSpec
+
+# Reward: the share of the answer's characters that are "e". A random tiny model writes ~5 %; GRPO moves it.
+E_SHARE = {
+    "type": "python",
+    "name": "e_share",
+    "source": (
+        "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n"
+    ),
+}
+WORDS = ["capital", "France", "Paris", "Rome", "hello", "help", "today"]
+
+
+def rows(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": " ".join(rng.choices(WORDS, k=4))}], "target": "e"} for _ in range(n)
+    ]
+
+
+def write_jsonl(path: Path, data: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    return str(path)
+
+
+def make_spec(model_dir: Path, root: Path, name: str, **overrides: Any) -> TrainingSpec:
+    """16 prompts, 5 epochs of 4 steps (4 prompts × 8 answers), 4 validation prompts evaluated every 4 steps."""
+    rng = random.Random(0)
+    run_dir = root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {
+        "job_id": f"ftjob-{name}",
+        "run_dir": str(run_dir),
+        "base_model_dir": str(model_dir),
+        "train_file": write_jsonl(root / "train.jsonl", rows(16, rng)),
+        "validation_file": write_jsonl(root / "valid.jsonl", rows(4, rng)),
+        "method": "reinforcement",
+        "n_epochs": 5,
+        "batch_size": 4,
+        "learning_rate": 1e-2,
+        "seed": 1,
+        "lora": LoraSpec(r=4, alpha=8),
+        "max_seq_len": 256,
+        "num_threads": 1,
+        "dtype": "fp32",
+        "grader": E_SHARE,
+        "rft_group_size": 8,
+        "rft_eval_samples": 2,
+        "rft_eval_interval": 4,
+        "rft_max_new_tokens": 12,
+        "rft_temperature": 0.2,
+    }
+    return TrainingSpec(**(values | overrides))
+
+
+def records(spec: TrainingSpec, kind: ProgressKind) -> list[dict[str, Any]]:
+    return [r.data for r in ProgressReader(spec.run_path).read_new() if r.kind is kind]
+
+
+# ------------------------------------------------------------------------------------------------ math
+def test_advantages_are_normalised_within_each_group() -> None:
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 3.0]])
+    adv = group_advantages(rewards)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-3)
+    assert torch.equal(adv[1], torch.zeros(4))  # every answer scored the same: nothing to learn
+    assert adv[2, 3] > 0 > adv[2, 0]
+    assert torch.allclose(adv.mean(dim=1), torch.zeros(3), atol=1e-6)
+
+
+def test_loss_is_the_clipped_surrogate_plus_the_kl_penalty() -> None:
+    logp = torch.log(torch.tensor([0.5, 0.2, 0.2, 0.4]))
+    old = torch.log(torch.tensor([0.5, 0.1, 0.1, 0.4]))  # ratios 1, 2, 2, 1
+    ref = torch.log(torch.tensor([0.5, 0.2, 0.2, 0.1]))
+    adv = torch.tensor([1.0, 1.0, -1.0, 1.0])
+
+    loss, kl = grpo_token_loss(logp, old, ref, adv, clip_epsilon=0.2, kl_beta=0.5)
+
+    assert kl[:3].abs().max() < 1e-6  # same as the reference: no KL
+    expected_kl = 0.25 - torch.log(torch.tensor(0.25)) - 1  # k3: r - log r - 1 with r = ref / policy
+    assert torch.isclose(kl[3], expected_kl)
+    assert torch.isclose(loss[0], torch.tensor(-1.0))
+    assert torch.isclose(loss[1], torch.tensor(-1.2))  # a positive advantage gains at most 1 + epsilon
+    assert torch.isclose(loss[2], torch.tensor(2.0))  # a negative one is not clipped from below: min picks 2·A
+    assert torch.isclose(loss[3], -1 + 0.5 * expected_kl)
+
+
+def test_the_gradient_at_ratio_one_is_advantage_times_the_log_prob_gradient() -> None:
+    logits = torch.randn(3, 5, requires_grad=True)
+    tokens = torch.tensor([1, 2, 3])
+    logp = torch.log_softmax(logits, -1)[torch.arange(3), tokens]
+    adv = torch.tensor([2.0, -1.0, 0.5])
+    loss, _ = grpo_token_loss(logp, logp.detach(), logp.detach(), adv, 0.2, 0.1)
+    (grad,) = torch.autograd.grad(loss.sum(), logits, retain_graph=True)
+    (want,) = torch.autograd.grad(-(adv * logp).sum(), logits)
+    assert torch.allclose(grad, want, atol=1e-6)
+
+
+def test_sequence_means_average_each_answer_over_its_own_tokens() -> None:
+    values = torch.tensor([1.0, 3.0, 10.0, 0.0, 0.0, 6.0])
+    assert sequence_means(values, [2, 1, 3]).tolist() == [2.0, 10.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def test_batched_cached_sampling_matches_a_plain_greedy_loop(tiny_model_dir: Path) -> None:
+    torch.manual_seed(0)
+    base = load_base_model(tiny_model_dir, torch.device("cpu"))
+    use_varlen_attention(base)
+    model = add_adapter(base, LoraSpec(r=4, alpha=8))
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)  # a trained-looking adapter: sampling must use it
+    prompts = [[1, 5, 9, 30, 31], [1, 7], [1, 40, 41, 42, 43, 44, 45, 46]]
+    stop = [2]
+
+    got = sample_completions(model, prompts, max_new_tokens=6, stop_ids=stop, temperature=0, max_rows=2)
+
+    for prompt, completion in zip(prompts, got, strict=True):
+        ids = list(prompt)
+        want: list[int] = []
+        with torch.no_grad():
+            for _ in range(6):
+                token = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                want.append(token)
+                ids.append(token)
+                if token in stop:
+                    break
+        assert completion.tokens == want
+        assert completion.finished is (want[-1] in stop)
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@pytest.fixture(scope="module")
+def completed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainingSpec:
+    spec = make_spec(tiny_model_dir, tmp_path_factory.mktemp("rft"), "reference")
+    run(spec, ProgressWriter(spec.run_path))
+    return spec
+
+
+def test_a_run_raises_the_validation_reward(completed: TrainingSpec) -> None:
+    started = records(completed, ProgressKind.STARTED)[0]
+    steps = records(completed, ProgressKind.STEP)
+    before = started["initial_validation"]["valid_reward_mean"]
+    curve = [s["valid_reward_mean"] for s in steps if "valid_reward_mean" in s]
+    print("validation reward:", before, curve)
+    assert len(steps) == 20
+    assert [s["step"] for s in steps if "valid_reward_mean" in s] == [4, 8, 12, 16, 20]
+    assert curve[-1] > before + 0.05
+    assert max(curve[-2:]) > 2 * before
+    for key in ("train_reward_mean", "train_loss", "train_kl", "train_completion_tokens_mean"):
+        assert all(key in s for s in steps)
+    assert records(completed, ProgressKind.COMPLETED)
+    checkpoint = records(completed, ProgressKind.CHECKPOINT)[-1]
+    assert {"train_reward_mean", "valid_reward_mean"} <= set(checkpoint["metrics"])
+
+
+def test_pause_and_resume_give_the_same_rewards(
+    completed: TrainingSpec, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(tiny_model_dir, tmp_path, "paused", n_epochs=2, rft_eval_interval=2)
+    reference = make_spec(tiny_model_dir, tmp_path, "straight", n_epochs=2, rft_eval_interval=2)
+    run(reference, ProgressWriter(reference.run_path))
+    asked = {"n": 0}
+    real = control.requested
+
+    def pause_once(run_dir: Path) -> str | None:
+        asked["n"] += 1
+        return "pause" if asked["n"] == 3 else real(run_dir)
+
+    monkeypatch.setattr(control, "requested", pause_once)
+    run(spec, ProgressWriter(spec.run_path))
+    paused = records(spec, ProgressKind.PAUSED)
+    assert paused
+    assert paused[0]["step"] == 2
+    monkeypatch.setattr(control, "requested", real)
+    resumed = TrainingSpec(**{**json.loads(spec.to_json()), "lora": spec.lora, "resume_from": paused[0]["state_path"]})
+    run(resumed, ProgressWriter(spec.run_path))
+
+    def rewards(s: TrainingSpec) -> list[float]:
+        return [r["train_reward_mean"] for r in records(s, ProgressKind.STEP)]
+
+    assert len(rewards(spec)) == 8
+    assert rewards(spec) == pytest.approx(rewards(reference), abs=1e-6)
+
+
+def test_continuous_fine_tuning_measures_kl_against_the_parent_adapter(
+    completed: TrainingSpec, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    parent = completed.run_path / "adapter"
+    spec = make_spec(tiny_model_dir, tmp_path, "child", n_epochs=1, init_adapter_dir=str(parent))
+    run(spec, ProgressWriter(spec.run_path))
+    steps = records(spec, ProgressKind.STEP)
+    assert steps[0]["train_kl"] < 1e-6  # the first step starts at the parent: nothing to pay yet
+    assert steps[-1]["train_kl"] > 0
+    assert not (spec.run_path / "adapter" / "reference").exists()  # only the trained adapter is saved
+
+
+def test_a_crashing_grader_ends_the_run_with_its_reason(tiny_model_dir: Path, tmp_path: Path) -> None:
+    crashing = {
+        "type": "python",
+        "name": "boom",
+        "source": "def grade(sample, item):\n    raise ValueError('kaboom')\n",
+    }
+    spec = make_spec(tiny_model_dir, tmp_path, "crash", grader=crashing, n_epochs=1)
+    with pytest.raises(GraderFailure, match="kaboom"):
+        run(spec, ProgressWriter(spec.run_path))
