@@ -25,7 +25,10 @@ from tunery.services.files import FileRules, FileService
 from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
+from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.runs import RunService, RunSettings
+from tunery.services.trackers import TrackerRunner, TrackerSettings
+from tunery.services.webhooks import WebhookService
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
@@ -35,6 +38,7 @@ from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
+from tunery.storage.webhooks import WebhookStore
 from tunery.training.spec import LoraSpec
 
 log = logging.getLogger(__name__)
@@ -159,7 +163,41 @@ def build_services(
     )
     chat = ChatService(models, deployments, catalog, blobs, engine or (lambda: build_engine(settings, base_weights)))
     deployments.set_warmup(chat.warm)
-    return Services(keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat)
+    hooks = settings.webhooks
+    webhook_store = WebhookStore(database)
+    outbox = OutboxSender(
+        webhook_store,
+        events,
+        TrackerRunner(
+            jobs_store,
+            MetricStore(database),
+            TrackerSettings(
+                wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
+                wandb_mode=settings.integrations.wandb_mode,
+                mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
+                timeout_s=hooks.tracker_timeout_s,
+            ),
+        ),
+        OutboxRules(
+            retry_base_s=hooks.retry_base_s,
+            retry_max_s=hooks.retry_max_s,
+            give_up_after_s=hooks.give_up_after_s,
+            timeout_s=hooks.timeout_s,
+            tracker_timeout_s=hooks.tracker_timeout_s,
+        ),
+    )
+    webhooks = WebhookService(webhook_store, outbox.send)
+    return Services(
+        keys=keys,
+        files=files,
+        jobs=jobs,
+        models=models,
+        runs=runs,
+        deployments=deployments,
+        chat=chat,
+        webhooks=webhooks,
+        outbox=outbox,
+    )
 
 
 def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:

@@ -99,6 +99,28 @@ class DeploymentsSettings(BaseModel):
     reap_interval_s: float = Field(default=3600.0, description="How often the inactivity reaper runs")
 
 
+class WebhooksSettings(BaseModel):
+    """Webhook delivery and tracker runs from the outbox."""
+
+    enabled: bool = Field(default=True, description="Run the outbox sender thread in `tunery serve`/`tunery worker`")
+    poll_interval_s: float = Field(default=0.5, description="How often the sender looks for due events")
+    timeout_s: float = Field(default=10.0, description="Seconds a receiver has to answer one attempt")
+    retry_base_s: float = Field(default=5.0, description="Wait after the first failed attempt; doubles each time")
+    retry_max_s: float = Field(default=3600.0, description="Longest wait between two attempts")
+    give_up_after_s: float = Field(default=72 * 3600.0, description="No attempt later than this after the event")
+    tracker_timeout_s: float = Field(default=600.0, description="Longest a tracker (wandb, mlflow) run may take")
+
+
+class IntegrationsSettings(BaseModel):
+    """Experiment trackers named in a job's ``integrations``."""
+
+    wandb_dir: Path | None = Field(
+        default=None, description="Where W&B run directories go (default: data_dir/wandb); sync them later"
+    )
+    wandb_mode: str = Field(default="offline", description="WANDB_MODE for runs: 'offline' (no network) or 'online'")
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking server for 'mlflow' jobs")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -121,6 +143,8 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     deployments: DeploymentsSettings = Field(default_factory=DeploymentsSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    integrations: IntegrationsSettings = Field(default_factory=IntegrationsSettings)
 
     @property
     def database_url(self) -> str:

@@ -16,10 +16,17 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import chat, deployments, files, fine_tuning, health, models
+from tunery.api.routes import chat, deployments, files, fine_tuning, health, models, webhooks
 from tunery.services.container import Services
 
-DATA_PLANE_ROUTERS = (files.router, fine_tuning.router, models.router, chat.router, deployments.data_router)
+DATA_PLANE_ROUTERS = (
+    files.router,
+    fine_tuning.router,
+    models.router,
+    chat.router,
+    deployments.data_router,
+    webhooks.router,
+)
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024
 

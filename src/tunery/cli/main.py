@@ -50,6 +50,7 @@ def serve(
     from tunery.api.app import create_app
     from tunery.bootstrap import build_services, prepare_base_model
     from tunery.portal.routes import router as portal_router
+    from tunery.worker.outbox import start_outbox_thread
     from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,6 +77,8 @@ def serve(
         runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
         worker_thread = threading.Thread(target=runner.run, args=(stop,), name="tunery-worker", daemon=True)
         worker_thread.start()
+    if settings.webhooks.enabled:
+        start_outbox_thread(services.outbox, stop, settings.webhooks.poll_interval_s)
 
     def reap_forever() -> None:  # the 15-day inactivity rule (spec §9.1): deployments go, models stay
         while not stop.wait(settings.deployments.reap_interval_s):
@@ -107,6 +110,7 @@ def worker_command(
     import threading
 
     from tunery.bootstrap import build_services
+    from tunery.worker.outbox import start_outbox_thread
     from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,6 +118,8 @@ def worker_command(
     services = build_services(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if settings.webhooks.enabled:
+        start_outbox_thread(services.outbox, stop, settings.webhooks.poll_interval_s)
     runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
     console.print(f"Tunery worker {runner.worker_id} waiting for jobs (Ctrl-C to stop)")
     try:

@@ -10,7 +10,9 @@ from tunery.services.files import FileService
 from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
+from tunery.services.outbox import OutboxSender
 from tunery.services.runs import RunService
+from tunery.services.webhooks import WebhookService
 
 
 @dataclass(slots=True)
@@ -22,7 +24,10 @@ class Services:
     runs: RunService
     deployments: DeploymentService
     chat: ChatService
+    webhooks: WebhookService
+    outbox: OutboxSender
 
     def close(self) -> None:
         self.files.close()
         self.chat.close()
+        self.outbox.close()
