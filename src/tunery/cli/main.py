@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import chat, deployments, files, jobs
+from tunery.cli import chat, deployments, files, jobs, webhooks
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -26,6 +26,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deployments.app, name="deployments")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("deploy")(deployments.deploy)
 app.command("chat")(chat.chat)
 
