@@ -28,6 +28,7 @@ from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
+from tunery.services.uploads import UploadRules, UploadService
 from tunery.services.webhooks import WebhookService
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
@@ -38,6 +39,7 @@ from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
+from tunery.storage.uploads import UploadStore
 from tunery.storage.webhooks import WebhookStore
 from tunery.training.spec import LoraSpec
 
@@ -197,6 +199,16 @@ def build_services(
         chat=chat,
         webhooks=webhooks,
         outbox=outbox,
+        uploads=UploadService(
+            UploadStore(database),
+            blobs,
+            files,
+            UploadRules(
+                max_upload_bytes=settings.files.max_multipart_bytes,
+                max_part_bytes=settings.files.max_part_bytes,
+                import_dirs=tuple(settings.files.import_dirs),
+            ),
+        ),
     )
 
 

@@ -43,6 +43,11 @@ class FilesSettings(BaseModel):
     min_examples: int = Field(default=10, description="Fewest valid examples a training file may have")
     max_reported_problems: int = Field(default=20, description="Problems listed per bad file")
     max_files_per_project: int = Field(default=50, description="Files a project may keep (quota)")
+    max_multipart_bytes: int = Field(default=8 * 1024**3, description="Largest file through the Uploads API")
+    max_part_bytes: int = Field(default=64 * 1024**2, description="Largest Uploads API part")
+    import_dirs: list[Path] = Field(
+        default_factory=list, description="Local folders admin keys may import from (/files/import file://...)"
+    )
 
 
 class ModelsSettings(BaseModel):

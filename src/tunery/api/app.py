@@ -16,10 +16,11 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import chat, deployments, files, fine_tuning, health, models, webhooks
+from tunery.api.routes import chat, deployments, files, fine_tuning, health, models, uploads, webhooks
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
+    uploads.router,
     files.router,
     fine_tuning.router,
     models.router,
@@ -31,7 +32,13 @@ DATA_PLANE_ROUTERS = (
 UPLOAD_SLACK_BYTES = 1024 * 1024
 
 
-def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[str] | None = None) -> FastAPI:
+def create_app(
+    services: Services,
+    *,
+    max_upload_bytes: int,
+    cors_origins: list[str] | None = None,
+    max_part_bytes: int | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="Tunery",
         version=__version__,
@@ -55,10 +62,13 @@ def create_app(services: Services, *, max_upload_bytes: int, cors_origins: list[
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_upload_bytes + UPLOAD_SLACK_BYTES:
+        limit = max_upload_bytes
+        if max_part_bytes is not None and request.url.path.endswith("/parts"):
+            limit = max_part_bytes  # an Uploads API part has its own limit
+        if declared and declared.isdigit() and int(declared) > limit + UPLOAD_SLACK_BYTES:
             response: Response = JSONResponse(
                 errors.error_body(
-                    f"The request body is {int(declared)} bytes; uploads may be at most {max_upload_bytes} bytes.",
+                    f"The request body is {int(declared)} bytes; uploads may be at most {limit} bytes.",
                     type_="invalid_request_error",
                     param="file",
                     code="fileTooLarge",

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunery.domain.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ServiceError], int], ...] = (
     (QuotaExceeded, 429),
     (InvalidRequest, 400),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (Unavailable, 503),
 )
 HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 413: "fileTooLarge", 401: "401"}

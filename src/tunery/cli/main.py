@@ -64,12 +64,15 @@ def serve(
     services = build_services(settings)
     first_key = None
     if not services.keys.has_keys():
-        first_key = services.keys.create(DEFAULT_PROJECT)
+        first_key = services.keys.create(DEFAULT_PROJECT, admin=True)
     recovered = services.files.recover()
     if recovered:
         logging.getLogger("tunery").info("re-checking %d file(s) left unfinished by a restart", recovered)
     app_ = create_app(
-        services, max_upload_bytes=settings.files.max_upload_bytes, cors_origins=settings.api.cors_origins
+        services,
+        max_upload_bytes=settings.files.max_upload_bytes,
+        cors_origins=settings.api.cors_origins,
+        max_part_bytes=settings.files.max_part_bytes,
     )
     app_.include_router(portal_router)  # the web portal at /, a client of the API above
     stop = threading.Event()
@@ -134,13 +137,14 @@ def worker_command(
 @keys_app.command("create")
 def keys_create(
     project: Annotated[str, typer.Option(help="Project the key belongs to (created on first use)")] = DEFAULT_PROJECT,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key: may also share checkpoints")] = False,
 ) -> None:
-    """Create an API key and print it (it is shown only once)."""
+    """Create an API key and print it (it is shown only once). Keys are members unless --admin."""
     from tunery.bootstrap import build_services
 
     services = build_services(Settings(), background_checks=False)
     try:
-        issued = services.keys.create(project)
+        issued = services.keys.create(project, admin=admin)
     finally:
         services.close()
     console.print(issued.secret, soft_wrap=True, highlight=False)

@@ -12,6 +12,7 @@ from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxSender
 from tunery.services.runs import RunService
+from tunery.services.uploads import UploadService
 from tunery.services.webhooks import WebhookService
 
 
@@ -25,6 +26,7 @@ class Services:
     deployments: DeploymentService
     chat: ChatService
     webhooks: WebhookService
+    uploads: UploadService
     outbox: OutboxSender
 
     def close(self) -> None:
