@@ -26,6 +26,7 @@ from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxRules, OutboxSender
+from tunery.services.permissions import PermissionService
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
 from tunery.services.uploads import UploadRules, UploadService
@@ -38,6 +39,7 @@ from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.permissions import PermissionStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
 from tunery.storage.uploads import UploadStore
 from tunery.storage.webhooks import WebhookStore
@@ -110,7 +112,8 @@ def build_services(
     keys = KeyService(ProjectStore(database), ApiKeyStore(database))
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
     model_store = ModelStore(database)
-    models = ModelService(catalog, model_store, checkpoints, jobs_store)
+    permission_store = PermissionStore(database)
+    models = ModelService(catalog, model_store, checkpoints, jobs_store, shared=permission_store.shared_checkpoint)
     jobs = JobService(
         jobs_store,
         events,
@@ -153,6 +156,7 @@ def build_services(
             num_threads=worker.num_threads,
             stale_after_s=worker.stale_after_s,
         ),
+        shared=permission_store.shared_checkpoint,
     )
     deployments = DeploymentService(
         DeploymentStore(database),
@@ -199,6 +203,7 @@ def build_services(
         chat=chat,
         webhooks=webhooks,
         outbox=outbox,
+        permissions=PermissionService(permission_store, checkpoints, keys, deployments.drop_serving),
         uploads=UploadService(
             UploadStore(database),
             blobs,

@@ -16,12 +16,13 @@ from fastapi.routing import APIRoute
 from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
-from tunery.api.routes import chat, deployments, files, fine_tuning, health, models, uploads, webhooks
+from tunery.api.routes import chat, deployments, files, fine_tuning, health, models, permissions, uploads, webhooks
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
     uploads.router,
     files.router,
+    permissions.router,
     fine_tuning.router,
     models.router,
     chat.router,

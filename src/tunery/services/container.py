@@ -11,6 +11,7 @@ from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxSender
+from tunery.services.permissions import PermissionService
 from tunery.services.runs import RunService
 from tunery.services.uploads import UploadService
 from tunery.services.webhooks import WebhookService
@@ -27,6 +28,7 @@ class Services:
     chat: ChatService
     webhooks: WebhookService
     uploads: UploadService
+    permissions: PermissionService
     outbox: OutboxSender
 
     def close(self) -> None:
