@@ -67,7 +67,7 @@ class TrackerRunner:
             "metrics": [{"step": row.step, **row.values} for row in self._metrics.list(job.id)],
             "wandb_dir": str(self._settings.wandb_dir),
             "wandb_mode": self._settings.wandb_mode,
-            "mlflow_tracking_uri": options.get("tracking_uri") or self._settings.mlflow_tracking_uri,
+            "mlflow_tracking_uri": self._settings.mlflow_tracking_uri,
         }
 
     def __call__(self, delivery: Delivery) -> str:
