@@ -27,7 +27,7 @@ from tunery.domain.jobs import ACTIVE, CLAIMABLE, Hyperparameters, Job, JobError
 from tunery.domain.pagination import Order, Page, PageRequest
 from tunery.storage.db import Database
 from tunery.storage.tables import checkpoints, fine_tuned_models, job_events, job_metrics, jobs
-from tunery.storage.webhooks import enqueue_job_end
+from tunery.storage.webhooks import OUTBOX_WAKEUP, enqueue_job_end
 
 # A worker that has not beaten for this long is taken for dead.
 DEFAULT_STALE_AFTER_S = 30.0
@@ -163,10 +163,13 @@ class JobStore:
             .values(values)
             .returning(*jobs.c)
         )
+        event_id = None
         with self._db.transaction() as conn:
             row = conn.execute(query).mappings().first()
             if row is not None and target not in expect:
-                enqueue_job_end(conn, row, time.time())
+                event_id = enqueue_job_end(conn, row, time.time())
+        if event_id is not None:
+            OUTBOX_WAKEUP.set()  # committed: this process's sender may send it now
         return _row_to_job(row) if row is not None else None
 
     def claim_next(self, worker_id: str, now: float, stale_after: float = DEFAULT_STALE_AFTER_S) -> Job | None:

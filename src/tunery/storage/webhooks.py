@@ -13,6 +13,7 @@ row, with the same event id (at-least-once; receivers deduplicate on ``webhook-i
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Connection, delete, or_, select
@@ -34,6 +35,9 @@ from tunery.storage.db import Database
 from tunery.storage.tables import outbox, webhook_endpoints
 
 TRACKERS = {Target.WANDB.value, Target.MLFLOW.value}
+# Set when this process commits new outbox rows, so its sender thread wakes at once instead of at its next
+# poll (rows written by other processes are found by polling).
+OUTBOX_WAKEUP = threading.Event()
 MAX_RESPONSE_CHARS = 2000
 
 
@@ -163,6 +167,8 @@ class WebhookStore:
         """A row written outside a job's transition (the "send test event" action)."""
         with self._db.transaction() as conn:
             conn.execute(outbox.insert().values(_delivery_to_row(delivery)))
+        if delivery.state is DeliveryState.PENDING:
+            OUTBOX_WAKEUP.set()
 
     def claim_due(self, sender_id: str, now: float, lease_s: float, limit: int = 16) -> list[Delivery]:
         """Take up to ``limit`` pending rows whose next attempt is due and that no live lease holds."""

@@ -8,6 +8,7 @@ import * as jobs from "./jobs.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import { alertBox, fill, h, shortId } from "./ui.js";
+import * as webhooks from "./webhooks.js";
 import * as wizard from "./wizard.js";
 
 const ROUTES = [
@@ -19,6 +20,7 @@ const ROUTES = [
   [/^\/models$/, models.models, "models", "Models"],
   [/^\/deployments$/, models.deployments, "deployments", "Deployments"],
   [/^\/playground$/, playground.render, "playground", "Playground"],
+  [/^\/webhooks$/, webhooks.render, "webhooks", "Webhooks"],
 ];
 const PROJECT_STORAGE = "tunery.project";
 
