@@ -12,7 +12,8 @@ subprocess with its own data directory under ``bench/out/uploads_webhooks/``, th
 2. Webhook latency: ``--events`` jobs end (created, then cancelled: the terminal move is what is timed, not
    training) while a local HTTP receiver listens; latency is the receipt time minus the moment the cancel
    call was sent (so it includes the cancel request itself, reported apart as ``cancel_call_p50``), p50/p95.
-   The alternative a user would otherwise write, polling ``jobs.retrieve`` every second, averages 0.5 s (p95 0.95 s) by construction and costs one request per job per second.
+   The alternative a user would otherwise write, polling ``jobs.retrieve`` every second, averages 0.5 s
+   (p95 0.95 s) by construction and costs one request per job per second.
 
     PYTHONPATH=src .venv/bin/python bench/uploads_webhooks.py                 # 2 GB, 50 events
     PYTHONPATH=src .venv/bin/python bench/uploads_webhooks.py --mb 256 --single-mb 128 --events 20   # short
