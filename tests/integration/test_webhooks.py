@@ -7,6 +7,7 @@ an event still undelivered delivers it after its restart.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -127,10 +128,17 @@ def test_a_job_end_arrives_signed_after_two_500s(
     ]
     assert log[0]["last_response"] == "thanks"
 
+    cli_env = {**hooks_env, "TUNERY_BASE_URL": f"{url}/v1", "TUNERY_API_KEY": hooks_env["TEST_KEY"], "COLUMNS": "250"}
+    assert endpoint.id in [e["id"] for e in json.loads(tunery(cli_env, "webhooks", "list", "--json"))]
+    assert "delivered" in tunery(cli_env, "webhooks", "deliveries", endpoint.id)
+
     result = client.webhooks.test(endpoint.id, event_type="fine_tuning.job.failed")
     assert (result.status_code, result.webhook_endpoint_id) == (200, endpoint.id)
     sample = client.webhooks.unwrap(receiver.received[-1][0], receiver.received[-1][1], secret=endpoint.signing_secret)
     assert sample.type == "fine_tuning.job.failed"
+    assert "HTTP 200" in tunery(cli_env, "webhooks", "test", endpoint.id)
+    created = tunery(cli_env, "webhooks", "create", receiver.url, "--name", "from-cli")
+    assert "whsec_" in created
 
     # another project sees none of it
     other_key = tunery(hooks_env, "keys", "create", "--project", "elsewhere")

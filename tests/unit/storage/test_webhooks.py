@@ -163,3 +163,29 @@ def test_a_failing_tracker_is_a_warning_event(db: Database, project: Project, re
         (Target.MLFLOW, DeliveryState.FAILED),
         (Target.WEBHOOK, DeliveryState.DELIVERED),
     }
+
+
+def test_concurrent_senders_never_claim_the_same_row(db: Database, project: Project) -> None:
+    """Two senders (threads here; processes share the database the same way) claim disjoint rows."""
+    service = WebhookService(WebhookStore(db), lambda *_: (200, "", None))
+    service.create(project.id, {"name": "a", "url": "http://127.0.0.1:9/", "event_types": ["fine_tuning.job.failed"]})
+    jobs = JobStore(db)
+    for _ in range(30):
+        job = make_job(project, status=JobStatus.RUNNING)
+        jobs.insert(job)
+        jobs.transition(job.id, JobStatus.FAILED, expect={JobStatus.RUNNING})
+    claimed: dict[str, list[str]] = {"a": [], "b": []}
+
+    def sender(name: str) -> None:
+        store = WebhookStore(db)
+        while batch := store.claim_due(name, time.time(), lease_s=600, limit=3):
+            claimed[name] += [d.id for d in batch]
+
+    threads = [threading.Thread(target=sender, args=(name,)) for name in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    everything = claimed["a"] + claimed["b"]
+    assert len(everything) == 30
+    assert len(set(everything)) == 30
