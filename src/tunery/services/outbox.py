@@ -120,16 +120,19 @@ class OutboxSender:
         try:
             message = self._trackers(delivery)
             state, level, error = DeliveryState.DELIVERED, EventLevel.INFO, None
-        except TrackerFailed as exc:
-            message = f"The {delivery.target.value} integration could not log this job: {exc}"
-            state, level, error = DeliveryState.FAILED, EventLevel.WARN, str(exc)
+        except Exception as exc:  # TrackerFailed, or the job is gone: never retried, never fatal
+            reason = str(exc) if isinstance(exc, TrackerFailed) else f"{type(exc).__name__}: {exc}"
+            message = f"The {delivery.target.value} integration could not log this job: {reason}"
+            state, level, error = DeliveryState.FAILED, EventLevel.WARN, reason
         now = self._clock()
-        if self._store.record_attempt(
+        recorded = self._store.record_attempt(
             delivery.id, sender_id, now=now, state=state, next_attempt_at=now,
             status_code=None, response=message if error is None else None, error=error,
-        ) and delivery.job_id:  # fmt: skip
-            self._events.append(
-                JobEvent(
-                    id=new_id("ftevent"), job_id=delivery.job_id, created_at=int(now), level=level, message=message
-                )
-            )
+        )  # fmt: skip
+        if recorded and delivery.job_id:
+            event = JobEvent(id=new_id("ftevent"), job_id=delivery.job_id, created_at=int(now), level=level,
+                             message=message)  # fmt: skip
+            try:
+                self._events.append(event)
+            except Exception:  # the job was deleted meanwhile
+                log.warning("outbox: could not add the tracker event to job %s", delivery.job_id, exc_info=True)
