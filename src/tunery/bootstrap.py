@@ -33,8 +33,13 @@ from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.outbox import OutboxRules, OutboxSender
+from tunery.services.permissions import PermissionService
 from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
 from tunery.services.runs import RunService, RunSettings
+from tunery.services.trackers import TrackerRunner, TrackerSettings
+from tunery.services.uploads import UploadRules, UploadService
+from tunery.services.webhooks import WebhookService
 from tunery.storage.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.db import Database
@@ -45,8 +50,11 @@ from tunery.storage.events import EventStore
 from tunery.storage.files import FileStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+from tunery.storage.permissions import PermissionStore
 from tunery.storage.portability import ImportedModelStore, MigrationStore
 from tunery.storage.projects import ApiKeyStore, ProjectStore
+from tunery.storage.uploads import UploadStore
+from tunery.storage.webhooks import WebhookStore
 from tunery.training.spec import LoraSpec
 
 log = logging.getLogger(__name__)
@@ -154,7 +162,11 @@ def build_services(
     jobs_store, events, checkpoints = JobStore(database), EventStore(database), CheckpointStore(database)
     model_store, deployment_store = ModelStore(database), DeploymentStore(database)
     imported, migrated = ImportedModelStore(database), MigrationStore(database)
-    models = ModelService(catalog, model_store, checkpoints, jobs_store, imported=imported, migrations=migrated)
+    permission_store = PermissionStore(database)
+    models = ModelService(
+        catalog, model_store, checkpoints, jobs_store, imported=imported, migrations=migrated,
+        shared=permission_store.shared_checkpoint,
+    )  # fmt: skip
     jobs = JobService(
         jobs_store,
         events,
@@ -202,6 +214,7 @@ def build_services(
         ),
         imported=imported,
         deployments=deployment_store,
+        shared=permission_store.shared_checkpoint,
     )
     deployments = DeploymentService(
         deployment_store,
@@ -240,9 +253,43 @@ def build_services(
         settings.data_dir / "imports",
     )  # fmt: skip
     migrations = MigrationService(migrated, files, jobs, models, chat)
+    hooks = settings.webhooks
+    webhook_store = WebhookStore(database)
+    outbox = OutboxSender(
+        webhook_store,
+        events,
+        TrackerRunner(
+            jobs_store,
+            MetricStore(database),
+            TrackerSettings(
+                wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
+                wandb_mode=settings.integrations.wandb_mode,
+                mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
+                timeout_s=hooks.tracker_timeout_s,
+            ),
+        ),
+        OutboxRules(
+            retry_base_s=hooks.retry_base_s,
+            retry_max_s=hooks.retry_max_s,
+            give_up_after_s=hooks.give_up_after_s,
+            timeout_s=hooks.timeout_s,
+            tracker_timeout_s=hooks.tracker_timeout_s,
+        ),
+    )
+    webhooks = WebhookService(webhook_store, outbox.send)
     return Services(
         keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
         checkpoint_evals=checkpoint_evals, graders=graders, exports=exports, imports=imports, migrations=migrations,
+        webhooks=webhooks, outbox=outbox,
+        permissions=PermissionService(permission_store, checkpoints, keys, deployments.drop_serving),
+        uploads=UploadService(
+            UploadStore(database), blobs, files,
+            UploadRules(
+                max_upload_bytes=settings.files.max_multipart_bytes,
+                max_part_bytes=settings.files.max_part_bytes,
+                import_dirs=tuple(settings.files.import_dirs),
+            ),
+        ),
     )  # fmt: skip
 
 

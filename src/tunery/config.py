@@ -43,6 +43,11 @@ class FilesSettings(BaseModel):
     min_examples: int = Field(default=10, description="Fewest valid examples a training file may have")
     max_reported_problems: int = Field(default=20, description="Problems listed per bad file")
     max_files_per_project: int = Field(default=50, description="Files a project may keep (quota)")
+    max_multipart_bytes: int = Field(default=8 * 1024**3, description="Largest file through the Uploads API")
+    max_part_bytes: int = Field(default=64 * 1024**2, description="Largest Uploads API part")
+    import_dirs: list[Path] = Field(
+        default_factory=list, description="Local folders admin keys may import from (/files/import file://...)"
+    )
 
 
 class ModelsSettings(BaseModel):
@@ -136,6 +141,28 @@ class PortabilitySettings(BaseModel):
     hf_token: str | None = Field(default=None, description="Hub token used when a push request brings none")
 
 
+class WebhooksSettings(BaseModel):
+    """Webhook delivery and tracker runs from the outbox."""
+
+    enabled: bool = Field(default=True, description="Run the outbox sender thread in `tunery serve`/`tunery worker`")
+    poll_interval_s: float = Field(default=0.5, description="How often the sender looks for due events")
+    timeout_s: float = Field(default=10.0, description="Seconds a receiver has to answer one attempt")
+    retry_base_s: float = Field(default=5.0, description="Wait after the first failed attempt; doubles each time")
+    retry_max_s: float = Field(default=3600.0, description="Longest wait between two attempts")
+    give_up_after_s: float = Field(default=72 * 3600.0, description="No attempt later than this after the event")
+    tracker_timeout_s: float = Field(default=600.0, description="Longest a tracker (wandb, mlflow) run may take")
+
+
+class IntegrationsSettings(BaseModel):
+    """Experiment trackers named in a job's ``integrations``."""
+
+    wandb_dir: Path | None = Field(
+        default=None, description="Where W&B run directories go (default: data_dir/wandb); sync them later"
+    )
+    wandb_mode: str = Field(default="offline", description="WANDB_MODE for runs: 'offline' (no network) or 'online'")
+    mlflow_tracking_uri: str | None = Field(default=None, description="MLflow tracking server for 'mlflow' jobs")
+
+
 class ApiSettings(BaseModel):
     """The HTTP edge."""
 
@@ -161,6 +188,8 @@ class Settings(BaseSettings):
     portability: PortabilitySettings = Field(default_factory=PortabilitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     evals: EvalsSettings = Field(default_factory=EvalsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    integrations: IntegrationsSettings = Field(default_factory=IntegrationsSettings)
 
     @property
     def database_url(self) -> str:

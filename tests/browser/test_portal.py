@@ -462,6 +462,29 @@ def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Serve
     shot(page, screenshots, "17-rft-job")
 
 
+def test_webhooks_page_adds_an_endpoint_and_sends_a_test_event(page: Page, screenshots: Path) -> None:
+    from tests.integration.test_webhooks import Receiver
+
+    receiver = Receiver([200])
+    try:
+        page.get_by_role("link", name="Webhooks").click()
+        expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+        page.get_by_label("Name").fill("ci-hook")
+        page.get_by_label("URL").fill(receiver.url)
+        page.get_by_role("button", name="Add endpoint").click()
+        expect(page.get_by_test_id("signing-secret")).to_contain_text("whsec_")
+        row = page.get_by_role("table", name="Webhook endpoints").get_by_role("row").filter(has_text="ci-hook")
+        row.get_by_role("button", name="Send a test event to ci-hook").click()
+        expect(page.get_by_text("Test event to ci-hook: HTTP 200")).to_be_visible()
+        deliveries = page.get_by_role("table", name="Deliveries")
+        expect(deliveries).to_contain_text("fine_tuning.job.succeeded")
+        expect(deliveries).to_contain_text("HTTP 200")
+        assert len(receiver.received) == 1
+        shot(page, screenshots, "18-webhooks")
+    finally:
+        receiver.server.shutdown()
+
+
 def test_phone_width_screenshots(page: Page, portal_server: Server, screenshots: Path, state: dict[str, Any]) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     routes = ["#/files", "#/jobs", "#/jobs/new", "#/models", "#/playground"]

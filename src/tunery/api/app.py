@@ -17,11 +17,27 @@ from tunery import __version__
 from tunery.api import errors
 from tunery.api.dialects import LAYOUTS, bind
 from tunery.api.edge import BODY_LIMITS
-from tunery.api.routes import chat, deployments, evals, files, fine_tuning, graders, health, migrations, models
+from tunery.api.routes import (
+    chat,
+    deployments,
+    evals,
+    files,
+    fine_tuning,
+    graders,
+    health,
+    migrations,
+    models,
+    permissions,
+    uploads,
+    webhooks,
+)
 from tunery.services.container import Services
 
 DATA_PLANE_ROUTERS = (
+    uploads.parts_router,
+    uploads.router,
     files.router,
+    permissions.router,
     fine_tuning.router,
     graders.router,
     models.import_router,  # before models.router: /models/import is not a model name
@@ -30,6 +46,7 @@ DATA_PLANE_ROUTERS = (
     deployments.data_router,
     evals.router,
     migrations.router,
+    webhooks.router,
 )
 # Multipart overhead allowed on top of the file-size limit before the body is even read.
 UPLOAD_SLACK_BYTES = 1024 * 1024
@@ -41,6 +58,7 @@ def create_app(
     *,
     max_upload_bytes: int,
     max_import_bytes: int = BODY_LIMITS["import"],
+    max_part_bytes: int = BODY_LIMITS["part"],
     cors_origins: list[str] | None = None,
 ) -> FastAPI:
     app = FastAPI(
@@ -53,6 +71,7 @@ def create_app(
         **BODY_LIMITS,
         "upload": max_upload_bytes + UPLOAD_SLACK_BYTES,
         "import": max_import_bytes + UPLOAD_SLACK_BYTES,
+        "part": max_part_bytes + UPLOAD_SLACK_BYTES,
     }
     errors.install(app)
     app.include_router(health.router)

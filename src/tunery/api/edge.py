@@ -30,7 +30,8 @@ from tunery.domain.errors import InvalidRequest, PayloadTooLarge
 KIB = 1024
 MIB = 1024 * KIB
 
-# Bytes a request body may have, by kind of route. "upload" and "import" are replaced by the configured limits.
+# Bytes a request body may have, by kind of route. "upload", "import" and "part" are replaced by the configured
+# limits.
 BODY_LIMITS: dict[str, int] = {
     "default": 256 * KIB,
     "chat": 1 * MIB,  # far above any context the served models take; checked again in tokens
@@ -39,6 +40,7 @@ BODY_LIMITS: dict[str, int] = {
     "deployments": 64 * KIB,
     "upload": 512 * MIB,
     "import": 2048 * MIB,  # an adapter archive; replaced by the configured import limit
+    "part": 64 * MIB,  # one Uploads API part; replaced by the configured part limit
 }
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

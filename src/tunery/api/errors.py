@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunery.api.edge import param_name
 from tunery.domain.errors import (
     Conflict,
+    Forbidden,
     InsufficientStorage,
     InvalidRequest,
     NotFound,
@@ -39,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ServiceError], int], ...] = (
     (QuotaExceeded, 429),
     (InvalidRequest, 400),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (Unavailable, 503),
     (InsufficientStorage, 507),
 )

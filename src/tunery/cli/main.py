@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from tunery import __version__
-from tunery.cli import chat, deployments, evals, files, jobs, models
+from tunery.cli import chat, deployments, evals, files, jobs, models, webhooks
 from tunery.cli.output import console
 from tunery.config import Settings
 
@@ -27,6 +27,7 @@ app.add_typer(files.app, name="files")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(deployments.app, name="deployments")
 app.add_typer(evals.app, name="evals")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("deploy")(deployments.deploy)
 app.command("chat")(chat.chat)
 app.add_typer(models.app, name="models")
@@ -53,6 +54,7 @@ def serve(
     from tunery.api.app import create_app
     from tunery.bootstrap import build_services, prepare_base_model
     from tunery.portal.routes import router as portal_router
+    from tunery.worker.outbox import start_outbox_thread
     from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,7 +67,7 @@ def serve(
     services = build_services(settings)
     first_key = None
     if not services.keys.has_keys():
-        first_key = services.keys.create(DEFAULT_PROJECT)
+        first_key = services.keys.create(DEFAULT_PROJECT, admin=True)
     services.files.sweep()
     services.files.reserve_space()
     recovered = services.files.recover()
@@ -75,6 +77,7 @@ def serve(
         services,
         max_upload_bytes=settings.files.max_upload_bytes,
         max_import_bytes=settings.portability.max_import_bytes,
+        max_part_bytes=settings.files.max_part_bytes,
         cors_origins=settings.api.cors_origins,
     )
     app_.include_router(portal_router)  # the web portal at /, a client of the API above
@@ -84,6 +87,8 @@ def serve(
         runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
         worker_thread = threading.Thread(target=runner.run, args=(stop,), name="tunery-worker", daemon=True)
         worker_thread.start()
+    if settings.webhooks.enabled:
+        start_outbox_thread(services.outbox, stop, settings.webhooks.poll_interval_s)
 
     eval_thread = None
     if settings.evals.runner_enabled:
@@ -131,6 +136,7 @@ def worker_command(
     import threading
 
     from tunery.bootstrap import build_services
+    from tunery.worker.outbox import start_outbox_thread
     from tunery.worker.runner import Worker
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,6 +144,8 @@ def worker_command(
     services = build_services(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if settings.webhooks.enabled:
+        start_outbox_thread(services.outbox, stop, settings.webhooks.poll_interval_s)
     runner = Worker(services.runs, poll_s=settings.worker.poll_interval_s)
     console.print(f"Tunery worker {runner.worker_id} waiting for jobs (Ctrl-C to stop)")
     try:
@@ -151,13 +159,14 @@ def worker_command(
 @keys_app.command("create")
 def keys_create(
     project: Annotated[str, typer.Option(help="Project the key belongs to (created on first use)")] = DEFAULT_PROJECT,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key: may also share checkpoints")] = False,
 ) -> None:
-    """Create an API key and print it (it is shown only once)."""
+    """Create an API key and print it (it is shown only once). Keys are members unless --admin."""
     from tunery.bootstrap import build_services
 
     services = build_services(Settings(), background_checks=False)
     try:
-        issued = services.keys.create(project)
+        issued = services.keys.create(project, admin=admin)
     finally:
         services.close()
     console.print(issued.secret, soft_wrap=True, highlight=False)

@@ -61,6 +61,13 @@ class Unauthorized(ServiceError):
     default_code = "401"
 
 
+class Forbidden(ServiceError):
+    """The key is valid but its role may not do this (HTTP 403)."""
+
+    type = "permission_error"
+    default_code = "forbidden"
+
+
 class Unavailable(ServiceError):
     """A dependency is temporarily unavailable; retrying later may work (HTTP 503)."""
 

@@ -10,7 +10,9 @@ import re
 import secrets
 import uuid
 
-PREFIXES = frozenset({"file", "ftjob", "ftevent", "ftchkpt", "proj", "key", "deploy"})
+PREFIXES = frozenset(
+    {"file", "ftjob", "ftevent", "ftchkpt", "proj", "key", "deploy", "whep", "whdl", "upload", "part", "cp"}
+)
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]+)-(?P<hex>[0-9a-f]{32})$")
 
 

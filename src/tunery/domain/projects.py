@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class KeyRole(StrEnum):
+    """What a key may do in its project. Admin: everything, including sharing checkpoints with other
+    projects and importing from the server's local folders. Member: everything else."""
+
+    ADMIN = "admin"
+    MEMBER = "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +31,7 @@ class ApiKey:
     key_hash: str
     prefix: str
     created_at: int
+    role: KeyRole = KeyRole.MEMBER
 
 
 def hash_api_key(secret: str) -> str:

@@ -14,8 +14,12 @@ from tunery.services.jobs import JobService
 from tunery.services.keys import KeyService
 from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.outbox import OutboxSender
+from tunery.services.permissions import PermissionService
 from tunery.services.portability import ExportService, ImportService
 from tunery.services.runs import RunService
+from tunery.services.uploads import UploadService
+from tunery.services.webhooks import WebhookService
 
 
 @dataclass(slots=True)
@@ -33,8 +37,13 @@ class Services:
     exports: ExportService
     imports: ImportService
     migrations: MigrationService
+    webhooks: WebhookService
+    uploads: UploadService
+    permissions: PermissionService
+    outbox: OutboxSender
 
     def close(self) -> None:
         self.files.close()
         self.chat.close()
         self.graders.close()
+        self.outbox.close()

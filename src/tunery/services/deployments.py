@@ -132,6 +132,14 @@ class DeploymentService:
         self._store.delete(project_id, name)
         return deployment
 
+    def drop_serving(self, project_id: str, adapter_key: str) -> builtins.list[str]:
+        """Delete the project's deployments that serve this adapter (a revoked share); their names."""
+        dropped = [d.name for d in self._store.list(project_id) if d.adapter_key == adapter_key]
+        for name in dropped:
+            self._store.delete(project_id, name)
+            log.info("deleted deployment %s of project %s: its shared checkpoint was revoked", name, project_id)
+        return dropped
+
     def resolve(self, project_id: str, name: str) -> AdapterRef:
         """What a deployment serves; also records the call for the inactivity rule."""
         deployment = self.retrieve(project_id, name)

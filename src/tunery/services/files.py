@@ -88,8 +88,13 @@ class FileService:
         purpose: str,
         chunks: Iterable[bytes],
         expires_after: tuple[str | None, int | None] = (None, None),
+        max_bytes: int | None = None,
+        verify: Callable[[int], None] | None = None,
     ) -> FileRecord:
         """Store an upload and schedule its checks.
+
+        ``max_bytes`` replaces the single-upload limit (the Uploads API has its own); ``verify(size)`` runs
+        after the bytes are stored and before the file exists: if it raises, the blob is removed.
 
         Raises:
             InvalidRequest: unknown purpose or bad filename.
@@ -121,7 +126,14 @@ class FileService:
             status=FileStatus.PENDING,
             expires_at=expires_at,
         )
-        size = self._blobs.write(blob_key(record), chunks, max_bytes=self._rules.max_upload_bytes)
+        limit = self._rules.max_upload_bytes if max_bytes is None else max_bytes
+        size = self._blobs.write(blob_key(record), chunks, max_bytes=limit)
+        if verify is not None:
+            try:
+                verify(size)
+            except BaseException:
+                self._blobs.delete(blob_key(record))
+                raise
         record = record.with_changes(bytes=size)
         try:
             self._store.insert(record)
@@ -145,6 +157,10 @@ class FileService:
         self._blobs.write(blob_key(record), [data])
         self._store.insert(record)
         return record
+
+    def check_upload_purpose(self, purpose: str) -> None:
+        """Raises InvalidRequest: files of this purpose cannot be uploaded."""
+        self._check_purpose(purpose)
 
     # ----------------------------------------------------------------------------------------- reads
     def retrieve(self, project_id: str, file_id: str) -> FileRecord:

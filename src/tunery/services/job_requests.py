@@ -22,6 +22,7 @@ MAX_SEED = 2_147_483_647
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 MAX_INTEGRATIONS = 5
+TRACKERS = ("wandb", "mlflow")  # mlflow: a Tunery extension in wandb's shape
 TRAINING_TYPES = {
     "standard": "Standard",
     "globalstandard": "GlobalStandard",
@@ -371,14 +372,19 @@ def _parse_integrations(value: Any) -> list[dict[str, Any]] | None:
     if not isinstance(value, list) or len(value) > MAX_INTEGRATIONS:
         raise InvalidRequest(f"integrations must be a list of at most {MAX_INTEGRATIONS} items.", param="integrations")
     for index, item in enumerate(value):
-        wandb = item.get("wandb") if isinstance(item, dict) else None
-        if not isinstance(item, dict) or item.get("type") != "wandb" or not isinstance(wandb, dict):
+        kind = item.get("type") if isinstance(item, dict) else None
+        options = item.get(kind) if isinstance(item, dict) and isinstance(kind, str) else None
+        if kind not in TRACKERS or not isinstance(options, dict):
             raise InvalidRequest(
-                "each integration must be {'type': 'wandb', 'wandb': {'project': ...}}.",
+                "each integration must be {'type': 'wandb', 'wandb': {'project': ...}} "
+                "(or 'mlflow' in the same shape).",
                 param=f"integrations[{index}]",
             )
-        if not isinstance(wandb.get("project"), str) or not wandb["project"]:
-            raise InvalidRequest("wandb.project is required.", param=f"integrations[{index}].wandb.project")
+        if not isinstance(options.get("project"), str) or not options["project"]:
+            raise InvalidRequest(f"{kind}.project is required.", param=f"integrations[{index}].{kind}.project")
+        tags = options.get("tags")
+        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+            raise InvalidRequest(f"{kind}.tags must be a list of strings.", param=f"integrations[{index}].{kind}.tags")
     return value
 
 

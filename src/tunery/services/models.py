@@ -22,6 +22,8 @@ from tunery.storage.portability import ImportedModelStore, MigrationStore
 
 # Something that answers "is this model deployed?" (deployments are added by the serving layer).
 DeploymentCheck = Callable[[str, str], bool]
+# (project id, name) -> another project's checkpoint shared with this project, or None
+SharedCheckpoint = Callable[[str, str], Checkpoint | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class ModelService:
         jobs: JobStore,
         *,
         is_deployed: DeploymentCheck | None = None,
+        shared: SharedCheckpoint | None = None,
         started_at: int | None = None,
         clock: Callable[[], float] = time.time,
         imported: ImportedModelStore | None = None,
@@ -63,6 +66,7 @@ class ModelService:
         self._checkpoints = checkpoints
         self._jobs = jobs
         self._is_deployed = is_deployed or (lambda _project, _model: False)
+        self._shared = shared or (lambda _project, _name: None)
         self._started_at = started_at or int(clock())
         self._clock = clock
         self._best: Callable[[str, str], str] | None = None
@@ -119,10 +123,20 @@ class ModelService:
         target = self.alias_target(project_id, name)
         if target is not None:
             return self.resolve(project_id, target)
+        shared = self._shared(project_id, name)
+        if shared is not None:  # another project's checkpoint, shared with this one
+            owner_job = self._jobs.get(shared.project_id, shared.job_id)
+            return AdapterRef(
+                name=shared.fine_tuned_model_checkpoint,
+                base_model=owner_job.base_model,
+                adapter_key=shared.adapter_key,
+                project_id=shared.project_id,
+                job_id=owner_job.id,
+            )
         available = ", ".join(spec.name for spec in self._catalog.list())
         raise NotFound(
             f"The model '{name}' does not exist: it is not a base model ({available}) nor a fine-tuned model "
-            "or checkpoint of this project.",
+            "or checkpoint of this project (or shared with it).",
             param="model",
             code="model_not_found",
         )
@@ -174,7 +188,11 @@ class ModelService:
                 description=f"Imported adapter ({imported.source})",
             )
         return ModelEntry(
-            id=ref.name, created_at=self._started_at, owned_by=project_id, base_model=ref.base_model, job_id=ref.job_id
+            id=ref.name,
+            created_at=self._started_at,
+            owned_by=ref.project_id or project_id,
+            base_model=ref.base_model,
+            job_id=ref.job_id,
         )
 
     def delete(self, project_id: str, name: str) -> str:

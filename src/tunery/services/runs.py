@@ -98,9 +98,11 @@ class RunService:
         deployments: DeploymentStore | None = None,
         clock: Callable[[], float] = time.time,
         imported: ImportedModelStore | None = None,
+        shared: Callable[[str, str], Checkpoint | None] | None = None,
     ) -> None:
         self._imported = imported
         self._deployments = deployments
+        self._shared = shared or (lambda _project, _name: None)
         self._jobs = jobs
         self._events = events
         self._checkpoints = checkpoints
@@ -245,13 +247,16 @@ class RunService:
         model = self._models.get(project_id, model_name)
         key = model.adapter_key if model else None
         if key is None:
-            checkpoint = self._checkpoints.get_by_name(project_id, model_name)
+            checkpoint = self._checkpoints.get_by_name(project_id, model_name) or self._shared(project_id, model_name)
             key = checkpoint.adapter_key if checkpoint else None
         if key is None and self._imported is not None:
             imported = self._imported.get(project_id, model_name)
             key = imported.adapter_key if imported else None
         if key is None:
-            raise ServiceError(f"The parent model '{model_name}' no longer exists.", param="model")
+            raise ServiceError(
+                f"The parent model '{model_name}' no longer exists (or is no longer shared with this project).",
+                param="model",
+            )
         return adapter_path(self._blobs, key)
 
     # ----------------------------------------------------------------------------------------- control

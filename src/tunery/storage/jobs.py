@@ -14,6 +14,7 @@ and ``list_stale`` reports it for recovery.
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import fields
@@ -26,6 +27,7 @@ from tunery.domain.jobs import ACTIVE, CLAIMABLE, TERMINAL, Hyperparameters, Job
 from tunery.domain.pagination import Order, Page, PageRequest
 from tunery.storage.db import Database
 from tunery.storage.tables import checkpoints, fine_tuned_models, job_events, job_metrics, jobs
+from tunery.storage.webhooks import OUTBOX_WAKEUP, enqueue_job_end
 
 # A worker that has not beaten for this long is taken for dead.
 DEFAULT_STALE_AFTER_S = 30.0
@@ -154,7 +156,8 @@ class JobStore:
         """Compare-and-set: if the job's status is in ``expect``, set it to ``target`` along with ``changes``
         (``Job`` field names: ``error=``, ``finished_at=``, ``worker_id=`` ...), all in one transaction.
 
-        Only one of several callers, in any process, wins a given move.
+        Only one of several callers, in any process, wins a given move. A move into a terminal status
+        writes the job's webhook/tracker event to the outbox in the same transaction.
 
         Returns:
             The job as saved; None when the job is missing or its status is not in ``expect``.
@@ -172,8 +175,13 @@ class JobStore:
             .values(values)
             .returning(*jobs.c)
         )
+        event_id = None
         with self._db.transaction() as conn:
             row = conn.execute(query).mappings().first()
+            if row is not None and target not in expect:
+                event_id = enqueue_job_end(conn, row, time.time())
+        if event_id is not None:
+            OUTBOX_WAKEUP.set()  # committed: this process's sender may send it now
         return _row_to_job(row) if row is not None else None
 
     def claim_next(self, worker_id: str, now: float, stale_after: float = DEFAULT_STALE_AFTER_S) -> Job | None:

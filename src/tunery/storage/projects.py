@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tunery.domain.errors import Conflict, NotFound
 from tunery.domain.ids import new_id
-from tunery.domain.projects import ApiKey, Project
+from tunery.domain.projects import ApiKey, KeyRole, Project
 from tunery.storage.db import Database
 from tunery.storage.tables import api_keys, projects
 
@@ -68,7 +68,7 @@ class ApiKeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, project_id: str, key_hash: str, prefix: str) -> ApiKey:
+    def create(self, project_id: str, key_hash: str, prefix: str, role: KeyRole = KeyRole.MEMBER) -> ApiKey:
         """Store a key for an existing project (the foreign key rejects an unknown project)."""
         key = ApiKey(
             id=new_id("key"),
@@ -76,6 +76,7 @@ class ApiKeyStore:
             key_hash=key_hash,
             prefix=prefix,
             created_at=int(time.time()),
+            role=role,
         )
         with self._db.transaction() as conn:
             conn.execute(
@@ -85,6 +86,7 @@ class ApiKeyStore:
                     key_hash=key.key_hash,
                     prefix=key.prefix,
                     created_at=key.created_at,
+                    role=key.role.value,
                 )
             )
         return key
@@ -119,4 +121,5 @@ def _row_to_api_key(row: Any) -> ApiKey:
         key_hash=row["key_hash"],
         prefix=row["prefix"],
         created_at=row["created_at"],
+        role=KeyRole(row["role"]),
     )

@@ -85,6 +85,8 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True, index=True),
     Column("prefix", String(32), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # "admin" may share checkpoints with other projects; "member" may not. Keys older than roles: member.
+    Column("role", ENUM, nullable=False, server_default="member"),
 )
 
 files = Table(
@@ -304,4 +306,86 @@ migrated_jobs = Table(
     Column("details", JSON, nullable=False),  # {"training_file", "validation_file", "base_model", ...}
     Column("created_at", BigInteger, nullable=False),
     UniqueConstraint("project_id", "source_url", "source_job_id", name="uq_migrated_jobs_project_id_source"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("name", String, nullable=False),
+    Column("url", String, nullable=False),
+    Column("event_types", JSON, nullable=False),  # [type, ...]
+    Column("secret", String, nullable=False),  # whsec_<base64>
+    Column("previous_secret", String, nullable=True),  # still signs until previous_secret_until
+    Column("previous_secret_until", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The durable outbox: one row per (event, receiver), written in the transaction that ends the job. A
+# receiver is a webhook endpoint (endpoint_id) or an experiment tracker (target "wandb", "mlflow").
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),  # the delivery's id
+    Column("event_id", ID, nullable=False, index=True),  # the same on every attempt and every receiver
+    Column("event_type", String(64), nullable=False),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("job_id", ID, nullable=True),
+    Column("target", ENUM, nullable=False),  # "webhook", "wandb", "mlflow"
+    Column("endpoint_id", ID, nullable=True, index=True),
+    Column("payload", Text, nullable=False),  # the exact body sent on every attempt
+    Column("created_at", BigInteger, nullable=False),
+    Column("state", ENUM, nullable=False, index=True),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("claimed_by", String, nullable=True),
+    Column("claimed_until", Float, nullable=True),
+    Column("last_attempt_at", Float, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_response", Text, nullable=True),  # the receiver's answer, cut short
+    Column("last_error", Text, nullable=True),
+    Column("finished_at", Float, nullable=True),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
+    Column("filename", String, nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("mime_type", String, nullable=False),
+    Column("status", ENUM, nullable=False),  # pending, completed, cancelled, expired
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("file_id", ID, nullable=True),
+)
+
+upload_parts = Table(
+    "upload_parts",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("upload_id", ID, ForeignKey("uploads.id"), nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("blob_key", String, nullable=False),
+)
+
+checkpoint_permissions = Table(
+    "checkpoint_permissions",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("checkpoint", String, nullable=False, index=True),  # fine_tuned_model_checkpoint name
+    Column("owner_project_id", ID, ForeignKey("projects.id"), nullable=False),
+    Column("project_id", ID, nullable=False, index=True),  # the project it is shared with
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("checkpoint", "project_id", name="uq_checkpoint_permissions_checkpoint_project_id"),
 )

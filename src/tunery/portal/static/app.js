@@ -9,6 +9,7 @@ import * as jobs from "./jobs.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import { alertBox, fill, h, shortId } from "./ui.js";
+import * as webhooks from "./webhooks.js";
 import * as wizard from "./wizard.js";
 
 const ROUTES = [
@@ -23,6 +24,7 @@ const ROUTES = [
   [/^\/evals$/, evals.list, "evals", "Evals"],
   [/^\/evals\/([^/]+)$/, evals.detail, "evals", "Eval"],
   [/^\/evals\/([^/]+)\/runs\/([^/]+)$/, evals.run, "evals", "Eval run"],
+  [/^\/webhooks$/, webhooks.render, "webhooks", "Webhooks"],
 ];
 const PROJECT_STORAGE = "tunery.project";
 

@@ -1,0 +1,235 @@
+"""The Uploads API (``/uploads``, parts, complete, cancel) and Azure's ``/files/import``.
+
+An upload declares its size; each part streams to the blob store as it arrives (never held in memory);
+``complete`` takes the parts in the order given, checks that they exist, belong to the upload, hold exactly
+the declared bytes and (when given) match the md5, then streams them into one file that is validated like
+any other upload. ``import_url`` fetches an http(s) URL (or, for admin keys, a file under an allowed local
+folder) the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from tunery.domain.errors import Conflict, Forbidden, InvalidRequest, PayloadTooLarge
+from tunery.domain.files import FileRecord
+from tunery.domain.ids import new_id
+from tunery.domain.uploads import Upload, UploadPart, UploadStatus
+from tunery.services.files import FileService
+from tunery.storage.blobs import BlobStore
+from tunery.storage.uploads import UploadStore
+
+CHUNK_BYTES = 1024 * 1024
+UPLOAD_LIFETIME_S = 3600
+IMPORT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRules:
+    max_upload_bytes: int = 8 * 1024**3  # an upload's declared size (OpenAI: 8 GB)
+    max_part_bytes: int = 64 * 1024**2  # one part (OpenAI: 64 MB)
+    import_dirs: tuple[Path, ...] = ()  # local folders admin keys may import from
+
+
+class UploadService:
+    def __init__(
+        self,
+        store: UploadStore,
+        blobs: BlobStore,
+        files: FileService,
+        rules: UploadRules,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._files = files
+        self._rules = rules
+        self._clock = clock
+
+    def create(self, project_id: str, body: dict[str, Any]) -> Upload:
+        size = body.get("bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise InvalidRequest("bytes must be a positive integer: the size of the whole file.", param="bytes")
+        if size > self._rules.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"bytes is {size}; an upload may hold at most {self._rules.max_upload_bytes} bytes.", param="bytes"
+            )
+        for name in ("filename", "mime_type", "purpose"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                raise InvalidRequest(f"{name} is required.", param=name)
+        self._files.check_upload_purpose(body["purpose"])
+        now = int(self._clock())
+        upload = Upload(
+            id=new_id("upload"),
+            project_id=project_id,
+            filename=body["filename"],
+            purpose=body["purpose"],
+            bytes=size,
+            mime_type=body["mime_type"],
+            status=UploadStatus.PENDING,
+            created_at=now,
+            expires_at=now + UPLOAD_LIFETIME_S,
+        )
+        self._store.insert(upload)
+        return upload
+
+    def retrieve(self, project_id: str, upload_id: str) -> Upload:
+        upload = self._store.get(project_id, upload_id)
+        if upload.status is UploadStatus.PENDING and self._clock() >= upload.expires_at:
+            if self._store.set_status(upload.id, UploadStatus.EXPIRED, expect=UploadStatus.PENDING):
+                self._drop_parts(upload.id)
+            upload = self._store.get(project_id, upload_id)
+        return upload
+
+    def add_part(self, project_id: str, upload_id: str, chunks: Iterable[bytes]) -> UploadPart:
+        upload = self._pending(project_id, upload_id)
+        part_id = new_id("part")
+        key = f"uploads/{project_id}/{upload.id}/{part_id}"
+        limit = min(self._rules.max_part_bytes, upload.bytes)
+        try:
+            size = self._blobs.write(key, chunks, max_bytes=limit)
+        except PayloadTooLarge:
+            raise PayloadTooLarge(
+                f"A part may hold at most {limit} bytes (the smaller of the part limit and the upload's size).",
+                param="data",
+            ) from None
+        part = UploadPart(id=part_id, upload_id=upload.id, created_at=int(self._clock()), bytes=size, blob_key=key)
+        self._store.add_part(part)
+        return part
+
+    def complete(self, project_id: str, upload_id: str, part_ids: Any, md5: str | None) -> tuple[Upload, FileRecord]:
+        upload = self._pending(project_id, upload_id)
+        if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
+            raise InvalidRequest(
+                "part_ids must be the non-empty, ordered list of the upload's part ids.", param="part_ids"
+            )
+        known = {part.id: part for part in self._store.parts(upload.id)}
+        if len(set(part_ids)) != len(part_ids):
+            raise InvalidRequest("part_ids names a part more than once.", param="part_ids")
+        for index, part_id in enumerate(part_ids):
+            if part_id not in known:
+                raise InvalidRequest(f"part_ids[{index}] '{part_id}' is not a part of {upload.id}.", param="part_ids")
+        ordered = [known[p] for p in part_ids]
+        total = sum(p.bytes for p in ordered)
+        if total != upload.bytes:
+            raise InvalidRequest(
+                f"The parts listed hold {total} bytes but the upload was created for {upload.bytes} bytes; "
+                "a part is missing or of the wrong size.",
+                param="part_ids",
+                code="upload_size_mismatch",
+            )
+        digest = hashlib.md5(usedforsecurity=False)
+
+        def chunks() -> Iterator[bytes]:
+            for part in ordered:
+                with self._blobs.open(part.blob_key) as stream:
+                    while chunk := stream.read(CHUNK_BYTES):
+                        digest.update(chunk)
+                        yield chunk
+
+        def verify(size: int) -> None:
+            if size != upload.bytes:
+                raise InvalidRequest(f"The parts now hold {size} bytes, not {upload.bytes}.", param="part_ids")
+            if md5 and digest.hexdigest() != md5.lower():
+                raise InvalidRequest(
+                    f"md5 {md5} does not match the uploaded bytes (their md5 is {digest.hexdigest()}).",
+                    param="md5",
+                    code="checksum_mismatch",
+                )
+
+        record = self._files.create(
+            project_id, filename=upload.filename, purpose=upload.purpose, chunks=chunks(),
+            max_bytes=upload.bytes, verify=verify,
+        )  # fmt: skip
+        if not self._store.set_status(
+            upload.id, UploadStatus.COMPLETED, expect=UploadStatus.PENDING, file_id=record.id
+        ):
+            self._files.delete(project_id, record.id)
+            raise Conflict(f"Upload {upload.id} was completed or cancelled meanwhile.", param="upload_id")
+        self._drop_parts(upload.id)
+        return self._store.get(project_id, upload.id), record
+
+    def cancel(self, project_id: str, upload_id: str) -> Upload:
+        upload = self._pending(project_id, upload_id)
+        if self._store.set_status(upload.id, UploadStatus.CANCELLED, expect=UploadStatus.PENDING):
+            self._drop_parts(upload.id)
+        return self._store.get(project_id, upload.id)
+
+    def import_url(self, project_id: str, body: dict[str, Any], *, admin: bool) -> FileRecord:
+        """Azure's ``/files/import``: a file from an http(s) URL, or (admin keys) from an allowed local folder."""
+        url = body.get("content_url")
+        filename = body.get("filename")
+        if not isinstance(url, str) or not url:
+            raise InvalidRequest("content_url is required.", param="content_url")
+        if not isinstance(filename, str) or not filename:
+            raise InvalidRequest("filename is required.", param="filename")
+        raw_purpose = body.get("purpose")
+        purpose = raw_purpose if isinstance(raw_purpose, str) else ""
+        parts = urlsplit(url)
+        if parts.scheme in {"http", "https"}:
+            chunks: Iterable[bytes] = _http_chunks(url)
+        elif parts.scheme == "file":
+            chunks = self._local_chunks(Path(parts.path), admin=admin)
+        else:
+            raise InvalidRequest(
+                "content_url must be an http(s):// URL (or file:// for admin keys).", param="content_url"
+            )
+        return self._files.create(
+            project_id, filename=filename, purpose=purpose, chunks=chunks, max_bytes=self._rules.max_upload_bytes
+        )
+
+    def _local_chunks(self, path: Path, *, admin: bool) -> Iterator[bytes]:
+        if not admin:
+            raise Forbidden("Only an admin key may import from a local folder.", param="content_url")
+        resolved = path.resolve()
+        if not any(resolved.is_relative_to(d.resolve()) for d in self._rules.import_dirs):
+            raise InvalidRequest(
+                f"{resolved} is not under a folder the server allows imports from (TUNERY_FILES__IMPORT_DIRS).",
+                param="content_url",
+            )
+        if not resolved.is_file():
+            raise InvalidRequest(f"{resolved} is not a file.", param="content_url", code="fileImportFailed")
+        return _file_chunks(resolved)
+
+    def _pending(self, project_id: str, upload_id: str) -> Upload:
+        upload = self.retrieve(project_id, upload_id)
+        if upload.status is not UploadStatus.PENDING:
+            raise Conflict(
+                f"Upload {upload.id} is {upload.status.value}; only a pending upload takes this.", param="upload_id"
+            )
+        return upload
+
+    def _drop_parts(self, upload_id: str) -> None:
+        for part in self._store.parts(upload_id):
+            self._blobs.delete(part.blob_key)
+        self._store.delete_parts(upload_id)
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            yield chunk
+
+
+def _http_chunks(url: str) -> Iterator[bytes]:
+    try:
+        with httpx.stream("GET", url, timeout=IMPORT_TIMEOUT_S, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise InvalidRequest(
+                    f"Fetching content_url answered HTTP {response.status_code}.",
+                    param="content_url",
+                    code="fileImportFailed",
+                )
+            yield from response.iter_bytes(CHUNK_BYTES)
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(
+            f"Could not fetch content_url: {exc}.", param="content_url", code="fileImportFailed"
+        ) from None

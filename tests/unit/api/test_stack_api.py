@@ -1,0 +1,94 @@
+"""Uploads, checkpoint permissions and webhook endpoints in-process: OpenAI's schemas and SDK types, errors.
+
+Run alone: ``.venv/bin/pytest tests/unit/api/test_stack_api.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import openai.types
+import openai.types.webhooks as webhook_types
+from openai.types.uploads import UploadPart
+
+from tests.unit.api.conftest import Api
+from tests.unit.api.openapi_contract import assert_matches
+from tests.unit.api.test_files_api import chat_jsonl
+
+
+def test_an_upload_in_parts_becomes_a_processed_file(api: Api) -> None:
+    data = chat_jsonl(12)
+    created = api.client.post(
+        "/v1/uploads", headers=api.headers(),
+        json={"bytes": len(data), "filename": "t.jsonl", "mime_type": "application/jsonl", "purpose": "fine-tune"},
+    ).json()  # fmt: skip
+    assert_matches("Upload", created)
+    openai.types.Upload.model_validate(created, strict=True)
+    half = len(data) // 2
+    parts = []
+    for piece in (data[:half], data[half:]):
+        part = api.client.post(f"/v1/uploads/{created['id']}/parts", headers=api.headers(), files={"data": piece})
+        assert part.status_code == 200, part.text
+        assert_matches("UploadPart", part.json())
+        UploadPart.model_validate(part.json(), strict=True)
+        parts.append(part.json()["id"])
+
+    wrong = api.client.post(f"/v1/uploads/{created['id']}/complete", headers=api.headers(),
+                            json={"part_ids": list(reversed(parts)), "md5": hashlib.md5(data).hexdigest()})  # fmt: skip
+    assert wrong.status_code == 400, "parts in the wrong order give other bytes: the md5 says so"
+    assert wrong.json()["error"]["param"] == "md5"
+    done = api.client.post(f"/v1/uploads/{created['id']}/complete", headers=api.headers(),
+                           json={"part_ids": parts, "md5": hashlib.md5(data).hexdigest()}).json()  # fmt: skip
+    assert done["status"] == "completed"
+    assert_matches("Upload", done)
+    shown = api.client.get(f"/v1/files/{done['file']['id']}", headers=api.headers()).json()
+    assert shown["status"] == "processed"
+    assert shown["bytes"] == len(data)
+
+    too_big = api.client.post("/v1/uploads", headers=api.headers(), json={"bytes": 10**12, "filename": "t.jsonl",
+                              "mime_type": "application/jsonl", "purpose": "fine-tune"})  # fmt: skip
+    assert too_big.status_code == 413
+    bad_purpose = api.client.post("/v1/uploads", headers=api.headers(), json={"bytes": 10, "filename": "t.jsonl",
+                                  "mime_type": "application/jsonl", "purpose": "batch"})  # fmt: skip
+    assert bad_purpose.status_code == 400
+    assert bad_purpose.json()["error"]["param"] == "purpose"
+
+
+def test_webhook_endpoint_objects_match_the_sdk(api: Api) -> None:
+    body = {"name": "ci", "url": "http://127.0.0.1:9/hook", "event_types": ["fine_tuning.job.succeeded"]}
+    created = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json=body).json()
+    webhook_types.WebhookEndpointWithSecret.model_validate(created, strict=True)
+    assert created["signing_secret"].startswith("whsec_")
+    listed = api.client.get("/v1/webhook_endpoints", headers=api.headers()).json()
+    assert "signing_secret" not in listed["data"][0]
+    webhook_types.WebhookEndpoint.model_validate(listed["data"][0], strict=True)
+    unknown = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "event_types": ["x.y"]})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["param"] == "event_types"
+    not_http = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "url": "ftp://x"})
+    assert not_http.json()["error"]["param"] == "url"
+    tested = api.client.post(f"/v1/webhook_endpoints/{created['id']}/test", headers=api.headers(), json={}).json()
+    webhook_types.WebhookEndpointTestResult.model_validate(tested, strict=True)
+    assert tested["status_code"] == 0  # nobody listens on port 9
+    log = api.client.get(f"/v1/webhook_endpoints/{created['id']}/deliveries", headers=api.headers()).json()
+    assert [(d["state"], d["attempts"]) for d in log["data"]] == [("failed", 1)]
+    assert (
+        api.client.get(f"/v1/webhook_endpoints/{created['id']}", headers=api.headers(api.other_key)).status_code == 404
+    )
+    deleted = api.client.delete(f"/v1/webhook_endpoints/{created['id']}", headers=api.headers()).json()
+    webhook_types.DeletedWebhookEndpoint.model_validate(deleted, strict=True)
+
+
+def test_checkpoint_permissions_need_an_admin_key_and_an_own_checkpoint(api: Api) -> None:
+    member = api.client.get("/v1/fine_tuning/checkpoints/some-model/permissions", headers=api.headers())
+    assert member.status_code == 403
+    assert member.json()["error"]["type"] == "permission_error"
+    admin = api.services.keys.create("team", admin=True).secret
+    missing = api.client.post("/v1/fine_tuning/checkpoints/some-model/permissions", headers=api.headers(admin),
+                              json={"project_ids": ["intruder"]})  # fmt: skip
+    assert missing.status_code == 404
+    empty = api.client.get(
+        "/v1/fine_tuning/checkpoints/ftchkpt-" + "0" * 32 + "/permissions", headers=api.headers(admin)
+    )
+    assert empty.status_code == 404
+    assert_matches("ErrorResponse", empty.json())
