@@ -151,6 +151,7 @@ def build_services(
             dtype=worker.dtype,
             device=worker.device,
             num_threads=worker.num_threads,
+            processes=worker.processes,
             stale_after_s=worker.stale_after_s,
             precision_cache=precision_cache(settings),
         ),

@@ -78,6 +78,12 @@ class WorkerSettings(BaseModel):
     dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     num_threads: int | None = Field(default=None, description="CPU threads for training (default: all cores)")
+    processes: int = Field(
+        default=1,
+        ge=0,
+        description="Data-parallel training processes per job under torchrun (gloo on CPU, nccl on CUDA); "
+        "0: one per GPU (1 without CUDA). A job's distributed.processes overrides it",
+    )
     stale_after_s: float = Field(default=30.0, description="A job whose worker is silent this long is recovered")
 
 

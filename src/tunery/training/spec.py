@@ -56,6 +56,7 @@ class TrainingSpec:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.001
     precision_cache: str | None = None  # where dtype "auto" keeps this machine's measured fp32/bf16 verdict
+    processes: int = 1  # data-parallel ranks under torchrun (``training.distributed``); 0: one per GPU
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
