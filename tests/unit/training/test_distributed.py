@@ -1,5 +1,6 @@
 """Data-parallel training: ``python -m tunery.training --processes 2`` (torchrun, gloo on CPU) trains the same
-curve as one process on the same data, seed and global batch, and a 2-process pause → resume continues it.
+curve as one process on the same data, seed and global batch; a 2-process pause → resume continues it; a rank
+killed with SIGKILL ends the whole trainer with a failure exit (the worker's crash path).
 
 Tolerance: fp32 throughout; the ranks sum their loss and gradients in a different order than one process
 does, so losses agree to a relative 1e-4 (measured differences are ~1e-7), not bit for bit.
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +27,7 @@ from tunery.training import progress as control
 from tunery.training.loop import run
 from tunery.training.progress import ProgressKind, ProgressWriter
 from tunery.training.spec import TrainingSpec
+from tunery.worker.launcher import TrainerProcess
 
 RELATIVE = 1e-4
 SRC = str(Path(__file__).resolve().parents[3] / "src")
@@ -102,3 +107,48 @@ def test_two_processes_pause_and_resume_on_the_same_curve(
     assert list(losses(spec)) == list(range(1, 9))
     assert_same_curve(losses(spec), losses(single))
     assert len(of_kind(spec, ProgressKind.COMPLETED)) == 1
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition: Callable[[], bool], what: str, ceiling_s: float = 180.0) -> None:
+    deadline = time.monotonic() + ceiling_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_rank_killed_ends_the_whole_trainer_with_a_failure_exit(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of one rank: torchrun stops the other and exits non-zero, which the worker treats as a trainer
+    that died (``RunService.trainer_exited``: resume from the saved state, or fail clearly)."""
+    spec = make_spec(tiny_model_dir, tmp_path, "killed", batch_size=3, dtype="fp32", n_epochs=50, processes=2)
+    spec.write(spec.run_path / "spec.json")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", SRC)
+    trainer = TrainerProcess(spec.run_path / "spec.json")
+    try:
+        wait_for(lambda: bool(losses(spec)), "the first step")
+        ranks = children(trainer.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+
+        wait_for(lambda: trainer.poll() is not None, "torchrun to exit")
+        assert trainer.poll() != 0
+        wait_for(lambda: not alive(ranks[0]), "the other rank to stop", ceiling_s=60)
+        assert not of_kind(spec, ProgressKind.COMPLETED)
+    finally:
+        trainer.kill()
