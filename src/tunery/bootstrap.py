@@ -57,7 +57,9 @@ def build_blob_store(settings: Settings) -> BlobStore:
         import boto3  # the optional 's3' extra
 
         client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url)
-        return S3BlobStore(settings.storage.s3_bucket, settings.storage.s3_prefix, client)
+        # Each server caches what it downloads under its own data folder (adapters, training copies).
+        cache = settings.data_dir / "s3-cache"
+        return S3BlobStore(settings.storage.s3_bucket, settings.storage.s3_prefix, client, cache_dir=cache)
     return LocalBlobStore(settings.data_dir / "blobs")
 
 
