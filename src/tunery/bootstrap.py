@@ -59,7 +59,13 @@ def build_blob_store(settings: Settings) -> BlobStore:
         client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url)
         # Each server caches what it downloads under its own data folder (adapters, training copies).
         cache = settings.data_dir / "s3-cache"
-        return S3BlobStore(settings.storage.s3_bucket, settings.storage.s3_prefix, client, cache_dir=cache)
+        return S3BlobStore(
+            settings.storage.s3_bucket,
+            settings.storage.s3_prefix,
+            client,
+            cache_dir=cache,
+            cache_max_bytes=settings.storage.s3_cache_max_bytes,
+        )
     return LocalBlobStore(settings.data_dir / "blobs")
 
 

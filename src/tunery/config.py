@@ -27,6 +27,9 @@ class StorageSettings(BaseModel):
     s3_bucket: str | None = Field(default=None, description="Bucket for blob_backend='s3'")
     s3_prefix: str = Field(default="tunery/", description="Key prefix inside the bucket")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph...)")
+    s3_cache_max_bytes: int = Field(
+        default=10 * 1024**3, ge=0, description="Most bytes of S3 downloads (adapters, data) a server keeps locally"
+    )
 
     @field_validator("blob_backend")
     @classmethod

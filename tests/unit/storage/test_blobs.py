@@ -7,6 +7,7 @@ dependencies) and is skipped without it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,3 +183,19 @@ def test_a_failed_s3_multipart_upload_is_aborted(s3_client: object, tmp_path: Pa
     assert not store.exists(KEY)
     uploads = s3_client.list_multipart_uploads(Bucket=BUCKET)  # type: ignore[attr-defined]
     assert uploads.get("Uploads", []) == []
+
+
+def test_the_s3_cache_keeps_the_recently_used_copies_within_its_bound(s3_client: object, tmp_path: Path) -> None:
+    store = S3BlobStore(BUCKET, "tunery", s3_client, cache_dir=tmp_path / "cache", cache_max_bytes=2500)
+    keys = [f"files/proj-1/file-{i}" for i in range(3)]
+    for key in keys:
+        store.write(key, [key.encode() * 100])  # ~1.7 KB each
+    first = store.path(keys[0])
+    os.utime(first, (1, 1))  # long unused
+    second = store.path(keys[1])  # the bound is passed: the least recently used copy goes
+    assert second.is_file()
+    assert not first.exists()
+    assert store.path(keys[0]).read_bytes() == keys[0].encode() * 100, "fetched again when gone"
+    assert not second.exists(), "now the least recently used"
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in cached) <= 2500
