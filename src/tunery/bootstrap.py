@@ -73,7 +73,15 @@ def build_blob_store(settings: Settings) -> BlobStore:
         import boto3  # the optional 's3' extra
 
         client = boto3.client("s3", endpoint_url=settings.storage.s3_endpoint_url)
-        return S3BlobStore(settings.storage.s3_bucket, settings.storage.s3_prefix, client)
+        # Each server caches what it downloads under its own data folder (adapters, training copies).
+        cache = settings.data_dir / "s3-cache"
+        return S3BlobStore(
+            settings.storage.s3_bucket,
+            settings.storage.s3_prefix,
+            client,
+            cache_dir=cache,
+            cache_max_bytes=settings.storage.s3_cache_max_bytes,
+        )
     return LocalBlobStore(settings.data_dir / "blobs")
 
 
@@ -205,6 +213,7 @@ def build_services(
             dtype=worker.dtype,
             device=worker.device,
             num_threads=worker.num_threads,
+            processes=worker.processes,
             stale_after_s=worker.stale_after_s,
             precision_cache=precision_cache(settings),
             rft_temperature=worker.rft_temperature,

@@ -27,6 +27,9 @@ class StorageSettings(BaseModel):
     s3_bucket: str | None = Field(default=None, description="Bucket for blob_backend='s3'")
     s3_prefix: str = Field(default="tunery/", description="Key prefix inside the bucket")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph...)")
+    s3_cache_max_bytes: int = Field(
+        default=10 * 1024**3, ge=0, description="Most bytes of S3 downloads (adapters, data) a server keeps locally"
+    )
 
     @field_validator("blob_backend")
     @classmethod
@@ -83,6 +86,12 @@ class WorkerSettings(BaseModel):
     dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     num_threads: int | None = Field(default=None, description="CPU threads for training (default: all cores)")
+    processes: int = Field(
+        default=1,
+        ge=0,
+        description="Data-parallel training processes per job under torchrun (gloo on CPU, nccl on CUDA); "
+        "0: one per GPU (1 without CUDA). A job's distributed.processes overrides it",
+    )
     stale_after_s: float = Field(default=30.0, description="A job whose worker is silent this long is recovered")
     rft_temperature: float = Field(default=1.0, description="Reinforcement fine-tuning: sampling temperature")
     rft_kl_beta: float = Field(default=0.04, description="Reinforcement fine-tuning: KL penalty to the start model")

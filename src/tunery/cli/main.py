@@ -106,7 +106,10 @@ def serve(
 
     def reap_forever() -> None:  # the 15-day inactivity rule (spec §9.1): deployments go, models stay
         while not stop.wait(settings.deployments.reap_interval_s):
-            services.deployments.reap()
+            try:
+                services.deployments.reap()
+            except Exception:  # the database may be briefly unreachable: try again next round
+                logging.getLogger("tunery.reaper").exception("reaping inactive deployments failed")
 
     threading.Thread(target=reap_forever, name="tunery-reaper", daemon=True).start()
     url = f"http://{host}:{port}"

@@ -160,9 +160,8 @@ class DeploymentService:
     def reap(self) -> builtins.list[Deployment]:
         """Delete deployments nobody called for ``inactivity_days``; never their models."""
         cutoff = int(self._clock() - self._rules.inactivity_days * SECONDS_PER_DAY)
-        reaped = self._store.inactive_since(cutoff)
+        reaped = self._store.delete_inactive(cutoff)  # atomic: concurrent reapers on other servers split the rows
         for deployment in reaped:
-            self._store.delete(deployment.project_id, deployment.name)
             log.info("deleted deployment %s: unused for %s days", deployment.name, self._rules.inactivity_days)
         return reaped
 

@@ -119,6 +119,9 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
                                                   for e in evals):  # fmt: skip
             raise InvalidRequest("evals must be a list of objects with an 'eval_id'.", param="evals")
         extras["evals"] = evals
+    distributed = parse_distributed(body.get("distributed"), method)
+    if distributed is not None:
+        extras["distributed"] = distributed
     return JobRequest(
         model=model,
         training_file=training_file,
@@ -132,6 +135,36 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
         training_type=_parse_training_type(body.get("trainingType", body.get("training_type"))),
         extras=extras,
     )
+
+
+MAX_PROCESSES = 64
+
+
+def parse_distributed(value: Any, method: Method) -> dict[str, int] | None:
+    """Tunery's ``distributed`` extension: ``{"processes": N}`` trains the job data-parallel on N processes
+    (torchrun; one per GPU on CUDA), overriding the worker's ``processes`` setting. Absent or null: the setting.
+    DPO and reinforcement jobs train in one process.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest('distributed must be an object such as {"processes": 2}.', param="distributed")
+    unknown = sorted(set(value) - {"processes"})
+    if unknown:
+        raise InvalidRequest(
+            f"distributed has no field '{unknown[0]}'; use processes.", param=f"distributed.{unknown[0]}"
+        )
+    processes = value.get("processes")
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
+        raise InvalidRequest(
+            f"distributed.processes must be a whole number from 1 to {MAX_PROCESSES} (got {processes!r}).",
+            param="distributed.processes",
+        )
+    if processes > 1 and method in (Method.DPO, Method.REINFORCEMENT):
+        raise InvalidRequest(
+            f"{method.value} jobs train in one process: leave distributed out.", param="distributed.processes"
+        )
+    return {"processes": processes}
 
 
 def parse_early_stopping(value: Any, *, auto_epochs: bool, has_validation: bool) -> dict[str, float] | None:

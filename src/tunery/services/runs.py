@@ -70,6 +70,7 @@ class RunSettings:
     dtype: str = "auto"
     device: str = "auto"
     num_threads: int | None = None
+    processes: int = 1  # data-parallel trainer processes (0: one per GPU); a job's distributed.processes wins
     stale_after_s: float = 30.0
     precision_cache: Path | None = None  # the measured fp32/bf16 verdict for dtype "auto" (hardware.precision)
     rft_temperature: float = 1.0
@@ -195,6 +196,7 @@ class RunService:
     def _spec(self, job: Job, run_dir: Path, base_dir: Path, *, resume_from: str | None) -> TrainingSpec:
         resolved = job.resolved or job.hyperparameters.resolve(0, job.method)
         stopping = job.extras.get("early_stopping")
+        distributed = job.extras.get("distributed") or {}
         training = self._blobs.path(training_copy_key(job.id, "training"))
         validation = self._blobs.path(training_copy_key(job.id, "validation")) if job.validation_file else None
         init_adapter = self._adapter_dir(job.parent_model, job.project_id) if job.parent_model else None
@@ -224,6 +226,9 @@ class RunService:
             early_stopping_patience=int(stopping["patience"]) if stopping and validation else None,
             early_stopping_min_delta=float(stopping["min_delta"]) if stopping else 0.001,
             **(self._rft_fields(job, resolved) if job.method is Method.REINFORCEMENT else {}),
+            processes=1
+            if job.method in (Method.DPO, Method.REINFORCEMENT)
+            else int(distributed.get("processes", settings.processes)),
         )
 
     def _rft_fields(self, job: Job, resolved: Hyperparameters) -> dict[str, Any]:

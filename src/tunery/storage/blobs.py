@@ -189,6 +189,9 @@ class S3BlobStore:
     ``path()`` downloads into ``cache_dir`` and reuses that copy afterwards: it assumes a key's content
     does not change once written, which holds for file ids (``write`` and ``delete`` through this store
     drop the cached copy). boto3 is imported only when this class is used (the ``s3`` extra).
+    With ``cache_max_bytes`` the cache is bounded: after each download the least recently used copies
+    (by modification time, refreshed on every ``path()`` hit) are deleted until the cache fits, never the
+    copy just fetched; a copy that is gone is fetched again on its next ``path()``.
 
     Args:
         bucket: the bucket name.
@@ -196,6 +199,7 @@ class S3BlobStore:
         client: a boto3 S3 client; by default ``boto3.client("s3", endpoint_url=endpoint_url)``.
         cache_dir: where ``path()`` puts downloads; by default a folder in the system temp dir.
         endpoint_url: an S3-compatible endpoint (MinIO, Ceph...), used only when ``client`` is None.
+        cache_max_bytes: the most bytes the cache keeps (None: unbounded).
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class S3BlobStore:
         cache_dir: Path | None = None,
         endpoint_url: str | None = None,
         part_bytes: int = S3_PART_BYTES,
+        cache_max_bytes: int | None = None,
     ) -> None:
         # Imported here: boto3 is an optional dependency (the "s3" extra).
         import boto3
@@ -217,6 +222,7 @@ class S3BlobStore:
         self._client = client if client is not None else boto3.client("s3", endpoint_url=endpoint_url)
         self._client_error = ClientError
         self._part_bytes = part_bytes
+        self._cache_max_bytes = cache_max_bytes
         self._cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "tunery-s3-cache").resolve()
 
     def __repr__(self) -> str:
@@ -285,10 +291,32 @@ class S3BlobStore:
     def path(self, key: str) -> Path:
         cached = self._cached(key)
         if cached.is_file():
-            return cached
+            with suppress(OSError):  # evicted in the meantime: fetched again below
+                os.utime(cached)  # recently used
+                return cached
         with self.open(key) as body:
             _write_atomically(cached, iter(lambda: body.read(1024 * 1024), b""), None)
+        self._evict(keep=cached)
         return cached
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used cached copies until the cache fits ``cache_max_bytes``."""
+        if self._cache_max_bytes is None:
+            return
+        copies: list[tuple[float, int, Path]] = []
+        for path in self._cache_dir.rglob("*"):
+            with suppress(OSError):
+                if path.is_file() and not path.name.startswith("."):  # "." files: downloads in progress
+                    stat = path.stat()
+                    copies.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in copies)
+        for _, size, path in sorted(copies):
+            if total <= self._cache_max_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._object_key(key))

@@ -92,6 +92,16 @@ class DeploymentStore:
         with self._db.read() as conn:
             return [str(name) for name in conn.scalars(query)]
 
+    def delete_inactive(self, cutoff: int) -> builtins.list[Deployment]:
+        """Delete the deployments (of any project) not called since ``cutoff``, in one statement; return them.
+
+        ``DELETE ... RETURNING``: when several servers reap at once, each row goes to exactly one of them (and a
+        deployment called in the meantime is not deleted), so the reaper's work is done once, not twice.
+        """
+        query = delete(deployments).where(deployments.c.last_used_at < cutoff).returning(*deployments.c)
+        with self._db.transaction() as conn:
+            return [_from_row(row) for row in conn.execute(query).mappings()]
+
     def inactive_since(self, cutoff: int) -> builtins.list[Deployment]:
         """Deployments (of any project) not called since ``cutoff``."""
         query = select(deployments).where(deployments.c.last_used_at < cutoff)

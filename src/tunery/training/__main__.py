@@ -1,4 +1,9 @@
-"""``python -m tunery.training <run_dir>/spec.json``: the training subprocess the worker starts.
+"""``python -m tunery.training [--processes N] <run_dir>/spec.json``: the training subprocess the worker starts.
+
+With ``--processes N`` (N > 1) this process becomes torchrun's agent and starts N ranks of
+``python -m tunery.training spec.json`` on this machine (``training.distributed``); each rank ties itself to
+the agent as the agent is tied to the worker, so killing the agent (or the worker) ends every rank, and a
+rank that dies makes torchrun stop the others and exit non-zero: the worker's usual crash path.
 
 Runs ``training.loop.run`` and turns any exception into one FAILED progress record (a stable ``code`` and a
 message a user can act on) and exit code 1; exit code 0 otherwise (completed, paused or cancelled: the
@@ -8,11 +13,12 @@ progress records say which). Logs go to stderr, which the worker sends to ``trai
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
-from tunery.training.lifeline import die_with_parent
+from tunery.training.lifeline import PARENT_ENV, die_with_parent
 from tunery.training.progress import ProgressKind, ProgressWriter
 from tunery.training.spec import TrainingSpec
 
@@ -22,22 +28,45 @@ log = logging.getLogger("tunery.training")
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     args = sys.argv[1:] if argv is None else argv
+    processes = 1
+    if len(args) == 3 and args[0] == "--processes" and args[1].isdigit():
+        processes, args = int(args[1]), args[2:]
     if len(args) != 1:
-        sys.stderr.write("usage: python -m tunery.training <run_dir>/spec.json\n")
+        sys.stderr.write("usage: python -m tunery.training [--processes N] <run_dir>/spec.json\n")
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if processes == 0:  # one per GPU
+        import torch
+
+        processes = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    if processes > 1:
+        return launch_ranks(processes, args[0])
     spec = TrainingSpec.read(Path(args[0]))
     progress = ProgressWriter(spec.run_path)
+    ranks = None
     try:
+        from tunery.training.distributed import join, leave
         from tunery.training.loop import run  # torch is imported here, after the lifeline is in place
 
-        run(spec, progress)
+        ranks = join(spec.device)
+        run(spec, progress, ranks=ranks)
+        leave(ranks)
     except Exception as exc:  # the process edge: every failure becomes a FAILED record
         code, message = describe_failure(exc)
         log.error("Training failed (%s): %s\n%s", code, message, traceback.format_exc())
-        progress.emit(ProgressKind.FAILED, code=code, message=message)
+        if ranks is None or ranks.main:
+            progress.emit(ProgressKind.FAILED, code=code, message=message)
         return 1
     return 0
+
+
+def launch_ranks(processes: int, spec_path: str) -> int:
+    """Be torchrun's agent for ``processes`` ranks on this machine; the ranks die with this process."""
+    os.environ[PARENT_ENV] = str(os.getpid())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too; the spec's num_threads overrides it
+    from tunery.training.distributed import torchrun
+
+    return torchrun(processes, spec_path)
 
 
 def describe_failure(exc: BaseException) -> tuple[str, str]:

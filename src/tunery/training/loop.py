@@ -29,6 +29,10 @@ Decisions worth knowing:
   epoch: what the user is billed for, and what ``tokens_per_s`` measures.
 * Resuming restores adapter, optimizer, scheduler, RNG states and the epoch's data order, so a paused and
   resumed run produces the same losses as one that never stopped.
+* Data parallel (``ranks``, see ``training.distributed``): every rank holds the whole model and takes its
+  shard of each step's examples; token counts and LoRA gradients are summed across ranks, so the step is the
+  single-process step. Rank 0 alone evaluates, writes records, checkpoints and state, and reads pause/cancel
+  requests, which it broadcasts so every rank stops after the same step. Supervised only for now.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.checkpoints import metric_columns
 from tunery.hardware.precision import fastest_format
 from tunery.training import progress as control
+from tunery.training.distributed import SINGLE, Ranks
 from tunery.training.dpo import (
     REFERENCE_FILE,
     dpo_evaluate,
@@ -169,6 +174,7 @@ def run(
     *,
     micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS,
     layout: Layout = "flat",
+    ranks: Ranks = SINGLE,
 ) -> None:
     """Train one LoRA adapter as ``spec`` says, reporting through ``progress`` and files under ``spec.run_dir``.
 
@@ -185,11 +191,19 @@ def run(
     """
     if spec.method not in ("supervised", "dpo", "reinforcement"):
         raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer.")
+    if spec.method in ("dpo", "reinforcement") and ranks.world > 1:
+        raise UnsupportedMethod(
+            f"{spec.method} runs in one training process; set distributed processes to 1 for these jobs."
+        )
+    if not ranks.main:
+        progress = _SILENT  # rank 0 alone reports
     run_dir = spec.run_path
     timings = Timings()
     if spec.num_threads:
         torch.set_num_threads(spec.num_threads)
     device = pick_device(spec.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     amp = pick_amp_dtype(spec.dtype, device, Path(spec.precision_cache) if spec.precision_cache else None)
     setup = Setup(device, amp, spec.max_seq_len, micro_batch_tokens, layout)
     seed_everything(spec.seed)
@@ -233,7 +247,7 @@ def run(
     # RFT evaluates the whole validation file every rft_eval_interval steps as valid_* (the spec's
     # valid_reward_mean); the other methods evaluate a batch as valid_* and the whole file as full_valid_*.
     whole = "valid_" if rft else "full_valid_"
-    if valid and state.step == 0:  # where validation starts: the curve's step 0
+    if valid and state.step == 0 and ranks.main:  # where validation starts: the curve's step 0
         initial = {f"{whole}{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         timings.lap("initial_validation")
     progress.emit(
@@ -253,7 +267,7 @@ def run(
         initial_validation=initial,
         timings=timings.seconds,
     )
-    if control.requested(run_dir) == "cancel":
+    if _request(run_dir, ranks) == "cancel":
         progress.emit(ProgressKind.CANCELLED, step=state.step)
         return
 
@@ -263,7 +277,7 @@ def run(
         assert state.order is not None
         batch = [train[i] for i in step_examples(state.order, state.step_in_epoch, spec.batch_size)]
         step_start = time.perf_counter()
-        trained, real_tokens = objective.step(model, optimizer, scheduler, batch, setup)
+        trained, real_tokens = objective.step(model, optimizer, scheduler, batch, setup, ranks)
         step_seconds = time.perf_counter() - step_start
         state.step += 1
         state.step_in_epoch += 1
@@ -271,14 +285,14 @@ def run(
         steps_this_run += 1
         metrics: dict[str, Any] = {"step": state.step, **{f"train_{k}": v for k, v in trained.items()}}
         if rft:
-            if valid and (state.step % spec.rft_eval_interval == 0 or state.step == total_steps):
+            if valid and ranks.main and (state.step % spec.rft_eval_interval == 0 or state.step == total_steps):
                 metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
-        elif valid and (state.step % spec.metrics_every == 0 or state.step == total_steps):
+        elif valid and ranks.main and (state.step % spec.metrics_every == 0 or state.step == total_steps):
             picked = [valid[(state.valid_cursor + i) % len(valid)] for i in range(min(spec.batch_size, len(valid)))]
             state.valid_cursor = (state.valid_cursor + len(picked)) % len(valid)
             metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, picked, setup).items()}
         epoch_done = state.step_in_epoch == per_epoch
-        if epoch_done and valid and not rft:
+        if epoch_done and valid and not rft and ranks.main:
             metrics |= {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         for name, value in metrics.items():
             if value is not None and not math.isfinite(value):
@@ -310,15 +324,17 @@ def run(
             state.step_in_epoch = 0
             state.order = epoch_order(len(train), spec.seed, state.epoch) if state.epoch < spec.n_epochs else None
             saving = time.perf_counter()
-            checkpoint = save_checkpoint(
-                model,
-                run_dir,
-                state.step,
-                checkpoint_metrics(metrics, spec.method),
-                spec.keep_checkpoints,
-                protect=state.best_step,
-            )
-            save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
+            if ranks.main:
+                checkpoint = save_checkpoint(
+                    model,
+                    run_dir,
+                    state.step,
+                    checkpoint_metrics(metrics, spec.method),
+                    spec.keep_checkpoints,
+                    protect=state.best_step,
+                )
+                save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
+            stop_early = bool(ranks.broadcast(stop_early))  # full validation ran on rank 0 only
             progress.emit(
                 ProgressKind.CHECKPOINT,
                 step=state.step,
@@ -330,12 +346,12 @@ def run(
             if stop_early:
                 break
 
-        request = control.requested(run_dir)
+        request = _request(run_dir, ranks)
         if request == "cancel":
             progress.emit(ProgressKind.CANCELLED, step=state.step)
             return
         if request == "pause" and state.epoch < spec.n_epochs:
-            if checkpoint is None:  # not already saved at this step's epoch end
+            if checkpoint is None and ranks.main:  # not already saved at this step's epoch end
                 checkpoint = save_checkpoint(
                     model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints
                 )
@@ -349,6 +365,8 @@ def run(
             )
             return
 
+    if not ranks.main:
+        return
     if state.epoch < spec.n_epochs:  # stopped early: the model is the best checkpoint, not the last step
         best = run_dir / "checkpoints" / f"step-{state.best_step}"
         staging = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIR}~", dir=run_dir))
@@ -375,6 +393,24 @@ def run(
     progress.emit(
         ProgressKind.COMPLETED, step=state.step, trained_tokens=state.trained_tokens, adapter_path=str(adapter)
     )
+
+
+class _Silent(ProgressWriter):
+    """The progress writer of ranks other than 0: they report nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def emit(self, kind: ProgressKind, **data: Any) -> None:
+        pass
+
+
+_SILENT = _Silent()
+
+
+def _request(run_dir: Path, ranks: Ranks) -> str | None:
+    """The pause/cancel request rank 0 reads, on every rank, so all ranks stop after the same step."""
+    return ranks.broadcast(control.requested(run_dir) if ranks.main else None)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------------------------- setup
@@ -438,7 +474,7 @@ class Objective:
     """What a training method does in a step and in an evaluation; metric names come without their prefix
     (``loss`` → ``train_loss``, ``valid_loss``, ``full_valid_loss``)."""
 
-    step: Callable[[PeftModel, torch.optim.Optimizer, Any, Sequence[Any], Setup], tuple[dict[str, Any], int]]
+    step: Callable[[PeftModel, torch.optim.Optimizer, Any, Sequence[Any], Setup, Ranks], tuple[dict[str, Any], int]]
     evaluate: Callable[[PeftModel, Sequence[Any], Setup], dict[str, Any]]
 
     @staticmethod
@@ -447,11 +483,14 @@ class Objective:
             if tokenizer is None or spec.grader is None:
                 raise ValueError("A reinforcement objective needs the tokenizer and the grader.")
             grpo = rft_objective(spec, tokenizer)
-            return Objective(step=grpo.step, evaluate=grpo.evaluate)
+            return Objective(  # one process only (see run): the ranks are not passed on
+                step=lambda model, opt, sched, prompts, setup, _ranks: grpo.step(model, opt, sched, prompts, setup),
+                evaluate=grpo.evaluate,
+            )
         if spec.method == "dpo":
             beta = spec.dpo_beta
             return Objective(
-                step=lambda model, opt, sched, pairs, setup: dpo_train_step(
+                step=lambda model, opt, sched, pairs, setup, _ranks: dpo_train_step(
                     model, opt, sched, pairs, setup, beta, MAX_GRAD_NORM
                 ),
                 evaluate=lambda model, pairs, setup: dpo_evaluate(model, pairs, setup, beta),
@@ -478,9 +517,14 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
 
 
 def _supervised_step(
-    model: PeftModel, optimizer: torch.optim.Optimizer, scheduler: Any, examples: Sequence[Example], setup: Setup
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    examples: Sequence[Example],
+    setup: Setup,
+    ranks: Ranks,
 ) -> tuple[dict[str, Any], int]:
-    loss, accuracy, real_tokens = train_step(model, optimizer, scheduler, examples, setup)
+    loss, accuracy, real_tokens = train_step(model, optimizer, scheduler, examples, setup, ranks)
     return {"loss": loss, "mean_token_accuracy": accuracy}, real_tokens
 
 
@@ -520,20 +564,30 @@ def train_step(
     scheduler: Any,
     examples: Sequence[Example],
     setup: Setup,
+    ranks: Ranks = SINGLE,
 ) -> tuple[float | None, float | None, int]:
-    """One optimizer step on ``examples``. Returns (mean loss, token accuracy, real tokens); None without targets."""
-    targets = sum(target_count(e) for e in examples)
-    real_tokens = sum(len(e) for e in examples)
+    """One optimizer step on ``examples``. Returns (mean loss, token accuracy, real tokens); None without targets.
+
+    With several ranks, this rank trains on its shard of ``examples``; counts, loss sums and gradients are
+    summed across ranks, so every rank returns (and steps with) what one process would on all of them.
+    """
+    mine = ranks.shard(examples)
+    global_targets, global_real = ranks.sum([sum(target_count(e) for e in mine), sum(len(e) for e in mine)])
+    targets, real_tokens = int(global_targets), int(global_real)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
     correct = 0
     if targets:
-        for batch in micro_batches(examples, setup.max_seq_len, setup.micro_batch_tokens, layout=setup.layout):
+        for batch in micro_batches(mine, setup.max_seq_len, setup.micro_batch_tokens, layout=setup.layout):
             loss, right = batch_loss(model, batch.to(setup.device), setup.amp)
             (loss / targets).backward()
             loss_sum += loss.item()
             correct += right
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
+        params = [p for p in model.parameters() if p.requires_grad]
+        ranks.sum_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        loss_sum, correct_sum = ranks.sum([loss_sum, correct])
+        correct = int(correct_sum)
     optimizer.step()
     scheduler.step()
     if not targets:

@@ -67,6 +67,7 @@ class TrainingSpec:
     rft_clip_epsilon: float = 0.2
     rft_parse_json: bool = True  # response_format given (or not): the grader sees output_json when it parses
     grader_concurrency: int = 4
+    processes: int = 1  # data-parallel ranks under torchrun (``training.distributed``); 0: one per GPU
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

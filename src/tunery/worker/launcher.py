@@ -1,5 +1,8 @@
 """Starts and stops the training subprocess (``python -m tunery.training spec.json``).
 
+A spec with ``processes`` other than 1 starts ``python -m tunery.training --processes N spec.json``: torchrun's
+agent, which starts the ranks and is the one pid the worker watches, stops and kills.
+
 The child ties itself to the worker's life (``training.lifeline``, Linux ``PR_SET_PDEATHSIG``): if the
 worker dies, the trainer dies with it instead of writing into a run another worker may take over.
 Recovery also kills orphans by pid, after checking the pid still belongs to a trainer of that job.
@@ -15,6 +18,7 @@ import sys
 from pathlib import Path
 
 from tunery.training.lifeline import PARENT_ENV
+from tunery.training.spec import TrainingSpec
 
 LOG_FILE = "trainer.log"
 LOG_TAIL_BYTES = 4000
@@ -26,8 +30,10 @@ class TrainerProcess:
     def __init__(self, spec_path: Path) -> None:
         self.run_dir = spec_path.parent
         self._log = (self.run_dir / LOG_FILE).open("ab")
+        processes = TrainingSpec.read(spec_path).processes
+        ranks = [] if processes == 1 else ["--processes", str(processes)]  # torchrun's agent, then the ranks
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tunery.training", str(spec_path)],
+            [sys.executable, "-m", "tunery.training", *ranks, str(spec_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ line by line. Run alone: ``.venv/bin/pytest tests/unit/api/test_chat_and_deploym
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai.types.chat
@@ -198,9 +199,24 @@ def test_inactive_deployments_are_reaped_but_models_stay(api: Api) -> None:
     DeploymentStore(api.db).touch(api.project_id, "idle", 0)  # last called in 1970
     reaped = api.services.deployments.reap()
     assert [d.name for d in reaped] == ["idle"]
+    assert api.services.deployments.reap() == [], "another server reaping at the same time finds nothing left"
     assert api.client.get(f"{ARM}/idle", headers=api.headers()).status_code == 404
     assert api.client.get(f"{ARM}/busy", headers=api.headers()).status_code == 200
     assert api.client.get(f"/v1/models/{model}", headers=api.headers()).status_code == 200
+
+
+def test_concurrent_reapers_delete_each_deployment_once(api: Api) -> None:
+    """Two servers' reapers on one database: every idle deployment is reaped by exactly one of them."""
+    model = fine_tuned_model(api)
+    names = [f"idle-{i}" for i in range(4)]
+    for name in names:
+        deploy(api, name, model)
+        DeploymentStore(api.db).touch(api.project_id, name, 0)
+    stores = [DeploymentStore(api.db), DeploymentStore(api.db)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda store: store.delete_inactive(1), stores))
+    reaped = sorted(d.name for result in results for d in result)
+    assert reaped == names
 
 
 def test_data_plane_deployments(api: Api) -> None:

@@ -120,6 +120,10 @@ BAD_REQUESTS = [
     ({"early_stopping": {"when": "soon"}}, "early_stopping.when"),
     ({"early_stopping": "yes"}, "early_stopping"),
     ({"early_stopping": True}, "early_stopping"),  # it watches the validation loss: there is no validation file
+    ({"distributed": {"processes": 0}}, "distributed.processes"),
+    ({"distributed": {"processes": "two"}}, "distributed.processes"),
+    ({"distributed": {"nodes": 2}}, "distributed.nodes"),
+    ({"distributed": 2}, "distributed"),
 ]
 
 
@@ -147,6 +151,15 @@ def test_early_stopping_is_on_for_auto_epochs_with_validation_data_and_otherwise
     assert asked["early_stopping"] == {"patience": 2, "min_delta": 0.0}
     assert "early_stopping" not in create(api, {**body, "early_stopping": False}).json()
     assert "early_stopping" not in create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+
+
+def test_distributed_processes_are_echoed_on_the_job(api: Api, train_id: str) -> None:
+    body = {"model": "tiny-llama", "training_file": train_id}
+    created = create(api, {**body, "distributed": {"processes": 2}}).json()
+    assert created["distributed"] == {"processes": 2}
+    fetched = api.client.get(f"/v1/fine_tuning/jobs/{created['id']}", headers=api.headers()).json()
+    assert fetched["distributed"] == {"processes": 2}
+    assert "distributed" not in create(api, body).json(), "absent: the worker's setting"
 
 
 def test_missing_model_and_bad_json(api: Api, train_id: str) -> None:

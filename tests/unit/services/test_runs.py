@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,29 @@ def test_recovery_hands_back_a_dead_workers_job(services: Services, project: str
     assert recovered.status is JobStatus.RESUMING
     events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=50)).data]
     assert any("worker restarted" in m for m in events)
+
+
+def test_two_servers_recovering_at_once_hand_the_job_back_once(
+    services: Services, project: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Recovery on two servers sharing one database: the job's conditional transition lets one of them win."""
+    job = start(services, new_job(services, project))
+    JobStore(Database(f"sqlite:///{tmp_path / 'tunery.db'}")).heartbeat(job.id, WORKER, 0.0)
+    other = build_services(
+        Settings(data_dir=tmp_path, models=ModelsSettings(base_models=[f"tiny-llama={tiny_model_dir}"])),
+        background_checks=False,
+    )
+    try:
+        def recover(server: tuple[str, Services]) -> int:
+            return server[1].runs.recover(server[0], lambda _pid, _job: False, lambda _pid: None)
+
+        with ThreadPoolExecutor(2) as pool:
+            counts = list(pool.map(recover, [("worker-a", services), ("worker-b", other)]))
+    finally:
+        other.close()
+    assert sorted(counts) == [0, 1]
+    events = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=50)).data]
+    assert sum("worker restarted" in m for m in events) == 1
 
 
 def test_a_running_worker_hands_back_a_job_whose_worker_went_silent_after_it_started(

@@ -1,12 +1,13 @@
-"""Blob stores: one contract run against the local store and against S3 (moto's in-process fake).
+"""Blob stores: one contract run against the local store and against a real S3 server over HTTP.
 
-Run: ``pytest tests/unit/storage/test_blobs.py``. The S3 half needs ``moto`` (a dev dependency) and is
-skipped without it.
+Run: ``pytest tests/unit/storage/test_blobs.py``. The S3 half talks to moto in server mode, started as a
+separate process by the ``s3_endpoint`` fixture (tests/conftest.py); it needs ``moto[server]`` (dev
+dependencies) and is skipped without it.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,6 @@ import pytest
 from tunery.domain.errors import NotFound, PayloadTooLarge
 from tunery.storage import BlobStore, LocalBlobStore, S3BlobStore
 
-HAVE_MOTO = importlib.util.find_spec("moto") is not None
 BUCKET = "tunery-test"
 KEY = "files/proj-1/file-2"
 
@@ -25,22 +25,22 @@ class Boom(Exception):
 
 
 @pytest.fixture
-def s3_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    if not HAVE_MOTO:
-        pytest.skip("moto is not installed: pip install moto to run the S3 blob tests")
-    import boto3
-    from moto import mock_aws
+def s3_client(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """A boto3 client of the session's S3 server (a separate process, over HTTP) with an empty ``BUCKET``."""
+    from tunery.testing.s3_server import s3_client as make_client
 
-    # Fake credentials, and never read the developer's ~/.aws.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Never read the developer's ~/.aws.
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
+    client = make_client(s3_endpoint)
+    if any(b["Name"] == BUCKET for b in client.list_buckets().get("Buckets", [])):
+        for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=item["Key"])
+        for upload in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    else:
         client.create_bucket(Bucket=BUCKET)
-        yield client
+    return client
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -183,3 +183,19 @@ def test_a_failed_s3_multipart_upload_is_aborted(s3_client: object, tmp_path: Pa
     assert not store.exists(KEY)
     uploads = s3_client.list_multipart_uploads(Bucket=BUCKET)  # type: ignore[attr-defined]
     assert uploads.get("Uploads", []) == []
+
+
+def test_the_s3_cache_keeps_the_recently_used_copies_within_its_bound(s3_client: object, tmp_path: Path) -> None:
+    store = S3BlobStore(BUCKET, "tunery", s3_client, cache_dir=tmp_path / "cache", cache_max_bytes=2500)
+    keys = [f"files/proj-1/file-{i}" for i in range(3)]
+    for key in keys:
+        store.write(key, [key.encode() * 100])  # ~1.7 KB each
+    first = store.path(keys[0])
+    os.utime(first, (1, 1))  # long unused
+    second = store.path(keys[1])  # the bound is passed: the least recently used copy goes
+    assert second.is_file()
+    assert not first.exists()
+    assert store.path(keys[0]).read_bytes() == keys[0].encode() * 100, "fetched again when gone"
+    assert not second.exists(), "now the least recently used"
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in cached) <= 2500

@@ -147,6 +147,8 @@ class FineTuningJob(BaseModel):
     """Tunery extension: the early-stopping rule in force ({patience, min_delta}); absent when off."""
     evals: list[dict[str, Any]] | None = None
     """Tunery extension: the evals run on every checkpoint, as requested."""
+    distributed: dict[str, int] | None = None
+    """Tunery extension: data-parallel training processes, as requested ({processes}); absent: the worker's."""
     eval_results: list[dict[str, Any]] | None = None
     """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
     best_checkpoint: dict[str, Any] | None = None
@@ -155,7 +157,8 @@ class FineTuningJob(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        for key in ("trainingType", "prompt_loss_weight", "early_stopping", "evals", "eval_results", "best_checkpoint"):
+        optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results")
+        for key in (*optional, "best_checkpoint"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -196,6 +199,7 @@ class FineTuningJob(BaseModel):
             trainingType=job.training_type if dialect.is_azure else None,
             prompt_loss_weight=job.extras.get("prompt_loss_weight"),
             early_stopping=job.extras.get("early_stopping"),
+            distributed=job.extras.get("distributed"),
             progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)
             if job.started_at
             else None,
