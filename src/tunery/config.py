@@ -139,6 +139,8 @@ class GradersSettings(BaseModel):
     python_cpu_s: float = Field(default=120.0, description="CPU-time limit of one python grading")
     python_memory_mb: int = Field(default=2048, description="Address-space limit of one python grading")
     python_workers: int = Field(default=2, description="Warm sandbox processes (python gradings run at once)")
+
+
 class PortabilitySettings(BaseModel):
     """Export, import and migration (README "Moving in and out")."""
 

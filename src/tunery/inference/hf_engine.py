@@ -337,4 +337,3 @@ def resolve_dtype(dtype: str, device: torch.device, precision_cache: Path | None
     if resolved is torch.float16 and device.type == "cpu":
         raise ValueError("float16 is not usable on a CPU (matmuls run ~60x slower); use bfloat16 or float32.")
     return resolved
-

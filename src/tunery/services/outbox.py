@@ -42,8 +42,13 @@ class OutboxRules:
 
     @property
     def lease_s(self) -> float:
-        """How long a claimed row stays with its sender: longer than any one attempt may take."""
-        return max(self.timeout_s, self.tracker_timeout_s) + 30.0
+        """How long a claimed webhook row stays with its sender: longer than one POST may take."""
+        return self.timeout_s + 30.0
+
+    @property
+    def tracker_lease_s(self) -> float:
+        """How long a claimed tracker row stays with its sender: longer than one tracker run may take."""
+        return self.tracker_timeout_s + 30.0
 
 
 # (delivery) -> a line for the job's events; raises TrackerFailed
@@ -79,18 +84,32 @@ class OutboxSender:
             return None, None, f"{type(exc).__name__}: {exc}"
         return response.status_code, response.text, None
 
-    def run_once(self, sender_id: str) -> int:
-        """Attempt every due row this sender can claim; returns how many it attempted."""
-        claimed = self._store.claim_due(sender_id, self._clock(), self.rules.lease_s)
-        for delivery in claimed:
-            try:
-                if delivery.target is Target.WEBHOOK:
-                    self._deliver_webhook(delivery, sender_id)
-                else:
-                    self._run_tracker(delivery, sender_id)
-            except Exception:  # one bad row must not stop the others
-                log.exception("outbox: delivery %s failed unexpectedly", delivery.id)
-        return len(claimed)
+    def run_once(self, sender_id: str, limit: int = 16) -> int:
+        """Attempt up to ``limit`` due rows this sender can claim; returns how many it attempted.
+
+        Rows are claimed one at a time, so each lease starts when its own attempt does: a row never waits
+        behind slow receivers with its lease running out, and one held by a killed sender is free again
+        after a single lease. A pass attempts each row at most once."""
+        attempted: list[str] = []
+        while len(attempted) < limit:
+            claimed = self._store.claim_due(
+                sender_id, self._clock(), self.rules.lease_s, limit=1,
+                tracker_lease_s=self.rules.tracker_lease_s, exclude=attempted,
+            )  # fmt: skip
+            if not claimed:
+                break
+            attempted.append(claimed[0].id)
+            self._attempt(claimed[0], sender_id)
+        return len(attempted)
+
+    def _attempt(self, delivery: Delivery, sender_id: str) -> None:
+        try:
+            if delivery.target is Target.WEBHOOK:
+                self._deliver_webhook(delivery, sender_id)
+            else:
+                self._run_tracker(delivery, sender_id)
+        except Exception:  # one bad row must not stop the others
+            log.exception("outbox: delivery %s failed unexpectedly", delivery.id)
 
     def _deliver_webhook(self, delivery: Delivery, sender_id: str) -> None:
         endpoint = self._store.get_any(delivery.endpoint_id) if delivery.endpoint_id else None

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import builtins
 import threading
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, delete, or_, select
+from sqlalchemy import Connection, case, delete, or_, select
 
 from tunery.domain.errors import NotFound
 from tunery.domain.ids import new_id
@@ -171,14 +172,28 @@ class WebhookStore:
         if delivery.state is DeliveryState.PENDING:
             OUTBOX_WAKEUP.set()
 
-    def claim_due(self, sender_id: str, now: float, lease_s: float, limit: int = 16) -> builtins.list[Delivery]:
-        """Take up to ``limit`` pending rows whose next attempt is due and that no live lease holds."""
+    def claim_due(
+        self,
+        sender_id: str,
+        now: float,
+        lease_s: float,
+        limit: int = 16,
+        tracker_lease_s: float | None = None,
+        exclude: Collection[str] = (),
+    ) -> builtins.list[Delivery]:
+        """Take up to ``limit`` pending rows whose next attempt is due and that no live lease holds.
+
+        Webhook rows are held for ``lease_s``, tracker rows for ``tracker_lease_s`` (default ``lease_s``): a
+        sender killed mid-attempt holds a webhook only as long as one POST may take, not as long as a tracker
+        upload may, so a restarted server retries it within seconds. Rows whose id is in ``exclude`` are
+        skipped (a sender's pass attempts each row at most once)."""
         due = (
             select(outbox.c.seq)
             .where(
                 outbox.c.state == DeliveryState.PENDING.value,
                 outbox.c.next_attempt_at <= now,
                 or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+                outbox.c.id.not_in(list(exclude)),
             )
             .order_by(outbox.c.next_attempt_at, outbox.c.seq)
             .limit(limit)
@@ -194,7 +209,13 @@ class WebhookStore:
                 conn.execute(
                     outbox.update()
                     .where(outbox.c.seq.in_(seqs))
-                    .values(claimed_by=sender_id, claimed_until=now + lease_s)
+                    .values(
+                        claimed_by=sender_id,
+                        claimed_until=case(
+                            (outbox.c.target == Target.WEBHOOK.value, now + lease_s),
+                            else_=now + (lease_s if tracker_lease_s is None else tracker_lease_s),
+                        ),
+                    )
                     .returning(*outbox.c)
                 )
                 .mappings()

@@ -75,10 +75,7 @@ def test_a_corrupt_or_unwritable_cache_only_costs_a_measurement(tmp_path: Path) 
     assert fastest_format("autocast", cache_file=blocked / "p.json", timer=FakeTimer(1.0, 0.3)) == "bf16"
 
 
-
-def test_a_verdict_taken_while_the_machine_is_busy_is_not_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_verdict_taken_while_the_machine_is_busy_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "precision.json"
     monkeypatch.setattr(precision, "machine_is_busy", lambda: True)
     assert fastest_format("autocast", cache_file=cache, timer=FakeTimer(1.0, 2.0)) == "fp32"

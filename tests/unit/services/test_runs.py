@@ -196,6 +196,7 @@ def test_two_servers_recovering_at_once_hand_the_job_back_once(
         background_checks=False,
     )
     try:
+
         def recover(server: tuple[str, Services]) -> int:
             return server[1].runs.recover(server[0], lambda _pid, _job: False, lambda _pid: None)
 

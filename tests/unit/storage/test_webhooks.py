@@ -145,6 +145,29 @@ def test_gives_up_after_the_window_and_claims_are_exclusive(db: Database, projec
         dead.server.shutdown()
 
 
+def test_a_killed_senders_webhook_is_free_after_one_post_timeout_but_its_tracker_run_is_not(
+    db: Database, project: Project, receiver: Receiver
+) -> None:
+    """A server killed mid-attempt: the webhook row is retried once one POST could have ended (timeout + 30 s),
+    not after the tracker lease; the tracker row stays with its sender as long as a tracker run may take."""
+    rules = OutboxRules(timeout_s=5.0, tracker_timeout_s=600.0)
+    _setup(db, project, receiver.url, rules)
+    jobs = JobStore(db)
+    job = make_job(project, status=JobStatus.RUNNING, integrations=[{"type": "mlflow", "mlflow": {"project": "x"}}])
+    jobs.insert(job)
+    jobs.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.RUNNING})
+    store = WebhookStore(db)
+    now = time.time()
+    held = store.claim_due("killed", now, rules.lease_s, tracker_lease_s=rules.tracker_lease_s)
+    assert {d.target for d in held} == {Target.WEBHOOK, Target.MLFLOW}
+    assert store.claim_due("next", now + rules.lease_s - 1, rules.lease_s, tracker_lease_s=rules.tracker_lease_s) == []
+    retaken = store.claim_due("next", now + rules.lease_s + 1, rules.lease_s, tracker_lease_s=rules.tracker_lease_s)
+    assert [d.target for d in retaken] == [Target.WEBHOOK]
+    assert store.claim_due("next", now + rules.tracker_lease_s - 1, rules.lease_s, exclude=[retaken[0].id]) == []
+    later = now + rules.tracker_lease_s + 1
+    assert [d.target for d in store.claim_due("last", later, rules.lease_s, exclude=[retaken[0].id])] == [Target.MLFLOW]
+
+
 def test_a_failing_tracker_is_a_warning_event(db: Database, project: Project, receiver: Receiver) -> None:
     receiver.answers = [200]
     _, sender, _ = _setup(db, project, receiver.url, OutboxRules())

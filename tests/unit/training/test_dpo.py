@@ -224,9 +224,7 @@ def test_micro_batching_leaves_the_dpo_gradient_alone(tiny_model_dir: Path, tmp_
     for layout, budget in (("flat", 4096), ("flat", 40), ("mask", 4096)):
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        metrics, tokens = dpo_train_step(
-            model, optimizer, scheduler, pairs, setup_in(dtype, budget, layout), BETA, 1e9
-        )
+        metrics, tokens = dpo_train_step(model, optimizer, scheduler, pairs, setup_in(dtype, budget, layout), BETA, 1e9)
         results.append((metrics, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
         assert tokens == sum(len(p) for p in pairs)
     first_metrics, first_grads = results[0]

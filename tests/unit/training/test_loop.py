@@ -506,9 +506,7 @@ def test_the_subprocess_entry_point_trains_end_to_end(tiny_model_dir: Path, tmp_
 def test_early_stopping_ends_a_plateaued_run_on_its_best_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A learning rate of ~0 leaves the validation loss flat: with patience 1 the run stops after epoch 2 of 5
     (no gain over epoch 1), and the model is epoch 1's checkpoint — what the job will name as its model."""
-    spec = make_spec(
-        tiny_model_dir, tmp_path, "plateau", n_epochs=5, learning_rate=1e-12, early_stopping_patience=1
-    )
+    spec = make_spec(tiny_model_dir, tmp_path, "plateau", n_epochs=5, learning_rate=1e-12, early_stopping_patience=1)
     run(spec, ProgressWriter(spec.run_path))
 
     started = of_kind(spec, ProgressKind.STARTED)[0]
