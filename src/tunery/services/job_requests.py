@@ -15,7 +15,15 @@ from typing import Any
 
 from tunery.domain.errors import InvalidRequest
 from tunery.domain.jobs import REASONING_EFFORTS, Hyperparameters, Method
-from tunery.graders import RUN_GRADER_TYPES, Grader, GraderLabelModel, GraderMulti, GraderScoreModel, parse_grader
+from tunery.graders import (
+    RUN_GRADER_TYPES,
+    Grader,
+    GraderLabelModel,
+    GraderMulti,
+    GraderScoreModel,
+    parse_grader,
+    schema_error,
+)
 from tunery.graders import validate_grader as check_grader
 
 MAX_SEED = 2_147_483_647
@@ -336,9 +344,13 @@ def response_format_schema(value: Any) -> dict[str, Any] | None:
         return None
     nested = value.get("json_schema")
     holder: dict[str, Any] = nested if isinstance(nested, dict) else value
+    where = f"{param}.json_schema.schema" if isinstance(nested, dict) else f"{param}.schema"
     schema = holder.get("schema")
     if not isinstance(schema, dict):
-        raise InvalidRequest(f"{param} needs a 'schema' object (a JSON schema).", param=f"{param}.schema")
+        raise InvalidRequest(f"{param} needs a 'schema' object (a JSON schema).", param=where)
+    problem = schema_error(schema)
+    if problem is not None:
+        raise InvalidRequest(f"{where} is not a valid JSON schema: {problem}", param=where)
     return schema
 
 

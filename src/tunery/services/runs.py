@@ -235,6 +235,7 @@ class RunService:
         """The reinforcement part of a spec: the grader, group size, sampling budget and loss settings."""
         settings = self._settings
         response_format = job.extras.get("response_format")
+        schema = None if response_format is None else response_format_schema(response_format)
         return {
             "grader": job.extras["grader"],
             "rft_group_size": rft_group_size(float(resolved.compute_multiplier or 1.0)),
@@ -243,7 +244,8 @@ class RunService:
             "rft_max_new_tokens": settings.rft_max_new_tokens or completion_tokens(resolved.reasoning_effort),
             "rft_temperature": settings.rft_temperature,
             "rft_kl_beta": settings.rft_kl_beta,
-            "rft_parse_json": True if response_format is None else response_format_schema(response_format) is not None,
+            "rft_parse_json": True if response_format is None else schema is not None,
+            "rft_response_schema": schema,
             "grader_concurrency": settings.grader_concurrency,
         }
 

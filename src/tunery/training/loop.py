@@ -512,7 +512,12 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
         max_grad_norm=MAX_GRAD_NORM,
         parse_json=spec.rft_parse_json,
     )
-    rewarder = Rewarder(spec.grader, concurrency=spec.grader_concurrency, parse_json=spec.rft_parse_json)
+    rewarder = Rewarder(
+        spec.grader,
+        concurrency=spec.grader_concurrency,
+        parse_json=spec.rft_parse_json,
+        response_schema=spec.rft_response_schema,
+    )
     return GrpoObjective(settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir))
 
 

@@ -121,6 +121,11 @@ def bad_cases() -> list[tuple[str, Any, str]]:
             "method.reinforcement.hyperparameters.reasoning_effort",
         ),
         ("a bad response_format", {"response_format": {"type": "xml"}}, "method.reinforcement.response_format"),
+        (
+            "a response_format whose schema is not a JSON schema",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "objekt"}}}},
+            "method.reinforcement.response_format.json_schema.schema",
+        ),
     ]
 
 
