@@ -217,6 +217,28 @@ def test_a_response_format_scores_answers_that_do_not_match_it_zero(rft_server: 
     assert [float(r["train_reward_mean"]) for r in rows] == [0.0] * 4
 
 
+def test_a_score_model_grader_is_judged_by_a_served_model(rft_server: Server, files: dict[str, str]) -> None:
+    # The trainer's score_model asks tiny-llama through the worker's judge relay (the chat engine evals use).
+    # A random tiny judge never writes a score, so every grading is a model_grader_parse_error and the job
+    # fails with grader_error — quoting the judge's own reply, which proves the judge answered.
+    client = client_for(rft_server)
+    judge = {"type": "score_model", "name": "judge", "model": "tiny-llama",
+             "input": [{"role": "user", "content": "Score {{sample.output_text}} for {{item.target}}"}],
+             "sampling_params": {"max_completions_tokens": 4}}  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        method=rft_method(judge, n_epochs=1),  # type: ignore[arg-type]
+    )
+    done = wait_for(client, job.id, finished)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert done.error.code == "grader_error"
+    assert "The grader model's reply has no numeric result" in done.error.message
+    assert "cannot be reached" not in done.error.message
+
+
 def test_a_grader_naming_a_missing_field_is_refused_at_create(rft_server: Server, files: dict[str, str]) -> None:
     client = client_for(rft_server)
     grader = {

@@ -43,6 +43,7 @@ from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.errors import InvalidRequest
 from tunery.graders import (
     GraderResult,
+    Judge,
     PythonSandbox,
     ResponseFormat,
     SandboxLimits,
@@ -164,8 +165,10 @@ class Rewarder:
         concurrency: int,
         parse_json: bool,
         response_schema: dict[str, Any] | None = None,
+        judge: Judge | None = None,
     ) -> None:
         self.grader = parse_grader(raw_grader, param="method.reinforcement.grader")
+        self.judge = judge  # model graders ask it (the worker's judge relay, through ``training.remote_judge``)
         self.parse_json = parse_json
         self.response_format = ResponseFormat(response_schema) if response_schema is not None else None
         self.concurrency = max(1, concurrency)
@@ -180,7 +183,7 @@ class Rewarder:
             if self.response_format is not None and (why := self.response_format.violation(text)) is not None:
                 return parse_failure(self.grader, why)  # the policy's fault: 0, and not a grader failure
             sample = sample_from_text(text, parse_json=self.parse_json)
-            return run_grader(self.grader, sample=sample, item=item, sandbox=self._sandbox)
+            return run_grader(self.grader, sample=sample, item=item, judge=self.judge, sandbox=self._sandbox)
 
         return list(self._pool.map(one, zip(texts, items, strict=True)))
 
