@@ -251,6 +251,8 @@ def build_services(
     checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
     models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
     graders = GraderService(chat, build_sandbox(settings))
+    jobs.set_judge_check(graders.check_models)  # RFT model graders: the judge must be a model the project uses
+    runs.set_judge(lambda project_id: ChatJudge(chat, project_id))  # and judge through the chat service
     portability = settings.portability
     exports = ExportService(
         models, blobs, base_weights, settings.data_dir / "exports",

@@ -1,6 +1,7 @@
 """The portal's Evals page in Chromium against a real server: create an eval after testing its grader live,
 run it on the tiny base model from the form and read each item's answer and grade, then compare two runs side
-by side on the items where they differ.
+by side on the items where they differ. A job trained with per-checkpoint evals shows each checkpoint's eval
+pass rate on its page, with the best checkpoint marked.
 
 Run: ``.venv/bin/pytest -m browser tests/browser/test_evals_portal.py`` (needs ``apt-get install -y chromium``).
 """
@@ -12,11 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import CHROMIUM
+from tests.ceilings import ceiling
 from tests.integration.harness import Server
+from tests.integration.test_evals import CRITERION, ITEM_SCHEMA, data_source, evals_settled, shrug_jsonl
+from tests.integration.test_fine_tuning import upload, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -90,3 +95,39 @@ def test_create_test_grader_run_and_compare(page: Page, portal_server: Server, s
     expect(compare.locator("tbody tr")).to_have_count(1)
     expect(compare.locator("tbody tr")).to_contain_text("9")
     page.screenshot(path=str(screenshots / "evals-compare.png"), full_page=True)
+
+
+def test_job_page_shows_each_checkpoints_eval_pass_rate_and_marks_the_best(
+    page: Page, portal_server: Server, screenshots: Path
+) -> None:
+    client = openai.OpenAI(base_url=f"{portal_server.url}/v1", api_key=portal_server.key, max_retries=0)
+    ev = client.evals.create(name="shrug", data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
+                             testing_criteria=[CRITERION])  # type: ignore[list-item]  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=upload(client, shrug_jsonl(12), "shrug-portal.jsonl"),
+        method={"type": "supervised",
+                "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 10}}},
+        extra_body={"evals": [{"eval_id": ev.id, "data_source": data_source()}]},
+    )  # fmt: skip
+    done = wait_for(client, job.id, evals_settled, timeout=ceiling(240))
+    assert done.status == "succeeded", done.error
+    best = (done.model_extra or {})["best_checkpoint"]
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert len(checkpoints) >= 2
+
+    page.goto(f"{portal_server.url}/#/jobs/{job.id}")
+    table = page.locator("table", has=page.locator("caption", has_text="Checkpoints"))
+    expect(table.get_by_role("columnheader", name="Eval pass rate")).to_be_visible()
+    rows = table.locator("tbody tr")
+    expect(rows).to_have_count(len(checkpoints))
+    for checkpoint in checkpoints:
+        rate = checkpoint.metrics.model_extra["eval_pass_rate"]  # type: ignore[union-attr]
+        row = rows.filter(has=page.get_by_role("cell", name=str(checkpoint.step_number), exact=True))
+        expect(row).to_contain_text(f"{100 * rate:.1f} %")
+    marked = table.locator(".best-checkpoint")
+    expect(marked).to_have_count(1)
+    expect(marked).to_contain_text("best")
+    best_row = rows.filter(has=page.get_by_role("cell", name=str(best["step_number"]), exact=True))
+    expect(best_row.locator(".best-checkpoint")).to_contain_text("★ best")
+    page.screenshot(path=str(screenshots / "job-checkpoint-evals.png"), full_page=True)

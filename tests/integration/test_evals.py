@@ -165,6 +165,33 @@ def test_bad_eval_input_is_a_400_naming_the_param(server: Server) -> None:
     assert bad_job.value.param == "evals[0].eval_id"
 
 
+def test_an_evals_file_feeds_a_run_and_is_refused_by_a_job(server: Server) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0)
+    rows = [{"item": {"question": "q1", "answer": "yes"}, "sample": {"output_text": "yes"}},
+            {"item": {"question": "q2", "answer": "no"}, "sample": {"output_text": "yes"}}]  # fmt: skip
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    uploaded = client.files.create(file=("items.jsonl", data), purpose="evals")
+    checked = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=RUN_TIMEOUT_S)
+    assert (checked.purpose, checked.status) == ("evals", "processed")
+    ev = client.evals.create(data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
+                             testing_criteria=[CRITERION])  # type: ignore[list-item]  # fmt: skip
+    source = {"type": "jsonl", "source": {"type": "file_id", "id": uploaded.id}}
+    run = client.evals.runs.create(ev.id, data_source=source)  # type: ignore[arg-type]
+    done = wait_run(client, ev.id, run.id)
+    assert done.status == "completed"
+    assert (done.result_counts.passed, done.result_counts.failed) == (1, 1)
+
+    array = client.files.create(file=("items.json", json.dumps(rows, indent=2).encode()), purpose="evals")
+    refused = client.files.wait_for_processing(array.id, poll_interval=0.2, max_wait_seconds=RUN_TIMEOUT_S)
+    assert refused.status == "error"
+    assert "JSON array" in (refused.status_details or "")
+
+    with pytest.raises(openai.BadRequestError) as bad_job:
+        client.fine_tuning.jobs.create(model="tiny-llama", training_file=uploaded.id)
+    assert bad_job.value.param == "training_file"
+    assert "purpose 'evals'" in str(bad_job.value)
+
+
 def test_cli_creates_runs_and_shows_an_eval(server: Server, tmp_path: Path) -> None:
     env = {**server.env, "TUNERY_BASE_URL": f"{server.url}/v1", "TUNERY_API_KEY": server.key, "COLUMNS": "200"}
 

@@ -194,6 +194,51 @@ def test_a_crashing_grader_fails_the_job_with_grader_error(rft_server: Server, f
     assert "kaboom" in done.error.message
 
 
+def test_a_response_format_scores_answers_that_do_not_match_it_zero(rft_server: Server, files: dict[str, str]) -> None:
+    client = client_for(rft_server)
+    schema = {"type": "object", "properties": {"solution": {"type": "string"}}, "required": ["solution"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    grader = {"type": "string_check", "name": "solution", "input": "{{sample.output_json.solution}}",
+              "reference": "{{item.target}}", "operation": "eq"}  # fmt: skip
+    method = rft_method(grader, n_epochs=1)
+    method["reinforcement"]["response_format"] = response_format
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        method=method,  # type: ignore[arg-type]
+    )
+    assert (job.method.reinforcement.model_extra or {})["response_format"] == response_format  # type: ignore[union-attr]
+    done = wait_for(client, job.id, finished)
+    # The tiny model never writes JSON: every answer is a parse error scoring 0, and that is no grader failure.
+    assert done.status == "succeeded", done.error
+    rows = results(client, done)
+    assert [float(r["train_parse_error_mean"]) for r in rows] == [1.0] * 4
+    assert [float(r["train_reward_mean"]) for r in rows] == [0.0] * 4
+
+
+def test_a_score_model_grader_is_judged_by_a_served_model(rft_server: Server, files: dict[str, str]) -> None:
+    # The trainer's score_model asks tiny-llama through the worker's judge relay (the chat engine evals use).
+    # A random tiny judge never writes a score, so every grading is a model_grader_parse_error and the job
+    # fails with grader_error — quoting the judge's own reply, which proves the judge answered.
+    client = client_for(rft_server)
+    judge = {"type": "score_model", "name": "judge", "model": "tiny-llama",
+             "input": [{"role": "user", "content": "Score {{sample.output_text}} for {{item.target}}"}],
+             "sampling_params": {"max_completions_tokens": 4}}  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=files["train"],
+        validation_file=files["valid"],
+        method=rft_method(judge, n_epochs=1),  # type: ignore[arg-type]
+    )
+    done = wait_for(client, job.id, finished)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert done.error.code == "grader_error"
+    assert "The grader model's reply has no numeric result" in done.error.message
+    assert "cannot be reached" not in done.error.message
+
+
 def test_a_grader_naming_a_missing_field_is_refused_at_create(rft_server: Server, files: dict[str, str]) -> None:
     client = client_for(rft_server)
     grader = {

@@ -61,6 +61,7 @@ class ValidationReport:
     problem_count: int = 0
     warnings: list[str] = field(default_factory=list)
     stats: DatasetStats | None = None
+    unit: str = "examples"  # what ``examples`` counts, for the summary ("rows" in an evals file)
 
     @property
     def ok(self) -> bool:
@@ -69,7 +70,7 @@ class ValidationReport:
     def summary(self) -> str:
         """The plain-English text shown as the file's ``status_details``."""
         if self.ok:
-            return f"{self.examples} valid examples."
+            return f"{self.examples} valid {self.unit}."
         shown = len(self.problems)
         head = (
             f"{self.problem_count} problem(s) found"

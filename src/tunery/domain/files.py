@@ -1,4 +1,4 @@
-"""Uploaded files: training data and the results files Tunery writes for jobs."""
+"""Uploaded files: training data, eval data and the results files Tunery writes for jobs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from tunery.domain.datasets import DatasetStats, Problem
 class FilePurpose(StrEnum):
     FINE_TUNE = "fine-tune"
     FINE_TUNE_RESULTS = "fine-tune-results"
+    EVALS = "evals"  # rows for eval runs (a ``jsonl`` or ``completions`` data source's ``file_id``)
 
 
 # Purposes a client may upload; ``fine-tune-results`` is written by Tunery itself.
-UPLOADABLE_PURPOSES = frozenset({FilePurpose.FINE_TUNE})
+UPLOADABLE_PURPOSES = frozenset({FilePurpose.FINE_TUNE, FilePurpose.EVALS})
 
 
 class FileStatus(StrEnum):

@@ -25,6 +25,8 @@ Public API (stable):
   runs python graders (default: a shared pool with default ``SandboxLimits``).
 * ``sample_from_text(text, *, parse_json=True, ...)`` — the ``sample`` namespace for one answer.
 * ``passes(grader, reward)`` — an eval's pass/fail for a reward (spec §1.9).
+* ``ResponseFormat(schema).violation(text)``, ``parse_failure(grader, detail)``, ``schema_error(schema)`` —
+  an RFT ``response_format``: why an answer does not conform, and its zero-reward ``sample_parse_error`` result.
 * ``Judge`` Protocol: ``complete(model, messages: list[ChatMessage], sampling: JudgeSampling) ->
   JudgeReply(text, usage: JudgeUsage, finish_reason, model)``.
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from tunery.graders.errors import InvalidGrader
 from tunery.graders.judge import ChatMessage, Judge, JudgeReply, JudgeSampling, JudgeUsage
+from tunery.graders.response_format import ResponseFormat, parse_failure, schema_error
 from tunery.graders.result import GraderErrors, GraderMetadata, GraderResult, TokenUsage
 from tunery.graders.run import run_grader
 from tunery.graders.sample import sample_from_text
@@ -89,11 +92,14 @@ __all__ = [
     "JudgeSampling",
     "JudgeUsage",
     "PythonSandbox",
+    "ResponseFormat",
     "SandboxLimits",
     "TokenUsage",
+    "parse_failure",
     "parse_grader",
     "passes",
     "run_grader",
     "sample_from_text",
+    "schema_error",
     "validate_grader",
 ]

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from tunery.domain.errors import InvalidRequest, NotFound
 from tunery.domain.evals import Eval, EvalRun, OutputItem, RunStatus, RunTarget, new_eval_id, new_run_id
+from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.pagination import Page, PageRequest
 from tunery.graders import EVAL_GRADER_TYPES, parse_grader, validate_grader
 from tunery.graders import templates as grader_templates
@@ -300,9 +301,12 @@ class EvalService:
         if isinstance(source, FileContentSource):
             return [Row(item=row.item, sample=row.sample) for row in source.content]
         try:
-            _record, stream = self._files.content(project_id, source.id)
+            record, stream = self._files.content(project_id, source.id)
         except NotFound:
             raise InvalidRequest(f"No file with id '{source.id}' was found.", param="data_source.source.id") from None
+        if record.purpose is FilePurpose.EVALS and record.status is not FileStatus.PROCESSED:
+            stream.close()
+            raise _unusable_file(record)
         with stream:
             data = stream.read(self.rules.max_file_bytes + 1)
         if len(data) > self.rules.max_file_bytes:
@@ -427,6 +431,23 @@ def _lookup(path: str, item: dict[str, Any]) -> Any:
             return None
         node = node[part]
     return node
+
+
+def _unusable_file(record: FileRecord) -> InvalidRequest:
+    """The 400 for an evals file whose checks failed or have not finished."""
+    if record.status is FileStatus.ERROR:
+        first = record.problems[0].describe() if record.problems else (record.status_details or "")
+        return InvalidRequest(
+            f"File {record.id} failed its checks ({record.problem_count} problem(s); first: {first}). "
+            "Fix the file and upload it again.",
+            param="data_source.source.id",
+        )
+    return InvalidRequest(
+        f"File {record.id} is still being checked (status {record.status.value}); wait until it is processed "
+        "(client.files.wait_for_processing) and try again.",
+        param="data_source.source.id",
+        code="file_not_ready",
+    )
 
 
 def _valid_messages(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Files: upload, list, retrieve, delete, download, and the background checks of training data.
+"""Files: upload, list, retrieve, delete, download, and the background checks of training and eval data.
 
 An upload is streamed into the blob store and recorded as ``pending``; the dataset checks then run on a
 background thread (``pending → running → processed | error``). A file left ``pending`` or ``running`` by
@@ -24,7 +24,7 @@ from tunery.domain.pagination import Page, PageRequest
 from tunery.storage.blobs import BlobStore
 from tunery.storage.disk import SpaceReserve
 from tunery.storage.files import FileStore
-from tunery.training.datasets import validate_jsonl
+from tunery.training.datasets import validate_eval_jsonl, validate_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,10 @@ class FileService:
             log.exception("file %s stays running until the next start re-checks it", record.id)
 
     def inspect(self, record: FileRecord, expected: DatasetFormat | None = None) -> ValidationReport:
-        """Run the dataset checks on a stored file."""
+        """Run the checks of the file's purpose on a stored file (evals files: JSON objects, one a line)."""
+        if record.purpose is FilePurpose.EVALS:
+            with self._blobs.open(blob_key(record)) as stream:
+                return validate_eval_jsonl(stream, max_problems=self._rules.max_reported_problems)
         return self.inspect_blob(blob_key(record), expected)
 
     def inspect_blob(self, key: str, expected: DatasetFormat | None = None) -> ValidationReport:

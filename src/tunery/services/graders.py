@@ -83,7 +83,7 @@ class GraderService:
         """The parsed grader, or ``InvalidGrader`` (400) naming the bad ``param``; judge models must exist."""
         grader = parse_grader(raw, param=param, allowed=allowed)
         validate_grader(grader, item_fields=item_fields, param=param)
-        self._check_models(project_id, grader, param)
+        self.check_models(project_id, grader, param)
         return grader
 
     def run(self, project_id: str, raw: Any, *, model_sample: Any, item: Any) -> GraderResult:
@@ -104,10 +104,11 @@ class GraderService:
     def close(self) -> None:
         self._sandbox.close()
 
-    def _check_models(self, project_id: str, grader: Grader, param: str) -> None:
+    def check_models(self, project_id: str, grader: Grader, param: str) -> None:
+        """Raises InvalidGrader naming ``<param>.model``: a model grader's judge is no model this project can use."""
         if isinstance(grader, GraderMulti):
             for key, child in grader.children().items():
-                self._check_models(project_id, child, f"{param}.graders.{key}")
+                self.check_models(project_id, child, f"{param}.graders.{key}")
         elif isinstance(grader, GraderScoreModel | GraderLabelModel):
             try:
                 self._chat.resolve(project_id, model=grader.model, deployment=None)

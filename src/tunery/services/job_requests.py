@@ -15,7 +15,15 @@ from typing import Any
 
 from tunery.domain.errors import InvalidRequest
 from tunery.domain.jobs import REASONING_EFFORTS, Hyperparameters, Method
-from tunery.graders import RUN_GRADER_TYPES, Grader, GraderLabelModel, GraderMulti, GraderScoreModel, parse_grader
+from tunery.graders import (
+    RUN_GRADER_TYPES,
+    Grader,
+    GraderLabelModel,
+    GraderMulti,
+    GraderScoreModel,
+    parse_grader,
+    schema_error,
+)
 from tunery.graders import validate_grader as check_grader
 
 MAX_SEED = 2_147_483_647
@@ -48,11 +56,6 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 }
 RFT_HYPERPARAMETERS = {"eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort"}
 GRADER_PARAM = "method.reinforcement.grader"
-MODEL_GRADERS_REFUSED = (
-    "Model graders (score_model, label_model) are not available in reinforcement fine-tuning yet: the trainer "
-    "runs apart from the chat models that would judge. Use string_check, text_similarity or python graders "
-    "(a multi grader may combine them)."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +291,7 @@ def parse_reinforcement(section: dict[str, Any]) -> dict[str, Any]:
     """``method.reinforcement``'s grader and ``response_format``, checked, as job extras (echoed as received).
 
     The grader must parse and pass ``graders.validate_grader`` (item fields are checked against the training
-    file by the job service); model graders are refused (``MODEL_GRADERS_REFUSED``). ``response_format`` is
+    file by the job service; model graders' judge models by it too). ``response_format`` is
     ``{"type": "json_schema", "json_schema": {name, schema, strict}}`` or Azure's flat ``{"type":
     "json_schema", name, schema, strict}`` (or ``{"type": "text"}``).
     """
@@ -299,9 +302,6 @@ def parse_reinforcement(section: dict[str, Any]) -> dict[str, Any]:
     raw = section["grader"]
     grader = parse_grader(raw, param=GRADER_PARAM, allowed=RUN_GRADER_TYPES)
     check_grader(grader, param=GRADER_PARAM)
-    refused = model_grader_path(grader, GRADER_PARAM)
-    if refused:
-        raise InvalidRequest(MODEL_GRADERS_REFUSED, param=refused)
     extras: dict[str, Any] = {"grader": raw}
     if section.get("response_format") is not None:
         response_format_schema(section["response_format"])  # raises when malformed
@@ -309,16 +309,15 @@ def parse_reinforcement(section: dict[str, Any]) -> dict[str, Any]:
     return extras
 
 
-def model_grader_path(grader: Grader, param: str) -> str | None:
-    """The param of the first model grader in ``grader`` (itself or a multi's child), or None."""
-    if isinstance(grader, GraderScoreModel | GraderLabelModel):
-        return param
-    if isinstance(grader, GraderMulti):
-        for key, child in grader.children().items():
-            found = model_grader_path(child, f"{param}.graders.{key}")
-            if found:
-                return found
-    return None
+def has_model_grader(raw: dict[str, Any]) -> bool:
+    """Whether a (valid) grader is, or combines, a ``score_model`` / ``label_model``: it needs a judge."""
+
+    def found(grader: Grader) -> bool:
+        if isinstance(grader, GraderScoreModel | GraderLabelModel):
+            return True
+        return isinstance(grader, GraderMulti) and any(found(child) for child in grader.children().values())
+
+    return found(parse_grader(raw, param=GRADER_PARAM))
 
 
 def response_format_schema(value: Any) -> dict[str, Any] | None:
@@ -336,9 +335,13 @@ def response_format_schema(value: Any) -> dict[str, Any] | None:
         return None
     nested = value.get("json_schema")
     holder: dict[str, Any] = nested if isinstance(nested, dict) else value
+    where = f"{param}.json_schema.schema" if isinstance(nested, dict) else f"{param}.schema"
     schema = holder.get("schema")
     if not isinstance(schema, dict):
-        raise InvalidRequest(f"{param} needs a 'schema' object (a JSON schema).", param=f"{param}.schema")
+        raise InvalidRequest(f"{param} needs a 'schema' object (a JSON schema).", param=where)
+    problem = schema_error(schema)
+    if problem is not None:
+        raise InvalidRequest(f"{where} is not a valid JSON schema: {problem}", param=where)
     return schema
 
 

@@ -20,7 +20,7 @@ from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
 from tunery.domain.pagination import Page, PageRequest
-from tunery.graders import parse_grader, validate_grader
+from tunery.graders import Grader, parse_grader, validate_grader
 from tunery.services.files import FileService
 from tunery.services.job_requests import GRADER_PARAM, JobRequest
 from tunery.services.models import ModelService
@@ -72,6 +72,11 @@ class JobService:
         self._model_service = model_service
         self._rules = rules
         self._clock = clock
+        self._check_judges: Callable[[str, Grader, str], None] | None = None
+
+    def set_judge_check(self, check: Callable[[str, Grader, str], None]) -> None:
+        """How an RFT grader's judge models are checked at create (``GraderService.check_models``)."""
+        self._check_judges = check
 
     # ----------------------------------------------------------------------------------------- create
     def create(self, project_id: str, request: JobRequest) -> Job:
@@ -285,6 +290,8 @@ class JobService:
                         fields = keys if fields is None else fields & keys
         grader = parse_grader(request.extras["grader"], param=GRADER_PARAM)
         validate_grader(grader, item_fields=fields or set(), param=GRADER_PARAM)
+        if self._check_judges is not None:
+            self._check_judges(project_id, grader, GRADER_PARAM)
 
     def _check_quota(self, project_id: str) -> None:
         if self._jobs.count(project_id) >= self._rules.max_jobs_per_project:

@@ -12,9 +12,10 @@ import csv
 import io
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ from tunery.domain.jobs import (
     rft_group_size,
 )
 from tunery.domain.models import FineTunedModel
+from tunery.graders import Judge
 from tunery.services.files import FileService
-from tunery.services.job_requests import response_format_schema
+from tunery.services.job_requests import has_model_grader, response_format_schema
 from tunery.services.jobs import FORMAT_FOR_METHOD, training_copy_key
+from tunery.services.judge_relay import JudgeRelay
 from tunery.storage.blobs import BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.deployments import DeploymentStore
@@ -114,6 +117,9 @@ class RunService:
         self._base_weights = base_weights
         self._settings = settings
         self._clock = clock
+        self._judge: Callable[[str], Judge] | None = None
+        self._relays: dict[str, JudgeRelay] = {}
+        self._relay_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- claiming
     def claim_next(self, worker_id: str) -> Job | None:
@@ -185,6 +191,7 @@ class RunService:
         )
         if started is None:
             return None
+        spec = self._with_judge(job, spec)
         spec.write(run_dir / "spec.json")
         if resuming:
             self._log(job.id, f"Job resumed from step {saved_step(run_dir) or 0}.")
@@ -192,6 +199,28 @@ class RunService:
             self._log(job.id, "Job started.")
             self._log(job.id, "Preprocessing started.")
         return spec
+
+    def set_judge(self, judge: Callable[[str], Judge]) -> None:
+        """How an RFT run's model graders judge (``project id → Judge``: the chat service's, set at start-up)."""
+        self._judge = judge
+
+    def _with_judge(self, job: Job, spec: TrainingSpec) -> TrainingSpec:
+        """A run whose grader holds a model grader gets a ``JudgeRelay`` to the project's judge, for its life."""
+        self.release(job.id)
+        grader = job.extras.get("grader") if job.method is Method.REINFORCEMENT else None
+        if grader is None or self._judge is None or not has_model_grader(grader):
+            return spec
+        relay = JudgeRelay(self._judge(job.project_id))
+        with self._relay_lock:
+            self._relays[job.id] = relay
+        return replace(spec, judge_url=relay.url, judge_token=relay.token)
+
+    def release(self, job_id: str) -> None:
+        """Close the run's judge relay, if it has one (its trainer has stopped)."""
+        with self._relay_lock:
+            relay = self._relays.pop(job_id, None)
+        if relay is not None:
+            relay.close()
 
     def _spec(self, job: Job, run_dir: Path, base_dir: Path, *, resume_from: str | None) -> TrainingSpec:
         resolved = job.resolved or job.hyperparameters.resolve(0, job.method)
@@ -235,6 +264,7 @@ class RunService:
         """The reinforcement part of a spec: the grader, group size, sampling budget and loss settings."""
         settings = self._settings
         response_format = job.extras.get("response_format")
+        schema = None if response_format is None else response_format_schema(response_format)
         return {
             "grader": job.extras["grader"],
             "rft_group_size": rft_group_size(float(resolved.compute_multiplier or 1.0)),
@@ -243,7 +273,8 @@ class RunService:
             "rft_max_new_tokens": settings.rft_max_new_tokens or completion_tokens(resolved.reasoning_effort),
             "rft_temperature": settings.rft_temperature,
             "rft_kl_beta": settings.rft_kl_beta,
-            "rft_parse_json": True if response_format is None else response_format_schema(response_format) is not None,
+            "rft_parse_json": True if response_format is None else schema is not None,
+            "rft_response_schema": schema,
             "grader_concurrency": settings.grader_concurrency,
         }
 

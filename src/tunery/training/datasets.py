@@ -4,7 +4,8 @@ The driver of the dataset checks (spec §5.1, §5.8): it streams the file throug
 decodes and parses each line, decides the file's format, applies ``training.example_rules`` and counts
 tokens, then builds a ``ValidationReport``. Memory stays flat whatever the file size. It imports nothing
 heavy (the API process runs it on upload) and does not tokenize by itself: the caller passes an
-``ExampleTokenizer``.
+``ExampleTokenizer``. ``validate_eval_jsonl`` runs the same line reading for files of purpose ``evals``,
+which only need to be JSON objects, one a line.
 
 Decisions worth knowing:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from dataclasses import replace
 from itertools import chain
 from typing import Any, BinaryIO, NamedTuple
 
@@ -105,6 +107,62 @@ def validate_jsonl(
         for number, line in enumerate(split_lines(chain((first,), chunks), max_line_bytes), start=1):
             check.line(number, line)
     return check.finish(min_examples)
+
+
+def validate_eval_jsonl(
+    stream: BinaryIO,
+    *,
+    max_problems: int = DEFAULT_MAX_PROBLEMS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> ValidationReport:
+    """Check a file uploaded with purpose ``evals``: one JSON object per line, nothing more.
+
+    Rows are ``{"item": {...}, "sample"?: {...}}`` or a bare object (then it is the item), as eval runs read
+    them; the chat-format rules, token counts and the minimum number of examples of training files do not
+    apply (an eval's ``item_schema`` checks the items when a run starts). A pretty-printed JSON array (the
+    usual mistake) is one whole-file problem instead of one per line.
+
+    Returns:
+        The report, ``format`` ``None``; ``examples`` counts the good rows.
+    """
+    check = _RowCheck(max_problems, max_line_bytes)
+    chunks = read_chunks(stream)
+    first = read_head(chunks)
+    reason = sniff_not_text(first)
+    if first.startswith(codecs.BOM_UTF8):
+        first = first[len(codecs.BOM_UTF8) :]
+    reason = reason or _json_array(first)
+    if reason is not None:
+        check.give_up("invalid_file_format", reason)
+    else:
+        for number, line in enumerate(split_lines(chain((first,), chunks), max_line_bytes), start=1):
+            check.line(number, line)
+    return replace(check.finish(min_examples=0), unit="rows")
+
+
+_JSON_ARRAY_MESSAGE = (
+    "File is a JSON array ({how}), not JSONL: an evals file holds one JSON object per line, such as "
+    '{{"item": {{"question": "..."}}}}; write each element of the array on its own line '
+    "(for example: jq -c '.[]' data.json > data.jsonl)"
+)
+
+
+def _json_array(head: bytes) -> str | None:
+    """Why the file is a JSON array rather than JSONL, judging by its first line; ``None`` when it is not.
+
+    A first line that is ``[`` alone, or starts with ``[`` and is not JSON by itself, is a pretty-printed
+    array; a first line that is a whole array of objects is an array written on one line. A line that is a
+    list of other things is left to the per-line checks."""
+    first_line = head.lstrip(b" \t\r\n").split(b"\n", 1)[0].strip()
+    if not first_line.startswith(b"["):
+        return None
+    try:
+        value = json.loads(first_line)
+    except (ValueError, RecursionError):
+        return _JSON_ARRAY_MESSAGE.format(how="it starts with '[' and spans several lines")
+    if isinstance(value, list) and value and all(isinstance(element, dict) for element in value):
+        return _JSON_ARRAY_MESSAGE.format(how="a list of objects on one line")
+    return None
 
 
 class _Problems:
@@ -267,8 +325,11 @@ class _FileCheck:
         self._flush_blanks()
         self.lines += 1
         example = self._parse(number, line)
-        if example is None:
-            return
+        if example is not None:
+            self._accept(number, example, len(line))
+
+    def _accept(self, number: int, example: dict[str, Any], size: int) -> None:
+        """Judge one line that is a JSON object against the file's format rules, and count it."""
         fmt = self._format_of(number, example)
         if fmt is None:
             return
@@ -279,7 +340,7 @@ class _FileCheck:
         self.examples += 1
         self._note_roles(number, example, fmt)
         if self.tokens is not None:
-            self._wait_for_count(self.tokens, number, example, fmt, len(line))
+            self._wait_for_count(self.tokens, number, example, fmt, size)
 
     def _flush_blanks(self) -> None:
         """Blank lines followed by more content are problems (trailing ones at the end are not)."""
@@ -427,6 +488,27 @@ class _FileCheck:
             if tokens > tally.context_length:
                 message = f"example has {tokens} tokens; {tally.tokenizer.name} accepts at most {tally.context_length}"
                 self._report(example.line, [Issue("exceeds_max_tokens", message)])
+
+
+class _RowCheck(_FileCheck):
+    """The checks of an evals file: each line one JSON object whose ``item`` and ``sample`` are objects."""
+
+    def __init__(self, max_problems: int, max_line_bytes: int) -> None:
+        super().__init__(None, None, max_problems, max_line_bytes)
+
+    def _accept(self, number: int, example: dict[str, Any], size: int) -> None:
+        issues = [
+            Issue(
+                f"invalid_{key}",
+                f"'{key}' must be a JSON object (the row's {what}); got {json_kind(example[key])}",
+            )
+            for key, what in (("item", "fields templates read as {{item.*}}"), ("sample", "ready model output"))
+            if key in example and not isinstance(example[key], dict)
+        ]
+        if issues:
+            self._report(number, issues)
+            return
+        self.examples += 1
 
 
 _BINARY_MESSAGE = "this line contains NUL (0x00) bytes, so it is binary data, not JSON text"

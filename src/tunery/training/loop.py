@@ -80,6 +80,7 @@ from tunery.training.packing import (
 )
 from tunery.training.preferences import PreferencePair, read_pairs
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
+from tunery.training.remote_judge import RemoteJudge
 from tunery.training.rft import (
     GrpoObjective,
     GrpoSettings,
@@ -512,7 +513,13 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
         max_grad_norm=MAX_GRAD_NORM,
         parse_json=spec.rft_parse_json,
     )
-    rewarder = Rewarder(spec.grader, concurrency=spec.grader_concurrency, parse_json=spec.rft_parse_json)
+    rewarder = Rewarder(
+        spec.grader,
+        concurrency=spec.grader_concurrency,
+        parse_json=spec.rft_parse_json,
+        response_schema=spec.rft_response_schema,
+        judge=RemoteJudge(spec.judge_url, spec.judge_token or "") if spec.judge_url else None,
+    )
     return GrpoObjective(settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir))
 
 

@@ -18,7 +18,10 @@ python graders in its sandbox, ``concurrency`` at a time) and takes one optimize
 The answers are packed flat (``packing``) and the LM head runs only on answer tokens (``head``), as for SFT
 and DPO. Evaluation samples ``eval_samples`` answers for every validation prompt and averages their rewards.
 A grading that fails (a raising python grader...) scores 0 and is counted; a round where every sample failed,
-or ``MAX_BAD_STEPS`` steps in a row where more than half failed, ends the job (``GraderFailure``).
+or ``MAX_BAD_STEPS`` steps in a row where more than half failed, ends the job (``GraderFailure``). With a
+``response_format``, an answer that is not JSON matching its schema scores 0 as a ``sample_parse_error``
+without reaching the grader (``graders.response_format``); parse errors are the policy's, never the grader's,
+so they do not count towards ending the job.
 """
 
 from __future__ import annotations
@@ -38,7 +41,17 @@ from peft import PeftModel
 
 from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.errors import InvalidRequest
-from tunery.graders import GraderResult, PythonSandbox, SandboxLimits, parse_grader, run_grader, sample_from_text
+from tunery.graders import (
+    GraderResult,
+    Judge,
+    PythonSandbox,
+    ResponseFormat,
+    SandboxLimits,
+    parse_failure,
+    parse_grader,
+    run_grader,
+    sample_from_text,
+)
 from tunery.training.examples import IGNORE_INDEX, Example, InvalidTrainingData, chat_tools, records
 from tunery.training.head import head_log_probs, head_weight, trained_hidden
 from tunery.training.packing import collate_flat, collate_rows
@@ -145,9 +158,19 @@ def sequence_means(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor
 class Rewarder:
     """Grades answers with the job's grader, ``concurrency`` at a time; python graders run in a sandbox."""
 
-    def __init__(self, raw_grader: dict[str, Any], *, concurrency: int, parse_json: bool) -> None:
+    def __init__(
+        self,
+        raw_grader: dict[str, Any],
+        *,
+        concurrency: int,
+        parse_json: bool,
+        response_schema: dict[str, Any] | None = None,
+        judge: Judge | None = None,
+    ) -> None:
         self.grader = parse_grader(raw_grader, param="method.reinforcement.grader")
+        self.judge = judge  # model graders ask it (the worker's judge relay, through ``training.remote_judge``)
         self.parse_json = parse_json
+        self.response_format = ResponseFormat(response_schema) if response_schema is not None else None
         self.concurrency = max(1, concurrency)
         self._sandbox: PythonSandbox | None = None
         if _uses_python(raw_grader):
@@ -157,8 +180,10 @@ class Rewarder:
     def grade(self, texts: Sequence[str], items: Sequence[dict[str, Any]]) -> list[GraderResult]:
         def one(pair: tuple[str, dict[str, Any]]) -> GraderResult:
             text, item = pair
+            if self.response_format is not None and (why := self.response_format.violation(text)) is not None:
+                return parse_failure(self.grader, why)  # the policy's fault: 0, and not a grader failure
             sample = sample_from_text(text, parse_json=self.parse_json)
-            return run_grader(self.grader, sample=sample, item=item, sandbox=self._sandbox)
+            return run_grader(self.grader, sample=sample, item=item, judge=self.judge, sandbox=self._sandbox)
 
         return list(self._pool.map(one, zip(texts, items, strict=True)))
 
@@ -180,7 +205,9 @@ class _ErrorWatch:
     reasons: list[str] = field(default_factory=list)
 
     def check(self, results: Sequence[GraderResult], where: str, *, training: bool) -> float:
-        failed = [r for r in results if r.metadata.errors.any()]
+        # An answer that cannot be parsed (not JSON, or not matching response_format) scores 0: the policy's
+        # fault, which the reward teaches away; only the grader's own failures count towards failing the job.
+        failed = [r for r in results if r.metadata.errors.any() and not r.metadata.errors.sample_parse_error]
         for result in failed:
             reason = result.detail or result.metadata.errors.python_grader_runtime_error_details or "grading failed"
             if reason not in self.reasons and len(self.reasons) < MAX_REASONS:

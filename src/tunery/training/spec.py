@@ -66,6 +66,11 @@ class TrainingSpec:
     rft_kl_beta: float = 0.04
     rft_clip_epsilon: float = 0.2
     rft_parse_json: bool = True  # response_format given (or not): the grader sees output_json when it parses
+    # response_format's JSON schema: an answer that is not JSON matching it scores 0 (sample_parse_error)
+    rft_response_schema: dict[str, Any] | None = None
+    # model graders (score_model, label_model) ask the worker's judge relay (services.judge_relay) here
+    judge_url: str | None = None
+    judge_token: str | None = None
     grader_concurrency: int = 4
     processes: int = 1  # data-parallel ranks under torchrun (``training.distributed``); 0: one per GPU
 

@@ -85,7 +85,10 @@ class Worker:
         spec = self._runs.start(job)
         if spec is None:
             return True
-        self._train(job, spec.run_path / "spec.json", stop or threading.Event())
+        try:
+            self._train(job, spec.run_path / "spec.json", stop or threading.Event())
+        finally:
+            self._runs.release(job.id)  # the run's judge relay, if its grader has model graders
         return True
 
     def _train(self, job: Job, spec_path, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]

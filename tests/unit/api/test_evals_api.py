@@ -197,11 +197,30 @@ def test_cancel_and_delete_a_run(api: Api) -> None:
     assert api.client.get(f"/v1/evals/{eval_id}/runs/{run['id']}", headers=api.headers()).status_code == 404
 
 
+def assert_file_matches(body: dict[str, Any]) -> None:
+    """OpenAI's File object lists no ``evals`` purpose, though its upload request does (a spec conflict):
+    the rest of the body must match the schema."""
+    assert body["purpose"] == "evals"
+    assert_matches("OpenAIFile", {**body, "purpose": "user_data"})
+
+
+def upload_evals(api: Api, data: bytes, prefix: str = "/v1", query: str = "") -> dict[str, Any]:
+    response = api.client.post(f"{prefix}/files{query}", files={"file": ("items.jsonl", data)},
+                               data={"purpose": "evals"}, headers=api.headers())  # fmt: skip
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def test_run_reads_an_uploaded_file(api: Api) -> None:
     eval_id = create_eval(api).json()["id"]
     data = "".join(json.dumps(row) + "\n" for row in ROWS).encode()
-    uploaded = api.client.post("/v1/files", files={"file": ("items.jsonl", data)}, data={"purpose": "fine-tune"},
-                               headers=api.headers()).json()  # fmt: skip
+    uploaded = upload_evals(api, data)
+    shown = api.client.get(f"/v1/files/{uploaded['id']}", headers=api.headers()).json()
+    assert_file_matches(shown)
+    assert (shown["purpose"], shown["status"]) == ("evals", "processed")
+    listed = api.client.get("/v1/files", params={"purpose": "evals"}, headers=api.headers()).json()
+    assert [f["id"] for f in listed["data"]] == [uploaded["id"]]
     body = completions(ROWS, source={"type": "file_id", "id": uploaded["id"]})
     run = api.client.post(f"/v1/evals/{eval_id}/runs", json=body, headers=api.headers())
     assert run.status_code == 201, run.text
@@ -209,3 +228,70 @@ def test_run_reads_an_uploaded_file(api: Api) -> None:
     done = api.client.get(f"/v1/evals/{eval_id}/runs/{run.json()['id']}", headers=api.headers()).json()
     assert done["result_counts"] == {"total": 3, "errored": 0, "failed": 1, "passed": 2}
     assert done["data_source"]["source"] == {"type": "file_id", "id": uploaded["id"]}
+
+
+def test_an_evals_file_is_checked_as_json_lines_without_the_training_rules(api: Api) -> None:
+    # Three rows (fewer than a training file's minimum), no chat messages: a good evals file, on every layout.
+    uploaded = upload_evals(api, b'{"item": {"question": "q"}}\n{"question": "bare"}\n{"item": {}, "sample": {}}\n',
+                            prefix="/openai", query="?api-version=2025-04-01-preview")  # fmt: skip
+    good = api.client.get(f"/openai/files/{uploaded['id']}?api-version=2025-04-01-preview",
+                          headers=api.headers()).json()  # fmt: skip
+    assert (good["purpose"], good["status"]) == ("evals", "processed")
+    assert good["validation"]["problem_count"] == 0
+    assert good["status_details"] == "3 valid rows."
+
+    bad = upload_evals(api, b'{"item": {"q": 1}}\n{"item": 5}\nnot json\n')
+    shown = api.client.get(f"/v1/files/{bad['id']}", headers=api.headers()).json()
+    assert_file_matches(shown)
+    assert shown["status"] == "error"
+    assert [(p["line"], p["code"]) for p in shown["validation"]["problems"]] == [(2, "invalid_item"),
+                                                                                 (3, "invalid_json")]  # fmt: skip
+    assert "Line 2: 'item' must be a JSON object" in shown["status_details"]
+
+    array = upload_evals(api, json.dumps(ROWS, indent=2).encode())
+    shown = api.client.get(f"/v1/files/{array['id']}", headers=api.headers()).json()
+    assert shown["validation"]["problem_count"] == 1
+    assert "JSON array" in shown["status_details"]
+    assert "one JSON object per line" in shown["status_details"]
+
+    # A run refuses a file that failed its checks, naming the param and the first problem.
+    eval_id = create_eval(api).json()["id"]
+    refused = api.client.post(f"/v1/evals/{eval_id}/runs", headers=api.headers(),
+                              json=completions(ROWS, source={"type": "file_id", "id": bad["id"]}))  # fmt: skip
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "data_source.source.id"
+    assert "Line 2" in error["message"]
+
+
+def test_a_jsonl_run_grades_the_samples_of_an_evals_file(api: Api) -> None:
+    eval_id = create_eval(api).json()["id"]
+    rows = [{"item": {"question": "a", "expected": "yes"}, "sample": {"output_text": "yes"}},
+            {"item": {"question": "b", "expected": "no"}, "sample": {"output_text": "yes"}}]  # fmt: skip
+    uploaded = upload_evals(api, "".join(json.dumps(row) + "\n" for row in rows).encode())
+    body = {"data_source": {"type": "jsonl", "source": {"type": "file_id", "id": uploaded["id"]}}}
+    run = api.client.post(f"/v1/evals/{eval_id}/runs", json=body, headers=api.headers())
+    assert run.status_code == 201, run.text
+    run_all(api)
+    done = api.client.get(f"/v1/evals/{eval_id}/runs/{run.json()['id']}", headers=api.headers()).json()
+    assert_matches("EvalRun", done)
+    assert done["result_counts"] == {"total": 2, "errored": 0, "failed": 1, "passed": 1}
+
+
+@pytest.mark.parametrize("param", ["training_file", "validation_file"])
+def test_a_fine_tuning_job_refuses_an_evals_file(api: Api, param: str) -> None:
+    chat = "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
+        + "\n"
+        for i in range(10)
+    )
+    training = api.client.post("/v1/files", files={"file": ("t.jsonl", chat.encode())}, data={"purpose": "fine-tune"},
+                               headers=api.headers()).json()["id"]  # fmt: skip
+    evals_file = upload_evals(api, chat.encode())["id"]  # chat rows, but uploaded for evals
+    body = {"model": "tiny-llama", "training_file": training, param: evals_file}
+    answer = api.client.post("/v1/fine_tuning/jobs", json=body, headers=api.headers())
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param
+    assert "purpose 'evals'" in error["message"]
+    assert "'fine-tune'" in error["message"]

@@ -97,12 +97,23 @@ def bad_cases() -> list[tuple[str, Any, str]]:
     judge = {
         "type": "score_model",
         "name": "judge",
-        "model": "tiny-llama",
+        "model": "no-such-model",
         "input": [{"role": "user", "content": "Score {{sample.output_text}}"}],
     }
+    in_multi = {"type": "multi", "name": "m", "graders": {"j": judge, "e": GRADER}, "calculate_output": "j + e"}
     return [
         ("a grader naming a field the rows lack", {"grader": missing_field}, "method.reinforcement.grader.reference"),
-        ("a model grader", {"grader": judge}, "method.reinforcement.grader"),
+        ("a model grader judged by no model", {"grader": judge}, "method.reinforcement.grader.model"),
+        (
+            "a multi's model grader judged by no model",
+            {"grader": in_multi},
+            "method.reinforcement.grader.graders.j.model",
+        ),
+        (
+            "a model grader reading a field the rows lack",
+            {"grader": {**judge, "model": "tiny-llama", "input": [{"role": "user", "content": "{{item.solution}}"}]}},
+            "method.reinforcement.grader.input[0].content",
+        ),
         ("no grader", {"grader": None}, "method.reinforcement.grader"),
         ("a malformed grader", {"grader": {**GRADER, "operation": "sort"}}, "method.reinforcement.grader.operation"),
         (
@@ -121,7 +132,23 @@ def bad_cases() -> list[tuple[str, Any, str]]:
             "method.reinforcement.hyperparameters.reasoning_effort",
         ),
         ("a bad response_format", {"response_format": {"type": "xml"}}, "method.reinforcement.response_format"),
+        (
+            "a response_format whose schema is not a JSON schema",
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "objekt"}}}},
+            "method.reinforcement.response_format.json_schema.schema",
+        ),
     ]
+
+
+def test_model_graders_judged_by_a_served_model_are_accepted(api: Api, files: tuple[str, str]) -> None:
+    judge = {"type": "score_model", "name": "judge", "model": "tiny-llama", "range": [0, 10],
+             "input": [{"role": "user", "content": "Is {{sample.output_text}} equal to {{item.answer}}?"}]}  # fmt: skip
+    multi = {"type": "multi", "name": "both", "graders": {"judge": judge, "exact": GRADER},
+             "calculate_output": "judge / 10 + exact"}  # fmt: skip
+    for grader in (judge, multi):
+        response = create(api, rft_body(files, grader=grader))
+        assert response.status_code == 200, response.text
+        assert response.json()["method"]["reinforcement"]["grader"] == grader
 
 
 @pytest.mark.parametrize(("what", "section", "param"), bad_cases(), ids=[c[0] for c in bad_cases()])

@@ -23,11 +23,13 @@ from tunery.config import ModelsSettings, Settings
 from tunery.domain.errors import Conflict
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
+from tunery.graders import ChatMessage, JudgeSampling
 from tunery.services.container import Services
 from tunery.services.job_requests import parse_job_request
 from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
+from tunery.training.remote_judge import JudgeUnavailable, RemoteJudge
 from tunery.worker.runner import Worker
 
 WORKER = "worker-test"
@@ -437,3 +439,47 @@ def test_the_start_up_sweep_deletes_what_a_crash_mid_upload_left(
     assert not blobs.exists(f"files/{project}/file-0123456789abcdef0123456789abcdef")
     assert fresh.exists(), "a recent temporary file may be an upload in progress"
     assert blobs.exists(f"files/{project}/{kept.id}")
+
+
+def rft_job(services: Services, project: str, grader: dict[str, Any]) -> Job:
+    rows = "".join(
+        json.dumps({"messages": [{"role": "user", "content": f"{i} + 1?"}], "answer": str(i + 1)}) + "\n"
+        for i in range(12)
+    ).encode()
+    train = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[rows])
+    valid = services.files.create(project, filename="v.jsonl", purpose="fine-tune", chunks=[rows])
+    method = {"type": "reinforcement", "reinforcement": {"grader": grader}}
+    request = {"model": "tiny-llama", "training_file": train.id, "validation_file": valid.id, "method": method}
+    return services.jobs.create(project, parse_job_request(request))
+
+
+def test_an_rft_run_with_a_model_grader_gets_a_judge_relay_for_its_life(services: Services, project: str) -> None:
+    judge = {"type": "score_model", "name": "judge", "model": "tiny-llama",
+             "input": [{"role": "user", "content": "{{sample.output_text}} = {{item.answer}}?"}]}  # fmt: skip
+    job = rft_job(services, project, judge)
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    spec = services.runs.start(services.runs.validate(claimed))  # type: ignore[arg-type]
+    assert spec is not None
+    assert spec.judge_url is not None
+    assert spec.judge_url.startswith("http://127.0.0.1:")
+    assert spec.judge_token
+    written = json.loads((spec.run_path / "spec.json").read_text())
+    assert (written["judge_url"], written["judge_token"]) == (spec.judge_url, spec.judge_token)
+    question = [ChatMessage(role="user", content="hi")]
+    with pytest.raises(JudgeUnavailable, match="token"):  # it answers, but only its own trainer
+        RemoteJudge(spec.judge_url, "guess", timeout_s=5).complete("tiny-llama", question, JudgeSampling())
+    services.runs.release(job.id)  # the trainer has stopped: the relay goes with it
+    with pytest.raises(JudgeUnavailable, match="cannot be reached"):
+        RemoteJudge(spec.judge_url, spec.judge_token, timeout_s=5).complete("tiny-llama", question, JudgeSampling())
+
+
+def test_an_rft_run_without_a_model_grader_has_no_relay(services: Services, project: str) -> None:
+    exact = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
+    rft_job(services, project, exact)
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    spec = services.runs.start(services.runs.validate(claimed))  # type: ignore[arg-type]
+    assert spec is not None
+    assert (spec.judge_url, spec.judge_token) == (None, None)

@@ -15,12 +15,21 @@ from typing import Any
 import pytest
 import torch
 
+from tunery.graders import GraderErrors, GraderMetadata, GraderResult, parse_failure
 from tunery.training import progress as control
 from tunery.training.loop import load_base_model, run
 from tunery.training.lora import add_adapter
 from tunery.training.packing import use_varlen_attention
 from tunery.training.progress import ProgressKind, ProgressReader, ProgressWriter
-from tunery.training.rft import GraderFailure, group_advantages, grpo_token_loss, sequence_means
+from tunery.training.rft import (
+    MAX_BAD_STEPS,
+    GraderFailure,
+    Rewarder,
+    _ErrorWatch,
+    group_advantages,
+    grpo_token_loss,
+    sequence_means,
+)
 from tunery.training.rollouts import sample_completions
 from tunery.training.spec import LoraSpec, TrainingSpec
 
@@ -226,3 +235,52 @@ def test_a_crashing_grader_ends_the_run_with_its_reason(tiny_model_dir: Path, tm
     spec = make_spec(tiny_model_dir, tmp_path, "crash", grader=crashing, n_epochs=1)
     with pytest.raises(GraderFailure, match="kaboom"):
         run(spec, ProgressWriter(spec.run_path))
+
+
+# ------------------------------------------------------------------------------------------------ response_format
+ANSWER_SCHEMA = {"type": "object", "properties": {"solution": {"type": "string"}}, "required": ["solution"]}
+SOLUTION_CHECK = {"type": "string_check", "name": "solution", "input": "{{sample.output_json.solution}}",
+                  "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
+
+
+def test_answers_not_matching_the_response_format_score_zero_as_parse_errors() -> None:
+    rewarder = Rewarder(SOLUTION_CHECK, concurrency=2, parse_json=True, response_schema=ANSWER_SCHEMA)
+    try:
+        results = rewarder.grade(
+            ['{"solution": "4"}', '{"solution": "5"}', "the solution is 4", '{"answer": "4"}'], [{"answer": "4"}] * 4
+        )
+    finally:
+        rewarder.close()
+    assert [r.reward for r in results] == [1.0, 0.0, 0.0, 0.0]
+    assert [r.metadata.errors.sample_parse_error for r in results] == [False, False, True, True]
+    assert "not valid JSON" in (results[2].detail or "")
+    assert "'solution' is a required property" in (results[3].detail or "")
+
+
+def test_parse_errors_never_fail_the_run_but_grader_failures_do() -> None:
+    watch = _ErrorWatch()
+    grader = Rewarder(SOLUTION_CHECK, concurrency=1, parse_json=True).grader
+    unparsable = [parse_failure(grader, "not JSON")] * 4
+    for _ in range(MAX_BAD_STEPS + 1):
+        assert watch.check(unparsable, "a training step", training=True) == 0.0
+    errors = GraderErrors(python_grader_runtime_error=True)
+    broken = GraderResult(reward=0.0, metadata=GraderMetadata(name="x", type="python", errors=errors))
+    with pytest.raises(GraderFailure, match="every grading"):
+        watch.check([broken] * 2, "a training step", training=True)
+
+
+def test_a_run_with_a_response_format_scores_unformatted_answers_zero_and_completes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # The random tiny model never writes JSON: every answer is a parse error, and the run still completes.
+    spec = make_spec(tiny_model_dir, tmp_path, "formatted", n_epochs=1, rft_group_size=2, rft_eval_interval=4,
+                     grader={**SOLUTION_CHECK, "reference": "{{item.target}}"},
+                     rft_response_schema=ANSWER_SCHEMA)  # fmt: skip
+    run(spec, ProgressWriter(spec.run_path))
+    steps = records(spec, ProgressKind.STEP)
+    assert len(steps) == 4
+    assert all(s["train_parse_error_mean"] == 1.0 for s in steps)
+    assert all(s["train_reward_mean"] == 0.0 for s in steps)
+    assert all(s["train_grader_error_mean"] == 0.0 for s in steps)
+    assert steps[-1]["valid_parse_error_mean"] == 1.0
+    assert records(spec, ProgressKind.COMPLETED)

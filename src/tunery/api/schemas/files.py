@@ -24,13 +24,13 @@ class FileValidation(BaseModel):
     """Tunery extension: what the dataset checks found (null until they have run)."""
 
     format: str | None
-    """``chat`` (supervised) or ``preference`` (DPO)."""
+    """``chat`` (supervised), ``preference`` (DPO) or ``reinforcement`` (RFT); null for ``evals`` files."""
     problem_count: int
     """How many problems were found in total."""
     problems: list[FileProblem]
     """The first problems, each with its line number."""
     statistics: dict[str, Any] | None
-    """Examples and token counts (with the default base model's tokenizer) for a good file."""
+    """Examples and token counts (with the default base model's tokenizer) for a good training file."""
 
 
 class FileObject(BaseModel):
@@ -43,7 +43,7 @@ class FileObject(BaseModel):
     """Unix seconds when the file was created."""
     filename: str
     purpose: str
-    """``fine-tune`` for training data; ``fine-tune-results`` for files Tunery writes."""
+    """``fine-tune`` for training data, ``evals`` for eval rows; ``fine-tune-results`` for files Tunery writes."""
     status: str
     """Azure: pending | running | processed | error. OpenAI layout: uploaded | processed | error."""
     status_details: str | None = None
@@ -67,7 +67,7 @@ class FileObject(BaseModel):
             status = "uploaded"  # OpenAI's enum has no pending/running
         validation = None
         checked = record.status in (FileStatus.PROCESSED, FileStatus.ERROR)
-        if checked and record.purpose is FilePurpose.FINE_TUNE:
+        if checked and record.purpose in (FilePurpose.FINE_TUNE, FilePurpose.EVALS):
             validation = FileValidation(
                 format=record.format,
                 problem_count=record.problem_count,

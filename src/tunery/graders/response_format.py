@@ -1,0 +1,62 @@
+"""Checks a sampled answer against a ``response_format`` JSON schema, before any grader sees it.
+
+Reinforcement fine-tuning with ``method.reinforcement.response_format`` (evals-graders-rft.md §3.2): an answer
+that is not JSON, or JSON that does not match the schema, is a ``sample_parse_error`` ("not valid JSON or not
+matching ``response_format``", §1.11) and scores 0 without calling the grader; a conforming answer is graded
+with ``sample.output_json`` filled. Tunery does not constrain decoding to the schema: the zero reward is what
+teaches the policy the format. The schema checks use ``jsonschema`` (Draft 2020-12).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from tunery.graders.result import GraderErrors, GraderMetadata, GraderResult
+from tunery.graders.specs import Grader
+
+MAX_DETAIL_CHARS = 300
+
+
+class ResponseFormat:
+    """One job's ``response_format`` schema, compiled once; ``violation`` says why an answer fails it."""
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        jsonschema.Draft202012Validator.check_schema(schema)  # raises SchemaError for a malformed schema
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    def violation(self, text: str) -> str | None:
+        """Why ``text`` does not conform (not JSON, or the first schema error); ``None`` when it does."""
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return f"The answer is not valid JSON ({exc.msg} at column {exc.colno}), as response_format requires."
+        except RecursionError:
+            return "The answer is JSON nested too deeply to read."
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        if error is None:
+            return None
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        return f"The answer does not match response_format's schema: output_json{where}: {error.message}"[
+            :MAX_DETAIL_CHARS
+        ]
+
+
+def schema_error(schema: dict[str, Any]) -> str | None:
+    """Why ``schema`` is not a usable JSON schema; ``None`` when it is."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        return str(exc.message)
+    return None
+
+
+def parse_failure(grader: Grader, detail: str) -> GraderResult:
+    """The result of an answer that failed ``response_format``: reward 0, ``sample_parse_error`` set."""
+    return GraderResult(
+        reward=0.0,
+        metadata=GraderMetadata(name=grader.name, type=grader.type, errors=GraderErrors(sample_parse_error=True)),
+        detail=detail,
+    )
