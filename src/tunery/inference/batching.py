@@ -28,6 +28,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Step:
     kind: Literal["prefill", "decode"]
     requests: tuple[str, ...]  # request ids (or ``#serial`` for a request without one), in batch order
     tokens: int  # tokens run through the model (padding included)
+    seconds: float  # the pass's forward and sampling time
 
 
 @dataclass(frozen=True, eq=False)
@@ -349,6 +351,7 @@ class Scheduler:
             sizes.append(size)
             width = max(width, size)
         device = loaded.device
+        began = time.perf_counter()
         try:
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -383,11 +386,12 @@ class Scheduler:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            self.step_log.append(Step("prefill", tuple(row.label for row in rows), width * len(rows)))
             for row, size in zip(rows, sizes, strict=True):
                 row.fed += size
             done = [i for i, row in enumerate(rows) if not row.prefilling]
             tokens = sample_rows(output.logits[done, -1], [rows[i].sampler for i in done]) if done else []
+            labels = tuple(row.label for row in rows)
+            self.step_log.append(Step("prefill", labels, width * len(rows), time.perf_counter() - began))
         except Exception as exc:
             log.exception("Prefill failed for %d request(s) of model %s", len(rows), loaded.name)
             message = f"Generation failed while reading the prompt: {exc}"
@@ -431,6 +435,7 @@ class Scheduler:
     def _decode_step(self) -> None:
         loaded, rows = self._loaded, self._rows[: self._decoding]
         device = loaded.device
+        began = time.perf_counter()
         try:
             if self._plan is None:
                 self._plan = loaded.lora.plan([row.adapter for row in rows])
@@ -451,8 +456,9 @@ class Scheduler:
                     cache=self._cache,
                     use_cache=True,
                 )
-            self.step_log.append(Step("decode", tuple(row.label for row in rows), len(rows)))
             tokens = sample_rows(output.logits[:, -1], [row.sampler for row in rows])
+            labels = tuple(row.label for row in rows)
+            self.step_log.append(Step("decode", labels, len(rows), time.perf_counter() - began))
         except Exception as exc:
             log.exception("Decode step failed for %d request(s) of model %s", len(rows), loaded.name)
             message = f"Generation failed: {exc}"
