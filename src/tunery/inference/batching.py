@@ -174,6 +174,14 @@ class _Row:
         )
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as SDPA's additive one (0 where allowed, -inf elsewhere), built once per pass.
+
+    Given a boolean mask, SDPA converts it again in every layer; every row here allows at least one column.
+    """
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 class Scheduler:
     """The continuous-batching thread of one base model (started by the constructor).
 
@@ -380,7 +388,7 @@ class Scheduler:
             with loaded.lora.applied(plan):
                 output = loaded.model(
                     input_ids=ids.to(device),
-                    attention_mask=mask[:, None].to(device),
+                    attention_mask=_additive(mask[:, None].to(device), loaded.model.dtype),
                     position_ids=positions.to(device),
                     cache=self._cache,
                     use_cache=True,
@@ -446,7 +454,7 @@ class Scheduler:
                 self._columns = torch.arange(max(length, 2 * self._columns.shape[0]), device=device)
             ids = torch.tensor([[row.last_token] for row in rows], device=device)
             positions = torch.tensor(fed, device=device)[:, None]
-            mask = (self._columns[:length][None, :] <= positions)[:, None, None, :]
+            mask = _additive((self._columns[:length][None, :] <= positions)[:, None, None, :], loaded.model.dtype)
             self._cache.bind(self._columns[: len(rows), None], positions, slice(0, len(rows)), length)
             with loaded.lora.applied(self._plan):
                 output = loaded.model(
