@@ -54,6 +54,8 @@ _LIVENESS_POLL_S = 1.0
 # Passes remembered in ``Scheduler.step_log``.
 _STEP_LOG_SIZE = 4096
 _serials = itertools.count(1)
+# Columns per slot the cache starts with, and shrinks back to when the batch empties.
+_IDLE_COLUMNS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +220,7 @@ class Scheduler:
         self._in_flight = 0  # submitted and not yet ended: waiting, prefilling or decoding
         self.generated_tokens = 0  # every token sampled since start, for every request (a serving metric)
         self.step_log: deque[Step] = deque(maxlen=_STEP_LOG_SIZE)
-        self._cache = SlotKVCache(loaded.num_layers, max_batch_size)
+        self._cache = SlotKVCache(loaded.num_layers, max_batch_size, _IDLE_COLUMNS)
         self._plan: LoraPlan | None = None
         self._columns = torch.arange(0, device=loaded.device)
         self._thread = threading.Thread(target=self._run, name=f"tunery-scheduler-{loaded.name}", daemon=True)
@@ -428,6 +430,8 @@ class Scheduler:
                 row.done = True
                 self._end_cancelled(row.handle, row.generated)
         live = [row for row in self._rows if not row.done]
+        if not live and self._cache.capacity > _IDLE_COLUMNS:  # idle: give back what a long request grew
+            self._cache = SlotKVCache(self._loaded.num_layers, self._max_batch_size, _IDLE_COLUMNS)
         decoding = [row for row in live if not row.prefilling]
         order = decoding + [row for row in live if row.prefilling]
         if order == self._rows:

@@ -124,3 +124,9 @@ def test_prefix_caching_can_be_turned_off(tiny_model_dir: Path, reference: Refer
         cache = scheduler(engine).prefix_cache
         assert cache is not None
         assert (cache.hits, len(cache)) == (0, 0)
+
+
+def test_the_cache_grown_by_a_long_request_is_given_back_when_idle(chunked: HFEngine) -> None:
+    run(chunked, request(prompt(6, 400), max_tokens=2))
+    run(chunked, request(prompt(6, 5), max_tokens=2))  # the batch was empty before this one
+    assert scheduler(chunked)._cache.capacity == 256
