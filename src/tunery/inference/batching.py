@@ -1,13 +1,22 @@
-"""Continuous batching for one base model: a scheduler thread that runs every active request in one batch.
+"""Continuous batching for one base model: a scheduler thread that decodes every running request in one pass
+per step and reads new prompts in chunks between those steps, so running streams never wait for a whole prompt.
 
-Each iteration of the thread (1) admits waiting requests, as many as the batch has room for, and prefills them
-together in one forward pass of their own (so a new request waits for at most one decode step, never for a long
-request to finish); (2) merges them into the running batch, dropping rows that finished or were cancelled; and
-(3) runs ONE decode forward pass for all rows, whatever adapter each row uses (``multi_lora``), then samples a
-token per row and streams each row's new text to its caller's queue. Rows sit left-padded in a shared
-``PaddedKVCache``; per-row position ids and a boolean attention mask keep padding out of attention.
+Each request gets a slot of a ``SlotKVCache`` (its token ``p`` in column ``p``). Each iteration of the thread
+(1) drops finished rows and admits waiting requests while slots are free, copying the longest cached prefix of
+each prompt into its slot (``prefix_cache``: per adapter, LRU-bounded); (2) runs at most ONE prefill pass over
+the next chunks of the prompts being read — at most ``max_prefill_tokens`` padded tokens in all, the oldest
+prompt first — and samples the first token of each prompt it finishes; (3) moves rows whose prompt is read
+among the decoding ones, copying only rows that change slot; and (4) runs ONE decode pass for all decoding
+rows, whatever adapter each row uses (``multi_lora``), then samples a token per row and streams each row's new
+text to its caller's queue. So a long prompt arriving mid-stream delays the running rows by one chunk's pass
+per step, never by the whole prompt. Every pass is recorded in ``step_log`` (kind, requests, tokens).
 
-A failure inside a forward pass fails exactly the requests in that pass (the new ones for a prefill, the
+Decoding rows sit in slots ``0..d-1`` and rows still reading their prompt after them (oldest first), so the
+decode pass reads the cache as a view and a prefill pass reads contiguous slots too. Prompts of different
+lengths share a prefill pass left-padded to the longest chunk; padding queries write to a scratch column and
+their outputs are thrown away.
+
+A failure inside a forward pass fails exactly the requests in that pass (the prompts of a prefill, the
 running ones for a decode step) with ``GenerationError``; a failure while handling one row's token fails that
 row. Callers never hang: they wait on their own queue and notice when the thread is gone. This module does not
 load models or adapters (``hf_engine``, ``adapters``) and does not validate requests.
@@ -15,12 +24,15 @@ load models or adapters (``hf_engine``, ``adapters``) and does not validate requ
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from transformers import PreTrainedModel
@@ -30,16 +42,30 @@ from tunery.inference.adapters import AdapterCache, LoraAdapter
 from tunery.inference.detokenizer import IncrementalDetokenizer, StopStrings
 from tunery.inference.engine import FinishReason, GenerationChunk, GenerationRequest
 from tunery.inference.errors import GenerationError
-from tunery.inference.kv_cache import PaddedKVCache
+from tunery.inference.kv_cache import SlotKVCache
 from tunery.inference.multi_lora import LoraPlan, MultiLora
+from tunery.inference.prefix_cache import PrefixCache
 from tunery.inference.sampling import RowSampler, sample_rows
 
 log = logging.getLogger(__name__)
 
-# Columns reserved in the cache beyond the prompt, per merge; the cache grows further when needed.
-_RESERVE = 128
 # How often a waiting caller checks that the scheduler thread is still alive.
 _LIVENESS_POLL_S = 1.0
+# Passes remembered in ``Scheduler.step_log``.
+_STEP_LOG_SIZE = 4096
+_serials = itertools.count(1)
+# Columns per slot the cache starts with, and shrinks back to when the batch empties.
+_IDLE_COLUMNS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One forward pass of the scheduler: a prefill chunk or a decode step, and the requests in it."""
+
+    kind: Literal["prefill", "decode"]
+    requests: tuple[str, ...]  # request ids (or ``#serial`` for a request without one), in batch order
+    tokens: int  # tokens run through the model (padding included)
+    seconds: float  # the pass's forward and sampling time
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +119,7 @@ class RequestHandle:
 
 
 class _Row:
-    """A request in the running batch: its sampler, its text stream and where it stands."""
+    """A request in the batch: its sampler, its text stream and where it stands (reading its prompt or decoding)."""
 
     def __init__(self, handle: RequestHandle, loaded: LoadedModel) -> None:
         request = handle.request
@@ -106,10 +132,16 @@ class _Row:
         self.detokenizer = IncrementalDetokenizer(loaded.decode, request.prompt_ids)
         self.stops = StopStrings(request.params.stop)
         self.generated = 0
-        self.position = self.prompt_tokens  # position id of the token fed in the next decode step
+        self.fed = 0  # tokens whose keys and values are in the row's slot (= the column of the next one)
         self.last_token = -1
+        self.prefix_key: Hashable = handle.adapter.uid if handle.adapter is not None else None
+        self.label = request.request_id or f"#{next(_serials)}"
         self.unsent_ids: list[int] = []
         self.done = False
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < self.prompt_tokens
 
     def accept(self, token: int) -> GenerationChunk | None:
         """Take the token sampled for this row; return the chunk to send, if there is one."""
@@ -144,15 +176,24 @@ class _Row:
         )
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask as SDPA's additive one (0 where allowed, -inf elsewhere), built once per pass.
+
+    Given a boolean mask, SDPA converts it again in every layer; every row here allows at least one column.
+    """
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+
+
 class Scheduler:
     """The continuous-batching thread of one base model (started by the constructor).
 
     Args:
         loaded: the model and its tokenizer functions.
         adapters: the model's adapter cache; the scheduler releases each request's adapter when it ends.
-        max_batch_size: the most requests decoded together; more wait in line.
-        max_prefill_tokens: the most (padded) prompt tokens prefilled in one pass, so that admitting many long
-            prompts at once does not stall the running rows for long (one request is always admitted).
+        max_batch_size: the most requests in the batch (decoding or reading their prompt); more wait in line.
+        max_prefill_tokens: the most (padded) prompt tokens read in one pass between two decode steps: the
+            longest pause a new prompt causes the running rows.
+        prefix_cache: cached prompt prefixes to reuse (None: no prefix caching).
     """
 
     def __init__(
@@ -162,19 +203,26 @@ class Scheduler:
         *,
         max_batch_size: int,
         max_prefill_tokens: int,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
+        if max_prefill_tokens < 1:
+            raise ValueError("max_prefill_tokens must be at least 1.")
         self._loaded = loaded
         self._adapters = adapters
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
+        self.prefix_cache = prefix_cache
         self._inbox: deque[RequestHandle] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._rows: list[_Row] = []
+        self._rows: list[_Row] = []  # in slot order: decoding rows, then rows reading their prompt
+        self._decoding = 0  # rows[:decoding] are decoding
         self._in_flight = 0  # submitted and not yet ended: waiting, prefilling or decoding
         self.generated_tokens = 0  # every token sampled since start, for every request (a serving metric)
-        self._cache = PaddedKVCache(loaded.num_layers, [], 0)
+        self.step_log: deque[Step] = deque(maxlen=_STEP_LOG_SIZE)
+        self._cache = SlotKVCache(loaded.num_layers, max_batch_size, _IDLE_COLUMNS)
         self._plan: LoraPlan | None = None
+        self._columns = torch.arange(0, device=loaded.device)
         self._thread = threading.Thread(target=self._run, name=f"tunery-scheduler-{loaded.name}", daemon=True)
         self._thread.start()
 
@@ -187,6 +235,11 @@ class Scheduler:
         """Requests waiting, prefilling or decoding; a cancelled one leaves at the next step."""
         with self._wake:
             return self._in_flight
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by the batch's key/value buffers."""
+        return self._cache.nbytes
 
     def submit(self, handle: RequestHandle) -> None:
         """Queue a request; its chunks will arrive on ``handle``.
@@ -241,115 +294,172 @@ class Scheduler:
                 self._wake.wait()
             if self._closing:
                 return False
-            admitted = self._admit()
-        joining = self._prefill(admitted) if admitted else None
         try:
-            self._regroup(joining)
+            self._regroup()  # rows that finished in the last step free their slots
+            with self._wake:
+                admitted = self._take_waiting()
+            for handle in admitted:
+                self._admit(handle)
+            if len(self._rows) > self._decoding:
+                self._prefill_chunk()
+            self._regroup()
         except Exception as exc:  # e.g. out of memory growing the cache: these rows cannot go on
             log.exception("Regrouping the batch of model %s failed", self._loaded.name)
             message = f"Generation failed: {exc}"
-            self._fail([*self._rows, *(joining[0] if joining else [])], lambda: GenerationError(message), exc)
+            self._fail(self._rows, lambda: GenerationError(message), exc)
             self._reset()
             return True
-        if self._rows:
+        if self._decoding:
             self._decode_step()
         return True
 
-    def _admit(self) -> list[RequestHandle]:
-        """Take waiting requests in arrival order while the batch and the prefill budget have room."""
-        room = self._max_batch_size - sum(not row.done for row in self._rows)
+    def _take_waiting(self) -> list[RequestHandle]:
+        """Take waiting requests in arrival order while slots are free (call it holding ``_wake``)."""
+        room = self._max_batch_size - len(self._rows)
         admitted: list[RequestHandle] = []
-        longest = 0
         while self._inbox and len(admitted) < room:
-            handle = self._inbox[0]
+            handle = self._inbox.popleft()
             if handle.stopped:
-                self._inbox.popleft()
                 self._end_cancelled(handle, 0)
                 continue
-            longest = max(longest, len(handle.request.prompt_ids))
-            if admitted and longest * (len(admitted) + 1) > self._max_prefill_tokens:
-                break
-            admitted.append(self._inbox.popleft())
+            admitted.append(handle)
         return admitted
 
-    # --------------------------------------------------------------------------------------- prefill
-    def _prefill(self, handles: list[RequestHandle]) -> tuple[list[_Row], PaddedKVCache] | None:
-        """Run the new prompts together; return the rows still generating and their cache."""
-        rows: list[_Row] = []
-        for handle in handles:
-            try:
-                rows.append(_Row(handle, self._loaded))
-            except Exception as exc:
-                self._fail_one(handle, exc)
-        if not rows:
-            return None
-        loaded = self._loaded
-        device = loaded.device
+    def _admit(self, handle: RequestHandle) -> None:
+        """Give a request the next slot, with its prompt's longest cached prefix already in place."""
         try:
-            lengths = [row.prompt_tokens for row in rows]
-            width = max(lengths)
-            pads = [width - n for n in lengths]
+            row = _Row(handle, self._loaded)
+        except Exception as exc:
+            self._fail_one(handle, exc)
+            return
+        slot = len(self._rows)
+        if self.prefix_cache is not None:
+            blocks = self.prefix_cache.lookup(row.prefix_key, handle.request.prompt_ids)
+            try:  # if the copy fails (memory), the whole prompt is simply read
+                if blocks:
+                    keys = torch.cat([block.keys for block in blocks], dim=2)
+                    values = torch.cat([block.values for block in blocks], dim=2)
+                    self._cache.write(slot, 0, keys, values)
+                    row.fed = keys.shape[2]
+            except Exception:
+                log.exception("Copying a cached prefix failed for model %s", self._loaded.name)
+        self._rows.append(row)
+
+    # --------------------------------------------------------------------------------------- prefill
+    def _prefill_chunk(self) -> None:
+        """Read the next chunk of the oldest prompts (one pass, ``max_prefill_tokens`` padded tokens at most)."""
+        loaded, budget = self._loaded, self._max_prefill_tokens
+        first = self._decoding
+        rows: list[_Row] = []
+        sizes: list[int] = []
+        width = 0
+        for row in self._rows[first:]:
+            size = min(row.prompt_tokens - row.fed, budget if not rows else width)
+            if rows and (size < 1 or max(width, size) * (len(rows) + 1) > budget):
+                break
+            rows.append(row)
+            sizes.append(size)
+            width = max(width, size)
+        device = loaded.device
+        began = time.perf_counter()
+        try:
             ids = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                ids[i, pads[i] :] = torch.tensor(row.handle.request.prompt_ids, dtype=torch.long)
-            pad_t = torch.tensor(pads)
-            columns = torch.arange(width)
-            positions = (columns[None, :] - pad_t[:, None]).clamp(min=0)
-            causal = columns[None, :] <= columns[:, None]  # [query, key]
-            real = columns[None, :] >= pad_t[:, None]  # [row, key]
-            # A padding query attends to itself only, so no row of the mask is empty (that would give NaN).
-            mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
-            reserve = min(max(row.max_new for row in rows), _RESERVE)
-            cache = PaddedKVCache(loaded.num_layers, pads, width + reserve)
+            positions = torch.zeros((len(rows), width), dtype=torch.long)
+            starts = [row.fed for row in rows]
+            self._cache.ensure_columns(max(s + n for s, n in zip(starts, sizes, strict=True)))
+            scratch = self._cache.scratch_column
+            columns = torch.full((len(rows), width), scratch, dtype=torch.long)
+            for i, (row, start, size) in enumerate(zip(rows, starts, sizes, strict=True)):
+                ids[i, width - size :] = torch.tensor(row.handle.request.prompt_ids[start : start + size])
+                span = torch.arange(start, start + size)
+                positions[i, width - size :] = span
+                columns[i, width - size :] = span
+            read_length = max(s + n for s, n in zip(starts, sizes, strict=True))
+            keys = torch.arange(read_length)
+            # Query j of row i sees the columns up to its own; a padding query sees column 0 only (no empty row
+            # of the mask, which would give NaN; its output is thrown away).
+            limit = torch.where(columns == scratch, 0, columns)
+            mask = keys[None, None, :] <= limit[:, :, None]
+            self._cache.bind(
+                torch.arange(first, first + len(rows), device=device)[:, None],
+                columns.to(device),
+                slice(first, first + len(rows)),
+                read_length,
+            )
             plan = loaded.lora.plan([row.adapter for row in rows], grouped=True)
             with loaded.lora.applied(plan):
                 output = loaded.model(
                     input_ids=ids.to(device),
-                    attention_mask=mask[:, None].to(device),
+                    attention_mask=_additive(mask[:, None].to(device), loaded.model.dtype),
                     position_ids=positions.to(device),
-                    cache=cache,
+                    cache=self._cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            tokens = sample_rows(output.logits[:, -1], [row.sampler for row in rows])
+            for row, size in zip(rows, sizes, strict=True):
+                row.fed += size
+            done = [i for i, row in enumerate(rows) if not row.prefilling]
+            tokens = sample_rows(output.logits[done, -1], [rows[i].sampler for i in done]) if done else []
+            labels = tuple(row.label for row in rows)
+            self.step_log.append(Step("prefill", labels, width * len(rows), time.perf_counter() - began))
         except Exception as exc:
             log.exception("Prefill failed for %d request(s) of model %s", len(rows), loaded.name)
             message = f"Generation failed while reading the prompt: {exc}"
             self._fail(rows, lambda: GenerationError(message), exc)
-            return None
-        self._accept(rows, tokens)
-        keep = [i for i, row in enumerate(rows) if not row.done]
-        if len(keep) < len(rows):
-            cache = cache.rebuilt(keep)
-            rows = [rows[i] for i in keep]
-        return (rows, cache) if rows else None
+            return
+        finished = [rows[i] for i in done]
+        if self.prefix_cache is not None:
+            for row in finished:
+                slot = self._rows.index(row)
+                self.prefix_cache.insert(
+                    row.prefix_key,
+                    row.handle.request.prompt_ids,
+                    lambda start, end, slot=slot: self._cache.read(slot, start, end),  # type: ignore[misc]
+                )
+        self._accept(finished, tokens)
 
     # ---------------------------------------------------------------------------------------- decode
-    def _regroup(self, joining: tuple[list[_Row], PaddedKVCache] | None) -> None:
-        """Drop finished and cancelled rows, then append the newly prefilled ones (one cache rebuild at most)."""
+    def _regroup(self) -> None:
+        """Drop finished and cancelled rows and move rows whose prompt is read among the decoding ones.
+
+        Only rows whose slot changes are copied (a row moves down into a gap, or a new decoding row past rows
+        still reading theirs).
+        """
         for row in self._rows:
             if row.handle.stopped and not row.done:
                 row.done = True
                 self._end_cancelled(row.handle, row.generated)
-        keep = [i for i, row in enumerate(self._rows) if not row.done]
-        if joining is None and len(keep) == len(self._rows):
+        live = [row for row in self._rows if not row.done]
+        if not live and self._cache.capacity > _IDLE_COLUMNS:  # idle: give back what a long request grew
+            self._cache = SlotKVCache(self._loaded.num_layers, self._max_batch_size, _IDLE_COLUMNS)
+        decoding = [row for row in live if not row.prefilling]
+        order = decoding + [row for row in live if row.prefilling]
+        if order == self._rows:
+            if len(decoding) != self._decoding:
+                self._decoding, self._plan = len(decoding), None
             return
-        new_rows, new_cache = joining if joining is not None else ([], None)
-        rows = [self._rows[i] for i in keep] + new_rows
-        reserve = min(max((row.max_new - row.generated for row in rows), default=0), _RESERVE)
-        self._cache = self._cache.rebuilt(keep, new_cache, reserve)
-        self._rows = rows
+        slots = {id(row): i for i, row in enumerate(self._rows)}
+        moves = [(slots[id(row)], i, row.fed) for i, row in enumerate(order) if slots[id(row)] != i]
+        self._cache.move_rows(moves)
+        self._rows, self._decoding = order, len(decoding)
         self._plan = None
 
     def _decode_step(self) -> None:
-        loaded, rows = self._loaded, self._rows
+        loaded, rows = self._loaded, self._rows[: self._decoding]
         device = loaded.device
+        began = time.perf_counter()
         try:
             if self._plan is None:
                 self._plan = loaded.lora.plan([row.adapter for row in rows])
+            fed = [row.fed for row in rows]
+            length = max(fed) + 1
+            self._cache.ensure_columns(length)
+            if self._columns.shape[0] < length:
+                self._columns = torch.arange(max(length, 2 * self._columns.shape[0]), device=device)
             ids = torch.tensor([[row.last_token] for row in rows], device=device)
-            positions = torch.tensor([[row.position] for row in rows], device=device)
-            mask = self._cache.decode_mask(device)
+            positions = torch.tensor(fed, device=device)[:, None]
+            mask = _additive((self._columns[:length][None, :] <= positions)[:, None, None, :], loaded.model.dtype)
+            self._cache.bind(self._columns[: len(rows), None], positions, slice(0, len(rows)), length)
             with loaded.lora.applied(self._plan):
                 output = loaded.model(
                     input_ids=ids,
@@ -359,14 +469,15 @@ class Scheduler:
                     use_cache=True,
                 )
             tokens = sample_rows(output.logits[:, -1], [row.sampler for row in rows])
+            labels = tuple(row.label for row in rows)
+            self.step_log.append(Step("decode", labels, len(rows), time.perf_counter() - began))
         except Exception as exc:
             log.exception("Decode step failed for %d request(s) of model %s", len(rows), loaded.name)
             message = f"Generation failed: {exc}"
-            self._fail(rows, lambda: GenerationError(message), exc)
-            self._reset()
+            self._fail(rows, lambda: GenerationError(message), exc)  # their slots are dropped at the next regroup
             return
         for row in rows:
-            row.position += 1
+            row.fed += 1
         self._accept(rows, tokens)
 
     def _accept(self, rows: Sequence[_Row], tokens: Sequence[int]) -> None:
@@ -386,7 +497,8 @@ class Scheduler:
 
     def _reset(self) -> None:
         """Start over with an empty batch (after a failure ended every running row)."""
-        self._rows, self._cache, self._plan = [], PaddedKVCache(self._loaded.num_layers, [], 0), None
+        self._fail(self._rows, lambda: GenerationError("Generation failed: the batch was reset."), None)
+        self._rows, self._decoding, self._plan = [], 0, None
 
     # ---------------------------------------------------------------------------------------- endings
     def _fail(self, rows: Sequence[_Row], make_error: Callable[[], ServiceError], cause: BaseException | None) -> None:

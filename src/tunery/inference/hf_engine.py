@@ -30,6 +30,7 @@ from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapt
 from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
 from tunery.inference.engine import GenerationChunk, GenerationRequest
 from tunery.inference.multi_lora import MultiLora
+from tunery.inference.prefix_cache import PrefixCache
 from tunery.inference.sampling import check_params
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ class HFEngine:
         dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (refused on CPU: ~60x slower there).
         num_threads: torch's intra-op threads for the whole process (``torch.set_num_threads``); None leaves
             torch's default (one per core).
-        max_prefill_tokens: the most padded prompt tokens prefilled in one pass (bounds the pause the running
-            requests see when many long prompts arrive at once).
+        max_prefill_tokens: the most padded prompt tokens read in one prefill pass; longer prompts are read in
+            chunks between decode steps, so this bounds the pause a new prompt causes the running requests.
+        prefix_cache_mb: memory per base model for the keys and values of prompt prefixes already read (a
+            shared system prompt or few-shot examples are then not read again); 0 turns prefix caching off.
+        prefix_block_tokens: prefixes are reused in blocks of this many tokens.
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -72,7 +76,9 @@ class HFEngine:
         device: str = "auto",
         dtype: str = "auto",
         num_threads: int | None = None,
-        max_prefill_tokens: int = 4096,
+        max_prefill_tokens: int = 512,
+        prefix_cache_mb: int = 256,
+        prefix_block_tokens: int = 32,
         precision_cache: Path | None = None,
     ) -> None:
         if max_batch_size < 1:
@@ -87,6 +93,8 @@ class HFEngine:
         self._max_loaded_adapters = max_loaded_adapters
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
+        self._prefix_cache_bytes = prefix_cache_mb * 2**20
+        self._prefix_block_tokens = prefix_block_tokens
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -192,6 +200,7 @@ class HFEngine:
                 adapters,
                 max_batch_size=self._max_batch_size,
                 max_prefill_tokens=self._max_prefill_tokens,
+                prefix_cache=PrefixCache(self._prefix_block_tokens, self._prefix_cache_bytes),
             )
             runtime = _Runtime(loaded, adapters, scheduler)
             with self._lock:

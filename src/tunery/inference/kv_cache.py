@@ -1,4 +1,17 @@
-"""The key/value cache of a batch whose rows start and finish at different times (left-padded, preallocated).
+"""Key/value caches for batches whose rows start and finish at different times: ``SlotKVCache`` (serving) and
+``PaddedKVCache`` (left-padded; used by the training rollouts).
+
+``SlotKVCache`` gives each request a fixed slot (a row of one preallocated ``[layers, slots, kv_heads, columns,
+head_dim]`` buffer for keys and one for values) where its token ``p`` lives in column ``p``: a row joins by
+taking a free slot and leaves by freeing it, and a forward pass writes each row's new tokens in place at its
+own columns (one ``index_put_`` per layer), so nothing is concatenated or rebuilt per step. The scheduler keeps
+the decoding rows in slots ``0..d-1`` so the decode step reads the cache through a view, without a gather; a
+row that has to change slot (to close a gap) is the only data copied. The buffers grow by doubling when a row
+needs more columns (rare, amortised). Column ``capacity`` (one past the last) is a scratch column where
+padding queries of a chunked prefill write. The forward pass's attention mask is the caller's job: a row's
+columns past its own length hold stale (finite) values of an earlier occupant.
+
+``PaddedKVCache`` (below) right-aligns rows with padding on the left:
 
 Every row's tokens are right-aligned in one ``[rows, kv_heads, capacity, head_dim]`` buffer per layer, so the
 token decoded next sits in the same column for every row and one forward pass serves the whole batch; a row
@@ -14,6 +27,7 @@ decide which rows run (``batching``) and knows nothing about adapters or tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -185,3 +199,150 @@ def _runs(index: list[int]) -> list[tuple[int, int]]:
 
 def _zeros_like_rows(states: torch.Tensor, capacity: int) -> torch.Tensor:
     return states.new_zeros((states.shape[0], states.shape[1], capacity, states.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------------------ SlotKVCache
+@dataclass(slots=True)
+class _Binding:
+    """Where the next forward pass writes (``rows`` x ``columns`` index tensors) and what it reads back."""
+
+    write_rows: torch.Tensor  # [batch, 1] slot per batch row
+    write_columns: torch.Tensor  # [batch, tokens] column per new token (``capacity``: the scratch column)
+    read_rows: slice | torch.Tensor  # the slots of the batch, in order (a slice when contiguous: a view)
+    read_length: int  # columns [0, read_length) are returned to attention
+
+
+class _SlotLayer(DynamicLayer):
+    """One decoder layer: a view of the shared buffers; ``update`` writes through the cache's binding."""
+
+    def __init__(self, owner: SlotKVCache, index: int) -> None:
+        super().__init__()
+        self._owner = owner
+        self._index = index
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        owner = self._owner
+        if owner.keys_buffer is None:
+            owner.allocate(key_states)
+        binding = owner.binding
+        assert binding is not None, "bind the cache before a forward pass"
+        assert owner.keys_buffer is not None
+        assert owner.values_buffer is not None
+        keys, values = owner.keys_buffer[self._index], owner.values_buffer[self._index]
+        rows, columns = binding.write_rows, binding.write_columns
+        keys[rows, :, columns] = key_states.transpose(1, 2)  # [batch, tokens, heads, dim] at (row, column)
+        values[rows, :, columns] = value_states.transpose(1, 2)
+        read, length = binding.read_rows, binding.read_length
+        self.keys, self.values = keys[read, :, :length], values[read, :, :length]
+        self.is_initialized = True
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        binding = self._owner.binding
+        return binding.read_length if binding is not None else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        binding = self._owner.binding
+        return (binding.read_length if binding is not None else query_length), 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class SlotKVCache(Cache):
+    """Keys and values of up to ``slots`` requests, each in its own slot, token ``p`` in column ``p``.
+
+    Before each forward pass call ``bind`` (which rows are in the batch, where their new tokens go, how many
+    columns attention reads); ``ensure_columns`` first when a row will pass the current capacity.
+
+    Args:
+        num_layers: decoder layers of the model.
+        slots: the most rows at once.
+        capacity: columns to allocate at first (the buffers double when a row needs more).
+    """
+
+    def __init__(self, num_layers: int, slots: int, capacity: int = 256) -> None:
+        super().__init__(layers=[_SlotLayer(self, i) for i in range(num_layers)])
+        self.num_layers = num_layers
+        self.slots = slots
+        self.capacity = capacity
+        self.keys_buffer: torch.Tensor | None = None  # [layers, slots, kv_heads, capacity + 1, head_dim]
+        self.values_buffer: torch.Tensor | None = None
+        self.binding: _Binding | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.keys_buffer is None or self.values_buffer is None:
+            return 0
+        return self.keys_buffer.nbytes + self.values_buffer.nbytes
+
+    def allocate(self, like: torch.Tensor) -> None:
+        """Allocate the buffers with ``like``'s heads, head size, dtype and device (``[batch, heads, n, dim]``)."""
+        shape = (self.num_layers, self.slots, like.shape[1], self.capacity + 1, like.shape[-1])
+        self.keys_buffer = like.new_zeros(shape)
+        self.values_buffer = like.new_zeros(shape)
+
+    def ensure_columns(self, columns: int) -> None:
+        """Make room for ``columns`` columns per slot (copying the buffers once when they must grow)."""
+        if columns <= self.capacity:
+            return
+        capacity = max(columns, 2 * self.capacity)
+        if self.keys_buffer is not None and self.values_buffer is not None:
+            old = self.capacity
+            for name in ("keys_buffer", "values_buffer"):
+                buffer: torch.Tensor = getattr(self, name)
+                grown = buffer.new_zeros((*buffer.shape[:3], capacity + 1, buffer.shape[-1]))
+                grown[:, :, :, :old].copy_(buffer[:, :, :, :old])
+                setattr(self, name, grown)
+        self.capacity = capacity
+
+    def bind(
+        self,
+        write_rows: torch.Tensor,
+        write_columns: torch.Tensor,
+        read_rows: slice | torch.Tensor,
+        read_length: int,
+    ) -> None:
+        """Set where the next forward pass writes and reads (see ``_Binding``); columns must fit ``capacity``."""
+        self.binding = _Binding(write_rows, write_columns, read_rows, read_length)
+
+    @property
+    def scratch_column(self) -> int:
+        """A column past every row's data where padding tokens may write."""
+        return self.capacity
+
+    def move_rows(self, moves: Sequence[tuple[int, int, int]]) -> None:
+        """Copy ``(from slot, to slot, columns)`` for each move, as if all were read before any is written."""
+        if not moves or self.keys_buffer is None or self.values_buffer is None:
+            return
+        length = max(columns for _, _, columns in moves)
+        if length == 0:
+            return
+        device = self.keys_buffer.device
+        sources = torch.tensor([s for s, _, _ in moves], device=device)
+        targets = torch.tensor([t for _, t, _ in moves], device=device)
+        for buffer in (self.keys_buffer, self.values_buffer):
+            buffer[:, targets, :, :length] = buffer[:, sources, :, :length]
+
+    def read(self, slot: int, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of one slot's columns ``[start, end)``: keys and values ``[layers, kv_heads, end - start, dim]``."""
+        assert self.keys_buffer is not None
+        assert self.values_buffer is not None
+        return (
+            self.keys_buffer[:, slot, :, start:end].clone(),
+            self.values_buffer[:, slot, :, start:end].clone(),
+        )
+
+    def write(self, slot: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Put ``read``-shaped keys and values into one slot from column ``start``."""
+        if self.keys_buffer is None or self.values_buffer is None:
+            shape = (1, keys.shape[1], 1, keys.shape[-1])
+            self.allocate(keys.new_zeros(shape))
+        assert self.keys_buffer is not None
+        assert self.values_buffer is not None
+        end = start + keys.shape[2]
+        self.ensure_columns(end)
+        self.keys_buffer[:, slot, :, start:end].copy_(keys)
+        self.values_buffer[:, slot, :, start:end].copy_(values)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tunery.inference.kv_cache import PaddedKVCache
+from tunery.inference.kv_cache import PaddedKVCache, SlotKVCache
 
 
 def filled(rows: list[list[float]], pads: list[int], layers: int = 2) -> PaddedKVCache:
@@ -51,3 +51,43 @@ def test_rows_leave_and_join_right_aligned() -> None:
     assert merged.padded_layers[0].capacity >= merged.length + 8
     shrunk = merged.rebuilt([1])
     assert (shrunk.pads, columns(shrunk)) == ([0], [[7, 8, 9]])
+
+
+# ------------------------------------------------------------------------------------------------ SlotKVCache
+def slot_values(cache: SlotKVCache, slot: int, length: int, layer: int = 0) -> list[float]:
+    assert cache.keys_buffer is not None
+    return cache.keys_buffer[layer, slot, 0, :length, 0].tolist()
+
+
+def test_slot_cache_writes_each_row_at_its_own_columns_and_reads_a_view() -> None:
+    cache = SlotKVCache(num_layers=2, slots=3, capacity=2)
+    cache.ensure_columns(5)  # before the first write: only the capacity changes
+    cache.bind(torch.tensor([[0], [1]]), torch.tensor([[0, 1], [0, 5]]), slice(0, 2), 2)
+    keys, _ = cache.update(torch.tensor([[[[1.0], [2.0]]], [[[3.0], [9.0]]]]), torch.zeros(2, 1, 2, 1), 0)
+    scratch = cache.scratch_column
+    assert scratch == 5
+    assert keys.tolist() == [[[[1.0], [2.0]]], [[[3.0], [0.0]]]]  # row 1's second token went to the scratch column
+    assert keys.data_ptr() == cache.keys_buffer.data_ptr()  # type: ignore[union-attr]  # a view, no gather
+    # A decode step: each row writes one token at its own column.
+    cache.bind(torch.tensor([[0], [1]]), torch.tensor([[2], [1]]), slice(0, 2), 3)
+    cache.update(torch.tensor([[[[4.0]]], [[[5.0]]]]), torch.zeros(2, 1, 1, 1), 0)
+    assert slot_values(cache, 0, 3) == [1, 2, 4]
+    assert slot_values(cache, 1, 2) == [3, 5]
+    cache.ensure_columns(20)  # growth keeps the data
+    assert cache.capacity >= 20
+    assert slot_values(cache, 0, 3) == [1, 2, 4]
+
+
+def test_slot_cache_moves_rows_and_copies_prefixes_in_and_out() -> None:
+    cache = SlotKVCache(num_layers=1, slots=3, capacity=4)
+    keys = torch.arange(12.0).view(1, 3, 1, 4, 1).expand(1, 3, 1, 4, 1)
+    for slot in range(3):
+        cache.write(slot, 0, keys[:, slot], -keys[:, slot])
+    cache.move_rows([(2, 0, 4), (0, 1, 2)])  # both read before either is written
+    assert slot_values(cache, 0, 4) == [8, 9, 10, 11]
+    assert slot_values(cache, 1, 2) == [0, 1]
+    got_keys, got_values = cache.read(0, 1, 3)
+    assert got_keys.flatten().tolist() == [9, 10]
+    assert got_values.flatten().tolist() == [-9, -10]
+    cache.write(2, 2, got_keys, got_values)
+    assert slot_values(cache, 2, 4) == [8, 9, 9, 10]
