@@ -59,6 +59,8 @@ class HFEngine:
             torch's default (one per core).
         max_prefill_tokens: the most padded prompt tokens prefilled in one pass (bounds the pause the running
             requests see when many long prompts arrive at once).
+        adapter_timeout_s: the longest a request waits for its adapter (a free slot and the load, which runs in
+            a background thread) before failing with ``AdapterLoadTimeout``; None waits as long as it takes.
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -74,6 +76,7 @@ class HFEngine:
         num_threads: int | None = None,
         max_prefill_tokens: int = 4096,
         precision_cache: Path | None = None,
+        adapter_timeout_s: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
@@ -87,6 +90,7 @@ class HFEngine:
         self._max_loaded_adapters = max_loaded_adapters
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
+        self._adapter_timeout_s = adapter_timeout_s
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -107,6 +111,7 @@ class HFEngine:
             InvalidRequest: bad sampling values, an empty prompt, or a prompt that fills the context.
             NotFound: unknown base model.
             AdapterLoadError: the adapter cannot be loaded (only this request fails).
+            AdapterLoadTimeout: the adapter could not be loaded within ``adapter_timeout_s``.
             GenerationError: the forward pass that carried this request failed.
             Unavailable: the engine is closed.
         """
@@ -186,7 +191,9 @@ class HFEngine:
             if runtime is not None:
                 return runtime
             loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype)
-            adapters = AdapterCache(_adapter_loader(loaded), self._max_loaded_adapters)
+            adapters = AdapterCache(
+                _adapter_loader(loaded), self._max_loaded_adapters, timeout_s=self._adapter_timeout_s
+            )
             scheduler = Scheduler(
                 loaded,
                 adapters,
