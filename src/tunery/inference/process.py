@@ -54,8 +54,8 @@ _STOP_WAIT_S = 10.0
 _MAX_BACKOFF_S = 30.0
 
 # Messages, parent -> child: ("generate", rid, request, base_model, weights_dir) | ("cancel", rid) | ("stop",)
-# child -> parent: ("ready", pid) | ("chunk", rid, text, token_ids, finish, prompt_tokens, completion_tokens)
-#                  | ("error", rid, error_class, message, param, code)
+# child -> parent, in lists of: ("ready", pid) | ("chunk", rid, text, token_ids, finish, prompt_tokens,
+#                  completion_tokens) | ("error", rid, error_class, message, param, code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,21 +288,21 @@ class EngineProcess:
         conn = child.conn
         try:
             while True:
-                message = conn.recv()
-                kind = message[0]
-                if kind == "chunk":
-                    _, rid, text, ids, finish, prompt, completion = message
-                    self._generated += len(ids)
-                    stream = child.streams.get(rid)
-                    if stream is not None:
-                        stream.items.put(GenerationChunk(text, ids, finish, prompt, completion))
-                elif kind == "error":
-                    _, rid, error_class, text, param, code = message
-                    stream = child.streams.get(rid)
-                    if stream is not None:
-                        stream.items.put(_rebuild_error(error_class, text, param, code))
-                elif kind == "ready":
-                    child.ready = True
+                for message in conn.recv():  # the child sends what it has ready together, in one batch
+                    kind = message[0]
+                    if kind == "chunk":
+                        _, rid, text, ids, finish, prompt, completion = message
+                        self._generated += len(ids)
+                        stream = child.streams.get(rid)
+                        if stream is not None:
+                            stream.items.put(GenerationChunk(text, ids, finish, prompt, completion))
+                    elif kind == "error":
+                        _, rid, error_class, text, param, code = message
+                        stream = child.streams.get(rid)
+                        if stream is not None:
+                            stream.items.put(_rebuild_error(error_class, text, param, code))
+                    elif kind == "ready":
+                        child.ready = True
         except (EOFError, OSError):
             pass
         self._on_exit(child)
@@ -418,12 +418,25 @@ def _child_main(conn: Connection, factory: EngineFactory) -> None:
             raise NotFound(f"Model '{name}' is not served here.", param="model") from None
 
     engine = factory(lookup)
-    send_lock = threading.Lock()
+    outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
     cancels: dict[int, threading.Event] = {}
+    send = outbox.put
 
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            conn.send(message)
+    def sender() -> None:
+        """One thread writes the pipe: whatever is queued goes in one message (fewer writes under load)."""
+        while True:
+            batch = [outbox.get()]
+            while True:
+                try:
+                    batch.append(outbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                conn.send(batch)
+            except (OSError, ValueError):
+                return  # the server is gone; the main loop sees it too
+
+    threading.Thread(target=sender, name="engine-sender", daemon=True).start()
 
     def serve(rid: int, request: GenerationRequest) -> None:
         try:
@@ -431,8 +444,7 @@ def _child_main(conn: Connection, factory: EngineFactory) -> None:
                 send(("chunk", rid, chunk.text, chunk.token_ids, chunk.finish_reason, chunk.prompt_tokens,
                       chunk.completion_tokens))  # fmt: skip
         except BaseException as exc:
-            with contextlib.suppress(OSError, ValueError):
-                send(("error", rid, *_wire_error(exc)))
+            send(("error", rid, *_wire_error(exc)))
         finally:
             cancels.pop(rid, None)
 
