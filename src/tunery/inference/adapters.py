@@ -242,7 +242,9 @@ class AdapterCache:
                 raise
             if entry.error is not None:  # the failed entry has left the cache; each waiter raises its own copy
                 raise AdapterLoadError(entry.error.message) from entry.error.__cause__
-            return entry.adapter
+            adapter = entry.adapter
+            assert adapter is not None
+            return adapter
 
     def _wait(self, deadline: float | None, timeout: Callable[[], AdapterLoadTimeout]) -> None:
         """Wait for a change (lock held); raise ``timeout()`` once ``deadline`` has passed."""
