@@ -24,7 +24,7 @@ from tests.integration.harness import Server
 
 pytestmark = pytest.mark.integration
 
-LONG = 300  # tokens: long enough that a request is still being generated when the test kills the engine
+LONG = 900  # tokens (of the 1024 the tiny model reads): a request that runs long after its first piece
 
 
 def engine_status(server: Server) -> dict[str, Any]:
@@ -110,13 +110,14 @@ def test_killing_the_engine_mid_request_is_a_503_and_the_restarted_engine_answer
     restarts = status["restarts"]
 
     with Watcher(server) as watcher:
-        # 1. Streamed: the stream has started, so the 503 arrives as the stream's error event.
+        # 1. Streamed, killed right after the first piece (the other ~900 tokens take far longer to generate):
+        # the stream has started, so the 503 arrives as the stream's error event.
+        first_pid = engine_status(server)["pid"]
         stream = client.chat.completions.create(
             model="tiny-llama", messages=messages, temperature=0, max_tokens=LONG, stream=True  # type: ignore[arg-type]
         )  # fmt: skip
         chunks = iter(stream)
         next(chunks)
-        first_pid = engine_status(server)["pid"]
         os.kill(first_pid, signal.SIGKILL)
         with pytest.raises(openai.APIError) as streamed:
             for _ in chunks:
@@ -127,7 +128,9 @@ def test_killing_the_engine_mid_request_is_a_503_and_the_restarted_engine_answer
         second_pid = engine_status(server)["pid"]
         assert second_pid != first_pid
 
-        # 2. Plain: killed while the server waits for the whole answer, so it is an HTTP 503.
+        # 2. Plain: the engine is frozen (SIGSTOP) before the request reaches it, so the request is surely still
+        # in the engine when it is killed; the server waits for the whole answer, so it is an HTTP 503.
+        os.kill(second_pid, signal.SIGSTOP)
         with ThreadPoolExecutor(max_workers=1) as pool:
             reply = pool.submit(
                 client.chat.completions.create,
