@@ -2,4 +2,5 @@
 
 from tunery.cli.main import main
 
-main()
+if __name__ == "__main__":  # not when multiprocessing's spawn re-imports this module in the engine process
+    main()

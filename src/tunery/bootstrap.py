@@ -15,12 +15,15 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
+import psutil
+
 from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import ServiceError, Unavailable
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
+from tunery.inference.process import EngineProcess, HFEngineOptions
 from tunery.services.chat import ChatService
 from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.container import Services
@@ -341,16 +344,26 @@ def precision_cache(settings: Settings) -> Path:
 
 
 def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Engine:
-    """The serving engine; built on the first chat request, so serving files and jobs never loads torch."""
-    inference = settings.inference
-    from tunery.inference.hf_engine import HFEngine  # transformers + peft: only the edge imports it
+    """The serving engine, built on the first chat request, so serving files and jobs never loads torch.
 
-    return HFEngine(
-        base_weights,
+    ``inference.isolation = "process"`` (the default) runs it in a supervised child process; ``"thread"`` runs
+    it in this process.
+    """
+    inference = settings.inference
+    options = HFEngineOptions(
         max_loaded_adapters=inference.max_loaded_adapters,
         max_batch_size=inference.max_batch_size,
         device=inference.device,
         dtype=inference.dtype,
         num_threads=inference.num_threads,
         precision_cache=precision_cache(settings),
+        adapter_timeout_s=inference.adapter_timeout_s,
+        max_prefill_tokens=inference.max_prefill_tokens,
+        prefix_cache_mb=inference.prefix_cache_mb,
     )
+    if inference.isolation == "thread":
+        return options(base_weights)  # imports transformers + peft into this process
+    limit = inference.memory_limit_mb
+    if limit is None:
+        limit = int(psutil.virtual_memory().total * 0.8 / 1024**2)
+    return EngineProcess(base_weights, options, memory_limit_mb=limit or None)

@@ -8,6 +8,7 @@ Environment variables use the prefix ``TUNERY_`` and ``__`` for nesting, e.g.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -109,6 +110,25 @@ class InferenceSettings(BaseModel):
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
     num_threads: int | None = Field(default=None, description="CPU threads for inference (default: all cores)")
+    isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="'process': the engine runs in a supervised child process (restarted if it dies); "
+        "'thread': inside the server process",
+    )
+    memory_limit_mb: int | None = Field(
+        default=None,
+        description="Resident memory limit of the engine process, over which it is restarted "
+        "(default: 80% of this machine's memory; 0: no limit)",
+    )
+    adapter_timeout_s: float = Field(
+        default=60.0, description="Longest a request waits for its adapter to get a slot and load (then 503)"
+    )
+    max_prefill_tokens: int = Field(
+        default=512, description="Prompt tokens read per step; longer prompts are read in chunks between decode steps"
+    )
+    prefix_cache_mb: int = Field(
+        default=256, description="Memory per base model for reused prompt prefixes (shared system prompts); 0: off"
+    )
 
 
 class DeploymentsSettings(BaseModel):

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from tunery.inference.errors import AdapterLoadError
+from tunery.inference.errors import AdapterLoadError, AdapterLoadTimeout
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -181,6 +182,7 @@ def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
 class _Entry:
     adapter: LoraAdapter | None  # None while it is being loaded
     pins: int = 0
+    error: AdapterLoadError | None = None  # set when its load failed (the entry is gone from the cache then)
 
 
 class AdapterCache:
@@ -188,53 +190,68 @@ class AdapterCache:
 
     ``acquire`` pins an adapter for one request (loading it if needed) and ``release`` unpins it. A pinned
     adapter is never evicted, so when every slot is pinned ``acquire`` waits for a request to finish: at most
-    ``capacity`` distinct adapters are ever in memory or in one batch. Thread-safe; loads run in the calling
-    thread, outside the lock, and two requests for an adapter that is loading wait for the same load.
+    ``capacity`` distinct adapters are ever in memory or in one batch. The wait is bounded: after ``timeout_s``
+    the request fails with ``AdapterLoadTimeout`` saying why (every slot busy, or the load too slow), so any
+    number of adapters can be asked for at once and none waits forever. Loads run in a background thread of
+    their own (never in the scheduler's), outside the lock; two requests for an adapter that is loading wait
+    for the same load, and a load whose waiters gave up still completes and stays cached (unpinned).
 
     Args:
         loader: reads an adapter, ``(name, path) -> LoraAdapter``; may raise ``AdapterLoadError``.
         capacity: the most adapters held at once (at least 1).
+        timeout_s: the longest ``acquire`` waits for a slot and the load (None: no limit).
     """
 
-    def __init__(self, loader: Callable[[str, Path], LoraAdapter], capacity: int) -> None:
+    def __init__(
+        self, loader: Callable[[str, Path], LoraAdapter], capacity: int, *, timeout_s: float | None = None
+    ) -> None:
         if capacity < 1:
             raise ValueError("max_loaded_adapters must be at least 1.")
         self._loader = loader
         self._capacity = capacity
+        self._timeout_s = timeout_s
         self._entries: OrderedDict[tuple[str, Path], _Entry] = OrderedDict()
         self._changed = threading.Condition()
 
-    def acquire(self, name: str, path: Path) -> LoraAdapter:
+    def acquire(self, name: str, path: Path, timeout_s: float | None = None) -> LoraAdapter:
         """The adapter ``name`` read from ``path``, pinned until ``release``.
+
+        Args:
+            timeout_s: the longest wait for a free slot and the load; None uses the cache's own limit.
 
         Raises:
             AdapterLoadError: it cannot be loaded (nothing stays pinned or cached then).
+            AdapterLoadTimeout: no slot came free, or the load did not finish, within the time allowed.
         """
         key = (name, path)
+        limit = timeout_s if timeout_s is not None else self._timeout_s
+        deadline = None if limit is None else time.monotonic() + limit
         with self._changed:
-            while True:
-                entry = self._entries.get(key)
-                if entry is not None:
-                    if entry.adapter is not None:
-                        entry.pins += 1
-                        self._entries.move_to_end(key)
-                        return entry.adapter
-                elif len(self._entries) < self._capacity or self._evict_idle():
-                    entry = _Entry(adapter=None, pins=1)
-                    self._entries[key] = entry
+            while (entry := self._entries.get(key)) is None:
+                if len(self._entries) < self._capacity or self._evict_idle():
+                    entry = self._start_load(key)
                     break
-                self._changed.wait()
-        try:
-            adapter = self._loader(name, path)
-        except BaseException:
-            with self._changed:
-                del self._entries[key]
-                self._changed.notify_all()
-            raise
-        with self._changed:
-            entry.adapter = adapter
-            self._changed.notify_all()
-        return adapter
+                self._wait(deadline, lambda: self._timeout(name, limit, loading=False))
+            entry.pins += 1  # a loading entry with waiters is pinned too: its load is not wasted by an eviction
+            self._entries.move_to_end(key)
+            try:
+                while entry.adapter is None and entry.error is None:
+                    self._wait(deadline, lambda: self._timeout(name, limit, loading=True))
+            except AdapterLoadTimeout:
+                entry.pins -= 1
+                raise
+            if entry.error is not None:  # the failed entry has left the cache; each waiter raises its own copy
+                raise AdapterLoadError(entry.error.message) from entry.error.__cause__
+            adapter = entry.adapter
+            assert adapter is not None
+            return adapter
+
+    def _wait(self, deadline: float | None, timeout: Callable[[], AdapterLoadTimeout]) -> None:
+        """Wait for a change (lock held); raise ``timeout()`` once ``deadline`` has passed."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise timeout()
+        self._changed.wait(remaining)
 
     def release(self, adapter: LoraAdapter) -> None:
         """Unpin an adapter that ``acquire`` returned (once per ``acquire``)."""
@@ -248,6 +265,42 @@ class AdapterCache:
         """Names of the loaded adapters, least recently used first."""
         with self._changed:
             return [name for (name, _), entry in self._entries.items() if entry.adapter is not None]
+
+    def _start_load(self, key: tuple[str, Path]) -> _Entry:
+        """Reserve a slot for ``key`` and load it in a background thread (called with the lock held)."""
+        entry = _Entry(adapter=None)
+        self._entries[key] = entry
+        thread = threading.Thread(target=self._load, args=(key, entry), name=f"tunery-adapter-{key[0]}", daemon=True)
+        thread.start()
+        return entry
+
+    def _load(self, key: tuple[str, Path], entry: _Entry) -> None:
+        try:
+            adapter = self._loader(*key)
+        except BaseException as exc:
+            error = exc if isinstance(exc, AdapterLoadError) else AdapterLoadError(f"Adapter '{key[0]}': {exc}")
+            if error is not exc:
+                error.__cause__ = exc
+            with self._changed:
+                entry.error = error
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+                self._changed.notify_all()
+            return
+        with self._changed:
+            entry.adapter = adapter
+            self._changed.notify_all()
+
+    def _timeout(self, name: str, limit: float | None, *, loading: bool) -> AdapterLoadTimeout:
+        if loading:
+            return AdapterLoadTimeout(
+                f"Adapter '{name}' is still loading after {limit or 0:g} s; try again shortly.", param="model"
+            )
+        return AdapterLoadTimeout(
+            f"Adapter '{name}' could not be loaded within {limit or 0:g} s: all {self._capacity} adapter slots are "
+            "held by running requests of other adapters; try again shortly (or raise inference.max_loaded_adapters).",
+            param="model",
+        )
 
     def _evict_idle(self) -> bool:
         for key, entry in self._entries.items():

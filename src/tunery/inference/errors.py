@@ -2,12 +2,12 @@
 
 Torch-free, so the chat service can catch them without importing the ML stack. Bad request values
 (``max_tokens < 1``, a prompt longer than the context) are plain ``InvalidRequest``; the engine being
-closed is ``Unavailable``. Only the two failures that need their own name live here.
+closed is ``Unavailable``. Only the failures that need their own name live here.
 """
 
 from __future__ import annotations
 
-from tunery.domain.errors import ServiceError
+from tunery.domain.errors import ServiceError, Unavailable
 
 
 class AdapterLoadError(ServiceError):
@@ -27,3 +27,22 @@ class GenerationError(ServiceError):
     """
 
     default_code = "generationFailed"
+
+
+class AdapterLoadTimeout(Unavailable):
+    """A request's adapter was not in memory and could not be loaded within the wait allowed (HTTP 503).
+
+    Either every adapter slot stayed pinned by running requests for the whole wait, or the load itself was too
+    slow; the message says which. Retrying later is the fix, so it is a 503 with ``retry-after``.
+    """
+
+    default_code = "adapterLoadTimeout"
+
+
+class EngineRestarted(Unavailable):
+    """The engine process died (killed, crashed, over its memory limit) while this request was in it (HTTP 503).
+
+    The supervisor restarts it; the same request sent again is answered by the new process.
+    """
+
+    default_code = "engineRestarted"

@@ -63,6 +63,8 @@ class HFEngine:
         prefix_cache_mb: memory per base model for the keys and values of prompt prefixes already read (a
             shared system prompt or few-shot examples are then not read again); 0 turns prefix caching off.
         prefix_block_tokens: prefixes are reused in blocks of this many tokens.
+        adapter_timeout_s: the longest a request waits for its adapter (a free slot and the load, which runs in
+            a background thread) before failing with ``AdapterLoadTimeout``; None waits as long as it takes.
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -80,6 +82,7 @@ class HFEngine:
         prefix_cache_mb: int = 256,
         prefix_block_tokens: int = 32,
         precision_cache: Path | None = None,
+        adapter_timeout_s: float | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
@@ -95,6 +98,7 @@ class HFEngine:
         self._max_prefill_tokens = max_prefill_tokens
         self._prefix_cache_bytes = prefix_cache_mb * 2**20
         self._prefix_block_tokens = prefix_block_tokens
+        self._adapter_timeout_s = adapter_timeout_s
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -115,6 +119,7 @@ class HFEngine:
             InvalidRequest: bad sampling values, an empty prompt, or a prompt that fills the context.
             NotFound: unknown base model.
             AdapterLoadError: the adapter cannot be loaded (only this request fails).
+            AdapterLoadTimeout: the adapter could not be loaded within ``adapter_timeout_s``.
             GenerationError: the forward pass that carried this request failed.
             Unavailable: the engine is closed.
         """
@@ -194,7 +199,9 @@ class HFEngine:
             if runtime is not None:
                 return runtime
             loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype)
-            adapters = AdapterCache(_adapter_loader(loaded), self._max_loaded_adapters)
+            adapters = AdapterCache(
+                _adapter_loader(loaded), self._max_loaded_adapters, timeout_s=self._adapter_timeout_s
+            )
             scheduler = Scheduler(
                 loaded,
                 adapters,

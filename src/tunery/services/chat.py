@@ -238,6 +238,16 @@ class ChatService:
         """Tokens the engine has sampled since it was built (0 before)."""
         return self._engine.generated_tokens() if self._engine is not None else 0
 
+    def engine_status(self) -> dict[str, Any]:
+        """The engine's state for ``/health``: its process, memory and restarts when it runs in a child."""
+        engine = self._engine
+        if engine is None:
+            return {"state": "not started"}
+        status = getattr(engine, "status", None)
+        if callable(status):
+            return dict(status())
+        return {"isolation": "thread", "state": "running", "active_requests": engine.active_rows()}
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()

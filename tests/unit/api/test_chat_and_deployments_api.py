@@ -260,3 +260,11 @@ def test_a_model_whose_checkpoint_is_deployed_cannot_be_deleted(api: Api) -> Non
     refused = api.client.delete(f"/v1/models/{model}", headers=api.headers())
     assert refused.status_code == 409
     assert "ckpt-step-1" in refused.json()["error"]["message"]
+
+
+def test_health_reports_the_engine_without_authentication(api: Api) -> None:
+    assert api.client.get("/health").json()["engine"] == {"state": "not started"}
+    assert chat(api, model="tiny-llama", temperature=0).status_code == 200
+    health = api.client.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["engine"] == {"isolation": "thread", "state": "running", "active_requests": 0}

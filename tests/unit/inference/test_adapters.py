@@ -10,6 +10,7 @@ import json
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from tunery.inference.adapters import AdapterCache, LoraAdapter, LoraModule, load_lora_adapter
-from tunery.inference.errors import AdapterLoadError
+from tunery.inference.errors import AdapterLoadError, AdapterLoadTimeout
 from tunery.inference.multi_lora import MultiLora
 
 SHAPES = {"model.layers.0.self_attn.q_proj": (64, 64), "model.layers.0.self_attn.k_proj": (64, 32)}
@@ -157,6 +158,86 @@ def test_concurrent_requests_share_one_load_and_failures_are_not_cached(tmp_path
             cache.acquire("bad", tmp_path)
     assert loader.loads == ["a", "bad", "bad"]
     assert cache.loaded() == ["a"]
+
+
+class GatedLoader:
+    """Loads instantly, except the adapters named in ``gated``, which wait for ``gate``; counts loads at once."""
+
+    def __init__(self, gated: tuple[str, ...] = ()) -> None:
+        self.gate = threading.Event()
+        self.gated = gated
+        self.loads: list[str] = []
+        self.loading = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str, path: Path) -> LoraAdapter:
+        with self._lock:
+            self.loads.append(name)
+            self.loading += 1
+            self.most_at_once = max(self.most_at_once, self.loading)
+        try:
+            if name in self.gated:
+                assert self.gate.wait(30)
+            return LoraAdapter(name=name, path=path, modules={})
+        finally:
+            with self._lock:
+                self.loading -= 1
+
+
+def test_a_request_whose_adapter_finds_no_free_slot_in_time_gets_a_clear_error(tmp_path: Path) -> None:
+    cache = AdapterCache(GatedLoader(), capacity=2, timeout_s=0.2)
+    held = [cache.acquire("a", tmp_path), cache.acquire("b", tmp_path)]
+    with pytest.raises(AdapterLoadTimeout) as late:
+        cache.acquire("c", tmp_path)
+    assert late.value.message.startswith("Adapter 'c' could not be loaded within 0.2 s: all 2 adapter slots are")
+    assert late.value.code == "adapterLoadTimeout"
+    assert late.value.param == "model"
+    assert cache.loaded() == ["a", "b"]
+    cache.release(held[0])
+    cache.release(cache.acquire("c", tmp_path, timeout_s=5))  # a slot came free: no wait
+    assert cache.loaded() == ["b", "c"]
+
+
+def test_a_slow_load_times_out_its_waiters_but_completes_and_never_stalls_other_adapters(tmp_path: Path) -> None:
+    loader = GatedLoader(gated=("slow",))
+    cache = AdapterCache(loader, capacity=2, timeout_s=0.2)
+    cache.release(cache.acquire("fast", tmp_path))
+    with pytest.raises(AdapterLoadTimeout, match=r"'slow' is still loading after 0\.2 s"):
+        cache.acquire("slow", tmp_path)
+    # While it loads (in its own thread), a loaded adapter is handed out at once.
+    cache.release(cache.acquire("fast", tmp_path, timeout_s=5))
+    loader.gate.set()
+    slow = cache.acquire("slow", tmp_path, timeout_s=30)  # the same load, finished: not loaded again
+    assert slow.name == "slow"
+    assert loader.loads == ["fast", "slow"]
+
+
+def test_twenty_adapters_wanted_at_once_share_eight_slots_without_deadlock(tmp_path: Path) -> None:
+    loader = GatedLoader()
+    cache = AdapterCache(loader, capacity=8, timeout_s=60)
+    in_use: set[str] = set()
+    most_in_use = 0
+    lock = threading.Lock()
+
+    def use(name: str) -> str:
+        nonlocal most_in_use
+        adapter = cache.acquire(name, tmp_path)
+        with lock:
+            in_use.add(name)
+            most_in_use = max(most_in_use, len(in_use))
+        time.sleep(0.01)  # a request holding its adapter for a moment
+        with lock:
+            in_use.discard(name)
+        cache.release(adapter)
+        return adapter.name
+
+    names = [f"adapter-{i}" for i in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        assert list(pool.map(use, names)) == names
+    assert most_in_use <= 8
+    assert len(cache.loaded()) <= 8
+    assert sorted(loader.loads) == sorted(names)
 
 
 # ------------------------------------------------------------------------------------------------ MultiLora
