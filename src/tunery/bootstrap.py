@@ -19,6 +19,7 @@ from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import ServiceError, Unavailable
+from tunery.domain.webhooks import Target
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.services.chat import ChatService
@@ -35,7 +36,7 @@ from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.permissions import PermissionService
-from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
+from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService, JobHubPush
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
 from tunery.services.uploads import UploadRules, UploadService
@@ -185,6 +186,7 @@ def build_services(
         JobRules(
             max_jobs_per_project=settings.jobs.max_jobs_per_project,
             max_waiting_per_project=settings.jobs.max_waiting_per_project,
+            hub_token_configured=bool(settings.portability.hf_token),
         ),
     )
 
@@ -264,19 +266,21 @@ def build_services(
     migrations = MigrationService(migrated, files, jobs, models, chat)
     hooks = settings.webhooks
     webhook_store = WebhookStore(database)
+    trackers = TrackerRunner(
+        jobs_store,
+        MetricStore(database),
+        TrackerSettings(
+            wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
+            wandb_mode=settings.integrations.wandb_mode,
+            mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
+            timeout_s=hooks.tracker_timeout_s,
+        ),
+    )
+    hub_push = JobHubPush(jobs_store, exports)
     outbox = OutboxSender(
         webhook_store,
         events,
-        TrackerRunner(
-            jobs_store,
-            MetricStore(database),
-            TrackerSettings(
-                wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
-                wandb_mode=settings.integrations.wandb_mode,
-                mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
-                timeout_s=hooks.tracker_timeout_s,
-            ),
-        ),
+        lambda delivery: hub_push(delivery) if delivery.target is Target.HUB else trackers(delivery),
         OutboxRules(
             retry_base_s=hooks.retry_base_s,
             retry_max_s=hooks.retry_max_s,

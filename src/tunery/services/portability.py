@@ -5,7 +5,9 @@ into ``export_dir`` with ``catalog.export`` (streamed, tensor by tensor) and han
 its size and sha256, so the API can send a Content-Length and a checksum before the first byte; later
 downloads of the same model and format reuse the file. Import unpacks an uploaded archive (or reads an
 admin-allowed folder), checks the adapter against its base with ``catalog.peft_adapter`` and stores it as a
-model that resolves like any fine-tuned one. Migration from another service lives in ``services.migration``.
+model that resolves like any fine-tuned one. ``JobHubPush`` is the outbox's receiver for a job created with
+``hf_output_repo_name``: once the job succeeds its model is pushed as ``push_to_hub`` pushes it. Migration from
+another service lives in ``services.migration``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from tunery.catalog.export import EXPORT_FORMATS, export_model, sha256_of, write
 from tunery.catalog.gguf_export import UnsupportedForGguf
 from tunery.catalog.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterProblem, PeftAdapter, check_against_base
 from tunery.catalog.safetensors_stream import SafetensorsError, read_infos, weight_files
-from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
+from tunery.domain.errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from tunery.domain.webhooks import Delivery
 from tunery.services.models import ModelEntry, ModelService
+from tunery.services.outbox import TrackerFailed
 from tunery.services.runs import adapter_path
 from tunery.storage.blobs import BlobStore
+from tunery.storage.jobs import JobStore
 from tunery.storage.portability import ImportedModel, ImportedModelStore
 
 BaseWeights = Callable[[str], Path]
@@ -176,6 +181,41 @@ class ExportService:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+class JobHubPush:
+    """Pushes a succeeded job's model to the Hub repository the job was created with (``hf_output_repo_name``).
+
+    Called by the outbox sender for the job's ``huggingface`` row (written when the job succeeds, so a restart
+    in between loses nothing). One attempt; a failure is raised as ``TrackerFailed`` and becomes a warning
+    event on the job, which stays succeeded. The job's own Hub token is dropped after the attempt.
+    """
+
+    def __init__(self, jobs: JobStore, exports: ExportService) -> None:
+        self._jobs = jobs
+        self._exports = exports
+
+    def __call__(self, delivery: Delivery) -> str:
+        if delivery.job_id is None:
+            raise TrackerFailed("the event names no job")
+        job = self._jobs.get_any(delivery.job_id)
+        target = job.extras.get("hf_output") or {}
+        if not target.get("repo_id") or not job.fine_tuned_model:
+            raise TrackerFailed("the job names no Hub repository or has no model")
+        try:
+            pushed = self._exports.push_to_hub(
+                job.project_id, job.fine_tuned_model, str(target.get("format") or "peft"),
+                repo_id=str(target["repo_id"]), token=job.extras.get("hf_api_token"),
+                private=bool(target.get("private", True)),
+            )  # fmt: skip
+        except ServiceError as exc:
+            raise TrackerFailed(exc.message) from None
+        finally:
+            self._jobs.forget_extra(job.id, "hf_api_token")
+        return (
+            f"Pushed {job.fine_tuned_model} ({pushed['format']}) to the Hugging Face Hub repository "
+            f"{pushed['repo_id']}: {pushed['commit_url']}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

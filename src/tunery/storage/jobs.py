@@ -71,6 +71,14 @@ class JobStore:
             raise _not_found(job_id)
         return _row_to_job(row)
 
+    def forget_extra(self, job_id: str, name: str) -> None:
+        """Drop one extension value from a job (a Hub token once its push was tried); gone jobs are ignored."""
+        with self._db.transaction() as conn:
+            row = conn.execute(select(jobs.c.extras).where(jobs.c.id == job_id)).first()
+            if row is not None and name in (row[0] or {}):
+                extras = {k: v for k, v in row[0].items() if k != name}
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(extras=extras))
+
     def list(self, project_id: str, page: PageRequest, metadata: dict[str, str] | None = None) -> Page[Job]:
         """One page of the project's jobs in creation order (``page.order``; DESC is newest first).
 

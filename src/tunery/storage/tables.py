@@ -335,7 +335,7 @@ outbox = Table(
     Column("event_type", String(64), nullable=False),
     Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
     Column("job_id", ID, nullable=True),
-    Column("target", ENUM, nullable=False),  # "webhook", "wandb", "mlflow"
+    Column("target", ENUM, nullable=False),  # "webhook", "wandb", "mlflow", "huggingface"
     Column("endpoint_id", ID, nullable=True, index=True),
     Column("payload", Text, nullable=False),  # the exact body sent on every attempt
     Column("created_at", BigInteger, nullable=False),
