@@ -36,7 +36,14 @@ from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.permissions import PermissionService
-from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService, JobHubPush
+from tunery.services.portability import (
+    ExportCacheRules,
+    ExportService,
+    HubSettings,
+    ImportRules,
+    ImportService,
+    JobHubPush,
+)
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
 from tunery.services.uploads import UploadRules, UploadService
@@ -257,7 +264,9 @@ def build_services(
     exports = ExportService(
         models, blobs, base_weights, settings.data_dir / "exports",
         HubSettings(endpoint=portability.hf_endpoint, token=portability.hf_token),
+        ExportCacheRules(max_bytes=portability.export_cache_max_bytes, max_age_s=portability.export_cache_max_age_s),
     )  # fmt: skip
+    models.on_delete(exports.forget)
     imports = ImportService(
         models, catalog, imported, blobs, base_weights,
         ImportRules(allowed_dir=portability.import_allowed_dir, max_archive_bytes=portability.max_import_bytes),

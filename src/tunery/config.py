@@ -150,6 +150,10 @@ class PortabilitySettings(BaseModel):
     max_import_bytes: int = Field(default=2 * 1024**3, description="Largest adapter archive accepted for import")
     hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face Hub for pushes")
     hf_token: str | None = Field(default=None, description="Hub token used when a push request brings none")
+    export_cache_max_bytes: int = Field(default=20 * 1024**3, description="Most bytes DATA_DIR/exports keeps")
+    export_cache_max_age_s: float = Field(
+        default=7 * 24 * 3600.0, description="An export unused this long is removed (rebuilt on the next download)"
+    )
 
 
 class WebhooksSettings(BaseModel):

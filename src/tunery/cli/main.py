@@ -110,6 +110,10 @@ def serve(
                 services.deployments.reap()
             except Exception:  # the database may be briefly unreachable: try again next round
                 logging.getLogger("tunery.reaper").exception("reaping inactive deployments failed")
+            try:
+                services.exports.prune()  # this server's export cache: deleted models, old and least-used exports
+            except Exception:
+                logging.getLogger("tunery.reaper").exception("pruning the export cache failed")
 
     threading.Thread(target=reap_forever, name="tunery-reaper", daemon=True).start()
     url = f"http://{host}:{port}"

@@ -191,6 +191,7 @@ class JobService:
         if job.fine_tuned_model and self._models.get(project_id, job.fine_tuned_model) is not None:
             self._model_service.delete(project_id, job.fine_tuned_model)
         self._jobs.delete(project_id, job_id)
+        self._model_service.notify_deleted(project_id, None)  # its checkpoints are gone too
 
     # ----------------------------------------------------------------------------------------- helpers
     def log(

@@ -47,6 +47,7 @@ def services(tmp_path: Path, tiny_model_dir: Path, hub: str) -> Iterator[Service
 
 
 def succeeded_job(services: Services, tmp_path: Path, **body: Any) -> Job:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     project = services.keys.create("p").project.id
     file = services.files.create(project, filename="t.jsonl", purpose="fine-tune", chunks=[chat_jsonl()])
     job = services.jobs.create(project, parse_job_request({"model": "tiny-llama", "training_file": file.id, **body}))
