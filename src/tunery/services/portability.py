@@ -10,9 +10,9 @@ after each new export, after a model is deleted (``forget``: that model's export
 server's hourly housekeeping. An export used in the last ``grace_s`` is never evicted for size or age (a
 download opens its file just after ``export`` returns; once open, removing the file does not cut it short).
 Import unpacks an uploaded archive (or reads an admin-allowed folder), checks the adapter against its base with
-``catalog.peft_adapter`` and stores it as a model that resolves like any fine-tuned one. ``JobHubPush`` is the outbox's receiver for a job created with
-``hf_output_repo_name``: once the job succeeds its model is pushed as ``push_to_hub`` pushes it. Migration from
-another service lives in ``services.migration``.
+``catalog.peft_adapter`` and stores it as a model that resolves like any fine-tuned one. ``JobHubPush`` is the
+outbox's receiver for a job created with ``hf_output_repo_name``: once the job succeeds its model is pushed as
+``push_to_hub`` pushes it. Migration from another service lives in ``services.migration``.
 """
 
 from __future__ import annotations
