@@ -253,6 +253,17 @@ class JobStore:
             result = conn.execute(query)
         return result.rowcount == 1
 
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Let go of a job ``worker_id`` holds (its trainer is gone): any worker may claim it at once."""
+        query = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id)
+            .values(worker_id=None, trainer_pid=None)
+        )
+        with self._db.transaction() as conn:
+            result = conn.execute(query)
+        return result.rowcount == 1
+
     def list_stale(self, now: float, stale_after: float) -> builtins.list[Job]:
         """Jobs a dead worker left behind, in every project, oldest first (crash recovery).
 
