@@ -51,6 +51,9 @@ class FilesSettings(BaseModel):
     import_dirs: list[Path] = Field(
         default_factory=list, description="Local folders admin keys may import from (/files/import file://...)"
     )
+    recheck_interval_s: float = Field(
+        default=60.0, description="How often a server takes up file checks left waiting (a stopped server's)"
+    )
 
 
 class ModelsSettings(BaseModel):
