@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from tests.ceilings import ceiling
 from tests.integration.harness import Server, free_port, tunery, wait_until_healthy
 from tests.integration.test_fine_tuning import colour_jsonl, finished, upload, wait_for
-from tunery.testing.fake_hub import FakeHub, fake_hub_server
+from tunery.testing.fake_hub import TOKEN, FakeHub, fake_hub_server
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +146,9 @@ def base_model(tiny_model_dir: Path) -> torch.nn.Module:
 
 def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_path: Path) -> None:
     client = client_of(dest)
-    job = train(client, suffix="export")
+    job = train(client, suffix="export", extra_body={"hf_output_repo_name": "me/from-job", "hf_api_token": TOKEN})
+    assert (job.model_extra or {})["hf_output_repo_name"] == "me/from-job"
+    assert TOKEN not in job.model_dump_json()
     model = job.fine_tuned_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     served = [tunery_answer(client, model, messages) for messages in PROMPTS]
@@ -190,8 +194,7 @@ def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_pat
     pushed: Any = client.post(f"/models/{model}/push", cast_to=object,
                               body={"hf_output_repo_name": "me/colours", "hf_token": "hf_test_token"})  # fmt: skip
     assert pushed["repo_id"] == "me/colours"
-    (commit,) = FakeHub.commits
-    assert commit["repo"] == "me/colours"
+    (commit,) = [c for c in FakeHub.commits if c["repo"] == "me/colours"]
     assert commit["files"]["adapter_model.safetensors"] == (peft_dir / "adapter_model.safetensors").read_bytes()
     assert "base_model: tiny-llama" in commit["files"]["README.md"].decode()
     with pytest.raises(openai.BadRequestError, match="refused the push"):
@@ -199,6 +202,14 @@ def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_pat
                     cast_to=object)  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="token is needed"):
         client.post(f"/models/{model}/push", body={"hf_output_repo_name": "me/colours"}, cast_to=object)
+
+    deadline = time.monotonic() + ceiling(30)  # the outbox pushes the job's model once the job succeeded
+    while not any(c["repo"] == "me/from-job" for c in FakeHub.commits) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (from_job,) = [c for c in FakeHub.commits if c["repo"] == "me/from-job"]
+    assert from_job["files"]["adapter_model.safetensors"] == (peft_dir / "adapter_model.safetensors").read_bytes()
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data]
+    assert any(m.startswith(f"Pushed {model} (peft) to the Hugging Face Hub repository me/from-job") for m in events)
 
     cli_dir = tmp_path / "cli-export"
     env = {**dest.env, "TUNERY_BASE_URL": f"{dest.url}/v1", "TUNERY_API_KEY": dest.key}

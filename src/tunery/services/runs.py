@@ -642,8 +642,8 @@ class RunService:
                 after = (folder / STATE_FILE).read_bytes()
             except FileNotFoundError:
                 _close(handles)
-                if not self.run_dir(job_id).is_dir():
-                    return None
+                if not folder.is_dir() and not folder.with_name(f".{STATE_DIR}~old").is_dir():
+                    return None  # this run saves no state (or not yet)
                 time.sleep(0.05)  # a save is swapping the folder in
                 continue
             if before != after:
