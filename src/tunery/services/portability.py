@@ -276,7 +276,7 @@ class ExportService:
             ref = self._models.resolve(owner["project_id"], owner["name"])
         except NotFound:
             return False
-        return ref.adapter_key == owner.get("adapter_key")
+        return bool(ref.adapter_key == owner.get("adapter_key"))
 
 
 def _last_use(folder: Path) -> float:
