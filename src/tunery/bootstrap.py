@@ -21,6 +21,7 @@ from tunery.catalog import Catalog, parse_model_ref
 from tunery.config import Settings
 from tunery.domain.datasets import ExampleTokenizer
 from tunery.domain.errors import ServiceError, Unavailable
+from tunery.domain.webhooks import Target
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
 from tunery.inference.process import EngineProcess, HFEngineOptions
@@ -38,7 +39,14 @@ from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.permissions import PermissionService
-from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
+from tunery.services.portability import (
+    ExportCacheRules,
+    ExportService,
+    HubSettings,
+    ImportRules,
+    ImportService,
+    JobHubPush,
+)
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
 from tunery.services.uploads import UploadRules, UploadService
@@ -188,6 +196,7 @@ def build_services(
         JobRules(
             max_jobs_per_project=settings.jobs.max_jobs_per_project,
             max_waiting_per_project=settings.jobs.max_waiting_per_project,
+            hub_token_configured=bool(settings.portability.hf_token),
         ),
     )
 
@@ -260,7 +269,9 @@ def build_services(
     exports = ExportService(
         models, blobs, base_weights, settings.data_dir / "exports",
         HubSettings(endpoint=portability.hf_endpoint, token=portability.hf_token),
+        ExportCacheRules(max_bytes=portability.export_cache_max_bytes, max_age_s=portability.export_cache_max_age_s),
     )  # fmt: skip
+    models.on_delete(exports.forget)
     imports = ImportService(
         models, catalog, imported, blobs, base_weights,
         ImportRules(allowed_dir=portability.import_allowed_dir, max_archive_bytes=portability.max_import_bytes),
@@ -269,19 +280,21 @@ def build_services(
     migrations = MigrationService(migrated, files, jobs, models, chat)
     hooks = settings.webhooks
     webhook_store = WebhookStore(database)
+    trackers = TrackerRunner(
+        jobs_store,
+        MetricStore(database),
+        TrackerSettings(
+            wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
+            wandb_mode=settings.integrations.wandb_mode,
+            mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
+            timeout_s=hooks.tracker_timeout_s,
+        ),
+    )
+    hub_push = JobHubPush(jobs_store, exports)
     outbox = OutboxSender(
         webhook_store,
         events,
-        TrackerRunner(
-            jobs_store,
-            MetricStore(database),
-            TrackerSettings(
-                wandb_dir=settings.integrations.wandb_dir or settings.data_dir / "wandb",
-                wandb_mode=settings.integrations.wandb_mode,
-                mlflow_tracking_uri=settings.integrations.mlflow_tracking_uri,
-                timeout_s=hooks.tracker_timeout_s,
-            ),
-        ),
+        lambda delivery: hub_push(delivery) if delivery.target is Target.HUB else trackers(delivery),
         OutboxRules(
             retry_base_s=hooks.retry_base_s,
             retry_max_s=hooks.retry_max_s,

@@ -52,6 +52,9 @@ class FilesSettings(BaseModel):
     import_dirs: list[Path] = Field(
         default_factory=list, description="Local folders admin keys may import from (/files/import file://...)"
     )
+    recheck_interval_s: float = Field(
+        default=60.0, description="How often a server takes up file checks left waiting (a stopped server's)"
+    )
 
 
 class ModelsSettings(BaseModel):
@@ -170,6 +173,10 @@ class PortabilitySettings(BaseModel):
     max_import_bytes: int = Field(default=2 * 1024**3, description="Largest adapter archive accepted for import")
     hf_endpoint: str = Field(default="https://huggingface.co", description="Hugging Face Hub for pushes")
     hf_token: str | None = Field(default=None, description="Hub token used when a push request brings none")
+    export_cache_max_bytes: int = Field(default=20 * 1024**3, description="Most bytes DATA_DIR/exports keeps")
+    export_cache_max_age_s: float = Field(
+        default=7 * 24 * 3600.0, description="An export unused this long is removed (rebuilt on the next download)"
+    )
 
 
 class WebhooksSettings(BaseModel):

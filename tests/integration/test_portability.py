@@ -7,7 +7,6 @@ Run alone: ``.venv/bin/pytest tests/integration/test_portability.py``
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -16,11 +15,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import gguf
 import httpx
@@ -30,8 +28,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from tests.ceilings import ceiling
 from tests.integration.harness import Server, free_port, tunery, wait_until_healthy
 from tests.integration.test_fine_tuning import colour_jsonl, finished, upload, wait_for
+from tunery.testing.fake_hub import TOKEN, FakeHub, fake_hub_server
 
 pytestmark = pytest.mark.integration
 
@@ -43,60 +43,10 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 MAX_TOKENS = 12
 
 
-class FakeHub(BaseHTTPRequestHandler):
-    """The few Hugging Face Hub endpoints ``HfApi.create_repo`` / ``upload_folder`` call, answering every file as
-    a regular (inline) upload; what was committed is kept in ``commits`` (no network on these machines)."""
-
-    commits: ClassVar[list[dict[str, Any]]] = []
-    cards: ClassVar[list[str]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        auth = self.headers.get("authorization", "")
-        if auth != "Bearer hf_test_token":
-            return self._reply(401, {"error": "Invalid credentials in Authorization header"})
-        if self.path == "/api/validate-yaml":  # the model card's metadata
-            FakeHub.cards.append(json.loads(body)["content"])
-            return self._reply(200, {"errors": [], "warnings": []})
-        if self.path == "/api/repos/create":
-            request = json.loads(body)
-            return self._reply(200, {"url": f"{self.root()}/{request.get('organization')}/{request['name']}"})
-        parts = self.path.split("?")[0].split("/")  # /api/models/<owner>/<name>/<preupload|commit>/<revision>
-        if len(parts) == 7 and parts[5] == "preupload":
-            files = json.loads(body)["files"]
-            listed = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
-            return self._reply(200, {"files": listed})
-        if len(parts) == 7 and parts[5] == "commit":
-            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-            files = {item["value"]["path"]: base64.b64decode(item["value"]["content"])
-                     for item in lines if item["key"] == "file"}  # fmt: skip
-            FakeHub.commits.append({"repo": f"{parts[3]}/{parts[4]}", "files": files})
-            return self._reply(200, {"commitUrl": f"{self.root()}/{parts[3]}/{parts[4]}/commit/{'a' * 40}",
-                                     "commitOid": "a" * 40})  # fmt: skip
-        return self._reply(404, {"error": f"not faked: {self.path}"})
-
-    def root(self) -> str:
-        return f"http://{self.headers['host']}"
-
-    def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def fake_hub() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with fake_hub_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +146,9 @@ def base_model(tiny_model_dir: Path) -> torch.nn.Module:
 
 def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_path: Path) -> None:
     client = client_of(dest)
-    job = train(client, suffix="export")
+    job = train(client, suffix="export", extra_body={"hf_output_repo_name": "me/from-job", "hf_api_token": TOKEN})
+    assert (job.model_extra or {})["hf_output_repo_name"] == "me/from-job"
+    assert TOKEN not in job.model_dump_json()
     model = job.fine_tuned_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     served = [tunery_answer(client, model, messages) for messages in PROMPTS]
@@ -242,8 +194,7 @@ def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_pat
     pushed: Any = client.post(f"/models/{model}/push", cast_to=object,
                               body={"hf_output_repo_name": "me/colours", "hf_token": "hf_test_token"})  # fmt: skip
     assert pushed["repo_id"] == "me/colours"
-    (commit,) = FakeHub.commits
-    assert commit["repo"] == "me/colours"
+    (commit,) = [c for c in FakeHub.commits if c["repo"] == "me/colours"]
     assert commit["files"]["adapter_model.safetensors"] == (peft_dir / "adapter_model.safetensors").read_bytes()
     assert "base_model: tiny-llama" in commit["files"]["README.md"].decode()
     with pytest.raises(openai.BadRequestError, match="refused the push"):
@@ -251,6 +202,14 @@ def test_export_peft_merged_and_gguf(dest: Server, tiny_model_dir: Path, tmp_pat
                     cast_to=object)  # fmt: skip
     with pytest.raises(openai.BadRequestError, match="token is needed"):
         client.post(f"/models/{model}/push", body={"hf_output_repo_name": "me/colours"}, cast_to=object)
+
+    deadline = time.monotonic() + ceiling(30)  # the outbox pushes the job's model once the job succeeded
+    while not any(c["repo"] == "me/from-job" for c in FakeHub.commits) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (from_job,) = [c for c in FakeHub.commits if c["repo"] == "me/from-job"]
+    assert from_job["files"]["adapter_model.safetensors"] == (peft_dir / "adapter_model.safetensors").read_bytes()
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data]
+    assert any(m.startswith(f"Pushed {model} (peft) to the Hugging Face Hub repository me/from-job") for m in events)
 
     cli_dir = tmp_path / "cli-export"
     env = {**dest.env, "TUNERY_BASE_URL": f"{dest.url}/v1", "TUNERY_API_KEY": dest.key}

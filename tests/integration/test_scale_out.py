@@ -4,7 +4,8 @@ on one PostgreSQL schema and one bucket of a real S3 server (moto, a separate pr
 A file uploaded through server A is used by a job created through server B, trained by whichever worker claims
 it (data parallel, 2 processes), deployed through A and answered through B, whose adapter comes from the bucket
 into B's own cache. Stopping the server whose worker trains a job hands the job to the other server's worker
-(recovered once: one event). Needs ``TUNERY_TEST_DATABASE_URL`` (skipped without it) and moto's server extra.
+(recovered once: one event), which resumes it from the state the first one saved at its last epoch end (shared
+through the bucket), not from step 0. Needs ``TUNERY_TEST_DATABASE_URL`` (skipped without it) and moto's server extra.
 
 Run alone: ``.venv/bin/pytest tests/integration/test_scale_out.py``
 """
@@ -121,9 +122,9 @@ def test_stopping_the_worker_mid_job_hands_the_job_to_the_other_server(
         job = servers[1][1].fine_tuning.jobs.create(
             model="tiny-llama",
             training_file=file_id,
-            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 1}}},
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 8, "batch_size": 1}}},
         )
-        wait_for(servers[0][1], job.id, at_step(2))
+        wait_for(servers[0][1], job.id, at_step(13))  # past the first epoch end (12 steps): a state is saved
         trainer = [i for i, name in enumerate("ab") if (tmp_path / name / "runs" / job.id).is_dir()]
         assert len(trainer) == 1, trainer
         stopped, survivor = servers[trainer[0]][0], servers[1 - trainer[0]][1]
@@ -134,4 +135,8 @@ def test_stopping_the_worker_mid_job_hands_the_job_to_the_other_server(
         assert done.status == "succeeded", done.error
         events = [e.message for e in survivor.fine_tuning.jobs.list_events(job.id, limit=100).data]
         assert sum("worker restarted" in m for m in events) == 1, events
+        resumed = [int(m.split("step ")[1].rstrip(".")) for m in events if m.startswith("Job resumed from step ")]
+        assert resumed, events
+        assert resumed[0] >= 12, "resumed from the first server's saved state, not from step 0"
+        assert f"Fetched the job's saved state (step {resumed[0]}) from the shared store." in events
         assert (tmp_path / "ab"[1 - trainer[0]] / "runs" / job.id).is_dir(), "the other server's worker trained it"

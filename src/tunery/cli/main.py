@@ -110,8 +110,21 @@ def serve(
                 services.deployments.reap()
             except Exception:  # the database may be briefly unreachable: try again next round
                 logging.getLogger("tunery.reaper").exception("reaping inactive deployments failed")
+            try:
+                services.exports.prune()  # this server's export cache: deleted models, old and least-used exports
+            except Exception:
+                logging.getLogger("tunery.reaper").exception("pruning the export cache failed")
 
     threading.Thread(target=reap_forever, name="tunery-reaper", daemon=True).start()
+
+    def recheck_forever() -> None:  # files another (stopped) server accepted but never finished checking
+        while not stop.wait(settings.files.recheck_interval_s):
+            try:
+                services.files.recover()
+            except Exception:
+                logging.getLogger("tunery.files").exception("taking up waiting file checks failed")
+
+    threading.Thread(target=recheck_forever, name="tunery-file-rechecks", daemon=True).start()
     url = f"http://{host}:{port}"
     console.print(f"[bold green]Tunery {__version__}[/bold green] serving on [bold]{url}[/bold]")
     console.print(f"  Portal: {url}/")

@@ -38,11 +38,13 @@ class DeliveryState(StrEnum):
 
 
 class Target(StrEnum):
-    """Who receives an outbox row: a webhook endpoint, or an experiment tracker of the job."""
+    """Who receives an outbox row: a webhook endpoint, an experiment tracker of the job, or the Hugging Face
+    Hub repository a succeeded job's model is pushed to (``hf_output_repo_name``)."""
 
     WEBHOOK = "webhook"
     WANDB = "wandb"
     MLFLOW = "mlflow"
+    HUB = "huggingface"
 
 
 @dataclass(frozen=True, slots=True)

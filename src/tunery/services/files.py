@@ -1,8 +1,11 @@
 """Files: upload, list, retrieve, delete, download, and the background checks of training and eval data.
 
 An upload is streamed into the blob store and recorded as ``pending``; the dataset checks then run on a
-background thread (``pending → running → processed | error``). A file left ``pending`` or ``running`` by
-a crash is checked again at start-up (``recover``), so an accepted upload is never lost. This module
+background thread (``pending → running → processed | error``). A check is leased in the database
+(``check_lease_until``, renewed while it runs), so when several servers share one database exactly one checks
+a file, and a file whose checker died (its lease ran out) is taken by the next ``recover`` of any server, which
+``tunery serve`` runs at start and every ``files.recheck_interval_s``: an accepted upload is never lost, and
+never checked twice at once. This module
 does not know about HTTP or dialects; the API edge translates.
 """
 
@@ -50,6 +53,7 @@ TokenizerProvider = Callable[[], ExampleTokenizer | None]
 ORPHAN_MIN_AGE_S = 600.0
 FINISH_ATTEMPTS = 3
 FINISH_RETRY_S = 1.0
+CHECK_LEASE_S = 120.0  # a checker renews its lease every third of this; a dead one's file is free after it
 
 
 def blob_key(record: FileRecord) -> str:
@@ -191,9 +195,28 @@ class FileService:
 
     # ----------------------------------------------------------------------------------------- checks
     def check(self, file_id: str) -> None:
-        """Run the dataset checks for one pending file, exactly once across threads and processes."""
-        if not self._store.set_status(file_id, FileStatus.RUNNING, expect={FileStatus.PENDING}):
+        """Run the dataset checks for one file waiting for them, once across threads, processes and servers
+        (a pending file, or a running one whose checker's lease ran out); others' files are skipped."""
+        if not self._store.claim_check(file_id, self._clock(), CHECK_LEASE_S):
             return
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(file_id, done), name="tunery-file-lease", daemon=True)
+        renewer.start()
+        try:
+            self._check_claimed(file_id)
+        finally:
+            done.set()
+            renewer.join()
+
+    def _renew(self, file_id: str, done: threading.Event) -> None:
+        while not done.wait(CHECK_LEASE_S / 3):
+            try:
+                if not self._store.renew_check(file_id, self._clock(), CHECK_LEASE_S):
+                    return
+            except Exception:  # the database is briefly away: the next renewal may reach it
+                log.warning("could not renew the check lease of file %s", file_id, exc_info=True)
+
+    def _check_claimed(self, file_id: str) -> None:
         try:
             record = self._store.get_any(file_id)
         except NotFound:
@@ -268,11 +291,11 @@ class FileService:
             self._blobs.write(key, iter(lambda: source.read(CHUNK_BYTES), b""))
 
     def recover(self) -> int:
-        """Re-check files a crash left ``pending`` or ``running``. Returns how many were re-queued."""
-        stranded = self._store.list_by_status({FileStatus.PENDING, FileStatus.RUNNING})
+        """Schedule checks for files left waiting: pending ones (their server stopped before checking them) and
+        running ones whose checker's lease ran out. A file another live server is checking is left alone, and
+        of several servers recovering at once, one checks each file. Returns how many were scheduled."""
+        stranded = self._store.list_unchecked(self._clock())
         for record in stranded:
-            if record.status is FileStatus.RUNNING:
-                self._store.set_status(record.id, FileStatus.PENDING, expect={FileStatus.RUNNING})
             self._schedule(record.id)
         return len(stranded)
 

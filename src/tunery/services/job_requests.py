@@ -125,6 +125,7 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
     distributed = parse_distributed(body.get("distributed"), method)
     if distributed is not None:
         extras["distributed"] = distributed
+    extras |= parse_hub_output(body)
     return JobRequest(
         model=model,
         training_file=training_file,
@@ -141,6 +142,42 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
 
 
 MAX_PROCESSES = 64
+HUB_FORMATS = ("peft", "merged", "gguf")
+HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def parse_hub_output(body: dict[str, Any]) -> dict[str, Any]:
+    """Together's ``hf_output_repo_name`` / ``hf_api_token``: when the job succeeds its model is pushed to that
+    Hugging Face Hub repository (as ``POST /models/{model}/push`` does). Tunery extensions:
+    ``hf_output_format`` (peft, merged or gguf; default peft) and ``hf_output_private`` (default true).
+    The token is kept with the job until the push and never echoed; without one the server's token is used.
+    """
+    repo = body.get("hf_output_repo_name")
+    others = [name for name in ("hf_api_token", "hf_output_format", "hf_output_private") if body.get(name) is not None]
+    if repo is None:
+        if others:
+            raise InvalidRequest(f"{others[0]} is only used with hf_output_repo_name.", param=others[0])
+        return {}
+    if not isinstance(repo, str) or not HUB_REPO_RE.match(repo):
+        raise InvalidRequest(
+            f"hf_output_repo_name must be a Hugging Face repository 'owner/name' (got {repo!r}).",
+            param="hf_output_repo_name",
+        )
+    fmt = body.get("hf_output_format") or "peft"
+    if fmt not in HUB_FORMATS:
+        raise InvalidRequest(
+            f"hf_output_format must be one of {', '.join(HUB_FORMATS)} (got {fmt!r}).", param="hf_output_format"
+        )
+    private = body.get("hf_output_private", True)
+    if not isinstance(private, bool):
+        raise InvalidRequest("hf_output_private must be true or false.", param="hf_output_private")
+    token = body.get("hf_api_token")
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise InvalidRequest("hf_api_token must be a non-empty string.", param="hf_api_token")
+    extras: dict[str, Any] = {"hf_output": {"repo_id": repo, "format": fmt, "private": private}}
+    if token is not None:
+        extras["hf_api_token"] = token.strip()
+    return extras
 
 
 def parse_distributed(value: Any, method: Method) -> dict[str, int] | None:

@@ -44,6 +44,7 @@ CAS_ATTEMPTS = 5
 class JobRules:
     max_jobs_per_project: int = 100
     max_waiting_per_project: int = 20  # pending + queued (spec §11: "Max training jobs queued 20")
+    hub_token_configured: bool = False  # the server has a Hub token for jobs with hf_output_repo_name and none
 
 
 def training_copy_key(job_id: str, which: str) -> str:
@@ -100,6 +101,13 @@ class JobService:
         if request.method is Method.REINFORCEMENT:
             files = {"training_file": training} | ({"validation_file": validation} if validation else {})
             self._check_grader_fields(project_id, request, files)
+        hub_token = "hf_api_token" in request.extras or self._rules.hub_token_configured
+        if "hf_output" in request.extras and not hub_token:
+            raise InvalidRequest(
+                "hf_output_repo_name needs a Hugging Face token: pass hf_api_token, or the admin sets "
+                "TUNERY_PORTABILITY__HF_TOKEN.",
+                param="hf_api_token",
+            )
         self._check_quota(project_id)
         now = int(self._clock())
         job = Job(
@@ -188,6 +196,7 @@ class JobService:
         if job.fine_tuned_model and self._models.get(project_id, job.fine_tuned_model) is not None:
             self._model_service.delete(project_id, job.fine_tuned_model)
         self._jobs.delete(project_id, job_id)
+        self._model_service.notify_deleted(project_id, None)  # its checkpoints are gone too
 
     # ----------------------------------------------------------------------------------------- helpers
     def log(

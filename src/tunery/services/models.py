@@ -6,6 +6,7 @@ for continuous fine-tuning, and chat and deployments use it to serve.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from tunery.storage.checkpoints import CheckpointStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
 from tunery.storage.portability import ImportedModelStore, MigrationStore
+
+log = logging.getLogger(__name__)
 
 # Something that answers "is this model deployed?" (deployments are added by the serving layer).
 DeploymentCheck = Callable[[str, str], bool]
@@ -70,6 +73,19 @@ class ModelService:
         self._started_at = started_at or int(clock())
         self._clock = clock
         self._best: Callable[[str, str], str] | None = None
+        self._deleted_listeners: list[Callable[[str, str | None], object]] = []
+
+    def on_delete(self, listener: Callable[[str, str | None], object]) -> None:
+        """Call ``listener(project_id, name)`` after a model is deleted (``name`` None: a job, with its
+        checkpoints); the export cache drops what it made of them."""
+        self._deleted_listeners.append(listener)
+
+    def notify_deleted(self, project_id: str, name: str | None) -> None:
+        for listener in self._deleted_listeners:
+            try:
+                listener(project_id, name)
+            except Exception:  # a cache that cannot be tidied now is tidied by the next housekeeping round
+                log.exception("a model-deleted listener failed")
 
     @property
     def catalog(self) -> Catalog:
@@ -208,11 +224,13 @@ class ModelService:
             if self._is_deployed(project_id, name):
                 raise Conflict(f"The model '{name}' has a deployment; delete the deployment first.", param="model")
             self._imported.mark_deleted(project_id, name, int(self._clock()))
+            self.notify_deleted(project_id, name)
             return name
         if model is None:
             raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
         self.check_unused(project_id, model.job_id, name)
         self._models.mark_deleted(project_id, name, int(self._clock()))
+        self.notify_deleted(project_id, name)
         return model.id
 
     def check_unused(self, project_id: str, job_id: str, name: str) -> None:

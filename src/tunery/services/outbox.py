@@ -4,8 +4,8 @@ A background thread (``worker/outbox.py``, in ``tunery serve`` and ``tunery work
 Webhooks: each attempt POSTs the stored body with fresh Standard Webhooks headers (the ``webhook-id`` is the
 event id on every attempt); a 2xx answer delivers it, anything else (or no answer within ``timeout_s``) is
 retried after ``retry_base_s``, doubling up to ``retry_max_s``, until ``give_up_after_s`` after the event
-(default 72 hours, as OpenAI). Trackers: one attempt; a tracker that fails becomes a warning event on the job,
-never a failed job.
+(default 72 hours, as OpenAI). Trackers and the Hub push of a succeeded job (``hf_output_repo_name``): one
+attempt; one that fails becomes a warning event on the job, never a failed job.
 """
 
 from __future__ import annotations
@@ -141,7 +141,11 @@ class OutboxSender:
             state, level, error = DeliveryState.DELIVERED, EventLevel.INFO, None
         except Exception as exc:  # TrackerFailed, or the job is gone: never retried, never fatal
             reason = str(exc) if isinstance(exc, TrackerFailed) else f"{type(exc).__name__}: {exc}"
-            message = f"The {delivery.target.value} integration could not log this job: {reason}"
+            message = (
+                f"The push to the Hugging Face Hub failed: {reason}"
+                if delivery.target is Target.HUB
+                else f"The {delivery.target.value} integration could not log this job: {reason}"
+            )
             state, level, error = DeliveryState.FAILED, EventLevel.WARN, reason
         now = self._clock()
         recorded = self._store.record_attempt(

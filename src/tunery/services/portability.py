@@ -3,15 +3,25 @@
 Export resolves the name in the caller's project (another project's model is a 404), builds the format once
 into ``export_dir`` with ``catalog.export`` (streamed, tensor by tensor) and hands back a finished file with
 its size and sha256, so the API can send a Content-Length and a checksum before the first byte; later
-downloads of the same model and format reuse the file. Import unpacks an uploaded archive (or reads an
-admin-allowed folder), checks the adapter against its base with ``catalog.peft_adapter`` and stores it as a
-model that resolves like any fine-tuned one. Migration from another service lives in ``services.migration``.
+downloads of the same model and format reuse the file. The cache is bounded (``ExportCacheRules``): ``prune``
+removes the exports of models that no longer resolve (deleted, or their name now means another adapter) and
+exports unused for ``max_age_s``, then the least recently used until the cache fits ``max_bytes``; it runs
+after each new export, after a model is deleted (``forget``: that model's exports go at once), and with the
+server's hourly housekeeping. An export used in the last ``grace_s`` is never evicted for size or age (a
+download opens its file just after ``export`` returns; once open, removing the file does not cut it short).
+Import unpacks an uploaded archive (or reads an admin-allowed folder), checks the adapter against its base with
+``catalog.peft_adapter`` and stores it as a model that resolves like any fine-tuned one. ``JobHubPush`` is the
+outbox's receiver for a job created with ``hf_output_repo_name``: once the job succeeds its model is pushed as
+``push_to_hub`` pushes it. Migration from another service lives in ``services.migration``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tarfile
@@ -31,15 +41,29 @@ from tunery.catalog.export import EXPORT_FORMATS, export_model, sha256_of, write
 from tunery.catalog.gguf_export import UnsupportedForGguf
 from tunery.catalog.peft_adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterProblem, PeftAdapter, check_against_base
 from tunery.catalog.safetensors_stream import SafetensorsError, read_infos, weight_files
-from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
+from tunery.domain.errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from tunery.domain.webhooks import Delivery
 from tunery.services.models import ModelEntry, ModelService
+from tunery.services.outbox import TrackerFailed
 from tunery.services.runs import adapter_path
 from tunery.storage.blobs import BlobStore
+from tunery.storage.jobs import JobStore
 from tunery.storage.portability import ImportedModel, ImportedModelStore
+
+log = logging.getLogger(__name__)
 
 BaseWeights = Callable[[str], Path]
 GGUF_PARTS = ("merged", "adapter")
 CHUNK_BYTES = 1024 * 1024
+OWNER_FILE = "owner.json"  # in an export's key folder: the project, name and adapter it was made for
+DONE_FILE = ".done"  # in a format folder: the export is complete; its mtime is the last use
+
+
+@dataclass(frozen=True, slots=True)
+class ExportCacheRules:
+    max_bytes: int = 20 * 1024**3
+    max_age_s: float = 7 * 24 * 3600.0
+    grace_s: float = 600.0  # an export used this recently is never evicted (a download may be reading it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +89,14 @@ class ExportService:
         base_weights: BaseWeights,
         export_dir: Path,
         hub: HubSettings | None = None,
+        cache: ExportCacheRules | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._hub = hub or HubSettings()
+        self._cache = cache or ExportCacheRules()
+        self._clock = clock
+        self._prune_guard = threading.Lock()
         self._models = models
         self._blobs = blobs
         self._base_weights = base_weights
@@ -96,11 +126,20 @@ class ExportService:
         spec = self._models.catalog.get(ref.base_model)
         key = hashlib.sha256(f"{ref.adapter_key}\0{ref.name}".encode()).hexdigest()[:24]
         folder = self._export_dir / key / fmt
+        built = False
         with self._lock(f"{key}/{fmt}"):
-            if not (folder / ".done").is_file():
+            owner = {"project_id": project_id, "name": ref.name, "adapter_key": ref.adapter_key}
+            if not (folder / DONE_FILE).is_file():
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                (folder.parent / OWNER_FILE).write_text(json.dumps(owner))  # before the build: prune reads it
                 self._build(
                     fmt, ref.adapter_key, ref.base_model, folder, base_id=spec.portable_id, model_name=model_name
                 )
+                built = True
+            now = self._clock()
+            os.utime(folder / DONE_FILE, (now, now))  # last use, for the cache's age and LRU rules
+        if built:
+            self.prune()
         if part is not None:
             path = folder / "files" / (f"{model_name}.gguf" if part == "merged" else f"{model_name}-lora.gguf")
             digest = (folder / f"{path.name}.sha256").read_text().strip()
@@ -176,6 +215,126 @@ class ExportService:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, project_id: str, name: str | None) -> int:
+        """A model was deleted (``name``; None: a job): remove the exports made of it, then ``prune``."""
+        removed = 0
+        if name is not None and self._export_dir.is_dir():
+            for owner_file in self._export_dir.glob(f"*/{OWNER_FILE}"):
+                with contextlib.suppress(OSError, ValueError):
+                    owner = json.loads(owner_file.read_text())
+                    if (owner.get("project_id"), owner.get("name")) == (project_id, name):
+                        shutil.rmtree(owner_file.parent, ignore_errors=True)
+                        removed += 1
+        return removed + self.prune()
+
+    def prune(self) -> int:
+        """Apply the cache rules (see the module docstring); returns how many exports were removed."""
+        if not self._export_dir.is_dir():
+            return 0
+        with self._prune_guard:
+            now = self._clock()
+            removed = 0
+            kept: list[tuple[float, int, Path]] = []  # (last use, bytes, format folder)
+            for key_dir in sorted(p for p in self._export_dir.iterdir() if p.is_dir()):
+                formats = [p for p in key_dir.iterdir() if p.is_dir()]
+                if not self._owner_resolves(key_dir):
+                    removed += sum(1 for f in formats if (f / DONE_FILE).exists())
+                    shutil.rmtree(key_dir, ignore_errors=True)
+                    continue
+                for folder in formats:
+                    if not (folder / DONE_FILE).exists():  # being built, or left by a crash mid-build
+                        if folder.name.startswith(".building-") and _age(folder, now) > self._cache.max_age_s:
+                            shutil.rmtree(folder, ignore_errors=True)
+                        continue
+                    used = _last_use(folder)
+                    if used < now - max(self._cache.max_age_s, self._cache.grace_s):
+                        shutil.rmtree(folder, ignore_errors=True)
+                        removed += 1
+                    else:
+                        kept.append((used, _tree_bytes(folder), folder))
+            total = sum(size for _, size, _ in kept)
+            for used, size, folder in sorted(kept):
+                if total <= self._cache.max_bytes:
+                    break
+                if used > now - self._cache.grace_s:
+                    continue
+                shutil.rmtree(folder, ignore_errors=True)
+                total -= size
+                removed += 1
+        if removed:
+            log.info("export cache: removed %d export(s)", removed)
+        return removed
+
+    def _owner_resolves(self, key_dir: Path) -> bool:
+        """Whether the model an export was made for still exists and still means the same adapter."""
+        try:
+            owner = json.loads((key_dir / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            return _age(key_dir, self._clock()) < self._cache.grace_s  # just made; else unknown and old
+        try:
+            ref = self._models.resolve(owner["project_id"], owner["name"])
+        except NotFound:
+            return False
+        return bool(ref.adapter_key == owner.get("adapter_key"))
+
+
+def _last_use(folder: Path) -> float:
+    try:
+        return (folder / DONE_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for item in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if item.is_file():
+                total += item.stat().st_size
+    return total
+
+
+class JobHubPush:
+    """Pushes a succeeded job's model to the Hub repository the job was created with (``hf_output_repo_name``).
+
+    Called by the outbox sender for the job's ``huggingface`` row (written when the job succeeds, so a restart
+    in between loses nothing). One attempt; a failure is raised as ``TrackerFailed`` and becomes a warning
+    event on the job, which stays succeeded. The job's own Hub token is dropped after the attempt.
+    """
+
+    def __init__(self, jobs: JobStore, exports: ExportService) -> None:
+        self._jobs = jobs
+        self._exports = exports
+
+    def __call__(self, delivery: Delivery) -> str:
+        if delivery.job_id is None:
+            raise TrackerFailed("the event names no job")
+        job = self._jobs.get_any(delivery.job_id)
+        target = job.extras.get("hf_output") or {}
+        if not target.get("repo_id") or not job.fine_tuned_model:
+            raise TrackerFailed("the job names no Hub repository or has no model")
+        try:
+            pushed = self._exports.push_to_hub(
+                job.project_id, job.fine_tuned_model, str(target.get("format") or "peft"),
+                repo_id=str(target["repo_id"]), token=job.extras.get("hf_api_token"),
+                private=bool(target.get("private", True)),
+            )  # fmt: skip
+        except ServiceError as exc:
+            raise TrackerFailed(exc.message) from None
+        finally:
+            self._jobs.forget_extra(job.id, "hf_api_token")
+        return (
+            f"Pushed {job.fine_tuned_model} ({pushed['format']}) to the Hugging Face Hub repository "
+            f"{pushed['repo_id']}: {pushed['commit_url']}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

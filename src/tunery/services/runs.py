@@ -4,14 +4,23 @@ A run lives in ``<run_root>/<job id>/``: ``spec.json`` (what to do), the job's o
 ``progress.jsonl`` (what happened), ``control.json`` (pause/cancel asks), ``checkpoints/``, ``state/``
 (resumable optimizer + data position). The trainer is a child process the worker starts; this module
 never imports torch. Progress records become events, ``results.csv`` rows and checkpoints here.
+
+Resuming on another machine: each time the trainer saves its state (every checkpoint, and at a pause) the
+worker copies ``state/`` into the blob store (``jobs/<job id>/state/step-<N>/...``, then ``latest.json`` naming
+it; S3 when configured, so every server sees it). A worker that starts a resuming job whose run folder lacks
+that state (or holds an older one) fetches it first, so a job paused or interrupted on one server continues
+on another from its last saved step, not from step 0. The copy goes when the job ends.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.domain.checkpoints import Checkpoint, MetricRow, metric_columns
-from tunery.domain.errors import ServiceError
+from tunery.domain.errors import NotFound, ServiceError
 from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import (
@@ -50,7 +59,15 @@ from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
 from tunery.storage.portability import ImportedModelStore
-from tunery.training.progress import STATE_DIR, ControlRequest, ProgressKind, ProgressReader, ProgressRecord, saved_step
+from tunery.training.progress import (
+    STATE_DIR,
+    STATE_FILE,
+    ControlRequest,
+    ProgressKind,
+    ProgressReader,
+    ProgressRecord,
+    saved_step,
+)
 from tunery.training.spec import LoraSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +75,8 @@ log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_CRASH_RETRIES = 1
 CRASH_FILE = "crashes"
+STATE_MANIFEST = "latest.json"  # under shared_state_prefix: {"step": N, "files": [...]}
+SHARE_ATTEMPTS = 5
 SECONDS_PER_HOUR = 3600.0
 
 
@@ -161,6 +180,11 @@ class RunService:
     def start(self, job: Job) -> TrainingSpec | None:
         """Move a queued (or resuming) job to running and write its run folder. None: it changed meanwhile."""
         run_dir = self.run_dir(job.id)
+        if job.status is JobStatus.RESUMING:
+            try:
+                self.fetch_state(job.id)  # saved on another machine (or this one, before its run folder was lost)
+            except Exception:  # the store is unreachable: resume from what this machine has, if anything
+                log.warning("job %s: could not fetch its shared state", job.id, exc_info=True)
         resuming = job.status is JobStatus.RESUMING and (run_dir / STATE_DIR).is_dir()
         if resuming and self._catch_up(job):
             return None  # the previous trainer had already finished: nothing is run again
@@ -378,11 +402,13 @@ class RunService:
             return self._on_step(job, worker_id, data)
         if kind is ProgressKind.CHECKPOINT:
             self._save_checkpoint(job, int(data["step"]), Path(data["path"]), data.get("metrics") or {})
+            self.share_state(job.id)
             return job
         if kind is ProgressKind.PAUSED:
             step = int(data["step"])
             if data.get("checkpoint"):
                 self._save_checkpoint(job, step, Path(data["checkpoint"]), data.get("metrics") or {}, pinned=True)
+            self.share_state(job.id)  # before the job reads paused: any server may resume it
             paused = self._jobs.transition(
                 job.id, JobStatus.PAUSED, expect={JobStatus.PAUSING}, finished_at=int(self._clock()), step=step
             )
@@ -521,6 +547,7 @@ class RunService:
         )
         if done is None:
             return self._jobs.get_any(job.id)  # cancelled at the last moment: keep it cancelled
+        self.drop_shared_state(job.id)
         self._models.insert(
             FineTunedModel(
                 id=model_name,
@@ -555,14 +582,21 @@ class RunService:
     def trainer_exited(self, job: Job, exit_code: int, log_tail: str) -> Job:
         """The trainer process is gone. If the job is still active it died: resume once, else fail clearly."""
         current = self._jobs.get_any(job.id)
+        if current.status.terminal:
+            self.drop_shared_state(job.id)
+        if current.status in (JobStatus.PAUSED, JobStatus.RESUMING) and current.worker_id:
+            # Its trainer is gone: the job is free at once for any server's worker to resume (not after the
+            # stale window), and no trainer of this worker can still write into its run folder.
+            self._jobs.release(job.id, current.worker_id)
+            current = self._jobs.get_any(job.id)
         if current.status not in ACTIVE:
             return current
         run_dir = self.run_dir(job.id)
         crashes = _bump(run_dir / CRASH_FILE)
         reason = f"exit code {exit_code}" if exit_code >= 0 else f"killed by signal {-exit_code}"
         if crashes <= MAX_CRASH_RETRIES:
-            saved = saved_step(run_dir)
-            target = JobStatus.RESUMING if (run_dir / STATE_DIR).is_dir() else JobStatus.QUEUED
+            saved = self.resume_point(job.id)
+            target = JobStatus.RESUMING if saved is not None else JobStatus.QUEUED
             moved = self._jobs.transition(job.id, target, expect=set(ACTIVE), worker_id=None, trainer_pid=None)
             if moved is not None:
                 where = f"from step {saved or 0}" if target is JobStatus.RESUMING else "from the beginning"
@@ -588,7 +622,8 @@ class RunService:
                 continue
             if job.trainer_pid and is_alive(job.trainer_pid, job.id):
                 kill(job.trainer_pid)  # an orphan of the dead worker must not keep writing
-            has_state = (self.run_dir(job.id) / STATE_DIR).is_dir()
+            saved = self.resume_point(job.id)  # on this machine, or shared by the dead worker's machine
+            has_state = saved is not None
             target = JobStatus.RESUMING if has_state else JobStatus.QUEUED
             moved = self._jobs.transition(job.id, target, expect=set(ACTIVE), worker_id=None, trainer_pid=None)
             if moved is None:
@@ -596,11 +631,7 @@ class RunService:
             recovered += 1
             if job.status is JobStatus.PAUSING:
                 self._log(job.id, "The worker restarted while the job was pausing; it resumes instead.")
-            where = (
-                f"from its last saved state (step {saved_step(self.run_dir(job.id)) or 0})"
-                if has_state
-                else "from the beginning"
-            )
+            where = f"from its last saved state (step {saved})" if has_state else "from the beginning"
             self._log(job.id, f"The worker restarted; the job continues {where}.", level=EventLevel.WARN)
         return recovered
 
@@ -617,8 +648,128 @@ class RunService:
         )
         if failed is None:
             return self._jobs.get_any(job.id)
+        self.drop_shared_state(job.id)
         self._log(job.id, f"Job failed: {error.message}", level=EventLevel.ERROR)
         return failed
+
+    # ----------------------------------------------------------------------------------------- shared state
+    def share_state(self, job_id: str) -> int | None:
+        """Copy the run's saved state into the blob store, where any server can resume from it.
+
+        The trainer may replace ``state/`` (atomically, by renames) while this reads: every file is opened
+        between two reads of ``state.json``, and a copy whose two reads differ is taken again, so the files
+        sent are all of one save. Returns the step shared, or None (no state, or the store failed: the job
+        can still resume on this machine; logged).
+        """
+        folder = self.run_dir(job_id) / STATE_DIR
+        prefix = shared_state_prefix(job_id)
+        for _ in range(SHARE_ATTEMPTS):
+            handles: dict[str, Any] = {}
+            try:
+                before = (folder / STATE_FILE).read_bytes()
+                for item in sorted(folder.rglob("*")):
+                    if item.is_file() and item.name != STATE_FILE:
+                        handles[item.relative_to(folder).as_posix()] = item.open("rb")
+                after = (folder / STATE_FILE).read_bytes()
+            except FileNotFoundError:
+                _close(handles)
+                if not folder.is_dir() and not folder.with_name(f".{STATE_DIR}~old").is_dir():
+                    return None  # this run saves no state (or not yet)
+                time.sleep(0.05)  # a save is swapping the folder in
+                continue
+            if before != after:
+                _close(handles)
+                continue
+            try:
+                previous = self._manifest(job_id)
+                step = int(json.loads(before)["step"])
+                with_step = f"{prefix}/step-{step}"
+                for name, handle in handles.items():
+                    self._blobs.write(f"{with_step}/{name}", iter(partial(handle.read, 1 << 20), b""))
+                self._blobs.write(f"{with_step}/{STATE_FILE}", [before])
+                manifest = {"step": step, "files": [*handles, STATE_FILE]}
+                self._blobs.write(f"{prefix}/{STATE_MANIFEST}", [json.dumps(manifest).encode()])
+                if previous is not None and int(previous["step"]) != step:
+                    for name in previous["files"]:  # the older save
+                        self._blobs.delete(f"{prefix}/step-{previous['step']}/{name}")
+                return step
+            except Exception:
+                log.warning("job %s: could not share its saved state; it resumes on this machine only", job_id,
+                            exc_info=True)  # fmt: skip
+                return None
+            finally:
+                _close(handles)
+        log.warning("job %s: its saved state kept changing while being shared; the next save shares it", job_id)
+        return None
+
+    def _manifest(self, job_id: str) -> dict[str, Any] | None:
+        """The shared state's ``latest.json`` ({step, files}), or None when nothing is shared."""
+        try:
+            with self._blobs.open(f"{shared_state_prefix(job_id)}/{STATE_MANIFEST}") as source:
+                manifest: dict[str, Any] = json.loads(source.read())
+        except NotFound:
+            return None
+        return manifest
+
+    def shared_step(self, job_id: str) -> int | None:
+        """The step of the state shared in the blob store, or None (also when the store cannot be read)."""
+        try:
+            manifest = self._manifest(job_id)
+        except Exception:
+            log.warning("job %s: could not read its shared state", job_id, exc_info=True)
+            return None
+        return int(manifest["step"]) if manifest is not None else None
+
+    def resume_point(self, job_id: str) -> int | None:
+        """The newest step a resumed run can start from: this machine's state or the shared one; None: none."""
+        run_dir = self.run_dir(job_id)
+        local = (saved_step(run_dir) or 0) if (run_dir / STATE_DIR).is_dir() else None
+        steps = [s for s in (local, self.shared_step(job_id)) if s is not None]
+        return max(steps) if steps else None
+
+    def fetch_state(self, job_id: str) -> int | None:
+        """Put the shared state in this machine's run folder when it is newer than (or there is no) local one.
+
+        Returns the step of the state the run folder now holds, or None.
+        """
+        run_dir = self.run_dir(job_id)
+        local = saved_step(run_dir)
+        prefix = shared_state_prefix(job_id)
+        manifest = self._manifest(job_id)
+        if manifest is None:
+            return local
+        step = int(manifest["step"])
+        if local is not None and local >= step:
+            return local
+        run_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".state-fetch~", dir=run_dir))
+        try:
+            for name in manifest["files"]:
+                target = staging.joinpath(*name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with self._blobs.open(f"{prefix}/step-{step}/{name}") as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            old = run_dir / f".{STATE_DIR}~old"
+            shutil.rmtree(old, ignore_errors=True)
+            if (run_dir / STATE_DIR).exists():
+                os.replace(run_dir / STATE_DIR, old)
+            os.replace(staging, run_dir / STATE_DIR)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._log(job_id, f"Fetched the job's saved state (step {step}) from the shared store.")
+        return step
+
+    def drop_shared_state(self, job_id: str) -> None:
+        """The job has ended: its shared state goes (the manifest first, so a half-done drop is never read as
+        a state to resume from; leftovers of an interrupted share go too)."""
+        prefix = shared_state_prefix(job_id)
+        try:
+            keys = [key for key, _ in self._blobs.listing(f"{prefix}/")]
+            for key in sorted(keys, key=lambda k: not k.endswith(STATE_MANIFEST)):
+                self._blobs.delete(key)
+        except Exception:
+            log.warning("job %s: could not delete its shared state", job_id, exc_info=True)
 
     def _log(self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO) -> None:
         self._events.append(
@@ -653,6 +804,17 @@ def _early_stop_message(stopped: dict[str, Any], model_step: int) -> str:
         if best is not None
         else f"Stopped early after epoch {stopped.get('epoch')}. The model is the step-{model_step} checkpoint."
     )
+
+
+def shared_state_prefix(job_id: str) -> str:
+    """Where a job's saved state is shared in the blob store."""
+    return f"jobs/{job_id}/state"
+
+
+def _close(handles: dict[str, Any]) -> None:
+    for handle in handles.values():
+        handle.close()
+    handles.clear()
 
 
 def adapter_path(blobs: BlobStore, key: str) -> Path:

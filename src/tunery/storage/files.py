@@ -11,7 +11,7 @@ import builtins
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, or_, select
 
 from tunery.domain.datasets import DatasetStats, Problem
 from tunery.domain.errors import InvalidRequest, NotFound
@@ -135,6 +135,57 @@ class FileStore:
             )
         if result.rowcount != 1:
             raise _not_found(file_id)
+
+    def claim_check(self, file_id: str, now: float, lease_s: float) -> bool:
+        """Take a file to check: a pending one, or a running one whose checker's lease has run out.
+
+        Sets status ``running`` and a lease of ``lease_s`` seconds, in one conditional update: of several
+        servers claiming at once, exactly one wins, and a file a live server is checking is never taken.
+        """
+        free = or_(
+            files.c.status == FileStatus.PENDING.value,
+            and_(
+                files.c.status == FileStatus.RUNNING.value,
+                or_(files.c.check_lease_until.is_(None), files.c.check_lease_until < now),
+            ),
+        )
+        query = (
+            files.update()
+            .where(files.c.id == file_id, free)
+            .values(status=FileStatus.RUNNING.value, check_lease_until=now + lease_s)
+        )
+        with self._db.transaction() as conn:
+            result = conn.execute(query)
+        return result.rowcount == 1
+
+    def renew_check(self, file_id: str, now: float, lease_s: float) -> bool:
+        """Extend the lease of a file being checked; False when it is no longer running (done, or deleted)."""
+        query = (
+            files.update()
+            .where(files.c.id == file_id, files.c.status == FileStatus.RUNNING.value)
+            .values(check_lease_until=now + lease_s)
+        )
+        with self._db.transaction() as conn:
+            result = conn.execute(query)
+        return result.rowcount == 1
+
+    def list_unchecked(self, now: float) -> builtins.list[FileRecord]:
+        """Files waiting for a check: pending ones, and running ones whose checker's lease ran out (oldest first)."""
+        query = (
+            select(files)
+            .where(
+                or_(
+                    files.c.status == FileStatus.PENDING.value,
+                    and_(
+                        files.c.status == FileStatus.RUNNING.value,
+                        or_(files.c.check_lease_until.is_(None), files.c.check_lease_until < now),
+                    ),
+                )
+            )
+            .order_by(files.c.seq)
+        )
+        with self._db.read() as conn:
+            return [_row_to_file(row) for row in conn.execute(query).mappings()]
 
     def list_by_status(self, statuses: Iterable[FileStatus]) -> builtins.list[FileRecord]:
         """Files in any of these statuses, in every project, oldest first (crash recovery at start-up)."""

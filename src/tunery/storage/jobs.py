@@ -71,6 +71,14 @@ class JobStore:
             raise _not_found(job_id)
         return _row_to_job(row)
 
+    def forget_extra(self, job_id: str, name: str) -> None:
+        """Drop one extension value from a job (a Hub token once its push was tried); gone jobs are ignored."""
+        with self._db.transaction() as conn:
+            row = conn.execute(select(jobs.c.extras).where(jobs.c.id == job_id)).first()
+            if row is not None and name in (row[0] or {}):
+                extras = {k: v for k, v in row[0].items() if k != name}
+                conn.execute(jobs.update().where(jobs.c.id == job_id).values(extras=extras))
+
     def list(self, project_id: str, page: PageRequest, metadata: dict[str, str] | None = None) -> Page[Job]:
         """One page of the project's jobs in creation order (``page.order``; DESC is newest first).
 
@@ -241,6 +249,17 @@ class JobStore:
         values = _changes_to_columns(changes)
         values["heartbeat_at"] = now
         query = jobs.update().where(jobs.c.id == job_id, jobs.c.worker_id == worker_id).values(values)
+        with self._db.transaction() as conn:
+            result = conn.execute(query)
+        return result.rowcount == 1
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Let go of a job ``worker_id`` holds (its trainer is gone): any worker may claim it at once."""
+        query = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id)
+            .values(worker_id=None, trainer_pid=None)
+        )
         with self._db.transaction() as conn:
             result = conn.execute(query)
         return result.rowcount == 1

@@ -107,6 +107,9 @@ files = Table(
     Column("problem_count", Integer, nullable=False),
     Column("stats", TextJSON(none_as_null=True), nullable=True),  # DatasetStats.to_dict() or SQL NULL
     Column("format", ENUM, nullable=True),
+    # while status is "running": until when the server checking the file holds it (renewed as it goes); once
+    # past, any server may check the file again (its checker died). NULL on a running row: no live lease.
+    Column("check_lease_until", Float, nullable=True),
 )
 
 jobs = Table(
@@ -335,7 +338,7 @@ outbox = Table(
     Column("event_type", String(64), nullable=False),
     Column("project_id", ID, ForeignKey("projects.id"), nullable=False, index=True),
     Column("job_id", ID, nullable=True),
-    Column("target", ENUM, nullable=False),  # "webhook", "wandb", "mlflow"
+    Column("target", ENUM, nullable=False),  # "webhook", "wandb", "mlflow", "huggingface"
     Column("endpoint_id", ID, nullable=True, index=True),
     Column("payload", Text, nullable=False),  # the exact body sent on every attempt
     Column("created_at", BigInteger, nullable=False),

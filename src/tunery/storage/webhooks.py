@@ -2,8 +2,8 @@
 
 ``enqueue_job_end`` runs inside the transaction that moves a job to a terminal status (``JobStore.transition``),
 so an event exists exactly when its job ended: never lost by a crash between the two, never sent for a move
-that rolled back. It writes one row per receiver (each subscribed endpoint, each tracker of the job), all
-with one event id, which every attempt reuses.
+that rolled back. It writes one row per receiver (each subscribed endpoint, each tracker of the job, and for a
+succeeded job with ``hf_output_repo_name`` the Hub push), all with one event id, which every attempt reuses.
 
 Claiming: ``claim_due`` takes due rows under a lease (``claimed_until``) in one write transaction; on
 PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so senders in several processes never take the same row while
@@ -69,6 +69,8 @@ def enqueue_job_end(conn: Connection, job_row: Any, now: float) -> str | None:
     for integration in job_row["integrations"] or []:
         if isinstance(integration, dict) and integration.get("type") in TRACKERS:
             rows.append({"target": integration["type"], "endpoint_id": None})
+    if status is JobStatus.SUCCEEDED and (job_row["extras"] or {}).get("hf_output"):
+        rows.append({"target": Target.HUB.value, "endpoint_id": None})
     for row in rows:
         conn.execute(
             outbox.insert().values(

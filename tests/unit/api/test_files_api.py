@@ -7,6 +7,7 @@ TUNERY_TEST_DATABASE_URL; see scripts/postgres.sh).
 from __future__ import annotations
 
 import json
+import time
 
 import openai.types
 import pytest
@@ -183,6 +184,31 @@ def test_recover_rechecks_files_left_by_a_crash(api: Api) -> None:
     )
     api.blobs.write(blob_key(record), [chat_jsonl(10)])
     api.store.insert(record)
+    assert api.services.files.recover() == 1
+    assert api.services.files.retrieve(project_id, record.id).status is FileStatus.PROCESSED
+
+
+def test_a_file_another_server_is_checking_is_left_to_it_until_its_lease_runs_out(api: Api) -> None:
+    """Servers on one database: a running check under a live lease is skipped by every other server's
+    ``recover``; once the lease has run out (its server died), exactly one server checks the file."""
+    project_id = api.services.keys.authenticate(api.key).project_id
+    record = FileRecord(
+        id=new_id("file"), project_id=project_id, filename="elsewhere.jsonl", purpose=FilePurpose.FINE_TUNE,
+        bytes=0, created_at=1, status=FileStatus.PENDING,
+    )  # fmt: skip
+    api.blobs.write(blob_key(record), [chat_jsonl(10)])
+    api.store.insert(record)
+    now = time.time()
+    assert api.store.claim_check(record.id, now, 120.0)  # another server took it
+    assert not api.store.claim_check(record.id, now, 120.0), "a live lease is never taken twice"
+    assert api.services.files.recover() == 0
+    api.services.files.check(record.id)  # a stray attempt skips it too
+    assert api.services.files.retrieve(project_id, record.id).status is FileStatus.RUNNING
+
+    assert api.store.renew_check(record.id, now - 1000.0, 120.0)  # that server's last renewal, long ago
+    claims = [api.store.claim_check(record.id, now, 120.0) for _ in range(2)]
+    assert claims == [True, False], "of two servers taking it up, one wins"
+    assert api.store.renew_check(record.id, now - 1000.0, 120.0)
     assert api.services.files.recover() == 1
     assert api.services.files.retrieve(project_id, record.id).status is FileStatus.PROCESSED
 

@@ -149,6 +149,10 @@ class FineTuningJob(BaseModel):
     """Tunery extension: the evals run on every checkpoint, as requested."""
     distributed: dict[str, int] | None = None
     """Tunery extension: data-parallel training processes, as requested ({processes}); absent: the worker's."""
+    hf_output_repo_name: str | None = None
+    """Together's field: the Hugging Face Hub repository the model is pushed to on success (the token is never
+    echoed); ``hf_output_format`` says which export (peft, merged, gguf)."""
+    hf_output_format: str | None = None
     eval_results: list[dict[str, Any]] | None = None
     """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
     best_checkpoint: dict[str, Any] | None = None
@@ -157,7 +161,8 @@ class FineTuningJob(BaseModel):
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results")
+        optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results",
+                    "hf_output_repo_name", "hf_output_format")  # fmt: skip
         for key in (*optional, "best_checkpoint"):
             if data.get(key) is None:
                 data.pop(key, None)
@@ -200,6 +205,8 @@ class FineTuningJob(BaseModel):
             prompt_loss_weight=job.extras.get("prompt_loss_weight"),
             early_stopping=job.extras.get("early_stopping"),
             distributed=job.extras.get("distributed"),
+            hf_output_repo_name=(job.extras.get("hf_output") or {}).get("repo_id"),
+            hf_output_format=(job.extras.get("hf_output") or {}).get("format"),
             progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)
             if job.started_at
             else None,
