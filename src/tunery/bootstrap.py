@@ -33,6 +33,7 @@ from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.outbound import UrlPolicy
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.permissions import PermissionService
 from tunery.services.portability import ExportService, HubSettings, ImportRules, ImportService
@@ -264,6 +265,7 @@ def build_services(
     migrations = MigrationService(migrated, files, jobs, models, chat)
     hooks = settings.webhooks
     webhook_store = WebhookStore(database)
+    urls = UrlPolicy(allow_private=hooks.allow_private_urls, allowed_hosts=tuple(hooks.allowed_hosts))
     outbox = OutboxSender(
         webhook_store,
         events,
@@ -284,8 +286,9 @@ def build_services(
             timeout_s=hooks.timeout_s,
             tracker_timeout_s=hooks.tracker_timeout_s,
         ),
+        urls,
     )
-    webhooks = WebhookService(webhook_store, outbox.send)
+    webhooks = WebhookService(webhook_store, outbox.send, urls)
     return Services(
         keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
         checkpoint_evals=checkpoint_evals, graders=graders, exports=exports, imports=imports, migrations=migrations,

@@ -67,6 +67,19 @@ def test_webhook_endpoint_objects_match_the_sdk(api: Api) -> None:
     assert unknown.json()["error"]["param"] == "event_types"
     not_http = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "url": "ftp://x"})
     assert not_http.json()["error"]["param"] == "url"
+    # server-side request forgery: only 127.0.0.1 is allowed in these tests (TUNERY_WEBHOOKS__ALLOWED_HOSTS)
+    for private in ("http://169.254.169.254/latest/meta-data/", "http://10.0.0.5/hook", "http://[::1]:9/hook"):
+        refused = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "url": private})
+        assert refused.status_code == 400, private
+        assert_matches("ErrorResponse", refused.json())
+        assert refused.json()["error"]["param"] == "url"
+    moved = api.client.post(f"/v1/webhook_endpoints/{created['id']}", headers=api.headers(),
+                            json={"url": "http://169.254.169.254/"})  # fmt: skip
+    assert (moved.status_code, moved.json()["error"]["param"]) == (400, "url")
+    assert "link-local" in moved.json()["error"]["message"]
+    untyped = api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "event_types": "x"})
+    assert (untyped.status_code, untyped.json()["error"]["param"]) == (400, "event_types")
+    assert api.client.post("/v1/webhook_endpoints", headers=api.headers(), json={**body, "name": 5}).status_code == 400
     tested = api.client.post(f"/v1/webhook_endpoints/{created['id']}/test", headers=api.headers(), json={}).json()
     webhook_types.WebhookEndpointTestResult.model_validate(tested, strict=True)
     assert tested["status_code"] == 0  # nobody listens on port 9

@@ -19,12 +19,16 @@ from tunery.domain.jobs import JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.domain.projects import Project
 from tunery.domain.webhooks import DeliveryState, Target
+from tunery.services.outbound import UrlPolicy
 from tunery.services.outbox import OutboxRules, OutboxSender, TrackerFailed
 from tunery.services.webhooks import WebhookService
 from tunery.storage import Database
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.webhooks import WebhookStore
+
+# The receivers listen on 127.0.0.1, which the default policy refuses (SSRF); these tests allow it explicitly.
+LOCAL = UrlPolicy(allow_private=True)
 
 
 class Receiver:
@@ -65,9 +69,9 @@ def _setup(db: Database, project: Project, url: str, rules: OutboxRules) -> tupl
     def tracker(delivery: object) -> str:
         raise TrackerFailed("tracker is down")
 
-    sender = OutboxSender(store, EventStore(db), tracker, rules)
-    service = WebhookService(store, sender.send)
-    endpoint = service.create(project.id, {"name": "ci", "url": url, "event_types": ["fine_tuning.job.succeeded"]})
+    sender = OutboxSender(store, EventStore(db), tracker, rules, LOCAL)
+    service = WebhookService(store, sender.send, LOCAL)
+    endpoint = service.create(project.id, name="ci", url=url, event_types=["fine_tuning.job.succeeded"])
     return service, sender, endpoint.secret
 
 
@@ -190,8 +194,8 @@ def test_a_failing_tracker_is_a_warning_event(db: Database, project: Project, re
 
 def test_concurrent_senders_never_claim_the_same_row(db: Database, project: Project) -> None:
     """Two senders (threads here; processes share the database the same way) claim disjoint rows."""
-    service = WebhookService(WebhookStore(db), lambda *_: (200, "", None))
-    service.create(project.id, {"name": "a", "url": "http://127.0.0.1:9/", "event_types": ["fine_tuning.job.failed"]})
+    service = WebhookService(WebhookStore(db), lambda *_: (200, "", None), LOCAL)
+    service.create(project.id, name="a", url="http://127.0.0.1:9/", event_types=["fine_tuning.job.failed"])
     jobs = JobStore(db)
     for _ in range(30):
         job = make_job(project, status=JobStatus.RUNNING)
@@ -212,3 +216,26 @@ def test_concurrent_senders_never_claim_the_same_row(db: Database, project: Proj
     everything = claimed["a"] + claimed["b"]
     assert len(everything) == 30
     assert len(set(everything)) == 30
+
+
+def test_a_sender_refuses_a_private_address_at_delivery_time(
+    db: Database, project: Project, receiver: Receiver
+) -> None:
+    """An endpoint saved while it was allowed (or whose DNS changed since) is not called once it is refused:
+    the attempt fails with the reason, the receiver gets nothing."""
+    _setup(db, project, receiver.url, OutboxRules(retry_base_s=0.0))  # saved under the permissive policy
+    strict = OutboxSender(WebhookStore(db), EventStore(db), lambda _: "", OutboxRules(retry_base_s=0.0))
+    jobs = JobStore(db)
+    job = make_job(project, status=JobStatus.RUNNING)
+    jobs.insert(job)
+    jobs.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.RUNNING})
+    try:
+        assert strict.run_once("s1") == 1
+    finally:
+        strict.close()
+    assert receiver.received == []
+    (row,) = WebhookStore(db).deliveries(project.id, PageRequest(limit=5)).data
+    assert row.state is DeliveryState.PENDING
+    assert row.last_status_code is None
+    assert "127.0.0.1" in (row.last_error or "")
+    assert "loopback" in (row.last_error or "")
