@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,26 +53,26 @@ class UploadService:
         self._rules = rules
         self._clock = clock
 
-    def create(self, project_id: str, body: dict[str, Any]) -> Upload:
-        size = body.get("bytes")
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+    def create(self, project_id: str, *, filename: str, purpose: str, size: int, mime_type: str) -> Upload:
+        """A pending upload of ``size`` bytes that becomes the file ``filename`` once its parts are complete."""
+        if size <= 0:
             raise InvalidRequest("bytes must be a positive integer: the size of the whole file.", param="bytes")
         if size > self._rules.max_upload_bytes:
             raise PayloadTooLarge(
                 f"bytes is {size}; an upload may hold at most {self._rules.max_upload_bytes} bytes.", param="bytes"
             )
-        for name in ("filename", "mime_type", "purpose"):
-            if not isinstance(body.get(name), str) or not body[name]:
+        for name, value in (("filename", filename), ("mime_type", mime_type), ("purpose", purpose)):
+            if not value:
                 raise InvalidRequest(f"{name} is required.", param=name)
-        self._files.check_upload_purpose(body["purpose"])
+        self._files.check_upload_purpose(purpose)
         now = int(self._clock())
         upload = Upload(
             id=new_id("upload"),
             project_id=project_id,
-            filename=body["filename"],
-            purpose=body["purpose"],
+            filename=filename,
+            purpose=purpose,
             bytes=size,
-            mime_type=body["mime_type"],
+            mime_type=mime_type,
             status=UploadStatus.PENDING,
             created_at=now,
             expires_at=now + UPLOAD_LIFETIME_S,
@@ -105,9 +104,14 @@ class UploadService:
         self._store.add_part(part)
         return part
 
-    def complete(self, project_id: str, upload_id: str, part_ids: Any, md5: str | None) -> tuple[Upload, FileRecord]:
+    def complete(
+        self, project_id: str, upload_id: str, part_ids: Sequence[str], md5: str | None
+    ) -> tuple[Upload, FileRecord]:
+        """Assemble the parts, in ``part_ids`` order, into the upload's file in one streaming pass: each part
+        is read once, in chunks of ``CHUNK_BYTES``, straight into the file's blob while its md5 is computed;
+        nothing is spooled and no second copy is made. The parts are dropped once the file exists."""
         upload = self._pending(project_id, upload_id)
-        if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
+        if isinstance(part_ids, str) or not part_ids:
             raise InvalidRequest(
                 "part_ids must be the non-empty, ordered list of the upload's part ids.", param="part_ids"
             )
@@ -163,16 +167,12 @@ class UploadService:
             self._drop_parts(upload.id)
         return self._store.get(project_id, upload.id)
 
-    def import_url(self, project_id: str, body: dict[str, Any], *, admin: bool) -> FileRecord:
+    def import_url(self, project_id: str, url: str, *, filename: str, purpose: str, admin: bool) -> FileRecord:
         """Azure's ``/files/import``: a file from an http(s) URL, or (admin keys) from an allowed local folder."""
-        url = body.get("content_url")
-        filename = body.get("filename")
-        if not isinstance(url, str) or not url:
+        if not url:
             raise InvalidRequest("content_url is required.", param="content_url")
-        if not isinstance(filename, str) or not filename:
+        if not filename:
             raise InvalidRequest("filename is required.", param="filename")
-        raw_purpose = body.get("purpose")
-        purpose = raw_purpose if isinstance(raw_purpose, str) else ""
         parts = urlsplit(url)
         if parts.scheme in {"http", "https"}:
             chunks: Iterable[bytes] = _http_chunks(url)

@@ -105,3 +105,33 @@ def test_checkpoint_permissions_need_an_admin_key_and_an_own_checkpoint(api: Api
     )
     assert empty.status_code == 404
     assert_matches("ErrorResponse", empty.json())
+
+
+def test_upload_bodies_are_parsed_at_the_edge(api: Api) -> None:
+    """Wrong types and missing fields are 400s naming the param, in OpenAI's error shape, before any work."""
+    body = {"bytes": 10, "filename": "t.jsonl", "mime_type": "application/jsonl", "purpose": "fine-tune"}
+    cases = [
+        ("/v1/uploads", {**body, "bytes": "10"}, "bytes"),
+        ("/v1/uploads", {**body, "bytes": 0}, "bytes"),
+        ("/v1/uploads", {**body, "bytes": True}, "bytes"),
+        ("/v1/uploads", {k: v for k, v in body.items() if k != "filename"}, "filename"),
+        ("/v1/uploads", {**body, "mime_type": ["a"]}, "mime_type"),
+        ("/v1/files/import", {"filename": "t.jsonl"}, "content_url"),
+        ("/v1/files/import", {"content_url": 5, "filename": "t.jsonl"}, "content_url"),
+    ]
+    upload = api.client.post("/v1/uploads", headers=api.headers(), json=body).json()
+    complete = f"/v1/uploads/{upload['id']}/complete"
+    cases += [
+        (complete, {"part_ids": "part-1"}, "part_ids"),
+        (complete, {"part_ids": []}, "part_ids"),
+        (complete, {"part_ids": [1]}, "part_ids[0]"),
+        (complete, {"part_ids": ["part-1"], "md5": 5}, "md5"),
+        (complete, {}, "part_ids"),
+    ]
+    for path, sent, param in cases:
+        answer = api.client.post(path, headers=api.headers(), json=sent)
+        assert answer.status_code == 400, (path, sent, answer.text)
+        assert_matches("ErrorResponse", answer.json())
+        assert answer.json()["error"]["param"] == param, (path, sent)
+    cancelled = api.client.post(f"/v1/uploads/{upload['id']}/cancel", headers=api.headers()).json()
+    assert cancelled["status"] == "cancelled", "the refused completes left the upload pending"
