@@ -143,7 +143,7 @@ class WebhookService:
             job_id=None,
             target=Target.WEBHOOK,
             endpoint_id=endpoint.id,
-            payload=event_body(event_id, event_type, int(now), {"id": "ftjob-test"}),
+            payload=event_body(event_id, event_type, int(now), {"id": _sample_id(event_type)}),
             created_at=int(now),
             state=DeliveryState.PENDING,
             attempts=0,
@@ -169,6 +169,11 @@ class WebhookService:
         """The endpoint's delivery log, newest first."""
         self._store.get(project_id, endpoint_id)
         return self._store.deliveries(project_id, page, endpoint_id=endpoint_id)
+
+
+def _sample_id(event_type: str) -> str:
+    """The ``data.id`` of a test event: shaped like the id of what the real event is about."""
+    return "evalrun_test" if event_type.startswith("eval.run.") else "ftjob-test"
 
 
 def _name(value: str) -> str:
