@@ -135,3 +135,43 @@ def test_upload_bodies_are_parsed_at_the_edge(api: Api) -> None:
         assert answer.json()["error"]["param"] == param, (path, sent)
     cancelled = api.client.post(f"/v1/uploads/{upload['id']}/cancel", headers=api.headers()).json()
     assert cancelled["status"] == "cancelled", "the refused completes left the upload pending"
+
+
+def test_an_eval_run_that_ends_calls_its_subscribed_endpoint(api: Api) -> None:
+    """A run graded by the eval runner and a canceled run each send their event, in OpenAI's webhook schema,
+    verified by the official client's ``unwrap``; the test action sends an eval sample too."""
+    import json
+
+    from tests.unit.api.test_evals_api import create_eval, run_all
+    from tests.unit.storage.test_webhooks import Receiver
+
+    receiver = Receiver([200])
+    try:
+        types = ["eval.run.succeeded", "eval.run.failed", "eval.run.canceled"]
+        hook = api.client.post("/v1/webhook_endpoints", headers=api.headers(),
+                               json={"name": "evals", "url": receiver.url, "event_types": types}).json()  # fmt: skip
+        eval_id = create_eval(api).json()["id"]
+        rows = [{"item": {"question": "a", "expected": "yes"}, "sample": {"output_text": "yes"}}]
+        body = {"data_source": {"type": "jsonl", "source": {"type": "file_content", "content": rows}}}
+        graded = api.client.post(f"/v1/evals/{eval_id}/runs", json=body, headers=api.headers()).json()
+        canceled = api.client.post(f"/v1/evals/{eval_id}/runs", json=body, headers=api.headers()).json()
+        api.client.post(f"/v1/evals/{eval_id}/runs/{canceled['id']}/cancel", headers=api.headers())
+        run_all(api)
+        while api.services.outbox.run_once("test"):
+            pass
+        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9", max_retries=0)
+        events = {}
+        for raw, headers in receiver.received:
+            event = client.webhooks.unwrap(raw, headers, secret=hook["signing_secret"])
+            schema = "WebhookEvalRunSucceeded" if event.type == "eval.run.succeeded" else "WebhookEvalRunCanceled"
+            assert_matches(schema, json.loads(raw))
+            events[event.type] = event.data.id
+        assert events == {"eval.run.succeeded": graded["id"], "eval.run.canceled": canceled["id"]}
+
+        tested = api.client.post(f"/v1/webhook_endpoints/{hook['id']}/test", headers=api.headers(),
+                                 json={"event_type": "eval.run.failed"}).json()  # fmt: skip
+        assert tested["status_code"] == 200
+        sample = client.webhooks.unwrap(*receiver.received[-1], secret=hook["signing_secret"])
+        assert (sample.type, sample.data.id) == ("eval.run.failed", "evalrun_test")
+    finally:
+        receiver.server.shutdown()
