@@ -300,6 +300,12 @@ def build_services(
                 max_upload_bytes=settings.files.max_multipart_bytes,
                 max_part_bytes=settings.files.max_part_bytes,
                 import_dirs=tuple(settings.files.import_dirs),
+                urls=UrlPolicy(
+                    allow_private=settings.files.import_allow_private_urls,
+                    allowed_hosts=tuple(settings.files.import_allowed_hosts),
+                    setting="TUNERY_FILES__IMPORT_ALLOW_PRIVATE_URLS",
+                    hosts_setting="TUNERY_FILES__IMPORT_ALLOWED_HOSTS",
+                ),
             ),
         ),
     )  # fmt: skip

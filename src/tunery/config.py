@@ -51,6 +51,12 @@ class FilesSettings(BaseModel):
     import_dirs: list[Path] = Field(
         default_factory=list, description="Local folders admin keys may import from (/files/import file://...)"
     )
+    import_allow_private_urls: bool = Field(
+        default=False, description="Let /files/import fetch from loopback, private, link-local addresses; off: refused"
+    )
+    import_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names, addresses or networks (CIDR) imports may fetch from anyway"
+    )
 
 
 class ModelsSettings(BaseModel):

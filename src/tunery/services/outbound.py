@@ -1,4 +1,4 @@
-"""Which URLs the server may call for a user (webhooks): no private, loopback, link-local or metadata addresses.
+"""Which URLs the server may call for a user (webhooks, imports): by default no private or metadata addresses.
 
 A webhook URL makes the server send a POST wherever the user says, from inside its network; without a rule
 that is a server-side request forgery into ``127.0.0.1``, the LAN or a cloud metadata service
@@ -166,10 +166,15 @@ class _GuardedBackend(httpcore.SyncBackend):
 
 
 def guarded_client(
-    policy: UrlPolicy, *, timeout: float, headers: dict[str, str], resolver: Resolver = resolve
+    policy: UrlPolicy,
+    *,
+    timeout: float,
+    headers: dict[str, str],
+    resolver: Resolver = resolve,
+    follow_redirects: bool = False,
 ) -> httpx.Client:
-    """An httpx client that only connects where ``policy`` allows, ignores proxy variables (a proxy would
-    connect for it, unchecked) and never follows redirects."""
+    """An httpx client that only connects where ``policy`` allows and ignores proxy variables (a proxy would
+    connect for it, unchecked). Redirects are off unless asked for; each hop's connection is vetted too."""
     transport = httpx.HTTPTransport(trust_env=False)
     # httpx builds its httpcore pool without a way to pass a network backend; this one is the same pool
     # with ours (the defaults of httpx.HTTPTransport otherwise).
@@ -180,4 +185,6 @@ def guarded_client(
         keepalive_expiry=5.0,
         network_backend=_GuardedBackend(policy, resolver),
     )
-    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, headers=headers, trust_env=False)
+    return httpx.Client(
+        transport=transport, timeout=timeout, follow_redirects=follow_redirects, headers=headers, trust_env=False
+    )

@@ -4,7 +4,8 @@ An upload declares its size; each part streams to the blob store as it arrives (
 ``complete`` takes the parts in the order given, checks that they exist, belong to the upload, hold exactly
 the declared bytes and (when given) match the md5, then streams them into one file that is validated like
 any other upload. ``import_url`` fetches an http(s) URL (or, for admin keys, a file under an allowed local
-folder) the same way.
+folder) the same way; an http(s) URL must be one the server may call (``services/outbound.py``: by default
+no loopback, private, link-local or metadata address, checked again at every connection, redirects included).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from tunery.domain.files import FileRecord
 from tunery.domain.ids import new_id
 from tunery.domain.uploads import Upload, UploadPart, UploadStatus
 from tunery.services.files import FileService
+from tunery.services.outbound import UrlPolicy, check_url, guarded_client
 from tunery.storage.blobs import BlobStore
 from tunery.storage.uploads import UploadStore
 
@@ -36,6 +38,7 @@ class UploadRules:
     max_upload_bytes: int = 8 * 1024**3  # an upload's declared size (OpenAI: 8 GB)
     max_part_bytes: int = 64 * 1024**2  # one part (OpenAI: 64 MB)
     import_dirs: tuple[Path, ...] = ()  # local folders admin keys may import from
+    urls: UrlPolicy = field(default_factory=UrlPolicy)  # where http(s) imports may fetch from: public hosts only
 
 
 class UploadService:
@@ -175,7 +178,8 @@ class UploadService:
             raise InvalidRequest("filename is required.", param="filename")
         parts = urlsplit(url)
         if parts.scheme in {"http", "https"}:
-            chunks: Iterable[bytes] = _http_chunks(url)
+            check_url(url, self._rules.urls, param="content_url")
+            chunks: Iterable[bytes] = _http_chunks(url, self._rules.urls)
         elif parts.scheme == "file":
             chunks = self._local_chunks(Path(parts.path), admin=admin)
         else:
@@ -219,9 +223,11 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _http_chunks(url: str) -> Iterator[bytes]:
+def _http_chunks(url: str, urls: UrlPolicy) -> Iterator[bytes]:
+    """The body of ``url``, streamed; redirects are followed, each connection vetted by ``urls``."""
+    client = guarded_client(urls, timeout=IMPORT_TIMEOUT_S, headers={}, follow_redirects=True)
     try:
-        with httpx.stream("GET", url, timeout=IMPORT_TIMEOUT_S, follow_redirects=True) as response:
+        with client, client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise InvalidRequest(
                     f"Fetching content_url answered HTTP {response.status_code}.",

@@ -114,3 +114,47 @@ def test_complete_assembles_the_file_in_one_streaming_pass(tmp_path: Path) -> No
         with blobs.open(f"files/{project}/{record.id}") as stream:
             assert stream.read() == data
         assert not any(blobs.exists(p.blob_key) for p in parts)
+
+
+def test_an_import_cannot_reach_a_private_address_directly_or_by_redirect(tmp_path: Path) -> None:
+    """``/files/import`` fetches only from addresses the server may call: a metadata URL is refused before any
+    request, and a public-looking (here: allowed) host that redirects to one is refused at that hop."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tunery.domain.errors import InvalidRequest
+    from tunery.services.outbound import UrlPolicy
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("location", "http://169.254.169.254/latest/meta-data/iam/")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with fresh_database(tmp_path, None) as db:
+            blobs = LocalBlobStore(tmp_path / "blobs")
+            files = FileService(FileStore(db), blobs, FileRules(max_upload_bytes=10), lambda: None, background=False)
+            rules = UploadRules(urls=UrlPolicy(allowed_hosts=("127.0.0.1",)))
+            service = UploadService(UploadStore(db), blobs, files, rules)
+            project = ProjectStore(db).create("p").id
+            with pytest.raises(InvalidRequest) as direct:
+                service.import_url(project, "http://169.254.169.254/x", filename="t.jsonl", purpose="fine-tune",
+                                   admin=True)  # fmt: skip
+            assert direct.value.param == "content_url"
+            assert "link-local" in direct.value.message
+            redirected = f"http://127.0.0.1:{server.server_address[1]}/train.jsonl"
+            with pytest.raises(InvalidRequest) as hop:
+                service.import_url(project, redirected, filename="t.jsonl", purpose="fine-tune", admin=True)
+            assert hop.value.param == "content_url"
+            assert "169.254.169.254" in hop.value.message
+            assert "link-local" in hop.value.message
+            assert FileStore(db).count(project) == 0
+            files.close()
+    finally:
+        server.shutdown()
