@@ -19,7 +19,7 @@ import uuid
 from tunery.domain.jobs import Job, JobStatus
 from tunery.services.runs import RunService
 from tunery.training import progress
-from tunery.training.progress import ProgressReader
+from tunery.training.progress import ProgressReader, RunFolder
 from tunery.worker.launcher import TrainerProcess, is_trainer_alive, kill_pid
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Worker:
         spec = self._runs.start(job)
         if spec is None:
             return True
-        self._train(job, spec.run_path / "spec.json", stop or threading.Event())
+        self._train(job, RunFolder(spec.run_path).spec, stop or threading.Event())
         return True
 
     def _train(self, job: Job, spec_path, stop: threading.Event) -> None:  # type: ignore[no-untyped-def]
