@@ -126,6 +126,7 @@ def main() -> None:
            "TUNERY_FILES__MAX_UPLOAD_BYTES": str(max(args.single_mb, 1) * MB + MB),
            "TUNERY_FILES__MAX_MULTIPART_BYTES": str(max(args.mb, 1) * MB + MB),
            "TUNERY_JOBS__MAX_JOBS_PER_PROJECT": str(args.events + 10), "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    env["TUNERY_WEBHOOKS__ALLOW_PRIVATE_URLS"] = "true"  # the receiver listens on 127.0.0.1
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)
     tunery = [sys.executable, "-m", "tunery"]
     key = subprocess.run([*tunery, "keys", "create", "--project", "bench"], env=env, capture_output=True, text=True,

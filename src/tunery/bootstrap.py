@@ -37,6 +37,7 @@ from tunery.services.jobs import JobRules, JobService
 from tunery.services.keys import KeyService
 from tunery.services.migration import MigrationService
 from tunery.services.models import ModelService
+from tunery.services.outbound import UrlPolicy
 from tunery.services.outbox import OutboxRules, OutboxSender
 from tunery.services.permissions import PermissionService
 from tunery.services.portability import (
@@ -291,6 +292,7 @@ def build_services(
         ),
     )
     hub_push = JobHubPush(jobs_store, exports)
+    urls = UrlPolicy(allow_private=hooks.allow_private_urls, allowed_hosts=tuple(hooks.allowed_hosts))
     outbox = OutboxSender(
         webhook_store,
         events,
@@ -302,8 +304,9 @@ def build_services(
             timeout_s=hooks.timeout_s,
             tracker_timeout_s=hooks.tracker_timeout_s,
         ),
+        urls,
     )
-    webhooks = WebhookService(webhook_store, outbox.send)
+    webhooks = WebhookService(webhook_store, outbox.send, urls)
     return Services(
         keys=keys, files=files, jobs=jobs, models=models, runs=runs, deployments=deployments, chat=chat, evals=evals,
         checkpoint_evals=checkpoint_evals, graders=graders, exports=exports, imports=imports, migrations=migrations,
@@ -315,6 +318,12 @@ def build_services(
                 max_upload_bytes=settings.files.max_multipart_bytes,
                 max_part_bytes=settings.files.max_part_bytes,
                 import_dirs=tuple(settings.files.import_dirs),
+                urls=UrlPolicy(
+                    allow_private=settings.files.import_allow_private_urls,
+                    allowed_hosts=tuple(settings.files.import_allowed_hosts),
+                    setting="TUNERY_FILES__IMPORT_ALLOW_PRIVATE_URLS",
+                    hosts_setting="TUNERY_FILES__IMPORT_ALLOWED_HOSTS",
+                ),
             ),
         ),
     )  # fmt: skip

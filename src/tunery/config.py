@@ -55,6 +55,12 @@ class FilesSettings(BaseModel):
     recheck_interval_s: float = Field(
         default=60.0, description="How often a server takes up file checks left waiting (a stopped server's)"
     )
+    import_allow_private_urls: bool = Field(
+        default=False, description="Let /files/import fetch from loopback, private, link-local addresses; off: refused"
+    )
+    import_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names, addresses or networks (CIDR) imports may fetch from anyway"
+    )
 
 
 class ModelsSettings(BaseModel):
@@ -189,6 +195,14 @@ class WebhooksSettings(BaseModel):
     retry_max_s: float = Field(default=3600.0, description="Longest wait between two attempts")
     give_up_after_s: float = Field(default=72 * 3600.0, description="No attempt later than this after the event")
     tracker_timeout_s: float = Field(default=600.0, description="Longest a tracker (wandb, mlflow) run may take")
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Let endpoint URLs reach loopback, private, link-local (metadata) addresses; off: refused",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, addresses or networks (CIDR) endpoints may reach even though they are private",
+    )
 
 
 class IntegrationsSettings(BaseModel):

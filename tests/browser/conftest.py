@@ -54,6 +54,7 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         "TUNERY_API__PORT": str(port),
         "TUNERY_WORKER__METRICS_EVERY": "5",  # more chart points per second of training
         "TUNERY_WORKER__POLL_INTERVAL_S": "0.3",
+        "TUNERY_WEBHOOKS__ALLOW_PRIVATE_URLS": "true",  # the webhooks page test's receiver is on 127.0.0.1
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)

@@ -38,6 +38,7 @@ def upload_server(tmp_path: Path, tiny_model_dir: Path, start_server: Callable) 
         "TUNERY_FILES__MAX_UPLOAD_BYTES": str(SINGLE_LIMIT),
         "TUNERY_FILES__MAX_PART_BYTES": str(PART),
         "TUNERY_FILES__IMPORT_DIRS": f'["{imports}"]',
+        "TUNERY_FILES__IMPORT_ALLOW_PRIVATE_URLS": "true",  # the test serves the file from 127.0.0.1
         "TUNERY_WORKER__ENABLED": "false",
         "PYTHONUNBUFFERED": "1",
     }

@@ -79,6 +79,7 @@ def hooks_env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
         "TUNERY_WEBHOOKS__RETRY_MAX_S": "1",
         "TUNERY_WEBHOOKS__POLL_INTERVAL_S": "0.2",
         "TUNERY_WEBHOOKS__TIMEOUT_S": "5",
+        "TUNERY_WEBHOOKS__ALLOW_PRIVATE_URLS": "true",  # the receiver listens on 127.0.0.1
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)

@@ -6,6 +6,8 @@ the settings). Before the handler runs the route
 
 - refuses a declared ``Content-Length`` over the limit, and counts the bytes of a chunked body as they
   arrive, so a too-large body is a 413 (``code: requestTooLarge``) without being read, parsed or spooled;
+- runs a DELETE once more after giving back the disk's space reserve when the disk is full, so every
+  delete works on a full disk;
 - parses a JSON body and refuses strings that cannot be stored (lone UTF-16 surrogates such as
   ``"\\ud83d"``, valid JSON but not encodable as UTF-8) with a 400 naming the param, so no service and no
   table ever sees one.
@@ -22,10 +24,12 @@ from functools import cache
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from starlette.types import Message
 
-from tunery.domain.errors import InvalidRequest, PayloadTooLarge
+from tunery.domain.errors import InsufficientStorage, InvalidRequest, PayloadTooLarge
+from tunery.storage.disk import is_disk_full
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -91,6 +95,8 @@ class BoundedRoute(APIRoute):
         kind = self.body_kind
 
         async def bounded_handler(request: Request) -> Response:
+            if request.method == "DELETE":
+                return await _deleting(handler, request)
             if request.method not in BODY_METHODS:
                 return await handler(request)
             limit = body_limit(request, kind)
@@ -126,6 +132,26 @@ def bounded(kind: str) -> type[BoundedRoute]:
 
 
 _INVALID = object()
+
+
+async def _deleting(handler: Callable[[Request], Coroutine[Any, Any, Response]], request: Request) -> Response:
+    """Run a DELETE; if the disk is full, give back the space reserve and run it once more.
+
+    A full disk must not stop the one thing that frees it, whatever is deleted (a file, job, model, eval,
+    deployment, endpoint ...): SQLite needs room in its write-ahead log even to delete a row. Once the delete
+    has run, the reserve is set aside again where there is room. A DELETE has no body, so running its
+    handler a second time is safe; every delete is idempotent up to its first success.
+    """
+    try:
+        return await handler(request)
+    except Exception as exc:
+        files = request.app.state.services.files
+        if not (isinstance(exc, InsufficientStorage) or is_disk_full(exc)) or not files.release_reserve():
+            raise
+    try:
+        return await handler(request)
+    finally:
+        await run_in_threadpool(files.reserve_space)
 
 
 def _is_json(request: Request) -> bool:

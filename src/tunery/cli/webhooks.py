@@ -9,7 +9,7 @@ import typer
 from tunery.cli.client import DEFAULT_BASE_URL, ApiKeyOption, BaseUrlOption, api_errors, make_client
 from tunery.cli.output import console, print_json, status_text, table, when
 
-app = typer.Typer(help="Webhook endpoints: be called when a job ends.", no_args_is_help=True)
+app = typer.Typer(help="Webhook endpoints: be called when a job or an eval run ends.", no_args_is_help=True)
 JOB_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"]
 
 
@@ -17,7 +17,10 @@ JOB_EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tunin
 def create(
     url: Annotated[str, typer.Argument(help="http(s) URL that receives the events")],
     name: Annotated[str, typer.Option("--name", "-n", help="A name for the endpoint")] = "webhook",
-    event: Annotated[list[str] | None, typer.Option("--event", "-e", help="Event type (repeat); default: all")] = None,
+    event: Annotated[
+        list[str] | None,
+        typer.Option("--event", "-e", help="Event type (repeat): fine_tuning.job.* or eval.run.*; default: job events"),
+    ] = None,
     base_url: BaseUrlOption = DEFAULT_BASE_URL,
     api_key: ApiKeyOption = None,
 ) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from tunery.domain.evals import RunStatus
 from tunery.domain.jobs import JobStatus
 
 SECRET_PREFIX = "whsec_"
@@ -27,8 +28,13 @@ JOB_EVENT_TYPES: dict[JobStatus, str] = {
     JobStatus.FAILED: "fine_tuning.job.failed",
     JobStatus.CANCELLED: "fine_tuning.job.cancelled",
 }
+EVAL_RUN_EVENT_TYPES: dict[RunStatus, str] = {
+    RunStatus.COMPLETED: "eval.run.succeeded",
+    RunStatus.FAILED: "eval.run.failed",
+    RunStatus.CANCELED: "eval.run.canceled",
+}
 # What an endpoint may subscribe to: the events Tunery sends.
-EVENT_TYPES = frozenset(JOB_EVENT_TYPES.values())
+EVENT_TYPES = frozenset(JOB_EVENT_TYPES.values()) | frozenset(EVAL_RUN_EVENT_TYPES.values())
 
 
 class DeliveryState(StrEnum):
@@ -105,7 +111,7 @@ def new_secret() -> str:
 
 
 def event_body(event_id: str, event_type: str, created_at: int, data: dict[str, Any]) -> str:
-    """The JSON body of an event, as OpenAI's ``WebhookFineTuningJob*`` schemas shape it."""
+    """The JSON body of an event, as OpenAI's ``WebhookFineTuningJob*`` / ``WebhookEvalRun*`` schemas shape it."""
     body = {"id": event_id, "object": "event", "created_at": created_at, "type": event_type, "data": data}
     return json.dumps(body, separators=(",", ":"))
 

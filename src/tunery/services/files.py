@@ -348,6 +348,11 @@ class FileService:
         """Set aside the few megabytes that let deletes run on a full disk (the server does this at start)."""
         return self._reserve.ensure() if self._reserve is not None else False
 
+    def release_reserve(self) -> bool:
+        """Give the reserved megabytes back so that a delete can run on a full disk; True when there were any.
+        ``reserve_space`` sets them aside again once the delete has freed room."""
+        return self._reserve.release() if self._reserve is not None else False
+
     def _expiry(self, expires_after: tuple[str | None, int | None], now: int) -> int | None:
         anchor, seconds = expires_after
         if anchor is None and seconds is None:

@@ -4,8 +4,10 @@ A background thread (``worker/outbox.py``, in ``tunery serve`` and ``tunery work
 Webhooks: each attempt POSTs the stored body with fresh Standard Webhooks headers (the ``webhook-id`` is the
 event id on every attempt); a 2xx answer delivers it, anything else (or no answer within ``timeout_s``) is
 retried after ``retry_base_s``, doubling up to ``retry_max_s``, until ``give_up_after_s`` after the event
-(default 72 hours, as OpenAI). Trackers and the Hub push of a succeeded job (``hf_output_repo_name``): one
-attempt; one that fails becomes a warning event on the job, never a failed job.
+(default 72 hours, as OpenAI). The connection is vetted by ``services/outbound.py`` when it is made (a URL
+whose host now resolves to a private or metadata address is an error, not a POST); redirects are not
+followed. Trackers and the Hub push of a succeeded job (``hf_output_repo_name``): one attempt; one that fails
+becomes a warning event on the job, never a failed job.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import httpx
 from tunery.domain.events import EventLevel, JobEvent
 from tunery.domain.ids import new_id
 from tunery.domain.webhooks import Delivery, DeliveryState, Target, WebhookEndpoint, retry_delay, signed_headers
+from tunery.services.outbound import UrlPolicy, guarded_client
 from tunery.storage.events import EventStore
 from tunery.storage.webhooks import WebhookStore
 
@@ -62,14 +65,16 @@ class OutboxSender:
         events: EventStore,
         trackers: TrackerRunner,
         rules: OutboxRules,
+        urls: UrlPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``urls`` says where webhooks may go (default: public addresses only), checked at connect time."""
         self._store = store
         self._events = events
         self._trackers = trackers
         self.rules = rules
         self._clock = clock
-        self._http = httpx.Client(timeout=rules.timeout_s, follow_redirects=False, headers={"user-agent": USER_AGENT})
+        self._http = guarded_client(urls or UrlPolicy(), timeout=rules.timeout_s, headers={"user-agent": USER_AGENT})
 
     def close(self) -> None:
         self._http.close()

@@ -62,10 +62,18 @@ from tunery.storage.portability import ImportedModelStore
 from tunery.training.progress import (
     STATE_DIR,
     STATE_FILE,
+    Cancelled,
+    CheckpointSaved,
+    Completed,
     ControlRequest,
-    ProgressKind,
+    Failed,
+    Paused,
     ProgressReader,
     ProgressRecord,
+    RunFolder,
+    Started,
+    Step,
+    StoppedEarly,
     saved_step,
 )
 from tunery.training.spec import LoraSpec, TrainingSpec
@@ -74,7 +82,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_CRASH_RETRIES = 1
-CRASH_FILE = "crashes"
 STATE_MANIFEST = "latest.json"  # under shared_state_prefix: {"step": N, "files": [...]}
 SHARE_ATTEMPTS = 5
 SECONDS_PER_HOUR = 3600.0
@@ -185,22 +192,22 @@ class RunService:
                 self.fetch_state(job.id)  # saved on another machine (or this one, before its run folder was lost)
             except Exception:  # the store is unreachable: resume from what this machine has, if anything
                 log.warning("job %s: could not fetch its shared state", job.id, exc_info=True)
-        resuming = job.status is JobStatus.RESUMING and (run_dir / STATE_DIR).is_dir()
+        resuming = job.status is JobStatus.RESUMING and RunFolder(run_dir).state.is_dir()
         if resuming and self._catch_up(job):
             return None  # the previous trainer had already finished: nothing is run again
         if not resuming:
-            crashes = (run_dir / CRASH_FILE).read_text() if (run_dir / CRASH_FILE).exists() else None
+            crashes = RunFolder(run_dir).crashes.read_text() if RunFolder(run_dir).crashes.exists() else None
             shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start: nothing from an earlier attempt
             self._metrics.delete_after(job.id, 0)
             if crashes is not None:  # but the retry budget survives the wipe
                 run_dir.mkdir(parents=True)
-                (run_dir / CRASH_FILE).write_text(crashes)
+                RunFolder(run_dir).crashes.write_text(crashes)
         run_dir.mkdir(parents=True, exist_ok=True)
         _rotate_progress(run_dir)
-        (run_dir / "control.json").unlink(missing_ok=True)
+        RunFolder(run_dir).control.unlink(missing_ok=True)
         try:
             base_dir = self._base_weights(job.base_model)
-            spec = self._spec(job, run_dir, base_dir, resume_from=str(run_dir / STATE_DIR) if resuming else None)
+            spec = self._spec(job, run_dir, base_dir, resume_from=str(RunFolder(run_dir).state) if resuming else None)
         except ServiceError as exc:
             self._fail(job, JobError("unsupported_model", exc.message, "model"))
             return None
@@ -216,7 +223,7 @@ class RunService:
         if started is None:
             return None
         spec = self._with_judge(job, spec)
-        spec.write(run_dir / "spec.json")
+        spec.write(RunFolder(run_dir).spec)
         if resuming:
             self._log(job.id, f"Job resumed from step {saved_step(run_dir) or 0}.")
         else:
@@ -341,29 +348,27 @@ class RunService:
             True when the job ended here (nothing left to run).
         """
         worker_id = job.worker_id or ""
-        ended: ProgressRecord | None = None
+        ended: Completed | Failed | None = None
         for record in ProgressReader(self.run_dir(job.id)).read_new():
-            data = record.data
-            if record.kind is ProgressKind.STEP and int(data["step"]) > job.step:
-                job = self._on_step(job, worker_id, data)
-            elif record.kind in (ProgressKind.CHECKPOINT, ProgressKind.PAUSED):
-                folder = data.get("path") or data.get("checkpoint")  # a pause saves a checkpoint too
+            if isinstance(record, Step) and record.step > job.step:
+                job = self._on_step(job, worker_id, record)
+            elif isinstance(record, CheckpointSaved | Paused):
+                # a pause saves a checkpoint too
+                folder = record.path if isinstance(record, CheckpointSaved) else record.checkpoint
                 if folder and Path(folder).is_dir():
-                    paused = record.kind is ProgressKind.PAUSED
-                    self._save_checkpoint(
-                        job, int(data["step"]), Path(folder), data.get("metrics") or {}, pinned=paused
-                    )
-            elif record.kind in (ProgressKind.COMPLETED, ProgressKind.FAILED):
+                    paused = isinstance(record, Paused)
+                    self._save_checkpoint(job, record.step, Path(folder), record.metrics, pinned=paused)
+            elif isinstance(record, Completed | Failed):
                 ended = record
         if ended is None:
             return False
         self._log(job.id, "The previous training run had ended before its worker stopped; its results are kept.")
-        if ended.kind is ProgressKind.FAILED:
+        if isinstance(ended, Failed):
             self.record(job, worker_id, ended)
             return True
         running = self._jobs.transition(job.id, JobStatus.RUNNING, expect={JobStatus.RESUMING})
         if running is not None:
-            self._complete(running, ended.data)
+            self._complete(running, ended)
         return True
 
     def attach(self, job: Job, worker_id: str, pid: int) -> None:
@@ -372,19 +377,16 @@ class RunService:
     # ----------------------------------------------------------------------------------------- progress
     def record(self, job: Job, worker_id: str, record: ProgressRecord) -> Job:
         """Turn one progress record into events, metrics, checkpoints or a final state."""
-        data = record.data
-        kind = record.kind
-        if kind is ProgressKind.STARTED:
-            resumed = int(data.get("resumed_from_step") or 0)
+        if isinstance(record, Started):
+            resumed = record.resumed_from_step
             self._metrics.delete_after(job.id, resumed)
-            total = int(data["total_steps"])
+            total = record.total_steps
             self.heartbeat(job, worker_id, total_steps=total, step=resumed)
-            timings = data.get("timings") or {}
-            if timings:
-                self._log(job.id, _startup_message(timings, data))
+            if record.timings:
+                self._log(job.id, _startup_message(record))
             if not resumed:
                 self._log(job.id, "Training started.")
-                initial = {k: float(v) for k, v in (data.get("initial_validation") or {}).items() if v is not None}
+                initial = {k: float(v) for k, v in record.initial_validation.items() if v is not None}
                 if initial:
                     self._events.append(
                         JobEvent(
@@ -398,16 +400,16 @@ class RunService:
                         )
                     )
             return job.with_changes(total_steps=total, step=resumed)
-        if kind is ProgressKind.STEP:
-            return self._on_step(job, worker_id, data)
-        if kind is ProgressKind.CHECKPOINT:
-            self._save_checkpoint(job, int(data["step"]), Path(data["path"]), data.get("metrics") or {})
+        if isinstance(record, Step):
+            return self._on_step(job, worker_id, record)
+        if isinstance(record, CheckpointSaved):
+            self._save_checkpoint(job, record.step, Path(record.path), record.metrics)
             self.share_state(job.id)
             return job
-        if kind is ProgressKind.PAUSED:
-            step = int(data["step"])
-            if data.get("checkpoint"):
-                self._save_checkpoint(job, step, Path(data["checkpoint"]), data.get("metrics") or {}, pinned=True)
+        if isinstance(record, Paused):
+            step = record.step
+            if record.checkpoint:
+                self._save_checkpoint(job, step, Path(record.checkpoint), record.metrics, pinned=True)
             self.share_state(job.id)  # before the job reads paused: any server may resume it
             paused = self._jobs.transition(
                 job.id, JobStatus.PAUSED, expect={JobStatus.PAUSING}, finished_at=int(self._clock()), step=step
@@ -416,24 +418,24 @@ class RunService:
                 self._log(job.id, f"Job paused at step {step}. A deployable checkpoint was saved.")
                 return paused
             return job
-        if kind is ProgressKind.CANCELLED:
-            self._log(job.id, f"Training stopped at step {data.get('step')} after the job was cancelled.")
+        if isinstance(record, Cancelled):
+            self._log(job.id, f"Training stopped at step {record.step} after the job was cancelled.")
             return job
-        if kind is ProgressKind.COMPLETED:
-            return self._complete(job, data)
-        if kind is ProgressKind.FAILED:
-            error = JobError(str(data.get("code") or "internal_error"), str(data.get("message") or "Training failed."))
-            return self._fail(job, error)
+        if isinstance(record, Completed):
+            return self._complete(job, record)
+        if isinstance(record, Failed):
+            return self._fail(job, JobError(record.code or "internal_error", record.message or "Training failed."))
         return job
 
-    def _on_step(self, job: Job, worker_id: str, data: dict[str, Any]) -> Job:
-        step = int(data["step"])
-        values = {k: float(data[k]) for k in metric_columns(job.method.value) if data.get(k) is not None}
+    def _on_step(self, job: Job, worker_id: str, record: Step) -> Job:
+        step = record.step
+        metrics = record.metrics
+        values = {k: v for k in metric_columns(job.method.value) if (v := metrics.get(k)) is not None}
         self._metrics.upsert(MetricRow(job_id=job.id, step=step, values=values))
-        total = int(data.get("total_steps") or job.total_steps or step)
-        trained = int(data.get("trained_tokens") or 0)
+        total = int(record.total_steps or job.total_steps or step)
+        trained = record.trained_tokens
         eta = None
-        seconds_per_step = data.get("seconds_per_step")
+        seconds_per_step = record.seconds_per_step
         if seconds_per_step:
             eta = int(self._clock() + float(seconds_per_step) * max(total - step, 0))
         self.heartbeat(job, worker_id, step=step, total_steps=total, trained_tokens=trained, estimated_finish=eta)
@@ -453,7 +455,7 @@ class RunService:
         return job.with_changes(step=step, total_steps=total, trained_tokens=trained)
 
     def _save_checkpoint(
-        self, job: Job, step: int, folder: Path, metrics: dict[str, Any], *, pinned: bool = False
+        self, job: Job, step: int, folder: Path, metrics: dict[str, float | None], *, pinned: bool = False
     ) -> None:
         model_name = fine_tuned_model_name(job.base_model, job.id, job.suffix)
         name = checkpoint_model_name(model_name, step)
@@ -517,22 +519,22 @@ class RunService:
             return f"job {', '.join(children)} starts from it"
         return None
 
-    def _complete(self, job: Job, data: dict[str, Any]) -> Job:
+    def _complete(self, job: Job, completed: Completed) -> Job:
         self._log(job.id, "Postprocessing started.")
         model_name = fine_tuned_model_name(job.base_model, job.id, job.suffix)
         checkpoints = self._checkpoints.list_all(job.id)
         if not checkpoints:
             return self._fail(job, JobError("internal_error", "Training finished without saving a model."))
-        best_step = data.get("best_step")
+        best_step = completed.best_step
         newest = next((c for c in checkpoints if c.step_number == best_step), checkpoints[-1])
-        stopped = data.get("stopped_early")
+        stopped = completed.stopped_early
         if stopped:
             self._log(job.id, _early_stop_message(stopped, newest.step_number))
         self._checkpoints.rename(newest.id, model_name)
         results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job))
         self._log(job.id, f"Created results file: {results.id}")
         now = int(self._clock())
-        trained = int(data.get("trained_tokens") or job.trained_tokens or 0)
+        trained = completed.trained_tokens or job.trained_tokens or 0
         done = self._jobs.transition(
             job.id,
             JobStatus.SUCCEEDED,
@@ -542,8 +544,8 @@ class RunService:
             trained_tokens=trained,
             result_files=[results.id],
             estimated_finish=None,
-            step=int(data.get("step") or job.step),
-            **({"total_steps": int(data.get("step") or job.step)} if stopped else {}),
+            step=completed.step or job.step,
+            **({"total_steps": completed.step or job.step} if stopped else {}),
         )
         if done is None:
             return self._jobs.get_any(job.id)  # cancelled at the last moment: keep it cancelled
@@ -592,7 +594,7 @@ class RunService:
         if current.status not in ACTIVE:
             return current
         run_dir = self.run_dir(job.id)
-        crashes = _bump(run_dir / CRASH_FILE)
+        crashes = _bump(RunFolder(run_dir).crashes)
         reason = f"exit code {exit_code}" if exit_code >= 0 else f"killed by signal {-exit_code}"
         if crashes <= MAX_CRASH_RETRIES:
             saved = self.resume_point(job.id)
@@ -777,7 +779,7 @@ class RunService:
         )
 
 
-def _startup_message(timings: dict[str, Any], started: dict[str, Any]) -> str:
+def _startup_message(started: Started) -> str:
     """Where the trainer's start-up time went, as an event (overheads are measured, not guessed)."""
     names = {
         "process_start": "process start and imports",
@@ -787,22 +789,23 @@ def _startup_message(timings: dict[str, Any], started: dict[str, Any]) -> str:
         "dpo_reference": "reference log-probs",
         "initial_validation": "validation before training",
     }
+    timings = started.timings
     parts = [f"{names.get(k, k)} {float(v):.1f} s" for k, v in timings.items() if v is not None]
     total = sum(float(v) for v in timings.values() if v is not None)
-    where = f" on {started.get('device', 'cpu')} in {started.get('dtype', 'fp32')}"
+    where = f" on {started.device} in {started.dtype}"
     return f"Trainer ready in {total:.1f} s{where}: " + ", ".join(parts) + "."
 
 
-def _early_stop_message(stopped: dict[str, Any], model_step: int) -> str:
-    patience = int(stopped.get("patience") or 1)
-    best = stopped.get("best_full_valid_loss")
+def _early_stop_message(stopped: StoppedEarly, model_step: int) -> str:
+    patience = stopped.patience or 1
+    best = stopped.best_full_valid_loss
     return (
-        f"Stopped early after epoch {stopped.get('epoch')} of {stopped.get('n_epochs')}: the full validation loss has"
-        f" not improved by more than {stopped.get('min_delta')} for {patience} epoch{'s' if patience > 1 else ''}"
-        f" (best {float(best):.4f} at step {stopped.get('best_step')})."
+        f"Stopped early after epoch {stopped.epoch} of {stopped.n_epochs}: the full validation loss has"
+        f" not improved by more than {stopped.min_delta} for {patience} epoch{'s' if patience > 1 else ''}"
+        f" (best {float(best):.4f} at step {stopped.best_step})."
         f" The model is the step-{model_step} checkpoint."
         if best is not None
-        else f"Stopped early after epoch {stopped.get('epoch')}. The model is the step-{model_step} checkpoint."
+        else f"Stopped early after epoch {stopped.epoch}. The model is the step-{model_step} checkpoint."
     )
 
 
@@ -874,10 +877,10 @@ def _csv_cell(value: float | int | None) -> str:
 
 
 def _rotate_progress(run_dir: Path) -> None:
-    progress = run_dir / "progress.jsonl"
-    if progress.exists():
+    folder = RunFolder(run_dir)
+    if folder.progress.exists():
         attempt = len(list(run_dir.glob("progress-*.jsonl"))) + 1
-        progress.rename(run_dir / f"progress-{attempt}.jsonl")
+        folder.progress.rename(folder.earlier_progress(attempt))
 
 
 def _bump(counter: Path) -> int:

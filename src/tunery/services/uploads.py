@@ -4,17 +4,17 @@ An upload declares its size; each part streams to the blob store as it arrives (
 ``complete`` takes the parts in the order given, checks that they exist, belong to the upload, hold exactly
 the declared bytes and (when given) match the md5, then streams them into one file that is validated like
 any other upload. ``import_url`` fetches an http(s) URL (or, for admin keys, a file under an allowed local
-folder) the same way.
+folder) the same way; an http(s) URL must be one the server may call (``services/outbound.py``: by default
+no loopback, private, link-local or metadata address, checked again at every connection, redirects included).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +24,7 @@ from tunery.domain.files import FileRecord
 from tunery.domain.ids import new_id
 from tunery.domain.uploads import Upload, UploadPart, UploadStatus
 from tunery.services.files import FileService
+from tunery.services.outbound import UrlPolicy, check_url, guarded_client
 from tunery.storage.blobs import BlobStore
 from tunery.storage.uploads import UploadStore
 
@@ -37,6 +38,7 @@ class UploadRules:
     max_upload_bytes: int = 8 * 1024**3  # an upload's declared size (OpenAI: 8 GB)
     max_part_bytes: int = 64 * 1024**2  # one part (OpenAI: 64 MB)
     import_dirs: tuple[Path, ...] = ()  # local folders admin keys may import from
+    urls: UrlPolicy = field(default_factory=UrlPolicy)  # where http(s) imports may fetch from: public hosts only
 
 
 class UploadService:
@@ -54,26 +56,26 @@ class UploadService:
         self._rules = rules
         self._clock = clock
 
-    def create(self, project_id: str, body: dict[str, Any]) -> Upload:
-        size = body.get("bytes")
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+    def create(self, project_id: str, *, filename: str, purpose: str, size: int, mime_type: str) -> Upload:
+        """A pending upload of ``size`` bytes that becomes the file ``filename`` once its parts are complete."""
+        if size <= 0:
             raise InvalidRequest("bytes must be a positive integer: the size of the whole file.", param="bytes")
         if size > self._rules.max_upload_bytes:
             raise PayloadTooLarge(
                 f"bytes is {size}; an upload may hold at most {self._rules.max_upload_bytes} bytes.", param="bytes"
             )
-        for name in ("filename", "mime_type", "purpose"):
-            if not isinstance(body.get(name), str) or not body[name]:
+        for name, value in (("filename", filename), ("mime_type", mime_type), ("purpose", purpose)):
+            if not value:
                 raise InvalidRequest(f"{name} is required.", param=name)
-        self._files.check_upload_purpose(body["purpose"])
+        self._files.check_upload_purpose(purpose)
         now = int(self._clock())
         upload = Upload(
             id=new_id("upload"),
             project_id=project_id,
-            filename=body["filename"],
-            purpose=body["purpose"],
+            filename=filename,
+            purpose=purpose,
             bytes=size,
-            mime_type=body["mime_type"],
+            mime_type=mime_type,
             status=UploadStatus.PENDING,
             created_at=now,
             expires_at=now + UPLOAD_LIFETIME_S,
@@ -105,9 +107,14 @@ class UploadService:
         self._store.add_part(part)
         return part
 
-    def complete(self, project_id: str, upload_id: str, part_ids: Any, md5: str | None) -> tuple[Upload, FileRecord]:
+    def complete(
+        self, project_id: str, upload_id: str, part_ids: Sequence[str], md5: str | None
+    ) -> tuple[Upload, FileRecord]:
+        """Assemble the parts, in ``part_ids`` order, into the upload's file in one streaming pass: each part
+        is read once, in chunks of ``CHUNK_BYTES``, straight into the file's blob while its md5 is computed;
+        nothing is spooled and no second copy is made. The parts are dropped once the file exists."""
         upload = self._pending(project_id, upload_id)
-        if not isinstance(part_ids, list) or not part_ids or not all(isinstance(p, str) for p in part_ids):
+        if isinstance(part_ids, str) or not part_ids:
             raise InvalidRequest(
                 "part_ids must be the non-empty, ordered list of the upload's part ids.", param="part_ids"
             )
@@ -163,19 +170,16 @@ class UploadService:
             self._drop_parts(upload.id)
         return self._store.get(project_id, upload.id)
 
-    def import_url(self, project_id: str, body: dict[str, Any], *, admin: bool) -> FileRecord:
+    def import_url(self, project_id: str, url: str, *, filename: str, purpose: str, admin: bool) -> FileRecord:
         """Azure's ``/files/import``: a file from an http(s) URL, or (admin keys) from an allowed local folder."""
-        url = body.get("content_url")
-        filename = body.get("filename")
-        if not isinstance(url, str) or not url:
+        if not url:
             raise InvalidRequest("content_url is required.", param="content_url")
-        if not isinstance(filename, str) or not filename:
+        if not filename:
             raise InvalidRequest("filename is required.", param="filename")
-        raw_purpose = body.get("purpose")
-        purpose = raw_purpose if isinstance(raw_purpose, str) else ""
         parts = urlsplit(url)
         if parts.scheme in {"http", "https"}:
-            chunks: Iterable[bytes] = _http_chunks(url)
+            check_url(url, self._rules.urls, param="content_url")
+            chunks: Iterable[bytes] = _http_chunks(url, self._rules.urls)
         elif parts.scheme == "file":
             chunks = self._local_chunks(Path(parts.path), admin=admin)
         else:
@@ -219,9 +223,11 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _http_chunks(url: str) -> Iterator[bytes]:
+def _http_chunks(url: str, urls: UrlPolicy) -> Iterator[bytes]:
+    """The body of ``url``, streamed; redirects are followed, each connection vetted by ``urls``."""
+    client = guarded_client(urls, timeout=IMPORT_TIMEOUT_S, headers={}, follow_redirects=True)
     try:
-        with httpx.stream("GET", url, timeout=IMPORT_TIMEOUT_S, follow_redirects=True) as response:
+        with client, client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise InvalidRequest(
                     f"Fetching content_url answered HTTP {response.status_code}.",

@@ -2,16 +2,15 @@
 
 The endpoint objects are those of the official ``openai`` package (``client.webhooks.create`` ... at
 ``/webhook_endpoints``); the signing secret is shown on create and rotate only. Deliveries themselves are
-the outbox sender's job (``services/outbox.py``).
+the outbox sender's job (``services/outbox.py``). An endpoint's URL must be one the server may call
+(``services/outbound.py``: by default no loopback, private, link-local or metadata address).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
-from urllib.parse import urlsplit
 
 from tunery.domain.errors import InvalidRequest
 from tunery.domain.ids import new_id
@@ -26,6 +25,7 @@ from tunery.domain.webhooks import (
     new_event_id,
     new_secret,
 )
+from tunery.services.outbound import Resolver, UrlPolicy, check_url, resolve
 from tunery.storage.webhooks import WebhookStore
 
 MAX_NAME_CHARS = 256
@@ -45,17 +45,22 @@ class WebhookService:
         self,
         store: WebhookStore,
         send: Callable[[Delivery, WebhookEndpoint], tuple[int | None, str | None, str | None]],
+        urls: UrlPolicy | None = None,
         clock: Callable[[], float] = time.time,
+        resolver: Resolver = resolve,
     ) -> None:
-        """``send`` makes one attempt: (status code, response text, error) — the outbox sender's."""
+        """``send`` makes one attempt: (status code, response text, error) — the outbox sender's. ``urls``
+        says where endpoints may point (default: public addresses only)."""
         self._store = store
         self._send = send
+        self._urls = urls or UrlPolicy()
         self._clock = clock
+        self._resolver = resolver
 
-    def create(self, project_id: str, body: dict[str, Any]) -> WebhookEndpoint:
-        name = _name(body.get("name"))
-        url = _url(body.get("url"))
-        types = _event_types(body.get("event_types"))
+    def create(self, project_id: str, *, name: str, url: str, event_types: Sequence[str]) -> WebhookEndpoint:
+        name = _name(name)
+        url = check_url(url, self._urls, resolver=self._resolver)
+        types = _event_types(event_types)
         if self._store.list(project_id, PageRequest(limit=MAX_ENDPOINTS_PER_PROJECT)).has_more:
             raise InvalidRequest(
                 f"A project may have at most {MAX_ENDPOINTS_PER_PROJECT} webhook endpoints.", code="quotaExceeded"
@@ -80,15 +85,22 @@ class WebhookService:
     def list(self, project_id: str, page: PageRequest) -> Page[WebhookEndpoint]:
         return self._store.list(project_id, page)
 
-    def update(self, project_id: str, endpoint_id: str, body: dict[str, Any]) -> WebhookEndpoint:
+    def update(
+        self,
+        project_id: str,
+        endpoint_id: str,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        event_types: Sequence[str] | None = None,
+    ) -> WebhookEndpoint:
+        """Replace the fields given (None: keep)."""
         endpoint = self._store.get(project_id, endpoint_id)
         changed = replace(
             endpoint,
-            name=_name(body["name"]) if body.get("name") is not None else endpoint.name,
-            url=_url(body["url"]) if body.get("url") is not None else endpoint.url,
-            event_types=_event_types(body["event_types"])
-            if body.get("event_types") is not None
-            else endpoint.event_types,
+            name=_name(name) if name is not None else endpoint.name,
+            url=check_url(url, self._urls, resolver=self._resolver) if url is not None else endpoint.url,
+            event_types=_event_types(event_types) if event_types is not None else endpoint.event_types,
         )
         if changed != endpoint:
             changed = replace(changed, updated_at=int(self._clock()))
@@ -131,7 +143,7 @@ class WebhookService:
             job_id=None,
             target=Target.WEBHOOK,
             endpoint_id=endpoint.id,
-            payload=event_body(event_id, event_type, int(now), {"id": "ftjob-test"}),
+            payload=event_body(event_id, event_type, int(now), {"id": _sample_id(event_type)}),
             created_at=int(now),
             state=DeliveryState.PENDING,
             attempts=0,
@@ -159,21 +171,19 @@ class WebhookService:
         return self._store.deliveries(project_id, page, endpoint_id=endpoint_id)
 
 
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME_CHARS:
+def _sample_id(event_type: str) -> str:
+    """The ``data.id`` of a test event: shaped like the id of what the real event is about."""
+    return "evalrun_test" if event_type.startswith("eval.run.") else "ftjob-test"
+
+
+def _name(value: str) -> str:
+    if not value.strip() or len(value) > MAX_NAME_CHARS:
         raise InvalidRequest(f"name must be a non-empty string of at most {MAX_NAME_CHARS} characters.", param="name")
     return value
 
 
-def _url(value: Any) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise InvalidRequest("url must be an absolute http:// or https:// URL.", param="url")
-    return str(value)
-
-
-def _event_types(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+def _event_types(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str) or not value:
         raise InvalidRequest("event_types must be a non-empty list of event type names.", param="event_types")
     unknown = sorted(set(value) - EVENT_TYPES)
     if unknown:

@@ -9,6 +9,7 @@ executor and span projects. A run is held like a job (``jobs.py``): ``claim_next
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -20,6 +21,7 @@ from tunery.domain.evals import Eval, EvalRun, OutputItem, RunStatus, RunTarget
 from tunery.domain.pagination import Order, Page, PageRequest
 from tunery.storage.db import Database
 from tunery.storage.tables import eval_output_items, eval_runs, evals
+from tunery.storage.webhooks import OUTBOX_WAKEUP, enqueue_eval_run_end
 
 DEFAULT_STALE_AFTER_S = 30.0
 
@@ -127,15 +129,23 @@ class EvalStore:
     def transition(
         self, run_id: str, target: RunStatus, *, expect: AbstractSet[RunStatus], **values: Any
     ) -> EvalRun | None:
-        """Compare-and-set the status (and raw column ``values``); None when the run is not in ``expect``."""
+        """Compare-and-set the status (and raw column ``values``); None when the run is not in ``expect``.
+
+        A move into a terminal status writes the run's ``eval.run.*`` webhook event to the outbox in the same
+        transaction."""
         query = (
             eval_runs.update()
             .where(eval_runs.c.id == run_id, eval_runs.c.status.in_([s.value for s in expect]))
             .values(status=target.value, **values)
             .returning(*eval_runs.c)
         )
+        event_id = None
         with self._db.transaction() as conn:
             row = conn.execute(query).mappings().first()
+            if row is not None and target.terminal and target not in expect:
+                event_id = enqueue_eval_run_end(conn, row, time.time())
+        if event_id is not None:
+            OUTBOX_WAKEUP.set()  # committed: this process's sender may send it now
         return _row_to_run(row) if row is not None else None
 
     def claim_next(self, worker_id: str, now: float, stale_after: float = DEFAULT_STALE_AFTER_S) -> EvalRun | None:

@@ -1,7 +1,8 @@
 """Webhook endpoints and the outbox: rows in ``webhook_endpoints`` / ``outbox`` <-> domain records.
 
 ``enqueue_job_end`` runs inside the transaction that moves a job to a terminal status (``JobStore.transition``),
-so an event exists exactly when its job ended: never lost by a crash between the two, never sent for a move
+``enqueue_eval_run_end`` inside the one that ends an eval run (``EvalStore.transition``), so an event exists
+exactly when its job or run ended: never lost by a crash between the two, never sent for a move
 that rolled back. It writes one row per receiver (each subscribed endpoint, each tracker of the job, and for a
 succeeded job with ``hf_output_repo_name`` the Hub push), all with one event id, which every attempt reuses.
 
@@ -21,10 +22,12 @@ from typing import Any
 from sqlalchemy import Connection, case, delete, or_, select
 
 from tunery.domain.errors import NotFound
+from tunery.domain.evals import RunStatus
 from tunery.domain.ids import new_id
 from tunery.domain.jobs import TERMINAL, JobStatus
 from tunery.domain.pagination import Page, PageRequest
 from tunery.domain.webhooks import (
+    EVAL_RUN_EVENT_TYPES,
     JOB_EVENT_TYPES,
     Delivery,
     DeliveryState,
@@ -52,11 +55,48 @@ def enqueue_job_end(conn: Connection, job_row: Any, now: float) -> str | None:
     status = JobStatus(job_row["status"])
     if status not in TERMINAL:
         return None
-    event_type = JOB_EVENT_TYPES[status]
+    trackers = [
+        integration["type"]
+        for integration in job_row["integrations"] or []
+        if isinstance(integration, dict) and integration.get("type") in TRACKERS
+    ]
+    if status is JobStatus.SUCCEEDED and (job_row["extras"] or {}).get("hf_output"):
+        trackers.append(Target.HUB.value)  # the Hub push: one attempt, like a tracker
+    return _enqueue(
+        conn, JOB_EVENT_TYPES[status], job_row["project_id"], job_row["id"], int(job_row["finished_at"] or now),
+        now, job_id=job_row["id"], trackers=trackers,
+    )  # fmt: skip
+
+
+def enqueue_eval_run_end(conn: Connection, run_row: Any, now: float) -> str | None:
+    """Write the outbox rows for an eval run that has just ended (inside the transaction that ended it):
+    ``eval.run.succeeded|failed|canceled`` to each subscribed endpoint.
+
+    Returns:
+        The event id, or None when the status is not terminal or no endpoint subscribed.
+    """
+    event_type = EVAL_RUN_EVENT_TYPES.get(RunStatus(run_row["status"]))
+    if event_type is None:
+        return None
+    created_at = int(run_row["finished_at"] or now)
+    return _enqueue(conn, event_type, run_row["project_id"], run_row["id"], created_at, now, job_id=None, trackers=[])
+
+
+def _enqueue(
+    conn: Connection,
+    event_type: str,
+    project_id: str,
+    subject_id: str,
+    created_at: int,
+    now: float,
+    *,
+    job_id: str | None,
+    trackers: list[str],
+) -> str | None:
+    """One event (``data.id`` = ``subject_id``): a row per subscribed endpoint and per other target (trackers,
+    the Hub push), one event id."""
     event_id = new_event_id()
-    created_at = int(job_row["finished_at"] or now)
-    body = event_body(event_id, event_type, created_at, {"id": job_row["id"]})
-    project_id = job_row["project_id"]
+    body = event_body(event_id, event_type, created_at, {"id": subject_id})
     rows: list[dict[str, Any]] = []
     endpoints = conn.execute(
         select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
@@ -66,11 +106,7 @@ def enqueue_job_end(conn: Connection, job_row: Any, now: float) -> str | None:
     for endpoint_id, types in endpoints:
         if event_type in types:
             rows.append({"target": Target.WEBHOOK.value, "endpoint_id": endpoint_id})
-    for integration in job_row["integrations"] or []:
-        if isinstance(integration, dict) and integration.get("type") in TRACKERS:
-            rows.append({"target": integration["type"], "endpoint_id": None})
-    if status is JobStatus.SUCCEEDED and (job_row["extras"] or {}).get("hf_output"):
-        rows.append({"target": Target.HUB.value, "endpoint_id": None})
+    rows += [{"target": tracker, "endpoint_id": None} for tracker in trackers]
     for row in rows:
         conn.execute(
             outbox.insert().values(
@@ -78,7 +114,7 @@ def enqueue_job_end(conn: Connection, job_row: Any, now: float) -> str | None:
                 event_id=event_id,
                 event_type=event_type,
                 project_id=project_id,
-                job_id=job_row["id"],
+                job_id=job_id,
                 payload=body,
                 created_at=created_at,
                 state=DeliveryState.PENDING.value,
@@ -87,7 +123,7 @@ def enqueue_job_end(conn: Connection, job_row: Any, now: float) -> str | None:
                 **row,
             )
         )
-    return event_id
+    return event_id if rows else None
 
 
 class WebhookStore:

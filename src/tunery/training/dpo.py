@@ -38,11 +38,11 @@ from torch.nn import functional as F
 from tunery.training.head import head_log_probs, head_weight, trained_hidden
 from tunery.training.packing import PackedBatch, collate_flat, collate_rows
 from tunery.training.preferences import PreferencePair
+from tunery.training.progress import REFERENCE_FILE as REFERENCE_FILE  # named here for the loop and tests
 
 if TYPE_CHECKING:
     from tunery.training.loop import Setup
 
-REFERENCE_FILE = "reference.json"  # in the run folder: the reference log-probabilities of every pair
 VALID_CHUNK_PAIRS = 32
 
 

@@ -79,7 +79,14 @@ from tunery.training.packing import (
     use_varlen_attention,
 )
 from tunery.training.preferences import PreferencePair, read_pairs
-from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter
+from tunery.training.progress import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    STATE_DIR,
+    STATE_FILE,
+    ProgressKind,
+    ProgressWriter,
+)
 from tunery.training.remote_judge import RemoteJudge
 from tunery.training.rft import (
     GrpoObjective,
@@ -96,8 +103,6 @@ LOGIT_CHUNK_ELEMENTS = 1 << 24  # positions × vocabulary per LM-head chunk (64 
 MAX_GRAD_NORM = 1.0
 VALID_CHUNK_EXAMPLES = 64  # examples packed at a time when evaluating the whole validation set
 
-CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.json"
 TRAINER_FILE = "trainer.pt"
 
@@ -369,7 +374,7 @@ def run(
     if not ranks.main:
         return
     if state.epoch < spec.n_epochs:  # stopped early: the model is the best checkpoint, not the last step
-        best = run_dir / "checkpoints" / f"step-{state.best_step}"
+        best = run_dir / CHECKPOINTS_DIR / f"step-{state.best_step}"
         staging = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIR}~", dir=run_dir))
         for name in ADAPTER_FILES:
             shutil.copy2(best / name, staging / name)

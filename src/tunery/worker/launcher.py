@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from tunery.training.lifeline import PARENT_ENV
+from tunery.training.progress import LOG_FILE
 from tunery.training.spec import TrainingSpec
 
-LOG_FILE = "trainer.log"
 LOG_TAIL_BYTES = 4000
 
 

@@ -19,7 +19,7 @@ import uuid
 from tunery.domain.jobs import Job, JobStatus
 from tunery.services.runs import RunService
 from tunery.training import progress
-from tunery.training.progress import ProgressReader
+from tunery.training.progress import ProgressReader, RunFolder
 from tunery.worker.launcher import TrainerProcess, is_trainer_alive, kill_pid
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Worker:
         if spec is None:
             return True
         try:
-            self._train(job, spec.run_path / "spec.json", stop or threading.Event())
+            self._train(job, RunFolder(spec.run_path).spec, stop or threading.Event())
         finally:
             self._runs.release(job.id)  # the run's judge relay, if its grader has model graders
         return True

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from tunery.api.app import create_app
 from tunery.bootstrap import build_services
-from tunery.config import FilesSettings, ModelsSettings, Settings, StorageSettings
+from tunery.config import FilesSettings, ModelsSettings, Settings, StorageSettings, WebhooksSettings
 from tunery.services.container import Services
 from tunery.storage import Database, FileStore, LocalBlobStore
 from tunery.testing.databases import POSTGRES_URL_VARIABLE, fresh_database
@@ -61,6 +61,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) ->
             storage=StorageSettings(database_url=db.url.render_as_string(hide_password=False)),
             files=FilesSettings(max_upload_bytes=MAX_UPLOAD_BYTES, max_files_per_project=8),
             models=ModelsSettings(base_models=[f"tiny-llama={tiny_model_dir}"]),
+            webhooks=WebhooksSettings(allowed_hosts=["127.0.0.1"]),  # test receivers; other private hosts refused
         )
         engine = FakeEngine()
         services = build_services(settings, background_checks=False, engine=lambda: engine)

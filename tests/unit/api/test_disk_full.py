@@ -1,6 +1,7 @@
 """A full disk: the data directory on a small tmpfs, filled up through the API and then to the last byte.
 
-Uploads get a clear 507 (no internals), deleting still works at 0 bytes free (the space reserve), and no file
+Uploads get a clear 507 (no internals), deleting (a file, a webhook endpoint) still works at 0 bytes free (the
+space reserve), and no file
 stays ``pending``/``running``. Needs root to mount the tmpfs; skipped with the reason elsewhere.
 A failed base-model preparation is remembered instead of re-run on every request (no root needed).
 """
@@ -98,6 +99,17 @@ def test_a_full_disk_is_a_clear_507_and_deletes_still_work(small_disk: Path, tin
     assert "out of disk space" in error["message"]
     assert "Errno" not in error["message"]
     assert "Traceback" not in error["message"]
+
+    # Not only files: any delete runs at 0 bytes free (the edge gives back the reserve and retries once).
+    hook = client.post("/v1/webhook_endpoints", headers={"api-key": key}, json={
+        "name": "h", "url": "https://93.184.216.34/hook", "event_types": ["fine_tuning.job.failed"]})  # fmt: skip
+    assert hook.status_code == 200, hook.text
+    filler = fill(small_disk)  # now not one byte is free
+    gone = client.delete(f"/v1/webhook_endpoints/{hook.json()['id']}", headers={"api-key": key})
+    assert gone.status_code == 200, gone.text
+    assert client.get(f"/v1/webhook_endpoints/{hook.json()['id']}", headers={"api-key": key}).status_code == 404
+    filler.unlink()
+    assert services.files.reserve_space(), "the reserve is set aside again once there is room"
 
     filler = fill(small_disk)  # now not one byte is free
     deleted = client.delete(f"/v1/files/{accepted[0]}", headers={"api-key": key})

@@ -28,7 +28,7 @@ from tunery.services.container import Services
 from tunery.services.job_requests import parse_job_request
 from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
-from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressRecord, ProgressWriter
+from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter, parse_record
 from tunery.training.remote_judge import JudgeUnavailable, RemoteJudge
 from tunery.worker.runner import Worker
 
@@ -83,7 +83,7 @@ def adapter(tmp_path: Path, step: int) -> Path:
 
 
 def feed(services: Services, job: Job, kind: ProgressKind, **data: Any) -> Job:
-    return services.runs.record(job, WORKER, ProgressRecord(kind=kind, time=0.0, data=data))
+    return services.runs.record(job, WORKER, parse_record({"kind": kind.value, "time": 0.0, **data}))
 
 
 def test_a_full_run_registers_model_checkpoints_and_results(services: Services, project: str, tmp_path: Path) -> None:

@@ -14,17 +14,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
+from tests.unit.storage.test_evals import make_eval, make_run
 from tests.unit.storage.test_jobs import make_job
+from tunery.domain.evals import RunStatus
 from tunery.domain.jobs import JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.domain.projects import Project
 from tunery.domain.webhooks import DeliveryState, Target
+from tunery.services.outbound import UrlPolicy
 from tunery.services.outbox import OutboxRules, OutboxSender, TrackerFailed
 from tunery.services.webhooks import WebhookService
 from tunery.storage import Database
+from tunery.storage.evals import EvalStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.webhooks import WebhookStore
+
+# The receivers listen on 127.0.0.1, which the default policy refuses (SSRF); these tests allow it explicitly.
+LOCAL = UrlPolicy(allow_private=True)
 
 
 class Receiver:
@@ -65,9 +72,9 @@ def _setup(db: Database, project: Project, url: str, rules: OutboxRules) -> tupl
     def tracker(delivery: object) -> str:
         raise TrackerFailed("tracker is down")
 
-    sender = OutboxSender(store, EventStore(db), tracker, rules)
-    service = WebhookService(store, sender.send)
-    endpoint = service.create(project.id, {"name": "ci", "url": url, "event_types": ["fine_tuning.job.succeeded"]})
+    sender = OutboxSender(store, EventStore(db), tracker, rules, LOCAL)
+    service = WebhookService(store, sender.send, LOCAL)
+    endpoint = service.create(project.id, name="ci", url=url, event_types=["fine_tuning.job.succeeded"])
     return service, sender, endpoint.secret
 
 
@@ -190,8 +197,8 @@ def test_a_failing_tracker_is_a_warning_event(db: Database, project: Project, re
 
 def test_concurrent_senders_never_claim_the_same_row(db: Database, project: Project) -> None:
     """Two senders (threads here; processes share the database the same way) claim disjoint rows."""
-    service = WebhookService(WebhookStore(db), lambda *_: (200, "", None))
-    service.create(project.id, {"name": "a", "url": "http://127.0.0.1:9/", "event_types": ["fine_tuning.job.failed"]})
+    service = WebhookService(WebhookStore(db), lambda *_: (200, "", None), LOCAL)
+    service.create(project.id, name="a", url="http://127.0.0.1:9/", event_types=["fine_tuning.job.failed"])
     jobs = JobStore(db)
     for _ in range(30):
         job = make_job(project, status=JobStatus.RUNNING)
@@ -212,3 +219,71 @@ def test_concurrent_senders_never_claim_the_same_row(db: Database, project: Proj
     everything = claimed["a"] + claimed["b"]
     assert len(everything) == 30
     assert len(set(everything)) == 30
+
+
+def test_a_sender_refuses_a_private_address_at_delivery_time(
+    db: Database, project: Project, receiver: Receiver
+) -> None:
+    """An endpoint saved while it was allowed (or whose DNS changed since) is not called once it is refused:
+    the attempt fails with the reason, the receiver gets nothing."""
+    _setup(db, project, receiver.url, OutboxRules(retry_base_s=0.0))  # saved under the permissive policy
+    strict = OutboxSender(WebhookStore(db), EventStore(db), lambda _: "", OutboxRules(retry_base_s=0.0))
+    jobs = JobStore(db)
+    job = make_job(project, status=JobStatus.RUNNING)
+    jobs.insert(job)
+    jobs.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.RUNNING})
+    try:
+        assert strict.run_once("s1") == 1
+    finally:
+        strict.close()
+    assert receiver.received == []
+    (row,) = WebhookStore(db).deliveries(project.id, PageRequest(limit=5)).data
+    assert row.state is DeliveryState.PENDING
+    assert row.last_status_code is None
+    assert "127.0.0.1" in (row.last_error or "")
+    assert "loopback" in (row.last_error or "")
+
+
+def test_an_eval_run_end_is_an_eval_run_event_to_subscribed_endpoints(
+    db: Database, project: Project, receiver: Receiver
+) -> None:
+    """Succeeded (completed), failed and canceled runs each send their ``eval.run.*`` event, written with the
+    status change; ``client.webhooks.unwrap`` parses them as the SDK's eval run events. A move between
+    non-terminal statuses, or a second terminal move, sends nothing."""
+    receiver.answers = [200]
+    store = WebhookStore(db)
+    sender = OutboxSender(store, EventStore(db), lambda _: "", OutboxRules(), LOCAL)
+    service = WebhookService(store, sender.send, LOCAL)
+    types = ["eval.run.succeeded", "eval.run.failed", "eval.run.canceled"]
+    endpoint = service.create(project.id, name="evals", url=receiver.url, event_types=types)
+    service.create(project.id, name="jobs only", url=receiver.url, event_types=["fine_tuning.job.failed"])
+    evals = EvalStore(db)
+    ev = make_eval(project)
+    evals.insert_eval(ev)
+    runs = [make_run(ev, n) for n in range(3)]
+    for run in runs:
+        evals.insert_run(run)
+    active = {RunStatus.QUEUED, RunStatus.IN_PROGRESS}
+    assert evals.transition(runs[0].id, RunStatus.IN_PROGRESS, expect={RunStatus.QUEUED}) is not None
+    assert sender.run_once("s1") == 0  # not an end
+    evals.transition(runs[0].id, RunStatus.COMPLETED, expect=active, finished_at=1_800_000_000)
+    evals.transition(runs[1].id, RunStatus.FAILED, expect=active, finished_at=1_800_000_001)
+    evals.transition(runs[2].id, RunStatus.CANCELED, expect=active, finished_at=1_800_000_002)
+    assert evals.transition(runs[2].id, RunStatus.CANCELED, expect=active) is None  # already ended
+    while sender.run_once("s1"):
+        pass
+    sender.close()
+
+    client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9", max_retries=0)
+    got = [client.webhooks.unwrap(body, headers, secret=endpoint.secret) for body, headers in receiver.received]
+    assert sorted((e.type, e.data.id, e.created_at) for e in got) == [
+        ("eval.run.canceled", runs[2].id, 1_800_000_002),
+        ("eval.run.failed", runs[1].id, 1_800_000_001),
+        ("eval.run.succeeded", runs[0].id, 1_800_000_000),
+    ]
+    assert {type(e).__name__ for e in got} == {
+        "EvalRunSucceededWebhookEvent", "EvalRunFailedWebhookEvent", "EvalRunCanceledWebhookEvent",
+    }  # fmt: skip
+    log = service.deliveries(project.id, endpoint.id, PageRequest(limit=10)).data
+    assert sorted(d.event_type for d in log) == sorted(types)
+    assert {(d.state, d.job_id) for d in log} == {(DeliveryState.DELIVERED, None)}

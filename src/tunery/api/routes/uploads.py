@@ -4,58 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from tunery.api.deps import DialectDep, PrincipalDep, ServicesDep
-from tunery.api.dialects import Dialect
 from tunery.api.edge import bounded
 from tunery.api.schemas.files import FileObject
-from tunery.domain.files import FileRecord
-from tunery.domain.uploads import Upload, UploadPart
+from tunery.api.schemas.uploads import FileImport, UploadComplete, UploadCreate, UploadObject, UploadPartObject
 
 router = APIRouter(tags=["uploads"], route_class=bounded("default"))  # small JSON bodies
 parts_router = APIRouter(tags=["uploads"], route_class=bounded("part"))  # a part: up to the configured part size
 CHUNK_BYTES = 1024 * 1024
-
-
-class UploadObject(BaseModel):
-    id: str
-    object: Literal["upload"] = "upload"
-    bytes: int
-    created_at: int
-    expires_at: int
-    filename: str
-    purpose: str
-    status: str
-    file: FileObject | None = None
-
-    @classmethod
-    def from_domain(cls, upload: Upload, file: FileRecord | None, dialect: Dialect) -> UploadObject:
-        return cls(
-            id=upload.id,
-            bytes=upload.bytes,
-            created_at=upload.created_at,
-            expires_at=upload.expires_at,
-            filename=upload.filename,
-            purpose=upload.purpose,
-            status=upload.status.value,
-            file=FileObject.from_domain(file, dialect) if file is not None else None,
-        )
-
-
-class UploadPartObject(BaseModel):
-    id: str
-    object: Literal["upload.part"] = "upload.part"
-    created_at: int
-    upload_id: str
-
-    @classmethod
-    def from_domain(cls, part: UploadPart) -> UploadPartObject:
-        return cls(id=part.id, created_at=part.created_at, upload_id=part.upload_id)
 
 
 def _chunks(upload: UploadFile) -> Iterator[bytes]:
@@ -65,9 +26,12 @@ def _chunks(upload: UploadFile) -> Iterator[bytes]:
 
 @router.post("/uploads", response_model=UploadObject)
 def create_upload(
-    services: ServicesDep, principal: PrincipalDep, dialect: DialectDep, body: Annotated[dict[str, Any], Body()]
+    services: ServicesDep, principal: PrincipalDep, dialect: DialectDep, body: UploadCreate
 ) -> UploadObject:
-    return UploadObject.from_domain(services.uploads.create(principal.project_id, body), None, dialect)
+    upload = services.uploads.create(
+        principal.project_id, filename=body.filename, purpose=body.purpose, size=body.bytes, mime_type=body.mime_type
+    )
+    return UploadObject.from_domain(upload, None, dialect)
 
 
 @parts_router.post("/uploads/{upload_id}/parts", response_model=UploadPartObject)
@@ -83,12 +47,9 @@ def complete_upload(
     services: ServicesDep,
     principal: PrincipalDep,
     dialect: DialectDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: UploadComplete,
 ) -> UploadObject:
-    md5 = body.get("md5")
-    upload, record = services.uploads.complete(
-        principal.project_id, upload_id, body.get("part_ids"), md5 if isinstance(md5, str) else None
-    )
+    upload, record = services.uploads.complete(principal.project_id, upload_id, body.part_ids, body.md5)
     return UploadObject.from_domain(upload, record, dialect)
 
 
@@ -103,9 +64,12 @@ def import_file(
     services: ServicesDep,
     principal: PrincipalDep,
     dialect: DialectDep,
-    body: Annotated[dict[str, Any], Body()],
+    body: FileImport,
 ) -> Response:
-    record = services.uploads.import_url(principal.project_id, body, admin=principal.is_admin)
+    record = services.uploads.import_url(
+        principal.project_id, body.content_url, filename=body.filename, purpose=body.purpose or "",
+        admin=principal.is_admin,
+    )  # fmt: skip
     headers = {}
     if dialect.created_status == 201:
         headers["Location"] = f"{str(request.base_url).rstrip('/')}/openai/files/{record.id}"

@@ -3,7 +3,7 @@ calls them, plus the Tunery extension ``/webhook_endpoints/{id}/deliveries`` (th
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body
 
@@ -13,9 +13,13 @@ from tunery.api.schemas.common import ListResponse
 from tunery.api.schemas.webhooks import (
     DeletedWebhookEndpoint,
     WebhookDelivery,
+    WebhookEndpointCreate,
     WebhookEndpointObject,
     WebhookEndpointTestResult,
+    WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
+    WebhookRotateSecret,
+    WebhookTestEvent,
 )
 from tunery.domain.pagination import Order, PageRequest
 
@@ -29,9 +33,12 @@ def _page(limit: int | None, after: str | None) -> PageRequest:
 
 @router.post("/webhook_endpoints", response_model=WebhookEndpointWithSecret)
 def create_webhook_endpoint(
-    services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    services: ServicesDep, principal: PrincipalDep, body: WebhookEndpointCreate
 ) -> WebhookEndpointWithSecret:
-    return WebhookEndpointWithSecret.with_secret(services.webhooks.create(principal.project_id, body))
+    endpoint = services.webhooks.create(
+        principal.project_id, name=body.name, url=body.url, event_types=body.event_types
+    )
+    return WebhookEndpointWithSecret.with_secret(endpoint)
 
 
 @router.get("/webhook_endpoints", response_model=ListResponse[WebhookEndpointObject])
@@ -52,9 +59,12 @@ def retrieve_webhook_endpoint(
 
 @router.post("/webhook_endpoints/{endpoint_id}", response_model=WebhookEndpointObject)
 def update_webhook_endpoint(
-    endpoint_id: str, services: ServicesDep, principal: PrincipalDep, body: Annotated[dict[str, Any], Body()]
+    endpoint_id: str, services: ServicesDep, principal: PrincipalDep, body: WebhookEndpointUpdate
 ) -> WebhookEndpointObject:
-    return WebhookEndpointObject.from_domain(services.webhooks.update(principal.project_id, endpoint_id, body))
+    endpoint = services.webhooks.update(
+        principal.project_id, endpoint_id, name=body.name, url=body.url, event_types=body.event_types
+    )
+    return WebhookEndpointObject.from_domain(endpoint)
 
 
 @router.delete("/webhook_endpoints/{endpoint_id}", response_model=DeletedWebhookEndpoint)
@@ -68,9 +78,9 @@ def rotate_webhook_secret(
     endpoint_id: str,
     services: ServicesDep,
     principal: PrincipalDep,
-    body: Annotated[dict[str, Any] | None, Body()] = None,
+    body: Annotated[WebhookRotateSecret | None, Body()] = None,
 ) -> WebhookEndpointWithSecret:
-    keep = bool((body or {}).get("keep_old_secret_active_for_24_hours", False))
+    keep = body.keep_old_secret_active_for_24_hours if body is not None else False
     return WebhookEndpointWithSecret.with_secret(
         services.webhooks.rotate_secret(principal.project_id, endpoint_id, keep)
     )
@@ -81,12 +91,9 @@ def send_test_event(
     endpoint_id: str,
     services: ServicesDep,
     principal: PrincipalDep,
-    body: Annotated[dict[str, Any] | None, Body()] = None,
+    body: Annotated[WebhookTestEvent | None, Body()] = None,
 ) -> WebhookEndpointTestResult:
-    event_type = (body or {}).get("event_type")
-    result = services.webhooks.test(
-        principal.project_id, endpoint_id, event_type if isinstance(event_type, str) else None
-    )
+    result = services.webhooks.test(principal.project_id, endpoint_id, body.event_type if body is not None else None)
     return WebhookEndpointTestResult(
         webhook_endpoint_id=result.endpoint_id, event_type=result.event_type, status_code=result.status_code
     )

@@ -1,12 +1,44 @@
-"""Wire shapes of webhook endpoints (as the official ``openai`` package's ``client.webhooks``) and deliveries."""
+"""Wire shapes of webhook endpoints (as the official ``openai`` package's ``client.webhooks``) and deliveries,
+and the request bodies of their operations."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from tunery.api.schemas.common import Loose
 from tunery.domain.webhooks import Delivery, WebhookEndpoint
+
+MAX_NAME_CHARS = 256
+MAX_URL_CHARS = 2048
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=r"\S")]
+Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS, description="An absolute http(s) URL")]
+EventTypes = Annotated[list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=64)]
+
+
+class WebhookEndpointCreate(Loose):
+    """``client.webhooks.create(name=..., url=..., event_types=[...])``."""
+
+    name: Name
+    url: Url
+    event_types: EventTypes
+
+
+class WebhookEndpointUpdate(Loose):
+    """``client.webhooks.update(id, ...)``: the fields given replace the endpoint's."""
+
+    name: Name | None = None
+    url: Url | None = None
+    event_types: EventTypes | None = None
+
+
+class WebhookRotateSecret(Loose):
+    keep_old_secret_active_for_24_hours: bool = False
+
+
+class WebhookTestEvent(Loose):
+    event_type: Annotated[str, Field(max_length=64)] | None = None
 
 
 class WebhookEndpointObject(BaseModel):

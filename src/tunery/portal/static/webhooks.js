@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { alertBox, badge, fill, formatDate, h, pageHeader, poll, table } from "./ui.js";
 
 const EVENTS = ["fine_tuning.job.succeeded", "fine_tuning.job.failed", "fine_tuning.job.cancelled"];
+const EVAL_EVENTS = ["eval.run.succeeded", "eval.run.failed", "eval.run.canceled"];
 
 export async function render(main) {
   const alert = alertBox();
@@ -13,7 +14,8 @@ export async function render(main) {
   const secretBox = h("div", { role: "status" });
   const name = h("input", { id: "hook-name", name: "name", type: "text", required: true, value: "webhook" });
   const url = h("input", { id: "hook-url", name: "url", type: "url", required: true, placeholder: "https://…" });
-  const boxes = EVENTS.map((e) => h("input", { type: "checkbox", name: "event", value: e, id: `ev-${e}`, checked: true }));
+  const boxes = [...EVENTS, ...EVAL_EVENTS].map((e) =>
+    h("input", { type: "checkbox", name: "event", value: e, id: `ev-${e}`, checked: EVENTS.includes(e) }));
   const form = h("form", { class: "card" },
     h("h2", {}, "Add an endpoint"),
     h("label", { for: "hook-name" }, "Name"), name,
@@ -23,7 +25,7 @@ export async function render(main) {
     h("div", { class: "form-actions" }, h("button", { type: "submit", class: "btn btn-primary" }, "Add endpoint")));
   fill(main,
     pageHeader("Webhooks"),
-    h("p", { class: "lead" }, "Tunery calls these URLs when a job ends, signed as Standard Webhooks: verify with ",
+    h("p", { class: "lead" }, "Tunery calls these URLs when a job or an eval run ends, signed as Standard Webhooks: verify with ",
       h("code", {}, "client.webhooks.unwrap(body, headers, secret=…)"), ". Failed deliveries are retried for 72 hours."),
     alert, secretBox, listing, form, log);
 
@@ -45,7 +47,7 @@ export async function render(main) {
     fill(listing, table([
       { label: "Name", cell: (e) => e.name },
       { label: "URL", cell: (e) => h("code", { class: "wrap" }, e.url) },
-      { label: "Events", cell: (e) => e.event_types.map((t) => t.replace("fine_tuning.job.", "")).join(", "), class: "hide-sm" },
+      { label: "Events", cell: (e) => e.event_types.map((t) => t.replace("fine_tuning.job.", "").replace("eval.run.", "eval ")).join(", "), class: "hide-sm" },
       { label: "Actions", cell: (e) => h("div", { class: "row-actions" },
         h("button", { type: "button", class: "btn btn-small", "aria-label": `Send a test event to ${e.name}`, onclick: () => test(e) }, "Send test event"),
         h("button", { type: "button", class: "btn btn-small", "aria-label": `Deliveries to ${e.name}`, onclick: () => showLog(e) }, "Deliveries"),
