@@ -337,8 +337,9 @@ export async function render(main, { query, navigate }) {
   function draw() {
     explainBox = null;
     fill(stepper, STEPS.map((step, i) => h("li", {},
-      h("button", { type: "button", class: "step", "aria-current": i === s.step ? "step" : null, "aria-label": `Step ${i + 1}: ${step.title}`, onclick: () => go(i) },
-        h("span", { class: "step-n", "aria-hidden": "true" }, String(i + 1)), h("span", { class: "step-label" }, step.title)))));
+      h("button", { type: "button", class: "step", "aria-current": i === s.step ? "step" : null, onclick: () => go(i) },
+        h("span", { class: "step-n", "aria-hidden": "true" }, String(i + 1)),
+        h("span", { class: "step-label" }, step.title)))));
     const step = STEPS[s.step];
     const last = s.step === STEPS.length - 1;
     const next = h("button", { type: "submit", class: "btn btn-primary" }, last ? "Start fine-tuning" : "Next");
