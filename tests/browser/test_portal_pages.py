@@ -334,6 +334,13 @@ def test_phone_width_every_page_fits_and_every_nav_item_is_reachable(
             assert box["x"] + box["width"] <= PHONE["width"], f"{name} is off-screen: {box}"
             link.click()
             expect(page.get_by_role("heading", level=1)).to_be_visible()
+        open_page(page, portal_server, f"#/jobs/{project['job']}")
+        expect(page.locator(".chart-grid text").first).to_be_visible()
+        label = page.evaluate(
+            "Math.min(...[...document.querySelectorAll('.chart-grid text')]"
+            ".map((t) => t.getBoundingClientRect().height))"
+        )
+        assert label >= 10, f"chart labels are {label:.1f}px tall at phone width"
         open_page(page, portal_server, every_route(project)[2])
         top = page.get_by_role("heading", name=re.compile("^Problems")).bounding_box()
         assert top is not None
