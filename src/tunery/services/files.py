@@ -268,22 +268,51 @@ class FileService:
             log.exception("file %s stays running until the next start re-checks it", record.id)
 
     def inspect(self, record: FileRecord, expected: DatasetFormat | None = None) -> ValidationReport:
-        """Run the checks of the file's purpose on a stored file (evals files: JSON objects, one a line)."""
+        """Run the checks of the file's purpose on a stored file (evals files: JSON objects, one a line). They do
+        not assume the file's role: the minimum number of examples is a training file's rule, checked when a job
+        names it (``check_training_size``)."""
         if record.purpose is FilePurpose.EVALS:
             with self._blobs.open(blob_key(record)) as stream:
                 return validate_eval_jsonl(stream, max_problems=self._rules.max_reported_problems)
         return self.inspect_blob(blob_key(record), expected)
 
-    def inspect_blob(self, key: str, expected: DatasetFormat | None = None) -> ValidationReport:
-        """Run the dataset checks on any stored JSONL (jobs check their own copies again at start)."""
+    def inspect_blob(
+        self, key: str, expected: DatasetFormat | None = None, *, training: bool = False
+    ) -> ValidationReport:
+        """Run the dataset checks on any stored JSONL (jobs check their own copies again at start); with
+        ``training`` a file with fewer than ``min_examples`` valid examples is a problem too."""
         with self._blobs.open(key) as stream:
             return validate_jsonl(
                 stream,
                 expected=expected,
                 tokenizer=self._tokenizer(),
-                min_examples=self._rules.min_examples,
+                min_examples=self._rules.min_examples if training else 0,
                 max_problems=self._rules.max_reported_problems,
             )
+
+    @property
+    def min_training_examples(self) -> int:
+        return self._rules.min_examples
+
+    def check_training_size(self, record: FileRecord, param: str = "training_file") -> None:
+        """A training file needs ``min_examples`` valid examples (OpenAI's ``invalid_n_examples``).
+
+        Raises:
+            InvalidRequest: naming ``param``, with the count and the minimum.
+        """
+        examples = record.stats.examples if record.stats is not None else self._count_examples(record)
+        if examples < self._rules.min_examples:
+            raise InvalidRequest(
+                f"Training file {record.id} has {examples} example(s), but must have at least "
+                f"{self._rules.min_examples} examples.",
+                param=param,
+                code="invalid_n_examples",
+            )
+
+    def _count_examples(self, record: FileRecord) -> int:
+        """Valid examples in a file checked without a tokenizer (a quick pass with no token counts)."""
+        with self._blobs.open(blob_key(record)) as stream:
+            return validate_jsonl(stream, min_examples=0, max_problems=1).examples
 
     def copy_to(self, record: FileRecord, key: str) -> None:
         """Copy a file's bytes to another key (a job keeps its own copy, so deleting the file is safe)."""

@@ -470,3 +470,22 @@ def _parse_training_type(value: Any) -> str | None:
             f"trainingType must be Standard, GlobalStandard or Developer (got {value!r}).", param="trainingType"
         )
     return TRAINING_TYPES[key]
+
+
+def request_rules() -> dict[str, Any]:
+    """The limits ``parse_job_request`` enforces, as plain data, so a form can check values as they are typed
+    from the very rules the API applies (``GET /fine_tuning/rules``). Numbers: ``min`` is exclusive unless
+    ``integer`` (``_hyperparameter``); ``"auto"`` (or Azure's ``-1``) is always accepted."""
+    hyperparameters = {
+        name: {"min": low, "max": high, "integer": integer, "min_exclusive": not integer}
+        for name, (low, high, integer) in RANGES.items()
+    }
+    return {
+        "hyperparameters": hyperparameters,
+        "seed": {"min": 0, "max": MAX_SEED, "integer": True, "min_exclusive": False},
+        "suffix": {
+            "pattern": SUFFIX_RE.pattern,
+            "max_length": 40,
+            "description": "1 to 40 characters of letters, digits, '-' and '_'",
+        },
+    }

@@ -93,6 +93,7 @@ class JobService:
             raise InvalidRequest(exc.message, param="model", code="model_not_found") from None
         expected = FORMAT_FOR_METHOD[request.method]
         training = self._usable_file(project_id, request.training_file, "training_file", expected, request)
+        self._files.check_training_size(training)
         validation = (
             self._usable_file(project_id, request.validation_file, "validation_file", expected, request)
             if request.validation_file

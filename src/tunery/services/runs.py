@@ -164,7 +164,7 @@ class RunService:
         self._log(job.id, f"Validating training file: {files}")
         expected = FORMAT_FOR_METHOD[job.method]
         try:
-            report = self._files.inspect_blob(training_copy_key(job.id, "training"), expected)
+            report = self._files.inspect_blob(training_copy_key(job.id, "training"), expected, training=True)
             if not report.ok:
                 return self._fail(job, _data_error(report.problems, report.problem_count, "training_file"))
             n_examples = report.examples

@@ -16,6 +16,10 @@ Decisions worth knowing:
   length is still counted (and reported as ``exceeds_max_tokens``). The minimum-examples check counts
   those valid lines only, so a 12-line file with 3 broken lines has 9 examples.
 * Blank lines in the middle are problems; blank lines at the very end are ignored.
+* A file whose first non-blank line starts with ``[`` is a JSON array (often pretty-printed over hundreds
+  of lines): one ``json_array`` problem on line 1 says so, instead of an ``invalid_json`` row per line.
+* The minimum number of examples is a training file's rule: callers that do not know a file's role
+  (the upload check) pass ``min_examples=0``; a job checks its training file when it is created.
 * A file that is not UTF-8 text (UTF-16, gzip, NUL bytes on line 1) gets one whole-file problem and is
   not read further.
 * An example the tokenizer's chat template cannot render is a ``chat_template_error`` problem on its line
@@ -70,6 +74,10 @@ _LONE_SURROGATE = re.compile(
     r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<![0-9a-fA-F]{4})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 )
 _SYSTEM_ROLES = frozenset({"system", "developer"})
+JSON_ARRAY_MESSAGE = (
+    "this is a JSON array; JSONL needs one object per line (write each example as one JSON object on its own "
+    "line, without the surrounding [ ] and the commas between examples)"
+)
 
 
 def validate_jsonl(
@@ -306,6 +314,8 @@ class _FileCheck:
 
     # -------------------------------------------------------------------------------- each line
     def line(self, number: int, line: bytes | int) -> None:
+        if self.given_up:
+            return
         if isinstance(line, int):
             self._flush_blanks()
             self.lines += 1
@@ -323,6 +333,11 @@ class _FileCheck:
             self.blank_count += 1
             return
         self._flush_blanks()
+        if not self.lines and line.lstrip().startswith(b"["):
+            self.lines += 1
+            self.problems.add(number, "json_array", JSON_ARRAY_MESSAGE)
+            self.given_up = True
+            return
         self.lines += 1
         example = self._parse(number, line)
         if example is not None:

@@ -240,3 +240,26 @@ def test_expires_after_in_both_spellings(api: Api) -> None:
     )
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "expires_after.seconds"
+
+
+def test_a_small_file_is_processed_at_upload_whatever_its_role(api: Api) -> None:
+    """A 4-example file (a validation file, say) passes the upload checks: the 10-example minimum is a
+    training file's rule, checked when a job is created (test_fine_tuning_api)."""
+    body = upload(api, chat_jsonl(4))
+    shown = api.client.get(f"/v1/files/{body['id']}", headers=api.headers()).json()
+    assert shown["status"] == "processed", shown
+    assert shown["validation"]["statistics"]["examples"] == 4
+
+
+def test_a_pretty_printed_json_array_gets_one_problem_saying_so(api: Api) -> None:
+    rows = json.loads("[" + ",".join(json.dumps(json.loads(line)) for line in chat_jsonl(30).splitlines()) + "]")
+    for data in (json.dumps(rows, indent=2).encode(), json.dumps(rows).encode()):  # pretty-printed and one line
+        assert data.count(b"\n") > 100 or b"\n" not in data
+        body = upload(api, data, name="array.json")
+        shown = api.client.get(f"/openai/v1/files/{body['id']}", headers=api.headers()).json()
+        assert shown["status"] == "error"
+        problems = shown["validation"]["problems"]
+        assert [(p["line"], p["code"]) for p in problems] == [(1, "json_array")]
+        assert shown["validation"]["problem_count"] == 1
+        assert "this is a JSON array; JSONL needs one object per line" in problems[0]["message"]
+        assert "Line 1" in shown["status_details"]

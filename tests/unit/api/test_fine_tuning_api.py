@@ -318,3 +318,29 @@ def test_models_list_base_models_as_fine_tunable(api: Api) -> None:
     assert missing.status_code == 404
     assert missing.json()["error"]["param"] == "model"
     assert api.client.delete("/v1/models/tiny-llama", headers=api.headers()).status_code == 404
+
+
+def test_the_minimum_examples_apply_to_the_training_file_at_creation_not_to_validation(api: Api, train_id: str) -> None:
+    small = upload(api, chat_jsonl(4))  # processed at upload: its role is not known yet
+    as_validation = create(api, {"model": "tiny-llama", "training_file": train_id, "validation_file": small})
+    assert as_validation.status_code == 200, as_validation.text
+    for prefix in ("/v1", "/openai/v1"):
+        as_training = create(api, {"model": "tiny-llama", "training_file": small}, prefix=prefix)
+        assert as_training.status_code == 400
+        error = as_training.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_n_examples", "training_file")
+        assert "has 4 example(s), but must have at least 10 examples" in error["message"]
+
+
+def test_rules_are_the_ones_the_create_request_enforces(api: Api, train_id: str) -> None:
+    rules = api.client.get("/openai/v1/fine_tuning/rules", headers=api.headers()).json()
+    assert rules["min_training_examples"] == 10
+    epochs = rules["hyperparameters"]["n_epochs"]
+    assert (epochs["min"], epochs["max"], epochs["integer"]) == (1, 50, True)
+    over = {"n_epochs": epochs["max"] + 1}
+    refused = create(api, {"model": "tiny-llama", "training_file": train_id, "hyperparameters": over})
+    assert refused.status_code == 400
+    assert f"between {epochs['min']} and {epochs['max']}" in refused.json()["error"]["message"]
+    at_max = {"n_epochs": epochs["max"]}
+    assert create(api, {"model": "tiny-llama", "training_file": train_id, "hyperparameters": at_max}).status_code == 200
+    assert api.client.get("/v1/fine_tuning/rules").status_code == 401

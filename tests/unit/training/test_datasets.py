@@ -642,3 +642,19 @@ def test_a_lone_surrogate_escape_is_reported_on_its_line() -> None:
     message = report.problems[0].message
     assert "unpaired UTF-16 surrogate" in message
     assert "\\ud83d" in message
+
+
+@pytest.mark.parametrize("indent", [None, 2, "\t"])
+def test_a_json_array_is_one_problem_whatever_its_layout(indent: int | str | None) -> None:
+    example = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    data = b"\xef\xbb\xbf" + json.dumps([example] * 40, indent=indent).encode()
+    report = check_bytes(data, min_examples=0)
+    assert codes(report) == [(1, "json_array")]
+    assert report.problem_count == 1
+    assert "JSONL needs one object per line" in report.problems[0].describe()
+
+
+def test_the_minimum_is_not_applied_when_the_role_is_not_known() -> None:
+    example = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    assert check_bytes(jsonl(*[example] * 4), min_examples=0).ok
+    assert codes(check_bytes(jsonl(*[example] * 4))) == [(None, "invalid_n_examples")]

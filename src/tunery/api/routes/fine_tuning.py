@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,6 +22,7 @@ from tunery.domain.errors import NotFound, ServiceError
 from tunery.domain.jobs import Job
 from tunery.domain.pagination import Order, PageRequest
 from tunery.services.container import Services
+from tunery.services.job_requests import request_rules
 
 router = APIRouter(tags=["fine-tuning"], route_class=bounded("jobs"))
 
@@ -178,3 +180,14 @@ def list_checkpoints(
         shown.metrics = {**shown.metrics, **services.checkpoint_evals.metrics(job, checkpoint)}
         data.append(shown)
     return ListResponse[FineTuningJobCheckpoint].of(data, page.has_more, ids=True)
+
+
+@router.get("/fine_tuning/rules")
+def job_rules(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Tunery extension: the limits a create request is checked against (hyperparameter ranges, seed, suffix,
+    the fewest training examples), so the portal checks values as they are typed with the API's own rules."""
+    return {
+        "object": "fine_tuning.rules",
+        **request_rules(),
+        "min_training_examples": services.files.min_training_examples,
+    }

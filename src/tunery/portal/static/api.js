@@ -83,7 +83,7 @@ export function uploadFile(file, { purpose = "fine-tune", onProgress } = {}) {
  * Stream a chat completion: POST /chat/completions with stream:true, read the SSE body line by line
  * and call onDelta(text) for each choices[0].delta.content. Resolves with the finish_reason.
  */
-export async function streamChat(body, { onDelta, signal } = {}) {
+export async function streamChat(body, { onDelta, onUsage, signal } = {}) {
   const response = await fetch(`${BASE}/chat/completions`, {
     method: "POST",
     signal,
@@ -106,6 +106,7 @@ export async function streamChat(body, { onDelta, signal } = {}) {
       if (data === "[DONE]") return finish;
       const chunk = JSON.parse(data);
       if (chunk.error) throw new ApiError(500, chunk);
+      if (chunk.usage && onUsage) onUsage(chunk.usage);  // the last chunk with stream_options.include_usage
       const choice = (chunk.choices || [])[0];
       if (!choice) continue;
       if (choice.delta && choice.delta.content) onDelta(choice.delta.content);

@@ -60,9 +60,13 @@ async function route() {
     const result = await found.page(main, { params: found.m.slice(1).map(decodeURIComponent), query, navigate, learnProject });
     if (typeof result === "function") cleanup = result;
   } catch (error) {
+    // No half-drawn page ("Loading…", empty sections): a heading that says what happened, the error, a way back.
     const box = alertBox();
     box.show(error);
-    main.append(box);
+    const missing = error.status === 404;
+    if (missing) document.title = `${found.title} not found · Tunery`;
+    main.replaceChildren(h("h1", { tabindex: "-1" }, missing ? `${found.title} not found` : found.title), box,
+      h("p", {}, h("a", { href: `#/${found.section}` }, "Back to the list")));
   }
   const heading = main.querySelector("h1");
   if (heading && document.activeElement === document.body) heading.focus({ preventScroll: true });

@@ -2,6 +2,7 @@
 // statistics or its problems line by line (the File object's `validation` extension).
 
 import { api, fileText, listAll, uploadFile } from "./api.js";
+import { byNewest, byOldest, byText, listView } from "./lists.js";
 import {
   alertBox, badge, details, fill, formatBytes, formatDate, formatNumber, h, notice, pageHeader, poll, progressBar, table,
 } from "./ui.js";
@@ -47,6 +48,12 @@ export function uploader({ onUploaded, label = "Upload a JSONL file" } = {}) {
     if (file) send(file);
   });
   zone.progress = bar;
+  /** The upload went through but the file's checks failed: no full (success-coloured) bar, an alert instead. */
+  zone.failed = (...message) => {
+    bar.hidden = true;
+    alert.hidden = false;
+    fill(alert, ...message);
+  };
   return zone;
 }
 
@@ -69,16 +76,42 @@ export function fileSummary(file) {
 
 export async function list(main) {
   const alert = alertBox();
-  const holder = h("section", { "aria-labelledby": "files-list" }, h("h2", { id: "files-list" }, "Your files"));
-  const listing = h("div", {}, h("p", { class: "muted" }, "Loading…"));
-  holder.append(listing);
+  const view = listView({
+    id: "files",
+    caption: "Files",
+    empty: "No files yet. Upload a JSONL file above to start.",
+    columns: [
+      { label: "Name", cell: (f) => h("a", { href: `#/files/${f.id}` }, f.filename) },
+      { label: "Status", cell: (f) => h("span", { title: f.status_details || "" }, badge(f.status)) },
+      { label: "Purpose", cell: (f) => f.purpose, class: "hide-sm" },
+      { label: "Contents", cell: fileSummary },
+      { label: "Size", cell: (f) => formatBytes(f.bytes), class: "num hide-sm" },
+      { label: "Uploaded", cell: (f) => formatDate(f.created_at), class: "hide-sm" },
+      { label: "ID", cell: (f) => h("code", {}, f.id), class: "hide-md" },
+    ],
+    text: (f) => `${f.filename} ${f.id}`,
+    filter: { label: "Status", options: [
+      ["processed", "Processed", (f) => f.status === "processed"],
+      ["error", "With problems", (f) => f.status === "error"],
+      ["checking", "Being checked", (f) => CHECKING.has(f.status)],
+    ] },
+    sorts: [
+      ["newest", "Newest first", byNewest("created_at")],
+      ["oldest", "Oldest first", byOldest("created_at")],
+      ["name", "Name", byText("filename")],
+      ["size", "Largest first", byNewest("bytes")],
+    ],
+  });
+  const holder = h("section", { "aria-labelledby": "files-list" }, h("h2", { id: "files-list" }, "Your files"), view);
   const upload = uploader({
     onUploaded: async (created) => {
       await refresh();
       const done = await waitForFile(created.id);
-      upload.progress.set(1, done.status === "processed"
-        ? `${done.filename} is ready: ${fileSummary(done)}.`
-        : h("span", {}, `${done.filename} has problems — `, h("a", { href: `#/files/${done.id}` }, "see each one"), "."));
+      if (done.status === "processed") upload.progress.set(1, `${done.filename} is ready: ${fileSummary(done)}.`);
+      else {
+        upload.failed(`${done.filename} has problems (${fileSummary(done)}) — `,
+          h("a", { href: `#/files/${done.id}` }, "see each one"), ".");
+      }
       await refresh();
     },
   });
@@ -93,15 +126,7 @@ export async function list(main) {
   async function refresh() {
     try {
       const items = await listAll("/files");
-      fill(listing, table([
-        { label: "Name", cell: (f) => h("a", { href: `#/files/${f.id}` }, f.filename) },
-        { label: "Status", cell: (f) => h("span", { title: f.status_details || "" }, badge(f.status)) },
-        { label: "Purpose", cell: (f) => f.purpose, class: "hide-sm" },
-        { label: "Contents", cell: fileSummary },
-        { label: "Size", cell: (f) => formatBytes(f.bytes), class: "num hide-sm" },
-        { label: "Uploaded", cell: (f) => formatDate(f.created_at), class: "hide-sm" },
-        { label: "ID", cell: (f) => h("code", {}, f.id), class: "hide-md" },
-      ], items, { caption: "Files", empty: "No files yet. Upload a JSONL file above to start." }));
+      view.update(items);
       return items.some((f) => CHECKING.has(f.status));
     } catch (error) {
       alert.show(error);
@@ -137,10 +162,12 @@ export async function detail(main, { params: [id], navigate }) {
     });
     const use = file.status === "processed" && file.purpose === "fine-tune"
       ? h("a", { class: "btn btn-primary", href: `#/jobs/new?training_file=${file.id}` }, "Fine-tune with this file") : null;
+    const broken = file.status === "error";
     fill(body,
       pageHeader(file.filename, use, download, remove),
       alert,
-      h("div", { class: "card" }, details([
+      broken ? problems(file) : null,  // what to fix comes first, above the facts
+      h("div", { class: broken ? "card file-facts" : "card" }, details([
         ["Status", badge(file.status)],
         ["ID", h("code", {}, file.id)],
         ["Purpose", file.purpose],
@@ -150,11 +177,21 @@ export async function detail(main, { params: [id], navigate }) {
       ])),
       CHECKING.has(file.status) ? notice("Checking the examples… this page updates by itself.") : null,
       v && v.statistics ? statistics(v.statistics) : null,
-      file.status === "error" ? problems(file) : null,
-      file.status === "processed" && file.status_details ? notice(file.status_details, "ok") : null);
+      file.status === "processed" && file.status_details ? notice(file.status_details, "ok") : null,
+      file.status === "processed" ? preview(file) : null);
   }
 
-  const first = await api(`/files/${encodeURIComponent(id)}`);
+  let first;
+  try {
+    first = await api(`/files/${encodeURIComponent(id)}`);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    document.title = "File not found · Tunery";
+    fill(body, pageHeader("File not found"),
+      h("p", {}, "There is no file ", h("code", {}, id), " in this project: it may have been deleted, or the link is wrong."),
+      h("p", {}, h("a", { href: "#/files" }, "See your data files")));
+    return null;
+  }
   await draw(first);
   if (CHECKING.has(first.status)) {
     stop = poll(async () => {
@@ -192,4 +229,83 @@ function problems(file) {
       { label: "Details", cell: (p) => p.message },
     ], v.problems, { caption: "Problems by line", empty: file.status_details || "No details." }),
     file.status_details ? h("details", {}, h("summary", {}, "Full report"), h("pre", {}, file.status_details)) : null);
+}
+
+// ------------------------------------------------------------------------------------------ dataset preview
+const PREVIEW_EXAMPLES = 3;
+const PREVIEW_BYTES = 256 * 1024;
+
+/** The first few JSON lines of a file, reading at most PREVIEW_BYTES of it (files can be large). */
+async function firstExamples(id) {
+  const response = await api(`/files/${encodeURIComponent(id)}/content`, { raw: true });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  const rows = [];
+  try {
+    while (rows.length < PREVIEW_EXAMPLES && text.length < PREVIEW_BYTES) {
+      const { value, done } = await reader.read();
+      if (value) text += value;
+      const lines = text.split("\n");
+      text = done ? "" : lines.pop();
+      lines.forEach((line) => line.trim() && rows.length < PREVIEW_EXAMPLES && rows.push(line));
+      if (done) break;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return rows.map((line) => { try { return JSON.parse(line); } catch { return null; } }).filter(Boolean);
+}
+
+function contentText(content) {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) return content.map((p) => (typeof p === "string" ? p : p.text || `[${p.type}]`)).join("");
+  return content === null || content === undefined ? "" : JSON.stringify(content);
+}
+
+/** One message as a chat bubble; `mark` is the visible tag for spans the loss is (or is not) computed on. */
+function bubble(message, mark) {
+  const role = message.role || "?";
+  const calls = message.tool_calls ? JSON.stringify(message.tool_calls) : "";
+  return h("div", { class: `msg msg-${role === "assistant" ? "assistant" : role === "user" ? "user" : "other"}${mark ? ` ${mark.cls}` : ""}` },
+    h("span", { class: "who" }, role, mark ? h("span", { class: `span-tag ${mark.cls}` }, mark.text) : null),
+    h("div", { class: "text" }, contentText(message.content) || (calls ? "" : "—"), calls ? h("code", {}, calls) : null));
+}
+
+const TRAINED = { cls: "trained", text: "trained" };
+const NOT_TRAINED = { cls: "not-trained", text: "not trained (weight 0)" };
+const PREFERRED = { cls: "trained", text: "preferred: trained toward" };
+const REJECTED = { cls: "rejected", text: "non-preferred: trained away from" };
+
+function example(row, n) {
+  let parts;
+  if (Array.isArray(row.messages)) {
+    parts = row.messages.map((m) => bubble(m, m.role === "assistant" ? (m.weight === 0 ? NOT_TRAINED : TRAINED) : null));
+    if (!row.messages.some((m) => m.role === "assistant")) {
+      parts.push(h("p", { class: "hint" }, "No assistant turn: a prompt (reinforcement fine-tuning samples the answer)."));
+    }
+  } else if (row.input && Array.isArray(row.input.messages)) {
+    parts = [
+      ...row.input.messages.map((m) => bubble(m, null)),
+      ...(row.preferred_output || []).map((m) => bubble(m, PREFERRED)),
+      ...(row.non_preferred_output || []).map((m) => bubble(m, REJECTED)),
+    ];
+  } else {
+    parts = [h("pre", {}, JSON.stringify(row, null, 2))];
+  }
+  return h("article", { class: "example card", "aria-label": `Example ${n}` }, h("h3", {}, `Example ${n}`), parts);
+}
+
+/** A few conversations rendered as chat, with the spans the loss is computed on marked. */
+function preview(file) {
+  const holder = h("div", { class: "examples" }, h("p", { class: "muted" }, "Loading the first examples…"));
+  const section = h("section", { "aria-labelledby": "preview-h" },
+    h("h2", { id: "preview-h" }, "Preview"),
+    h("p", { class: "muted" }, `The first ${PREVIEW_EXAMPLES} examples as the model sees them. `,
+      "Spans tagged ", h("span", { class: "span-tag trained" }, "trained"),
+      " are what the model learns to write; the rest is context."),
+    holder);
+  firstExamples(file.id)
+    .then((rows) => fill(holder, rows.length ? rows.map((row, i) => example(row, i + 1)) : h("p", { class: "empty" }, "No examples to show.")))
+    .catch((error) => fill(holder, h("p", { class: "empty" }, `The preview could not be loaded: ${error.message}`)));
+  return section;
 }

@@ -72,7 +72,7 @@ export async function detail(main, { params: [id], learnProject }) {
   const el = {
     header: h("div"), summary: h("section", { class: "card summary", "aria-label": "Status" }),
     charts: h("div", { class: "charts" }), checkpoints: h("div"), details: h("div", { class: "card" }),
-    events: h("ol", { class: "events", role: "log", "aria-live": "polite", "aria-label": "Events, newest first" }),
+    events: h("ol", { class: "events" }),
   };
   fill(main,
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Fine-tuning")),
@@ -84,7 +84,7 @@ export async function detail(main, { params: [id], learnProject }) {
     h("section", { "aria-labelledby": "ckpt-h" }, h("h2", { id: "ckpt-h" }, "Checkpoints"), el.checkpoints),
     h("div", { class: "two-col" },
       h("section", { "aria-labelledby": "details-h" }, h("h2", { id: "details-h" }, "Details"), el.details),
-      h("section", { "aria-labelledby": "events-h" }, h("h2", { id: "events-h" }, "Events"), h("div", { class: "card events-card" }, el.events))));
+      h("section", { "aria-labelledby": "events-h" }, h("h2", { id: "events-h" }, "Events"), h("div", { class: "card events-card", role: "log", "aria-live": "polite", "aria-label": "Events, newest first", tabindex: "0" }, el.events))));
 
   const progress = progressBar("Training progress");
   const clock = { elapsed: h("span"), eta: h("span") };

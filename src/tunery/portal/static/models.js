@@ -1,7 +1,8 @@
 // Models (base and fine-tuned, with lineage) and deployments: deploy, watch it become ready,
 // delete. A model that is deployed cannot be deleted — the API's 409 message says so.
 
-import { api } from "./api.js";
+import { api, BASE } from "./api.js";
+import { byNewest, byOldest, byText, listView } from "./lists.js";
 import { alertBox, badge, fill, formatDate, h, pageHeader, poll, shortId, table } from "./ui.js";
 
 const dep = (name) => `/deployments/${encodeURIComponent(name)}`;
@@ -92,6 +93,7 @@ export async function models(main) {
   const alert = alertBox();
   const fineTuned = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   const base = h("div");
+  let view = null;
   fill(main,
     pageHeader("Models"),
     h("p", { class: "lead" }, "Fine-tuned models are LoRA adapters over a base model. Deploy one to chat with it; ",
@@ -134,18 +136,22 @@ export async function models(main) {
     const all = (await api("/models")).data;
     const byId = new Map(all.map((m) => [m.id, m]));
     const tuned = all.filter((m) => m.fine_tune || m.model);  // trained here, or imported (an adapter over a base)
-    fill(fineTuned, table([
-      { label: "Model", cell: (m) => h("code", { class: "wrap" }, m.id) },
-      { label: "Lineage", cell: (m) => h("ol", { class: "lineage", "aria-label": "Lineage, base first" },
-        lineage(m, byId).map((id) => h("li", {}, h("code", {}, id === m.id ? "this model" : shortId(id))))), class: "hide-sm" },
-      { label: "Job", cell: (m) => (m.fine_tune ? h("a", { href: `#/jobs/${m.fine_tune}` }, h("code", {}, shortId(m.fine_tune))) : "imported") },
-      { label: "Created", cell: (m) => formatDate(m.created), class: "hide-md" },
-      { label: "Actions", cell: (m) => h("div", { class: "row-actions" },
-        h("button", { type: "button", class: "btn btn-small", "aria-label": `Deploy ${m.id}`, onclick: () => openDeployDialog(m.id) }, "Deploy"),
-        h("a", { class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.id)}`, "aria-label": `Fine-tune ${m.id} further` }, "Fine-tune"),
-        downloadMenu(m),
-        h("button", { type: "button", class: "btn btn-small btn-danger", "aria-label": `Delete ${m.id}`, onclick: () => remove(m) }, "Delete")) },
-    ], tuned, { caption: "Fine-tuned models", empty: "No fine-tuned models yet. They appear here when a job succeeds." }));
+    if (!view) {
+      view = listView({
+        id: "models",
+        caption: "Fine-tuned models",
+        empty: "No fine-tuned models yet. They appear here when a job succeeds.",
+        columns: tunedColumns,
+        text: (m) => `${m.id} ${m.fine_tune || ""} ${m.model || ""}`,
+        filter: { label: "Base model", options: [...new Set(all.filter((m) => !m.fine_tune && !m.model).map((m) => m.id))]
+          .map((b) => [b, b, (m) => lineage(m, byIdNow)[0] === b]) },
+        sorts: [["newest", "Newest first", byNewest("created")], ["oldest", "Oldest first", byOldest("created")],
+          ["name", "Name", byText("id")]],
+      });
+      fill(fineTuned, view);
+    }
+    byIdNow = byId;
+    view.update(tuned);
     fill(base, table([
       { label: "Model", cell: (m) => h("code", {}, m.id) },
       { label: "Fine-tunable", cell: (m) => (m.capabilities && m.capabilities.fine_tune ? "yes" : "no") },
@@ -155,6 +161,19 @@ export async function models(main) {
         h("a", { class: "btn btn-small", href: `#/playground?model=${encodeURIComponent(m.id)}`, "aria-label": `Chat with ${m.id}` }, "Chat")) },
     ], all.filter((m) => !m.fine_tune && !m.model), { caption: "Base models" }));
   }
+  let byIdNow = new Map();
+  const tunedColumns = [
+    { label: "Model", cell: (m) => h("code", { class: "wrap" }, m.id) },
+    { label: "Lineage", cell: (m) => h("ol", { class: "lineage", "aria-label": "Lineage, base first" },
+      lineage(m, byIdNow).map((id) => h("li", {}, h("code", {}, id === m.id ? "this model" : shortId(id))))), class: "hide-sm" },
+    { label: "Job", cell: (m) => (m.fine_tune ? h("a", { href: `#/jobs/${m.fine_tune}` }, h("code", {}, shortId(m.fine_tune))) : "imported") },
+    { label: "Created", cell: (m) => formatDate(m.created), class: "hide-md" },
+    { label: "Actions", cell: (m) => h("div", { class: "row-actions" },
+      h("button", { type: "button", class: "btn btn-small", "aria-label": `Deploy ${m.id}`, onclick: () => openDeployDialog(m.id) }, "Deploy"),
+      h("a", { class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.id)}`, "aria-label": `Fine-tune ${m.id} further` }, "Fine-tune"),
+      downloadMenu(m),
+      h("button", { type: "button", class: "btn btn-small btn-danger", "aria-label": `Delete ${m.id}`, onclick: () => remove(m) }, "Delete")) },
+  ];
   try { await refresh(); } catch (error) { alert.show(error); }
 }
 
@@ -162,6 +181,7 @@ export async function deployments(main) {
   const alert = alertBox();
   const listing = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   const modelSelect = h("select", { id: "new-deploy-model", required: true });
+  const snippets = snippetSection();
   const form = h("form", { class: "card inline-form" },
     h("div", { class: "field" }, h("label", { for: "new-deploy-model" }, "Model to deploy"), modelSelect),
     h("div", { class: "form-actions" }, h("button", { type: "submit", class: "btn btn-primary" }, "Deploy…")));
@@ -174,7 +194,8 @@ export async function deployments(main) {
     h("p", { class: "lead" }, "A deployment gives a model a name to call with ", h("code", {}, "/chat/completions"),
       ". Delete deployments you no longer use; unused ones are removed after a while."),
     form, alert,
-    h("section", { "aria-labelledby": "dep-h" }, h("h2", { id: "dep-h" }, "Your deployments"), listing));
+    h("section", { "aria-labelledby": "dep-h" }, h("h2", { id: "dep-h" }, "Your deployments"), listing),
+    snippets.el);
 
   async function remove(d) {
     if (!confirm(`Delete deployment ${d.id}? The model stays.`)) return;
@@ -203,7 +224,76 @@ export async function deployments(main) {
           h("a", { class: "btn btn-small", href: `#/playground?model=${encodeURIComponent(d.id)}`, "aria-label": `Chat with ${d.id}` }, "Chat"),
           h("button", { type: "button", class: "btn btn-small btn-danger", "aria-label": `Delete deployment ${d.id}`, onclick: () => remove(d) }, "Delete")) },
       ], list.data, { caption: "Deployments", empty: "No deployments. Deploy a fine-tuned model or a checkpoint to chat with it." }));
+      snippets.update(list.data.filter((d) => stateOf(d) === "Succeeded").map((d) => d.id));
     } catch (error) { alert.show(error); }
   }
   return poll(refresh, 3000);
+}
+
+// ------------------------------------------------------------------------------------------ code snippets
+const API_VERSION = "2024-10-21";
+
+/** Ready-to-copy calls of a deployment: curl, and the openai package's OpenAI and AzureOpenAI clients. The
+ * key is read from $TUNERY_API_KEY rather than printed on the page. */
+export function snippetTexts(name, origin = location.origin) {
+  const quoted = JSON.stringify(name);
+  return [
+    ["curl", "curl", `curl ${origin}${BASE}/chat/completions \\
+  -H "api-key: $TUNERY_API_KEY" -H "content-type: application/json" \\
+  -d '{"model": ${quoted}, "messages": [{"role": "user", "content": "Hello"}]}'`],
+    ["openai-python", "Python: OpenAI", `import os
+from openai import OpenAI
+
+client = OpenAI(base_url="${origin}/v1", api_key=os.environ["TUNERY_API_KEY"])
+reply = client.chat.completions.create(
+    model=${quoted}, messages=[{"role": "user", "content": "Hello"}])
+print(reply.choices[0].message.content)`],
+    ["azure-python", "Python: AzureOpenAI", `import os
+from openai import AzureOpenAI
+
+client = AzureOpenAI(azure_endpoint="${origin}", api_key=os.environ["TUNERY_API_KEY"],
+                     api_version="${API_VERSION}")
+reply = client.chat.completions.create(
+    model=${quoted}, messages=[{"role": "user", "content": "Hello"}])
+print(reply.choices[0].message.content)`],
+  ];
+}
+
+function snippetSection() {
+  const select = h("select", { id: "snippet-deployment" });
+  const body = h("div", { class: "snippets" });
+  const el = h("section", { "aria-labelledby": "snippets-h", hidden: true },
+    h("h2", { id: "snippets-h" }, "Call a deployment"),
+    h("p", { class: "muted" }, "Copy one of these; set ", h("code", {}, "TUNERY_API_KEY"), " to your API key first (",
+      h("code", {}, "export TUNERY_API_KEY=tny-…"), ")."),
+    h("div", { class: "field" }, h("label", { for: select.id }, "Deployment"), select),
+    body);
+  let names = [];
+  function draw() {
+    fill(body, snippetTexts(select.value).map(([id, label, text]) => {
+      const status = h("span", { class: "copy-status", role: "status" });
+      const copy = h("button", { type: "button", class: "btn btn-small", "aria-label": `Copy the ${label} snippet` }, "Copy");
+      copy.addEventListener("click", async () => {
+        try { await navigator.clipboard.writeText(text); status.textContent = "Copied."; } catch {
+          status.textContent = "Select the text and copy it (the browser refused clipboard access).";
+        }
+      });
+      return h("figure", { class: "snippet" },
+        h("figcaption", {}, h("span", { id: `snippet-${id}` }, label), copy, status),
+        h("pre", { "aria-labelledby": `snippet-${id}`, tabindex: "0" }, h("code", {}, text)));
+    }));
+  }
+  select.addEventListener("change", draw);
+  return {
+    el,
+    update(now) {
+      el.hidden = !now.length;
+      if (now.join("\n") === names.join("\n")) return;
+      const keep = select.value;
+      names = now;
+      fill(select, now.map((n) => h("option", { value: n }, n)));
+      if (now.includes(keep)) select.value = keep;
+      draw();
+    },
+  };
 }

@@ -29,6 +29,15 @@ function pane(label, id, options, initial) {
   return {
     el, select, history,
     clear() { history.length = 0; fill(log, h("p", { class: "empty" }, "Send a message to start.")); status.textContent = ""; },
+    /** Take over another pane's conversation, so both sides answer the next message from the same history. */
+    adopt(other) {
+      history.splice(0, history.length, ...other.history.map((m) => ({ ...m })));
+      if (!history.length) { this.clear(); return; }
+      fill(log, h("p", { class: "hint shared-note" }, "The conversation so far, shared by both sides:"),
+        [...other.log.querySelectorAll(".msg")].map((m) => m.cloneNode(true)));
+      status.textContent = "";
+    },
+    log,
     async send(text, settings, signal) {
       log.querySelector(".empty")?.remove();
       history.push({ role: "user", content: text });
@@ -38,17 +47,26 @@ function pane(label, id, options, initial) {
       log.append(bubble);
       status.textContent = "Streaming…";
       const started = performance.now();
-      let pieces = 0;
+      let first = null;
+      let usage = null;
       const messages = settings.system ? [{ role: "system", content: settings.system }, ...history] : [...history];
       try {
         const finish = await streamChat({
           model: select.value, messages, temperature: settings.temperature, top_p: settings.top_p, max_tokens: settings.max_tokens,
+          stream_options: { include_usage: true },
         }, {
           signal,
-          onDelta: (t) => { out.textContent += t; pieces++; log.scrollTop = log.scrollHeight; },
+          onDelta: (t) => { first ??= performance.now(); out.textContent += t; log.scrollTop = log.scrollHeight; },
+          onUsage: (u) => { usage = u; },
         });
         history.push({ role: "assistant", content: out.textContent });
-        status.textContent = `${pieces} chunks in ${((performance.now() - started) / 1000).toFixed(1)} s · finish: ${finish || "stop"}`;
+        const ended = performance.now();
+        const parts = [first === null ? "no text" : `first token after ${((first - started) / 1000).toFixed(2)} s`];
+        if (usage && usage.completion_tokens) {
+          const rate = usage.completion_tokens > 1 && ended > first ? (usage.completion_tokens - 1) / ((ended - first) / 1000) : null;
+          parts.push(`${usage.completion_tokens} tokens${rate ? ` at ${rate.toFixed(1)} tokens/s` : ""}`);
+        }
+        status.textContent = `${parts.join(" · ")} · finish: ${finish || "stop"}`;
       } catch (error) {
         history.pop();
         if (error.name === "AbortError") status.textContent = "Stopped.";
@@ -109,7 +127,10 @@ export async function render(main, { query }) {
     fill(panes, active().map((p) => p.el));
     panes.classList.toggle("two", compare.checked);
   }
-  compare.addEventListener("change", layout);
+  compare.addEventListener("change", () => {
+    if (compare.checked) left.adopt(right);  // turned on mid-chat: both sides continue the same conversation
+    layout();
+  });
   right.select.addEventListener("change", () => { left.select.value = baseOf(right.select.value) || left.select.value; });
 
   let controller = null;

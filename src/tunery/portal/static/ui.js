@@ -93,7 +93,7 @@ export function table(columns, rows, { caption, empty = "Nothing here yet." } = 
     h("table", {},
       caption ? h("caption", { class: "sr-only" }, caption) : null,
       h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.class }, c.label)))),
-      h("tbody", {}, rows.map((row) => h("tr", {}, columns.map((c) => h("td", { class: c.class }, c.cell(row))))))));
+      h("tbody", {}, rows.map((row) => h("tr", {}, columns.map((c) => h("td", { class: c.class, "data-label": c.label }, c.cell(row))))))));
 }
 
 /** A spot for API errors: show(error) puts the message (and the field it names) in an alert. */

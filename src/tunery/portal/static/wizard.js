@@ -4,7 +4,7 @@
 
 import { api, BASE, listAll } from "./api.js";
 import { fileSummary, uploader, waitForFile } from "./files.js";
-import { alertBox, fill, formatNumber, h, pageHeader } from "./ui.js";
+import { alertBox, fill, formatDuration, formatNumber, h, pageHeader } from "./ui.js";
 
 const STEPS = [
   { id: "model", title: "Method and base model" },
@@ -20,6 +20,54 @@ const FIELD_STEP = {
   suffix: "params", hyperparameters: "params",
 };
 const BASE_LEARNING_RATE = 2e-4;
+// Words for the fields an API error's `param` path ends with (the path itself is for programs).
+const FIELD_LABELS = {
+  n_epochs: "Number of epochs", batch_size: "Batch size", learning_rate_multiplier: "Learning rate multiplier",
+  beta: "Beta", seed: "Seed", suffix: "Suffix", training_file: "Training file", validation_file: "Validation file",
+  model: "Base model",
+};
+const CHECKED_FIELDS = ["n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed"];
+
+/** An API error as a sentence for people: the param path at its start becomes the field's name. */
+export function sentence(error) {
+  const message = error.message || String(error);
+  if (!error.param) return message;
+  const name = FIELD_LABELS[error.param.split(".").pop()];
+  return message.startsWith(error.param) && name ? name + message.slice(error.param.length) : message;
+}
+
+/**
+ * The problem with a typed value under the API's own rules (GET /fine_tuning/rules), or null.
+ * Empty means auto (or none) and is always fine.
+ */
+export function checkValue(rules, key, value) {
+  if (!rules || value === "" || value === null || value === undefined) return null;
+  if (key === "suffix") {
+    return new RegExp(rules.suffix.pattern).test(value) ? null : `Use ${rules.suffix.description}.`;
+  }
+  const r = key === "seed" ? rules.seed : rules.hyperparameters[key];
+  if (!r) return null;
+  const n = Number(value);
+  if (!Number.isFinite(n)) return "Enter a number, or leave it empty for auto.";
+  if (r.integer && !Number.isInteger(n)) return `Enter a whole number from ${r.min} to ${r.max}.`;
+  const low = r.min_exclusive ? n <= r.min : n < r.min;
+  if (low || n > r.max) {
+    return r.min_exclusive ? `Must be greater than ${r.min} and at most ${r.max} (you typed ${value}).`
+      : `Must be between ${r.min} and ${r.max} (you typed ${value}).`;
+  }
+  return null;
+}
+
+/** Trained tokens per second on this server, from this project's finished jobs on `model` (queue time
+ * included, so it errs on the slow side); null without such a job. */
+export function measuredSpeed(jobs, model) {
+  const done = jobs.filter((j) => j.status === "succeeded" && j.model === model && j.trained_tokens > 0
+    && j.finished_at > j.created_at).slice(0, 10);
+  if (!done.length) return null;
+  const tokens = done.reduce((sum, j) => sum + j.trained_tokens, 0);
+  const seconds = done.reduce((sum, j) => sum + (j.finished_at - j.created_at), 0);
+  return { tokensPerSecond: tokens / seconds, jobs: done.length };
+}
 
 // Spec §6.2, as the server resolves "auto" (Python's round() rounds halves to even).
 export function autoEpochs(n) {
@@ -50,7 +98,9 @@ export async function render(main, { query, navigate }) {
     validation_file: "", n_epochs: "", batch_size: "", learning_rate_multiplier: "", beta: "", suffix: "", seed: "",
     error: null,
   };
-  const [modelList, fileList] = await Promise.all([api("/models"), listAll("/files")]);
+  const [modelList, fileList, rules, jobPage] = await Promise.all([
+    api("/models"), listAll("/files"), api("/fine_tuning/rules"), api("/fine_tuning/jobs?limit=100"),
+  ]);
   const models = modelList.data.filter((m) => !m.capabilities || m.capabilities.fine_tune);
   let files = fileList.filter((f) => f.purpose === "fine-tune");
   if (!s.model && models.length) s.model = (models.find((m) => !m.fine_tune) || models[0]).id;
@@ -62,6 +112,11 @@ export async function render(main, { query, navigate }) {
     pageHeader("Create a fine-tuned model"),
     h("div", { class: "wizard" }, stepper, panel));
 
+  const pastJobs = jobPage.data;
+  const range = (key) => {
+    const r = rules.hyperparameters[key];
+    return r.min_exclusive ? `more than ${r.min}, at most ${r.max}` : `${r.min}–${r.max}`;
+  };
   const processed = () => files.filter((f) => f.status === "processed");
   const fileById = (id) => files.find((f) => f.id === id);
   const statistics = () => {
@@ -90,18 +145,36 @@ export async function render(main, { query, navigate }) {
     if (first) first.focus();
   }
 
-  function fieldError(name) {
-    if (!s.error || !s.error.param) return null;
-    const last = s.error.param.split(".").pop();
-    return last === name ? h("p", { class: "field-error", id: `${name}-error` }, s.error.message) : null;
+  // A field's problem: the value as typed under the API's rules first, then what the API said at submit.
+  function problemOf(name) {
+    const typed = checkValue(rules, name, s[name]);
+    if (typed) return typed;
+    if (!s.error || !s.error.param || s.error.param.split(".").pop() !== name) return null;
+    const text = sentence(s.error);
+    const label = FIELD_LABELS[name];
+    if (!label || !text.startsWith(label)) return text;
+    const rest = text.slice(label.length).trim();
+    return rest.charAt(0).toUpperCase() + rest.slice(1);
   }
 
+  /** Show or clear a field's problem in place (focus and caret stay where they are). */
+  function showProblem(name, control, message) {
+    const box = document.getElementById(`${name}-error`);
+    if (box) { box.textContent = message || ""; box.hidden = !message; }
+    if (message) control.setAttribute("aria-invalid", "true"); else control.removeAttribute("aria-invalid");
+  }
+
+  const invalidFields = () => CHECKED_FIELDS.filter((k) => (k !== "beta" || s.method === "dpo") && checkValue(rules, k, s[k]));
+
   function field(name, label, control, hint) {
-    const err = fieldError(name);
+    const err = problemOf(name);
     control.id = name;
     control.name = name;
-    if (err) { control.setAttribute("aria-invalid", "true"); control.setAttribute("aria-describedby", `${name}-error`); }
-    return h("div", { class: "field" }, h("label", { for: name }, label), control, hint ? h("p", { class: "hint" }, hint) : null, err);
+    const hintEl = hint ? h("p", { class: "hint", id: `${name}-hint` }, hint) : null;
+    const errEl = h("p", { class: "field-error", id: `${name}-error`, hidden: !err }, err || "");
+    control.setAttribute("aria-describedby", [hintEl ? `${name}-hint` : "", `${name}-error`].join(" ").trim());
+    if (err) control.setAttribute("aria-invalid", "true");
+    return h("div", { class: "field" }, h("label", { for: name }, label), control, hintEl, errEl);
   }
 
   // Selects redraw the step; typed values only refresh the explanation, so focus and caret stay put.
@@ -111,12 +184,10 @@ export async function render(main, { query, navigate }) {
     const select = control.tagName === "SELECT";
     control.addEventListener(select ? "change" : "input", () => {
       s[key] = control.value;
-      if (s.error && (s.error.param || "").split(".").pop() === key) {  // the user is fixing it
-        s.error = null;
-        control.removeAttribute("aria-invalid");
-        document.getElementById(`${key}-error`)?.remove();
-      }
-      if (select) { draw(); document.getElementById(key)?.focus(); } else if (explainBox) fill(explainBox, explain());
+      if (s.error && (s.error.param || "").split(".").pop() === key) s.error = null;  // the user is fixing it
+      if (select) { draw(); document.getElementById(key)?.focus(); return; }
+      showProblem(key, control, problemOf(key));  // checked as typed, with the API's rules
+      if (explainBox) fill(explainBox, explain());
     });
     return control;
   }
@@ -171,6 +242,8 @@ export async function render(main, { query, navigate }) {
     else if (n * 3 > 25000) why = `${formatNumber(n)} examples × 3 epochs is over 25,000, so epochs = max(1, ⌊25,000 ÷ ${n}⌋) = ${autoEpochs(n)}`;
     else why = `${formatNumber(n)} examples × 3 epochs is between 100 and 25,000, so the target of 3 epochs holds`;
     const steps = Number.isFinite(ep) && bs > 0 ? Math.ceil(n / bs) * ep : null;
+    const tokens = Number.isFinite(ep) && statistics().tokens_total ? statistics().tokens_total * ep : null;
+    const speed = measuredSpeed(pastJobs, s.model);
     return h("div", { class: "explain", "aria-live": "polite" },
       h("h3", {}, "What the job will use"),
       h("ul", {},
@@ -182,7 +255,14 @@ export async function render(main, { query, navigate }) {
               : ` (auto: multiplier √${bs} = ${mult} × the base LoRA rate 2e-4: a larger batch takes a longer step)`)
             : ` (your multiplier ${mult} × the base LoRA rate 2e-4)`),
         s.method === "dpo" ? h("li", {}, h("strong", {}, `Beta: ${s.beta === "" ? 0.1 : s.beta}`), s.beta === "" ? " (auto)" : "") : null,
-        steps ? h("li", {}, `About ${formatNumber(steps)} training steps (⌈${formatNumber(n)} ÷ ${bs}⌉ × ${ep}).`) : null));
+        steps ? h("li", {}, `About ${formatNumber(steps)} training steps (⌈${formatNumber(n)} ÷ ${bs}⌉ × ${ep}).`) : null,
+        tokens ? h("li", { class: "estimate-tokens" }, h("strong", {}, `Trained tokens: ${formatNumber(tokens)}`),
+          ` (${formatNumber(statistics().tokens_total)} tokens × ${ep} epochs)`) : null,
+        tokens ? h("li", { class: "estimate-time" }, speed
+          ? [h("strong", {}, `Expected duration: about ${formatDuration(tokens / speed.tokensPerSecond)}`),
+            ` on this server (measured ${formatNumber(speed.tokensPerSecond)} tokens/s over your last ${speed.jobs} finished `
+            + `job${speed.jobs > 1 ? "s" : ""} on ${s.model}, waiting time included)`]
+          : `Expected duration: not measured yet — no finished job on ${s.model} in this project to time this server by.`) : null));
   }
 
   const number = (key, extra = {}) => bind(h("input", { type: "number", step: "any", placeholder: "auto", inputmode: "decimal", ...extra }), key);
@@ -206,10 +286,11 @@ export async function render(main, { query, navigate }) {
     params: () => [
       h("p", { class: "muted" }, "Leave a value empty for auto (recommended). Defaults suit most data."),
       h("div", { class: "grid-2" },
-        field("n_epochs", "Number of epochs", number("n_epochs"), "Full passes over the training data (1–50)."),
-        field("batch_size", "Batch size", number("batch_size"), "Examples per training step (1–256)."),
-        field("learning_rate_multiplier", "Learning rate multiplier", number("learning_rate_multiplier"), "Scales the base learning rate of 2e-4."),
-        s.method === "dpo" ? field("beta", "Beta", number("beta"), "DPO temperature, typically 0.1–0.5.") : null,
+        field("n_epochs", "Number of epochs", number("n_epochs"), `Full passes over the training data (${range("n_epochs")}).`),
+        field("batch_size", "Batch size", number("batch_size"), `Examples per training step (${range("batch_size")}).`),
+        field("learning_rate_multiplier", "Learning rate multiplier", number("learning_rate_multiplier"),
+          `Scales the base learning rate of 2e-4 (${range("learning_rate_multiplier")}).`),
+        s.method === "dpo" ? field("beta", "Beta", number("beta"), `DPO temperature, typically 0.1–0.5 (${range("beta")}).`) : null,
         field("suffix", "Suffix (optional)", bind(h("input", { type: "text", maxlength: 40, autocomplete: "off" }), "suffix"), "Added to the fine-tuned model's name."),
         field("seed", "Seed (optional)", bind(h("input", { type: "number", step: "1" }), "seed"), "Same seed, same data: the same run.")),
       (explainBox = h("div", {}, explain())),
@@ -221,7 +302,7 @@ export async function render(main, { query, navigate }) {
       const alert = alertBox();
       if (s.error) {
         const where = STEPS.find((x) => x.id === FIELD_STEP[(s.error.param || "").split(".").pop()]);
-        alert.show(s.error);
+        alert.show({ message: sentence(s.error) });
         if (where) alert.append(" ", h("button", { type: "button", class: "btn btn-link", onclick: () => go(STEPS.indexOf(where)) }, `Fix it in “${where.title}”`));
       }
       return [
@@ -256,8 +337,9 @@ export async function render(main, { query, navigate }) {
   function draw() {
     explainBox = null;
     fill(stepper, STEPS.map((step, i) => h("li", {},
-      h("button", { type: "button", class: "step", "aria-current": i === s.step ? "step" : null, "aria-label": `Step ${i + 1}: ${step.title}`, onclick: () => go(i) },
-        h("span", { class: "step-n", "aria-hidden": "true" }, String(i + 1)), h("span", { class: "step-label" }, step.title)))));
+      h("button", { type: "button", class: "step", "aria-current": i === s.step ? "step" : null, onclick: () => go(i) },
+        h("span", { class: "step-n", "aria-hidden": "true" }, String(i + 1)),
+        h("span", { class: "step-label" }, step.title)))));
     const step = STEPS[s.step];
     const last = s.step === STEPS.length - 1;
     const next = h("button", { type: "submit", class: "btn btn-primary" }, last ? "Start fine-tuning" : "Next");
@@ -269,6 +351,12 @@ export async function render(main, { query, navigate }) {
         next));
     form.addEventListener("submit", (e) => {
       e.preventDefault();
+      const paramsStep = STEPS.findIndex((x) => x.id === "params");
+      if (s.step >= paramsStep && invalidFields().length) {  // never send what the API would refuse
+        if (s.step !== paramsStep) go(paramsStep);
+        document.getElementById(invalidFields()[0])?.focus();
+        return;
+      }
       if (last) submitJob(next);
       else go(s.step + 1);
     });
