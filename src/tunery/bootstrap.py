@@ -186,6 +186,7 @@ def build_services(
             max_jobs_per_project=settings.jobs.max_jobs_per_project,
             max_waiting_per_project=settings.jobs.max_waiting_per_project,
         ),
+        metrics=MetricStore(database),
     )
 
     base_weights = BaseWeights(settings, catalog)
@@ -224,6 +225,7 @@ def build_services(
         imported=imported,
         deployments=deployment_store,
         shared=permission_store.shared_checkpoint,
+        base_ready=lambda name: catalog.is_prepared(name, "weights"),
     )
     deployments = DeploymentService(
         deployment_store,

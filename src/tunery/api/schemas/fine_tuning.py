@@ -246,10 +246,20 @@ class FineTuningJobCheckpoint(BaseModel):
     fine_tuning_job_id: str
     step_number: int
     metrics: dict[str, float]
+    saved_at_pause: bool | None = None
+    """Tunery extension: true for a checkpoint saved when the job paused (retention always keeps it)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("saved_at_pause"):
+            data.pop("saved_at_pause", None)
+        return data
 
     @classmethod
     def from_domain(cls, checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
         return cls(
+            saved_at_pause=checkpoint.pinned or None,
             id=checkpoint.id,
             created_at=checkpoint.created_at,
             fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
@@ -257,3 +267,11 @@ class FineTuningJobCheckpoint(BaseModel):
             step_number=checkpoint.step_number,
             metrics=checkpoint.metrics,
         )
+
+
+class JobMetricRow(BaseModel):
+    """Tunery extension: one optimizer step's metrics (a ``results.csv`` row) while the job trains."""
+
+    object: Literal["fine_tuning.job.metrics"] = "fine_tuning.job.metrics"
+    step: int
+    metrics: dict[str, float]
