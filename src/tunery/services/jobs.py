@@ -18,7 +18,7 @@ from tunery.domain.errors import Conflict, InvalidRequest, NotFound, QuotaExceed
 from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
-from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
+from tunery.domain.jobs import CLAIMABLE, TERMINAL, Job, JobStatus, Method, check_transition
 from tunery.domain.pagination import Page, PageRequest
 from tunery.graders import parse_grader, validate_grader
 from tunery.services.files import FileService
@@ -139,6 +139,14 @@ class JobService:
     def list_checkpoints(self, project_id: str, job_id: str, page: PageRequest) -> Page[Checkpoint]:
         self._jobs.get(project_id, job_id)
         return self._checkpoints.list(job_id, page)
+
+    def queue_position(self, job: Job) -> dict[str, int] | None:
+        """For a job waiting to start (pending, queued, resuming): jobs a worker takes before it and jobs training
+        now, across the server (counts only, no names). None once it has started."""
+        if job.status not in CLAIMABLE:
+            return None
+        ahead, training = self._jobs.count_ahead(job.id)
+        return {"ahead": ahead, "training": training}
 
     def list_metrics(self, project_id: str, job_id: str, *, after_step: int, limit: int) -> list[MetricRow]:
         """Every step's metrics after ``after_step`` (lowest first, at most ``limit``): the portal's live chart

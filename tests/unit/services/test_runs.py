@@ -444,6 +444,8 @@ def test_a_queued_job_says_how_many_jobs_are_ahead_not_a_stock_phrase(services: 
     assert first.status is JobStatus.RUNNING
     second = new_job(services, project)
     third = new_job(services, project)
+    assert services.jobs.queue_position(first) is None, "it has started"
+    assert services.jobs.queue_position(third) == {"ahead": 1, "training": 1}, "the pending second job goes first"
     for job in (second, third):
         claimed = services.runs.claim_next(f"{WORKER}-{job.id}")
         assert claimed is not None

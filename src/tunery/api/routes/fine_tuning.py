@@ -46,6 +46,9 @@ def _job(services: Services, job: Job, dialect: Dialect) -> FineTuningJob:
     """The wire job, with the per-checkpoint eval extension fields when the job has evals."""
     shown = FineTuningJob.from_domain(job, dialect)
     extension = services.checkpoint_evals.results(job)
+    queue = services.jobs.queue_position(job)
+    if queue is not None:
+        extension = {**(extension or {}), "queue": queue}
     if extension:
         shown = shown.model_copy(update=extension)
     return shown

@@ -153,12 +153,14 @@ class FineTuningJob(BaseModel):
     """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
     best_checkpoint: dict[str, Any] | None = None
     """Tunery extension: the checkpoint with the highest mean pass rate; deploy it as ``<model>:best``."""
+    queue: dict[str, int] | None = None
+    """Tunery extension, while a job waits to start: {ahead: jobs a worker takes first, training: jobs training now}."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results")
-        for key in (*optional, "best_checkpoint"):
+        for key in (*optional, "best_checkpoint", "queue"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data

@@ -50,6 +50,8 @@ export async function render(main, { query, navigate }) {
     validation_file: "", n_epochs: "", batch_size: "", learning_rate_multiplier: "", beta: "", suffix: "", seed: "",
     error: null,
   };
+  // "Clone settings" on a job page opens the wizard with that job's settings in the query.
+  for (const k of ["method", "validation_file", "n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed"]) if (query.get(k)) s[k] = query.get(k);
   const [modelList, fileList] = await Promise.all([api("/models"), listAll("/files")]);
   const models = modelList.data.filter((m) => !m.capabilities || m.capabilities.fine_tune);
   let files = fileList.filter((f) => f.purpose === "fine-tune");
