@@ -143,6 +143,21 @@ def test_a_finished_job_keeps_step_zero_names_its_files_and_has_chart_controls(
     shot(page, screenshots, "jobs-01-finished-short-job")
 
 
+def test_the_playground_takes_the_system_message_from_the_training_data_and_reports_speed(
+    page: Page, portal_server: Server, state: dict[str, Any]
+) -> None:
+    with api(portal_server) as client:
+        model = client.get(f"/fine_tuning/jobs/{state['short']['id']}").json()["fine_tuned_model"]
+    page.goto(f"{portal_server.url}/#/playground?model={model}")
+    expect(page.get_by_label("System message")).to_have_value("Name the colour code.")  # defect 11: prefilled
+    page.get_by_label("Max tokens").fill("8")
+    page.get_by_label("Message", exact=True).fill("Colour red number 3?")
+    page.get_by_role("button", name="Send").click()
+    status = page.get_by_role("status").filter(has_text="finish")
+    expect(status).to_contain_text(re.compile(r"First token after \d+\.\d\d s"), timeout=ceiling_ms(20))
+    expect(status).not_to_contain_text("chunks")  # defect 11: no jargon
+
+
 def test_deleting_the_model_takes_its_checkpoints_as_the_dialog_says(
     page: Page, portal_server: Server, state: dict[str, Any]
 ) -> None:
@@ -290,6 +305,16 @@ def test_the_list_searches_filters_and_compares_jobs(
     expect(chart.get_by_role("button", name="short")).to_be_visible()
     expect(chart.get_by_role("button", name="long")).to_be_visible()
     shot(page, screenshots, "jobs-04-compare")
+    # A manual dark mode, remembered across reloads, whatever the system prefers.
+    page.emulate_media(color_scheme="light")
+    page.get_by_label("Colour theme").select_option("dark")
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert page.evaluate(background) == "rgb(18, 22, 27)"
+    page.reload()
+    expect(page.get_by_label("Colour theme")).to_have_value("dark")
+    assert page.evaluate(background) == "rgb(18, 22, 27)"
+    page.get_by_label("Colour theme").select_option("auto")
+    assert page.evaluate(background) == "rgb(246, 247, 249)"
     page.get_by_role("link", name="Clone the settings of short").click()
     expect(page.get_by_role("heading", name="1. Method and base model")).to_be_visible()
     assert "n_epochs=2" in page.url

@@ -1,7 +1,7 @@
 // The playground: chat with a deployment or a model, with streamed replies; or send one prompt
 // to two models at once (say the base model and a fine-tune) and watch both answers stream in.
 
-import { api, streamChat } from "./api.js";
+import { api, fileText, streamChat } from "./api.js";
 import { alertBox, fill, h, pageHeader } from "./ui.js";
 
 const SETTINGS = "tunery.playground";
@@ -39,16 +39,17 @@ function pane(label, id, options, initial) {
       status.textContent = "Streaming…";
       const started = performance.now();
       let pieces = 0;
+      let first = null;
       const messages = settings.system ? [{ role: "system", content: settings.system }, ...history] : [...history];
       try {
         const finish = await streamChat({
           model: select.value, messages, temperature: settings.temperature, top_p: settings.top_p, max_tokens: settings.max_tokens,
         }, {
           signal,
-          onDelta: (t) => { out.textContent += t; pieces++; log.scrollTop = log.scrollHeight; },
+          onDelta: (t) => { first ??= performance.now(); out.textContent += t; pieces++; log.scrollTop = log.scrollHeight; },
         });
         history.push({ role: "assistant", content: out.textContent });
-        status.textContent = `${pieces} chunks in ${((performance.now() - started) / 1000).toFixed(1)} s · finish: ${finish || "stop"}`;
+        status.textContent = speed(started, first, pieces, finish);
       } catch (error) {
         history.pop();
         if (error.name === "AbortError") status.textContent = "Stopped.";
@@ -146,5 +147,41 @@ export async function render(main, { query }) {
     alert,
     h("div", { class: "playground" }, settings, h("div", { class: "chat" }, panes, composer)));
   layout();
+  prefillSystem(system, () => right.select.value, deployments, models);
+  right.select.addEventListener("change", () => prefillSystem(system, () => right.select.value, deployments, models));
   return () => controller && controller.abort();
+}
+
+/** "First token after 0.21 s · 38 tokens/s · finish: stop" (one streamed piece is one decoded token). */
+function speed(started, first, pieces, finish) {
+  const end = performance.now();
+  const ttft = first === null ? "no tokens" : `first token after ${((first - started) / 1000).toFixed(2)} s`;
+  const rate = first !== null && pieces > 1 && end > first ? ` · ${((pieces - 1) / ((end - first) / 1000)).toFixed(1)} tokens/s` : "";
+  return `${ttft[0].toUpperCase()}${ttft.slice(1)}${rate} · ${pieces} tokens · finish: ${finish || "stop"}`;
+}
+
+const PREFILL_MAX_BYTES = 4 << 20;
+let prefilled = "";
+
+/**
+ * An empty (or still prefilled) system message takes the one the fine-tune's training data used: the first
+ * example's system turn. Files above a few megabytes are not read for this.
+ */
+async function prefillSystem(box, chosen, deployments, models) {
+  if (box.value.trim() && box.value !== prefilled) return;
+  try {
+    const name = chosen();
+    const d = deployments.find((x) => x.id === name);
+    const model = models.find((x) => x.id === (d ? d.model : name).split(":ckpt-step-")[0]);
+    if (!model || !model.fine_tune) return; // a fine-tuned model's fine_tune is its job's id
+    const job = await api(`/fine_tuning/jobs/${encodeURIComponent(model.fine_tune)}`);
+    const file = await api(`/files/${encodeURIComponent(job.training_file)}`);
+    if (file.bytes > PREFILL_MAX_BYTES) return;
+    const line = (await fileText(job.training_file)).split("\n").find((l) => l.trim());
+    const turn = line && (JSON.parse(line).messages || []).find((m) => m.role === "system");
+    if (!turn || typeof turn.content !== "string" || chosen() !== name) return;
+    if (box.value.trim() && box.value !== prefilled) return;
+    box.value = prefilled = turn.content;
+    box.title = "From the first training example of this fine-tune";
+  } catch (error) { console.warn("system message prefill", error); }
 }
