@@ -319,3 +319,15 @@ def test_the_list_searches_filters_and_compares_jobs(
     expect(page.get_by_role("heading", name="1. Method and base model")).to_be_visible()
     assert "n_epochs=2" in page.url
     assert "batch_size=4" in page.url
+
+
+def test_the_new_job_pages_fit_a_phone(page: Page, portal_server: Server, state: dict[str, Any]) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    ids = f"{state['short']['id']},{state['long']['id']}"
+    for route in ("#/jobs", f"#/jobs?compare={ids}", f"#/jobs/{state['long']['id']}"):
+        page.goto(f"{portal_server.url}/{route}")
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        expect(page.get_by_text("Loading…")).to_have_count(0)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{route} scrolls sideways at phone width ({width}px)"
+    page.set_viewport_size({"width": 1280, "height": 900})

@@ -6,6 +6,7 @@ compare-and-set in the store, so a user's cancel and a worker's progress never o
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
@@ -148,7 +149,7 @@ class JobService:
         ahead, training = self._jobs.count_ahead(job.id)
         return {"ahead": ahead, "training": training}
 
-    def list_metrics(self, project_id: str, job_id: str, *, after_step: int, limit: int) -> list[MetricRow]:
+    def list_metrics(self, project_id: str, job_id: str, *, after_step: int, limit: int) -> builtins.list[MetricRow]:
         """Every step's metrics after ``after_step`` (lowest first, at most ``limit``): the portal's live chart
         gets each step's training loss, not only the steps that have a metrics event."""
         self._jobs.get(project_id, job_id)

@@ -565,10 +565,15 @@ export async function detail(main, { params: [id], learnProject }) {
     if (state.job.status !== before) { drawHeader(); drawDetails(); }
     else if (state.job.status === "running" && state.job.progress && state.job.progress.step >= 1 && el.header.querySelector("button[disabled][title]")) drawHeader();
     if (changed || state.job.status !== before) {
-      const [page, deployments] = await Promise.all([api(`${jobPath(id)}/checkpoints?limit=100`), api("/deployments").catch(() => ({ data: [] }))]);
+      const page = await api(`${jobPath(id)}/checkpoints?limit=100`);
+      const ids = page.data.map((c) => c.id).join();
+      if (ids !== state.checkpoints.map((c) => c.id).join() || state.job.status !== before) {
+        // Which checkpoints are deployed (a reason to keep them): looked up when the list or the status changes.
+        const deployments = await api("/deployments").catch(() => ({ data: [] }));
+        state.deployed = new Map();
+        for (const d of deployments.data || []) state.deployed.set(d.model, [...(state.deployed.get(d.model) || []), d.id]);
+      }
       state.checkpoints = page.data;
-      state.deployed = new Map();
-      for (const d of deployments.data || []) state.deployed.set(d.model, [...(state.deployed.get(d.model) || []), d.id]);
       drawCheckpoints();
     }
     if (changed || grown || state.job.status !== before) drawCharts();
