@@ -156,7 +156,8 @@ export async function render(main, { query }) {
 function speed(started, first, pieces, finish) {
   const end = performance.now();
   const ttft = first === null ? "no tokens" : `first token after ${((first - started) / 1000).toFixed(2)} s`;
-  const rate = first !== null && pieces > 1 && end > first ? ` · ${((pieces - 1) / ((end - first) / 1000)).toFixed(1)} tokens/s` : "";
+  // A rate needs a stretch of decoding to measure: tokens that arrived in one burst give none.
+  const rate = first !== null && pieces > 1 && end - first >= 50 ? ` · ${((pieces - 1) / ((end - first) / 1000)).toFixed(1)} tokens/s` : "";
   return `${ttft[0].toUpperCase()}${ttft.slice(1)}${rate} · ${pieces} tokens · finish: ${finish || "stop"}`;
 }
 
