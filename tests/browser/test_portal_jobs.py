@@ -225,6 +225,11 @@ def test_a_running_job_charts_every_step_and_pauses_cleanly(
     # Defect 4: a steadier ETA that says how sure it is.
     expect(status).to_contain_text(re.compile(r"about .+ left \((rough|±|steady)"), timeout=ceiling_ms(15))
 
+    # Chart controls survive new steps: the chart is updated in place, so focus stays on the menu.
+    page.get_by_label("Loss: smoothing").focus()
+    expect(loss).not_to_have_attribute("aria-label", loss.get_attribute("aria-label") or "", timeout=ceiling_ms(10))
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Loss: smoothing"
+
     # Defect 11: hovering reads every series at ONE step (validation only where it was measured).
     for fraction in (0.31, 0.47, 0.53, 0.62, 0.71, 0.83):
         text = page.evaluate(HOVER, fraction)  # move and read in one task: the chart redraws as steps arrive

@@ -79,29 +79,30 @@ function download(name, text) {
  * `empty` is what an empty chart says (a job that ended before its first step should not say "waiting").
  */
 export function lineChart(options) {
-  const { title, series, controls = true } = options;
+  options = { controls: true, ...options };
   const view = options.view || {};
   view.smoothing ??= 0;
   view.log ??= false;
   view.range ??= "all";
   view.hidden ??= new Set();
   const body = h("div", { class: "chart-body" });
-  const figure = h("figure", { class: "chart" }, h("figcaption", {}, title));
-  const any = series.some((x) => x.points.length);
-  const draw = () => fillBody(body, options, view, redrawControls);
-  let redrawControls = () => {};
-  if (controls && any) {
-    const bar = h("div", { class: "chart-controls" });
-    redrawControls = () => bar.replaceChildren(...controlsOf(options, view, draw));
-    redrawControls();
-    figure.append(bar);
-  }
-  figure.append(body);
+  const figure = h("figure", { class: "chart" }, h("figcaption", {}, options.title), body);
+  let bar = null;
+  const draw = () => {
+    if (!bar && options.controls && options.series.some((x) => x.points.length)) {
+      bar = h("div", { class: "chart-controls" }, controlsOf(options, view, draw));
+      body.before(bar);
+    }
+    fillBody(body, options, view);
+  };
+  /** New data (series, xMax, empty text) drawn in place: the controls, and focus on them, stay. */
+  figure.update = (next) => { Object.assign(options, next); draw(); };
   draw();
   return figure;
 }
 
-function controlsOf({ title, series }, view, draw) {
+function controlsOf(options, view, draw) {
+  const { title, series } = options;
   const select = (labelText, pairs, value, onchange) => h("label", { class: "chart-control" }, labelText,
     h("select", { "aria-label": `${title}: ${labelText.toLowerCase()}`, onchange: (e) => onchange(e.target.value) },
       pairs.map(([v, text]) => h("option", { value: v, selected: v === String(value) }, text))));
@@ -114,11 +115,11 @@ function controlsOf({ title, series }, view, draw) {
       h("input", { type: "checkbox", checked: view.log, disabled: !positive, "aria-label": `${title}: log scale`,
         onchange: (e) => { view.log = e.target.checked; draw(); } }), " Log scale"),
     h("button", { type: "button", class: "btn btn-small", "aria-label": `Download ${title} as CSV`,
-      onclick: () => download(`${title.toLowerCase().replace(/[^a-z0-9]+/g, "-")}.csv`, csvOf(title, series)) }, "CSV"),
+      onclick: () => download(`${title.toLowerCase().replace(/[^a-z0-9]+/g, "-")}.csv`, csvOf(title, options.series)) }, "CSV"),
   ];
 }
 
-function fillBody(body, options, view, redrawControls) {
+function fillBody(body, options, view) {
   const { title, series, xMax = null, yFormat = (v) => v.toFixed(4), bounds = null, percent = false } = options;
   const empty = options.empty || "Waiting for the first metrics…";
   const visible = series.filter((x) => x.points.length && !view.hidden.has(x.name));
@@ -128,8 +129,12 @@ function fillBody(body, options, view, redrawControls) {
   const summary = `${title}: ${points} point${points === 1 ? "" : "s"}${points ? ` up to step ${lastStep}` : ""}`;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": summary });
   const readout = h("p", { class: "chart-readout", "aria-hidden": "true" }, "\u00a0");
-  body.replaceChildren(svg, legend(series, view, () => { fillBody(body, options, view, redrawControls); }), readout);
-  if (series.some((x) => x.points.length)) body.append(dataTable(title, series, yFormat));
+  const open = body.querySelector("details.chart-table")?.open;
+  const active = document.activeElement;
+  const refocus = body.contains(active) ? active.dataset.name || (active.tagName === "SUMMARY" ? "summary" : null) : null;
+  body.replaceChildren(svg, legend(series, view, () => { fillBody(body, options, view); }), readout);
+  if (series.some((x) => x.points.length)) body.append(dataTable(title, series, yFormat, open));
+  if (refocus) body.querySelector(refocus === "summary" ? "summary" : `[data-name="${CSS.escape(refocus)}"]`)?.focus();
   if (!points) {
     svg.append(s("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "chart-empty" },
       series.some((x) => x.points.length) ? "Every series is hidden." : empty));
@@ -206,15 +211,15 @@ function legend(series, view, draw) {
   return h("ul", { class: "chart-legend" },
     series.map((x, i) => h("li", { class: `series-${i}${x.points.length ? "" : " muted"}` },
       h("button", {
-        type: "button", class: "legend-toggle", "aria-pressed": String(!view.hidden.has(x.name)), disabled: !x.points.length,
+        type: "button", class: "legend-toggle", "data-name": x.name, "aria-pressed": String(!view.hidden.has(x.name)), disabled: !x.points.length,
         onclick: () => { if (view.hidden.has(x.name)) view.hidden.delete(x.name); else view.hidden.add(x.name); draw(); },
       }, h("span", { class: "swatch", "aria-hidden": "true" }), x.name))));
 }
 
 /** The chart's numbers as a table (built when opened): what a screen reader user reads instead of the lines. */
-function dataTable(title, series, yFormat) {
+function dataTable(title, series, yFormat, open = false) {
   const box = h("details", { class: "chart-table" }, h("summary", {}, "Data table"));
-  box.addEventListener("toggle", () => {
+  const build = () => {
     if (!box.open || box.querySelector("table")) return;
     const shown = series.filter((x) => x.points.length);
     const maps = shown.map((x) => new Map(x.points));
@@ -227,6 +232,8 @@ function dataTable(title, series, yFormat) {
         h("thead", {}, h("tr", {}, h("th", { scope: "col", class: "num" }, "Step"), shown.map((x) => h("th", { scope: "col", class: "num" }, x.name)))),
         h("tbody", {}, rows.map((step) => h("tr", {}, h("th", { scope: "row", class: "num" }, String(step)),
           maps.map((m) => h("td", { class: "num" }, m.has(step) ? yFormat(m.get(step)) : "—"))))))));
-  });
+  };
+  box.addEventListener("toggle", build);
+  if (open) { box.open = true; build(); }
   return box;
 }

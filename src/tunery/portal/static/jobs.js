@@ -232,7 +232,7 @@ export function steadyEta(samples, step) {
 export async function detail(main, { params: [id], learnProject }) {
   const alert = alertBox();
   const state = { job: null, events: [], seen: new Set(), metrics: new Map(), lastStep: -1, checkpoints: [], total: null,
-    deployed: new Map(), names: new Map(), eta: [], views: {}, notified: false };
+    deployed: new Map(), names: new Map(), eta: [], views: {}, figures: {}, notified: false };
   const el = {
     header: h("div"), summary: h("section", { class: "card summary", "aria-label": "Status" }),
     charts: h("div", { class: "charts" }), checkpoints: h("div"), details: h("div", { class: "card" }),
@@ -339,7 +339,8 @@ export async function detail(main, { params: [id], learnProject }) {
       clock.eta.textContent = left > 0 ? `about ${formatDuration(left)} left${sure}, around ${formatTime(eta.finish)}` : "any moment now";
     } else {
       clock.eta.textContent = job.status === "succeeded" ? "finished" : job.status === "paused" ? "paused"
-        : TERMINAL.has(job.status) ? "—" : job.status === "pausing" ? "pausing…" : "estimating…";
+        : TERMINAL.has(job.status) ? "—" : job.status === "pausing" ? "pausing…"
+          : WAITING.has(job.status) ? "once training starts" : "estimating…";
     }
   }
 
@@ -406,13 +407,22 @@ export async function detail(main, { params: [id], learnProject }) {
     const empty = TERMINAL.has(state.job.status) ? `No metrics: the job ${state.job.status === "succeeded" ? "recorded none" : `was ${state.job.status}`} before its first step.`
       : WAITING.has(state.job.status) ? "The chart starts when training does." : undefined;
     const view = (title) => (state.views[title] ??= {});
-    const chart = (options) => lineChart({ xMax, empty, view: view(options.title), ...options });
+    // A chart is made once and then updated in place, so a reader's open menu or focus survives new steps.
+    const chart = (options) => {
+      const made = state.figures[options.title];
+      if (made) { made.update({ xMax, empty, ...options }); return made; }
+      return (state.figures[options.title] = lineChart({ xMax, empty, view: view(options.title), ...options }));
+    };
+    const show = (...figures) => {
+      const wanted = figures.filter(Boolean);
+      if (wanted.length !== el.charts.children.length || wanted.some((f, i) => el.charts.children[i] !== f)) fill(el.charts, wanted);
+    };
     if (isRft()) {
       el.hint.textContent = "The mean reward should rise. If the training reward keeps climbing while the validation " +
         "reward does not, the model may be reward hacking: check the grader against a few answers.";
       // Reinforcement: the grader's mean reward (training samples each step; the whole validation file every
       // eval_interval steps). Diverging curves hint at reward hacking.
-      fill(el.charts,
+      show(
         chart({ title: "Mean reward", series: [series("train_reward_mean", "Training"), series("valid_reward_mean", "Validation", true)] }),
         chart({ title: "KL to the starting model", series: [series("train_kl", "Training")] }),
         chart({ title: "Answer length (tokens)",
@@ -425,7 +435,7 @@ export async function detail(main, { params: [id], learnProject }) {
       "judge. If full validation loss rises while training loss keeps falling, the model is overfitting: try fewer " +
       "epochs or a smaller learning rate multiplier.";
     const accuracy = isDpo() ? { title: "Reward accuracy", key: "reward_accuracy" } : { title: "Token accuracy", key: "mean_token_accuracy" };
-    fill(el.charts,
+    show(
       chart({ title: "Loss", series: [series("train_loss", "Training"), series("valid_loss", "Validation (one batch)"), series("full_valid_loss", "Full validation", true)] }),
       chart({ title: accuracy.title, yFormat: (v) => `${(v * 100).toFixed(1)}%`, bounds: [0, 1], percent: true,
         series: [series(`train_${accuracy.key}`, "Training"), series(`valid_${accuracy.key}`, "Validation (one batch)"),
