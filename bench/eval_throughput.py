@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunery.api.schemas.chat import ChatCompletionRequest
 from tunery.bootstrap import build_eval_executor, build_services, prepare_base_model
 from tunery.config import EvalsSettings, InferenceSettings, Settings
-from tunery.services.chat import Completion
+from tunery.services.chat import ChatRequest, Completion
 from tunery.services.eval_requests import CreateEvalRequest, CreateEvalRunRequest
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -62,6 +63,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _chat(body: dict[str, Any]) -> ChatRequest:
+    """A body parsed as ``POST /chat/completions`` parses it."""
+    return ChatCompletionRequest.model_validate(body).to_domain()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=500)
@@ -89,7 +95,8 @@ def main() -> None:
         {"name": "bench", "data_source_config": {"type": "custom", "item_schema": ITEM_SCHEMA},
          "testing_criteria": [CRITERION]}))  # fmt: skip
     sampling = {"temperature": 0, "max_completion_tokens": args.max_tokens, "seed": 42}
-    services.chat.create(project, {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    hello = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    services.chat.create(project, _chat(hello))
 
     runner_rates: list[float] = []
     sequential_rates: list[float] = []
@@ -117,8 +124,8 @@ def main() -> None:
                 {"role": "system", "content": TEMPLATE[0]["content"]},
                 {"role": "user", "content": item["question"]},
             ]
-            answer = services.chat.create(project, {"model": MODEL, "messages": messages, "temperature": 0,
-                                                    "max_tokens": args.max_tokens, "seed": 42})  # fmt: skip
+            answer = services.chat.create(project, _chat({"model": MODEL, "messages": messages, "temperature": 0,
+                                                          "max_tokens": args.max_tokens, "seed": 42}))  # fmt: skip
             assert isinstance(answer, Completion)
             ok += item["answer"] in answer.texts[0]
         elapsed = time.perf_counter() - started

@@ -38,6 +38,8 @@ from typing import Any
 import httpx
 import openai
 
+from tunery.training.progress import Started, Step, parse_record
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 MODEL = "SmolLM2-135M-Instruct"
@@ -123,10 +125,10 @@ def loop_tokens_per_s(data_dir: Path, job_id: str) -> float | None:
     progress = next(data_dir.rglob(f"{job_id}/progress.jsonl"), None)
     if progress is None:
         return None
-    records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    started = next(r for r in records if r["kind"] == "started")
-    steps = [r for r in records if r["kind"] == "step"]
-    return steps[-1]["data"]["trained_tokens"] / (steps[-1]["time"] - started["time"]) if steps else None
+    records = [parse_record(line) for line in progress.read_text().splitlines() if line.strip()]
+    started = next(r for r in records if isinstance(r, Started))
+    steps = [r for r in records if isinstance(r, Step)]
+    return steps[-1].trained_tokens / (steps[-1].time - started.time) if steps else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -199,6 +199,7 @@ def build_services(
             max_waiting_per_project=settings.jobs.max_waiting_per_project,
             hub_token_configured=bool(settings.portability.hf_token),
         ),
+        metrics=MetricStore(database),
     )
 
     base_weights = BaseWeights(settings, catalog)
@@ -237,6 +238,7 @@ def build_services(
         imported=imported,
         deployments=deployment_store,
         shared=permission_store.shared_checkpoint,
+        base_ready=lambda name: catalog.is_prepared(name, "weights"),
     )
     deployments = DeploymentService(
         deployment_store,

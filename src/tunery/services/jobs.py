@@ -6,25 +6,26 @@ compare-and-set in the store, so a user's cancel and a worker's progress never o
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tunery.domain.checkpoints import Checkpoint
+from tunery.domain.checkpoints import Checkpoint, MetricRow
 from tunery.domain.datasets import DatasetFormat
 from tunery.domain.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded
 from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.files import FilePurpose, FileRecord, FileStatus
 from tunery.domain.ids import new_id
-from tunery.domain.jobs import TERMINAL, Job, JobStatus, Method, check_transition
+from tunery.domain.jobs import CLAIMABLE, TERMINAL, Job, JobStatus, Method, check_transition
 from tunery.domain.pagination import Page, PageRequest
 from tunery.graders import Grader, parse_grader, validate_grader
 from tunery.services.files import FileService
 from tunery.services.job_requests import GRADER_PARAM, JobRequest
 from tunery.services.models import ModelService
-from tunery.storage.checkpoints import CheckpointStore
+from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
@@ -64,7 +65,9 @@ class JobService:
         rules: JobRules,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: MetricStore | None = None,
     ) -> None:
+        self._metrics = metrics
         self._jobs = jobs
         self._events = events
         self._checkpoints = checkpoints
@@ -151,6 +154,22 @@ class JobService:
     def list_checkpoints(self, project_id: str, job_id: str, page: PageRequest) -> Page[Checkpoint]:
         self._jobs.get(project_id, job_id)
         return self._checkpoints.list(job_id, page)
+
+    def queue_position(self, job: Job) -> dict[str, int] | None:
+        """For a job waiting to start (pending, queued, resuming): jobs a worker takes before it and jobs training
+        now, across the server (counts only, no names). None once it has started."""
+        if job.status not in CLAIMABLE:
+            return None
+        ahead, training = self._jobs.count_ahead(job.id)
+        return {"ahead": ahead, "training": training}
+
+    def list_metrics(self, project_id: str, job_id: str, *, after_step: int, limit: int) -> builtins.list[MetricRow]:
+        """Every step's metrics after ``after_step`` (lowest first, at most ``limit``): the portal's live chart
+        gets each step's training loss, not only the steps that have a metrics event."""
+        self._jobs.get(project_id, job_id)
+        if self._metrics is None:
+            return []
+        return self._metrics.list(job_id, after_step=after_step, limit=limit)
 
     # ----------------------------------------------------------------------------------------- control
     def cancel(self, project_id: str, job_id: str) -> Job:

@@ -212,8 +212,9 @@ class ModelService:
         )
 
     def delete(self, project_id: str, name: str) -> str:
-        """Delete a fine-tuned or imported model and return its name (a job's adapters stay with its
-        checkpoints until the job is deleted).
+        """Delete a fine-tuned or imported model and return its name. A fine-tuned model's checkpoints go with
+        it (what the portal tells users): they leave the job's list and no longer resolve or deploy; the job
+        and its events and results stay.
 
         Raises:
             NotFound: not a fine-tuned model of this project.
@@ -230,7 +231,9 @@ class ModelService:
             raise NotFound(f"The model '{name}' is not a fine-tuned model of this project.", param="model")
         self.check_unused(project_id, model.job_id, name)
         self._models.mark_deleted(project_id, name, int(self._clock()))
-        self.notify_deleted(project_id, name)
+        for checkpoint in self._checkpoints.list_all(model.job_id):
+            self._checkpoints.delete(checkpoint.id)
+        self.notify_deleted(project_id, name)  # after the checkpoints: their exports no longer resolve either
         return model.id
 
     def check_unused(self, project_id: str, job_id: str, name: str) -> None:

@@ -129,7 +129,9 @@ class RunService:
         clock: Callable[[], float] = time.time,
         imported: ImportedModelStore | None = None,
         shared: Callable[[str, str], Checkpoint | None] | None = None,
+        base_ready: Callable[[str], bool] | None = None,
     ) -> None:
+        self._base_ready = base_ready or (lambda _name: True)
         self._imported = imported
         self._deployments = deployments
         self._shared = shared or (lambda _project, _name: None)
@@ -180,7 +182,7 @@ class RunService:
         if moved is None:
             return None  # cancelled meanwhile
         self._log(job.id, "Files validated, moving job to queued state")
-        self._log(job.id, "Job enqueued. Waiting for jobs ahead to complete.")
+        self._log(job.id, _queue_message(*self._jobs.count_ahead(job.id)))
         return moved
 
     # ----------------------------------------------------------------------------------------- start
@@ -206,6 +208,12 @@ class RunService:
         _rotate_progress(run_dir)
         RunFolder(run_dir).control.unlink(missing_ok=True)
         try:
+            if not self._base_ready(job.base_model):
+                self._log(
+                    job.id,
+                    f"Preparing the base model {job.base_model} for its first job (once per server); "
+                    "training starts when it is ready.",
+                )
             base_dir = self._base_weights(job.base_model)
             spec = self._spec(job, run_dir, base_dir, resume_from=str(RunFolder(run_dir).state) if resuming else None)
         except ServiceError as exc:
@@ -777,6 +785,15 @@ class RunService:
         self._events.append(
             JobEvent(id=new_id("ftevent"), job_id=job_id, created_at=int(self._clock()), level=level, message=message)
         )
+
+
+def _queue_message(waiting: int, training: int) -> str:
+    """Where a job that has just been queued stands: the jobs a worker takes before it, and those training."""
+    if not waiting and not training:
+        return "Job enqueued. No job is ahead of it; it starts as soon as a worker takes it."
+    ahead = f"{waiting} job{'s' if waiting != 1 else ''} ahead of it in the queue" if waiting else "first in the queue"
+    busy = f"{training} job{'s' if training != 1 else ''} training now" if training else "no job training now"
+    return f"Job enqueued: {ahead}, {busy}."
 
 
 def _startup_message(started: Started) -> str:

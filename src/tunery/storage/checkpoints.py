@@ -151,9 +151,13 @@ class MetricStore:
         with self._db.transaction() as conn:
             conn.execute(query)
 
-    def list(self, job_id: str) -> builtins.list[MetricRow]:
-        """The job's rows, lowest step first."""
+    def list(self, job_id: str, *, after_step: int | None = None, limit: int | None = None) -> builtins.list[MetricRow]:
+        """The job's rows, lowest step first (only steps after ``after_step``, at most ``limit``, when given)."""
         query = select(job_metrics).where(job_metrics.c.job_id == job_id).order_by(job_metrics.c.step)
+        if after_step is not None:
+            query = query.where(job_metrics.c.step > after_step)
+        if limit is not None:
+            query = query.limit(limit)
         with self._db.read() as conn:
             return [
                 MetricRow(job_id=row["job_id"], step=row["step"], values=row["values"])

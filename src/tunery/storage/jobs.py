@@ -130,6 +130,19 @@ class JobStore:
         with self._db.read() as conn:
             return int(conn.scalar(query) or 0)
 
+    def count_ahead(self, job_id: str) -> tuple[int, int]:
+        """(waiting, training): jobs of any project a worker takes before ``job_id`` (claimable and older), and
+        jobs training now. The portal's "queue position" for a queued job."""
+        seq = select(jobs.c.seq).where(jobs.c.id == job_id).scalar_subquery()
+        waiting = (
+            select(func.count())
+            .select_from(jobs)
+            .where(jobs.c.status.in_([s.value for s in CLAIMABLE]), jobs.c.seq < seq)
+        )
+        training = select(func.count()).select_from(jobs).where(jobs.c.status.in_([s.value for s in ACTIVE]))
+        with self._db.read() as conn:
+            return int(conn.scalar(waiting) or 0), int(conn.scalar(training) or 0)
+
     def starting_from(self, project_id: str, models: AbstractSet[str]) -> builtins.list[str]:
         """Ids of the project's unfinished jobs whose parent model is one of ``models`` (they still need it)."""
         if not models:

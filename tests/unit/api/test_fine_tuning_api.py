@@ -298,7 +298,8 @@ def test_delete_is_dated_only_and_refused_while_active(api: Api, train_id: str) 
 
 def test_other_project_sees_404(api: Api, train_id: str) -> None:
     job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
-    for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/checkpoints")):
+    paths = (("GET", ""), ("POST", "/cancel"), ("GET", "/events"), ("GET", "/checkpoints"), ("GET", "/metrics"))
+    for method, path in paths:
         response = api.client.request(
             method, f"/v1/fine_tuning/jobs/{job['id']}{path}", headers=api.headers(api.other_key)
         )
@@ -306,6 +307,17 @@ def test_other_project_sees_404(api: Api, train_id: str) -> None:
     foreign_file = create(api, {"model": "tiny-llama", "training_file": train_id}, key=api.other_key)
     assert foreign_file.status_code == 400
     assert foreign_file.json()["error"]["param"] == "training_file"
+
+
+def test_a_jobs_step_metrics_list_is_empty_before_training_and_bounds_its_limit(api: Api, train_id: str) -> None:
+    job = create(api, {"model": "tiny-llama", "training_file": train_id}).json()
+    for prefix in ("/v1", "/openai/v1"):
+        listed = api.client.get(f"{prefix}/fine_tuning/jobs/{job['id']}/metrics", headers=api.headers())
+        assert listed.status_code == 200
+        assert (listed.json()["data"], listed.json()["has_more"]) == ([], False)
+    refused = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}/metrics?limit=0", headers=api.headers())
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "limit"
 
 
 def test_models_list_base_models_as_fine_tunable(api: Api) -> None:

@@ -20,7 +20,7 @@ import pytest
 
 from tunery.bootstrap import build_services
 from tunery.config import ModelsSettings, Settings
-from tunery.domain.errors import Conflict
+from tunery.domain.errors import Conflict, NotFound
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.graders import ChatMessage, JudgeSampling
@@ -483,3 +483,67 @@ def test_an_rft_run_without_a_model_grader_has_no_relay(services: Services, proj
     spec = services.runs.start(services.runs.validate(claimed))  # type: ignore[arg-type]
     assert spec is not None
     assert (spec.judge_url, spec.judge_token) == (None, None)
+
+
+def test_a_queued_job_says_how_many_jobs_are_ahead_not_a_stock_phrase(services: Services, project: str) -> None:
+    first = start(services, new_job(services, project))
+    assert first.status is JobStatus.RUNNING
+    second = new_job(services, project)
+    third = new_job(services, project)
+    assert services.jobs.queue_position(first) is None, "it has started"
+    assert services.jobs.queue_position(third) == {"ahead": 1, "training": 1}, "the pending second job goes first"
+    for job in (second, third):
+        claimed = services.runs.claim_next(f"{WORKER}-{job.id}")
+        assert claimed is not None
+        assert claimed.id == job.id
+        services.runs.validate(claimed)
+
+    def enqueued(job: Job) -> str:
+        events = services.jobs.list_events(project, job.id, PageRequest(limit=50)).data
+        return next(e.message for e in events if e.message.startswith("Job enqueued"))
+
+    assert enqueued(first) == "Job enqueued. No job is ahead of it; it starts as soon as a worker takes it."
+    assert enqueued(second) == "Job enqueued: first in the queue, 1 job training now."
+    assert enqueued(third) == "Job enqueued: 1 job ahead of it in the queue, 1 job training now."
+
+
+def test_a_job_waiting_for_its_base_model_says_so(services: Services, project: str, tmp_path: Path) -> None:
+    services.runs._base_ready = lambda _name: False  # as on a fresh server: the weights are not prepared yet
+    start(services, new_job(services, project))
+    job = services.jobs.list(project, PageRequest(limit=1)).data[0]
+    messages = [e.message for e in services.jobs.list_events(project, job.id, PageRequest(limit=50)).data]
+    assert any(m.startswith("Preparing the base model tiny-llama for its first job") for m in messages)
+
+
+def test_each_steps_metrics_are_listed_after_a_step_and_pause_checkpoints_are_marked(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=40)
+    for step in range(1, 8):
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=40, train_loss=1.0 / step)
+    rows = services.jobs.list_metrics(project, job.id, after_step=2, limit=3)
+    assert [r.step for r in rows] == [3, 4, 5]
+    assert rows[0].values["train_loss"] == 1.0 / 3
+    assert len(services.jobs.list_metrics(project, job.id, after_step=-1, limit=100)) == 7
+    services.jobs.pause(project, job.id)
+    feed(services, job, ProgressKind.PAUSED, step=7, checkpoint=str(adapter(tmp_path, 7)))
+    (paused,) = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    assert paused.pinned
+
+
+def test_deleting_a_model_takes_its_checkpoints_with_it(services: Services, project: str, tmp_path: Path) -> None:
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=10)
+    for step in (5, 10):
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=10, train_loss=1.0)
+        feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)))
+    done = feed(services, job, ProgressKind.COMPLETED, step=10)
+    model = done.fine_tuned_model or ""
+    assert checkpoint_steps(services, project, done) == [10, 5]
+    services.models.delete(project, model)
+    assert checkpoint_steps(services, project, done) == [], "the words say its checkpoints go with it"
+    for name in (model, f"{model}:ckpt-step-5"):
+        with pytest.raises(NotFound):
+            services.models.resolve(project, name)
+    assert services.jobs.retrieve(project, job.id).status is JobStatus.SUCCEEDED

@@ -17,8 +17,9 @@ from tunery.api.schemas.fine_tuning import (
     FineTuningJobCheckpoint,
     FineTuningJobCreate,
     FineTuningJobEvent,
+    JobMetricRow,
 )
-from tunery.domain.errors import NotFound, ServiceError
+from tunery.domain.errors import InvalidRequest, NotFound, ServiceError
 from tunery.domain.jobs import Job
 from tunery.domain.pagination import Order, PageRequest
 from tunery.services.container import Services
@@ -30,6 +31,7 @@ METADATA_QUERY = re.compile(r"^metadata\[(?P<key>[^\]]+)\]$")
 JOBS_PAGE = {"default_limit": 20, "max_limit": 100}
 EVENTS_PAGE = {"default_limit": 20, "max_limit": 1000}
 CHECKPOINTS_PAGE = {"default_limit": 10, "max_limit": 100}
+METRICS_MAX_LIMIT = 10000
 
 
 def _model_known(services: Services, project_id: str, model: object) -> bool:
@@ -46,6 +48,9 @@ def _job(services: Services, job: Job, dialect: Dialect) -> FineTuningJob:
     """The wire job, with the per-checkpoint eval extension fields when the job has evals."""
     shown = FineTuningJob.from_domain(job, dialect)
     extension = services.checkpoint_evals.results(job)
+    queue = services.jobs.queue_position(job)
+    if queue is not None:
+        extension = {**(extension or {}), "queue": queue}
     if extension:
         shown = shown.model_copy(update=extension)
     return shown
@@ -191,3 +196,19 @@ def job_rules(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
         **request_rules(),
         "min_training_examples": services.files.min_training_examples,
     }
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/metrics", response_model=ListResponse[JobMetricRow])
+def list_metrics(
+    fine_tuning_job_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    after_step: int = -1,
+    limit: int = 1000,
+) -> ListResponse[JobMetricRow]:
+    """Tunery extension: each optimizer step's metrics after ``after_step``, lowest step first."""
+    if not 1 <= limit <= METRICS_MAX_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {METRICS_MAX_LIMIT}.", param="limit")
+    rows = services.jobs.list_metrics(principal.project_id, fine_tuning_job_id, after_step=after_step, limit=limit + 1)
+    data = [JobMetricRow(step=row.step, metrics=dict(row.values)) for row in rows[:limit]]
+    return ListResponse[JobMetricRow].of(data, len(rows) > limit)

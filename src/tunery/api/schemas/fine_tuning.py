@@ -157,13 +157,15 @@ class FineTuningJob(BaseModel):
     """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
     best_checkpoint: dict[str, Any] | None = None
     """Tunery extension: the checkpoint with the highest mean pass rate; deploy it as ``<model>:best``."""
+    queue: dict[str, int] | None = None
+    """Tunery extension, while a job waits to start: {ahead: jobs a worker takes first, training: jobs training now}."""
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results",
                     "hf_output_repo_name", "hf_output_format")  # fmt: skip
-        for key in (*optional, "best_checkpoint"):
+        for key in (*optional, "best_checkpoint", "queue"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -253,10 +255,20 @@ class FineTuningJobCheckpoint(BaseModel):
     fine_tuning_job_id: str
     step_number: int
     metrics: dict[str, float]
+    saved_at_pause: bool | None = None
+    """Tunery extension: true for a checkpoint saved when the job paused (retention always keeps it)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("saved_at_pause"):
+            data.pop("saved_at_pause", None)
+        return data
 
     @classmethod
     def from_domain(cls, checkpoint: Checkpoint) -> FineTuningJobCheckpoint:
         return cls(
+            saved_at_pause=checkpoint.pinned or None,
             id=checkpoint.id,
             created_at=checkpoint.created_at,
             fine_tuned_model_checkpoint=checkpoint.fine_tuned_model_checkpoint,
@@ -264,3 +276,11 @@ class FineTuningJobCheckpoint(BaseModel):
             step_number=checkpoint.step_number,
             metrics=checkpoint.metrics,
         )
+
+
+class JobMetricRow(BaseModel):
+    """Tunery extension: one optimizer step's metrics (a ``results.csv`` row) while the job trains."""
+
+    object: Literal["fine_tuning.job.metrics"] = "fine_tuning.job.metrics"
+    step: int
+    metrics: dict[str, float]

@@ -149,3 +149,15 @@ window.addEventListener("tunery:unauthorized", () => {
 });
 window.addEventListener("hashchange", route);
 route();
+
+// A manual theme (Auto follows the system): a menu in the footer, remembered in this browser.
+const THEME_STORAGE = "tunery.theme";
+function applyTheme(theme) {
+  if (theme === "light" || theme === "dark") document.documentElement.dataset.theme = theme;
+  else delete document.documentElement.dataset.theme;
+}
+applyTheme(localStorage.getItem(THEME_STORAGE));
+document.querySelector(".footer")?.append(" · ", h("label", { class: "theme-choice" }, "Theme ",
+  h("select", { "aria-label": "Colour theme", onchange: (e) => { localStorage.setItem(THEME_STORAGE, e.target.value); applyTheme(e.target.value); } },
+    [["auto", "Auto (system)"], ["light", "Light"], ["dark", "Dark"]].map(([v, t]) =>
+      h("option", { value: v, selected: (localStorage.getItem(THEME_STORAGE) || "auto") === v }, t)))));

@@ -1,7 +1,7 @@
 // The playground: chat with a deployment or a model, with streamed replies; or send one prompt
 // to two models at once (say the base model and a fine-tune) and watch both answers stream in.
 
-import { api, streamChat } from "./api.js";
+import { api, fileText, streamChat } from "./api.js";
 import { alertBox, fill, h, pageHeader } from "./ui.js";
 
 const SETTINGS = "tunery.playground";
@@ -47,6 +47,7 @@ function pane(label, id, options, initial) {
       log.append(bubble);
       status.textContent = "Streaming…";
       const started = performance.now();
+      let pieces = 0;
       let first = null;
       let usage = null;
       const messages = settings.system ? [{ role: "system", content: settings.system }, ...history] : [...history];
@@ -56,17 +57,11 @@ function pane(label, id, options, initial) {
           stream_options: { include_usage: true },
         }, {
           signal,
-          onDelta: (t) => { first ??= performance.now(); out.textContent += t; log.scrollTop = log.scrollHeight; },
+          onDelta: (t) => { first ??= performance.now(); out.textContent += t; pieces++; log.scrollTop = log.scrollHeight; },
           onUsage: (u) => { usage = u; },
         });
         history.push({ role: "assistant", content: out.textContent });
-        const ended = performance.now();
-        const parts = [first === null ? "no text" : `first token after ${((first - started) / 1000).toFixed(2)} s`];
-        if (usage && usage.completion_tokens) {
-          const rate = usage.completion_tokens > 1 && ended > first ? (usage.completion_tokens - 1) / ((ended - first) / 1000) : null;
-          parts.push(`${usage.completion_tokens} tokens${rate ? ` at ${rate.toFixed(1)} tokens/s` : ""}`);
-        }
-        status.textContent = `${parts.join(" · ")} · finish: ${finish || "stop"}`;
+        status.textContent = speed(started, first, (usage && usage.completion_tokens) || pieces, finish);
       } catch (error) {
         history.pop();
         if (error.name === "AbortError") status.textContent = "Stopped.";
@@ -167,5 +162,42 @@ export async function render(main, { query }) {
     alert,
     h("div", { class: "playground" }, settings, h("div", { class: "chat" }, panes, composer)));
   layout();
+  prefillSystem(system, () => right.select.value, deployments, models);
+  right.select.addEventListener("change", () => prefillSystem(system, () => right.select.value, deployments, models));
   return () => controller && controller.abort();
+}
+
+/** "First token after 0.21 s · 38 tokens/s · finish: stop" (one streamed piece is one decoded token). */
+function speed(started, first, pieces, finish) {
+  const end = performance.now();
+  const ttft = first === null ? "no tokens" : `first token after ${((first - started) / 1000).toFixed(2)} s`;
+  // A rate needs a stretch of decoding to measure: tokens that arrived in one burst give none.
+  const rate = first !== null && pieces > 1 && end - first >= 50 ? ` · ${((pieces - 1) / ((end - first) / 1000)).toFixed(1)} tokens/s` : "";
+  return `${ttft[0].toUpperCase()}${ttft.slice(1)}${rate} · ${pieces} tokens · finish: ${finish || "stop"}`;
+}
+
+const PREFILL_MAX_BYTES = 4 << 20;
+let prefilled = "";
+
+/**
+ * An empty (or still prefilled) system message takes the one the fine-tune's training data used: the first
+ * example's system turn. Files above a few megabytes are not read for this.
+ */
+async function prefillSystem(box, chosen, deployments, models) {
+  if (box.value.trim() && box.value !== prefilled) return;
+  try {
+    const name = chosen();
+    const d = deployments.find((x) => x.id === name);
+    const model = models.find((x) => x.id === (d ? d.model : name).split(":ckpt-step-")[0]);
+    if (!model || !model.fine_tune) return; // a fine-tuned model's fine_tune is its job's id
+    const job = await api(`/fine_tuning/jobs/${encodeURIComponent(model.fine_tune)}`);
+    const file = await api(`/files/${encodeURIComponent(job.training_file)}`);
+    if (file.bytes > PREFILL_MAX_BYTES) return;
+    const line = (await fileText(job.training_file)).split("\n").find((l) => l.trim());
+    const turn = line && (JSON.parse(line).messages || []).find((m) => m.role === "system");
+    if (!turn || typeof turn.content !== "string" || chosen() !== name) return;
+    if (box.value.trim() && box.value !== prefilled) return;
+    box.value = prefilled = turn.content;
+    box.title = "From the first training example of this fine-tune";
+  } catch (error) { console.warn("system message prefill", error); }
 }

@@ -101,8 +101,10 @@ export function alertBox() {
   const el = h("div", { class: "alert", role: "alert", hidden: true });
   el.show = (error) => {
     if (!error) { el.hidden = true; el.replaceChildren(); return; }
-    const param = error.param ? h("span", { class: "param" }, ` (${error.param})`) : null;
-    fill(el, h("strong", {}, error.status ? `Error ${error.status}: ` : "Error: "), error.message || String(error), param);
+    // A sentence, as the API wrote it: no status code or field name in parentheses (the field is highlighted
+    // where a form has it); the code stays on the element for those who look.
+    fill(el, sentence(error.message || String(error)));
+    if (error.status) el.dataset.status = error.status;
     el.hidden = false;
   };
   return el;
@@ -146,3 +148,11 @@ export function pageHeader(title, ...actions) {
 }
 
 export const shortId = (id) => (id && id.length > 16 ? `${id.slice(0, 12)}…${id.slice(-4)}` : id);
+
+/** "conflict: job is running" → "Conflict: job is running." — a message shown to people ends like a sentence. */
+export function sentence(text) {
+  const t = String(text || "").trim().replace(/^Error:\s*/i, "");
+  if (!t) return "Something went wrong.";
+  const first = t[0].toUpperCase() + t.slice(1);
+  return /[.!?…)]$/.test(first) ? first : `${first}.`;
+}

@@ -98,6 +98,8 @@ export async function render(main, { query, navigate }) {
     validation_file: "", n_epochs: "", batch_size: "", learning_rate_multiplier: "", beta: "", suffix: "", seed: "",
     error: null,
   };
+  // "Clone settings" on a job page opens the wizard with that job's settings in the query.
+  for (const k of ["method", "validation_file", "n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed"]) if (query.get(k)) s[k] = query.get(k);
   const [modelList, fileList, rules, jobPage] = await Promise.all([
     api("/models"), listAll("/files"), api("/fine_tuning/rules"), api("/fine_tuning/jobs?limit=100"),
   ]);
