@@ -854,11 +854,12 @@ def _data_error(problems: list[Any], count: int, param: str) -> JobError:
 
 
 def _event_data(values: dict[str, float], step: int, total: int) -> dict[str, Any]:
-    """A metrics event's data: the step's values; for RFT also OpenAI's ``scores`` object (rft §3.5)."""
-    if "train_reward_mean" not in values:
-        return dict(values)
-    scores = {k: values[k] for k in ("train_reward_mean", "valid_reward_mean") if k in values}
-    return {**values, "step": step, "total_steps": total, "scores": scores}
+    """A metrics event's data, as OpenAI's: ``step``, ``total_steps`` and the step's values; for RFT also the
+    ``scores`` object (rft §3.5)."""
+    data: dict[str, Any] = {**values, "step": step, "total_steps": total}
+    if "train_reward_mean" in values:
+        data["scores"] = {k: values[k] for k in ("train_reward_mean", "valid_reward_mean") if k in values}
+    return data
 
 
 def _step_message(step: int, total: int, values: dict[str, float]) -> str:

@@ -547,3 +547,13 @@ def test_deleting_a_model_takes_its_checkpoints_with_it(services: Services, proj
         with pytest.raises(NotFound):
             services.models.resolve(project, name)
     assert services.jobs.retrieve(project, job.id).status is JobStatus.SUCCEEDED
+
+
+def test_a_metrics_event_names_its_step_as_openais_do(services: Services, project: str) -> None:
+    """The portal charts events by ``data.step``; OpenAI's metrics events carry ``step`` and ``total_steps``."""
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=20)
+    job = feed(services, job, ProgressKind.STEP, step=10, total_steps=20, train_loss=0.5, train_mean_token_accuracy=0.8)
+    events = services.jobs.list_events(project, job.id, PageRequest(limit=50)).data
+    (metrics,) = [e for e in events if e.type.value == "metrics"]
+    assert metrics.data == {"step": 10, "total_steps": 20, "train_loss": 0.5, "train_mean_token_accuracy": 0.8}
