@@ -171,6 +171,14 @@ def test_an_evals_file_feeds_a_run_and_is_refused_by_a_job(server: Server) -> No
             {"item": {"question": "q2", "answer": "no"}, "sample": {"output_text": "yes"}}]  # fmt: skip
     data = "".join(json.dumps(row) + "\n" for row in rows).encode()
     uploaded = client.files.create(file=("items.jsonl", data), purpose="evals")
+    try:
+        _evals_file_checks(client, uploaded.id, rows)
+    finally:  # the server is shared: OpenAI's File schema has no "evals" purpose, which strict clients refuse
+        client.files.delete(uploaded.id)
+
+
+def _evals_file_checks(client: openai.OpenAI, file_id: str, rows: list[dict[str, object]]) -> None:
+    uploaded = client.files.retrieve(file_id)
     checked = client.files.wait_for_processing(uploaded.id, poll_interval=0.2, max_wait_seconds=RUN_TIMEOUT_S)
     assert (checked.purpose, checked.status) == ("evals", "processed")
     ev = client.evals.create(data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA},
@@ -183,6 +191,7 @@ def test_an_evals_file_feeds_a_run_and_is_refused_by_a_job(server: Server) -> No
 
     array = client.files.create(file=("items.json", json.dumps(rows, indent=2).encode()), purpose="evals")
     refused = client.files.wait_for_processing(array.id, poll_interval=0.2, max_wait_seconds=RUN_TIMEOUT_S)
+    client.files.delete(array.id)
     assert refused.status == "error"
     assert "JSON array" in (refused.status_details or "")
 

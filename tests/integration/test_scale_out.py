@@ -126,7 +126,7 @@ def test_stopping_the_worker_mid_job_hands_the_job_to_the_other_server(
         )
         wait_for(servers[0][1], job.id, at_step(13))  # past the first epoch end (12 steps): a state is saved
         trainer = [i for i, name in enumerate("ab") if (tmp_path / name / "runs" / job.id).is_dir()]
-        assert len(trainer) == 1, trainer
+        assert len(trainer) == 1, [sorted(p.name for p in (tmp_path / n / "runs" / job.id).rglob("*")) for n in "ab"]
         stopped, survivor = servers[trainer[0]][0], servers[1 - trainer[0]][1]
         stopped.terminate()
         stopped.wait(timeout=60)

@@ -224,11 +224,14 @@ class RunService:
             job.id,
             JobStatus.RUNNING,
             expect={JobStatus.QUEUED, JobStatus.RESUMING},
+            holder=job.worker_id,  # preparing took longer than the stale window and another worker took it
             started_at=job.started_at or now,
             finished_at=None,
             heartbeat_at=self._clock(),
         )
         if started is None:
+            if not resuming:  # the folder made for this attempt: the job runs elsewhere, or not at all
+                shutil.rmtree(run_dir, ignore_errors=True)
             return None
         spec = self._with_judge(job, spec)
         spec.write(RunFolder(run_dir).spec)
@@ -543,6 +546,7 @@ class RunService:
         self._log(job.id, f"Created results file: {results.id}")
         now = int(self._clock())
         trained = completed.trained_tokens or job.trained_tokens or 0
+        ended_early: dict[str, Any] = {"total_steps": completed.step or job.step} if stopped else {}
         done = self._jobs.transition(
             job.id,
             JobStatus.SUCCEEDED,
@@ -553,7 +557,7 @@ class RunService:
             result_files=[results.id],
             estimated_finish=None,
             step=completed.step or job.step,
-            **({"total_steps": completed.step or job.step} if stopped else {}),
+            **ended_early,
         )
         if done is None:
             return self._jobs.get_any(job.id)  # cancelled at the last moment: keep it cancelled

@@ -172,7 +172,13 @@ class JobStore:
             raise _not_found(job.id)
 
     def transition(
-        self, job_id: str, target: JobStatus, *, expect: AbstractSet[JobStatus], **changes: Any
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        expect: AbstractSet[JobStatus],
+        holder: str | None = None,
+        **changes: Any,
     ) -> Job | None:
         """Compare-and-set: if the job's status is in ``expect``, set it to ``target`` along with ``changes``
         (``Job`` field names: ``error=``, ``finished_at=``, ``worker_id=`` ...), all in one transaction.
@@ -180,8 +186,12 @@ class JobStore:
         Only one of several callers, in any process, wins a given move. A move into a terminal status
         writes the job's webhook/tracker event to the outbox in the same transaction.
 
+        With ``holder``, the move also needs the job to be claimed by that worker (a worker whose claim went
+        stale and was taken over loses).
+
         Returns:
-            The job as saved; None when the job is missing or its status is not in ``expect``.
+            The job as saved; None when the job is missing, its status is not in ``expect`` or (with
+            ``holder``) another worker holds it.
 
         Raises:
             TypeError: a name in ``changes`` is not a ``Job`` field that may change.
@@ -192,7 +202,11 @@ class JobStore:
         values["status"] = target.value
         query = (
             jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in expect]))
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status.in_([s.value for s in expect]),
+                *([jobs.c.worker_id == holder] if holder is not None else []),
+            )
             .values(values)
             .returning(*jobs.c)
         )

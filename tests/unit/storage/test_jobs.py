@@ -372,6 +372,19 @@ def test_a_stale_claim_is_taken_again(db: Database, project: Project) -> None:
     assert claimed.worker_id == "w3"
 
 
+def test_a_worker_whose_claim_was_taken_over_cannot_start_the_job(db: Database, project: Project) -> None:
+    """A worker slow to start (preparing the base model past the stale window) loses the job to the one that
+    took it over: only the holder's move to running wins."""
+    store = JobStore(db)
+    (job,) = add_jobs(store, project, 1)
+    assert store.claim_next("slow", now=1000.0) is not None
+    assert store.claim_next("fast", now=1100.0, stale_after=10.0) is not None
+    assert store.transition(job.id, S.RUNNING, expect={S.QUEUED}, holder="slow") is None
+    started = store.transition(job.id, S.RUNNING, expect={S.QUEUED}, holder="fast")
+    assert started is not None
+    assert started.worker_id == "fast"
+
+
 def _claim_all(stores: list[JobStore], workers: int) -> list[str]:
     def drain(i: int) -> list[str]:
         mine = []
