@@ -476,9 +476,18 @@ class RunService:
                 self._checkpoints.pin(existing.id)
             return
         key = f"adapters/{job.id}/step-{step}"
-        for filename in ADAPTER_FILES:
-            with (folder / filename).open("rb") as source:
-                self._blobs.write(f"{key}/{filename}", iter(partial(source.read, 1 << 20), b""))
+        try:
+            for filename in ADAPTER_FILES:
+                with (folder / filename).open("rb") as source:
+                    self._blobs.write(f"{key}/{filename}", iter(partial(source.read, 1 << 20), b""))
+        except FileNotFoundError:
+            # The trainer keeps only its newest few checkpoint folders; a worker that fell behind (a slow blob
+            # store) can read a record whose folder newer ones have already replaced. Retention would drop this
+            # checkpoint anyway, and nothing can use it yet: skip it rather than abandon the job.
+            for filename in ADAPTER_FILES:
+                self._blobs.delete(f"{key}/{filename}")
+            log.info("job %s: checkpoint at step %d was replaced by newer ones before it was read", job.id, step)
+            return
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         numbers.setdefault("step", float(step))
         self._checkpoints.insert(

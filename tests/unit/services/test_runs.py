@@ -557,3 +557,15 @@ def test_a_metrics_event_names_its_step_as_openais_do(services: Services, projec
     events = services.jobs.list_events(project, job.id, PageRequest(limit=50)).data
     (metrics,) = [e for e in events if e.type.value == "metrics"]
     assert metrics.data == {"step": 10, "total_steps": 20, "train_loss": 0.5, "train_mean_token_accuracy": 0.8}
+
+
+def test_a_checkpoint_folder_replaced_before_the_worker_read_it_is_skipped(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    """The trainer keeps its newest few folders; a worker behind it must not abandon the job over an old one."""
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=20)
+    job = feed(services, job, ProgressKind.STEP, step=10, total_steps=20, train_loss=1.0)
+    job = feed(services, job, ProgressKind.CHECKPOINT, step=10, path=str(tmp_path / "pruned" / "step-10"))
+    feed(services, job, ProgressKind.CHECKPOINT, step=20, path=str(adapter(tmp_path, 20)))
+    assert checkpoint_steps(services, project, job) == [20]
