@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 from tokenizers import Tokenizer
 
@@ -136,6 +137,71 @@ def test_a_crash_loop_backs_off_with_a_clear_503(tmp_path: Path) -> None:
         engine.close()
     with pytest.raises(Unavailable, match="shut down"):
         list(engine.generate(fake_request()))
+
+
+# ------------------------------------------------------------------------------------------------ hangs
+HANG_S = ceiling(0.5)  # the hang timeout of these tests: far above a healthy child's 0.1-s heartbeat gaps
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[EngineProcess]:
+    engine = EngineProcess({"m": tmp_path}.__getitem__, fake_factory, hang_timeout_s=HANG_S)
+    yield engine
+    engine.close()
+
+
+def test_a_stopped_engine_is_killed_as_hung_its_requests_get_a_503_and_the_next_is_answered(
+    watched: EngineProcess,
+) -> None:
+    first_pid = int(answer(watched, "pid"))
+    stream = watched.generate(fake_request("forever"))
+    next(stream)
+    os.kill(first_pid, signal.SIGSTOP)  # alive, but nothing runs: a real hang
+    began = time.monotonic()
+    with pytest.raises(EngineRestarted, match=r"stopped \(it hung: nothing came from it for .*Retry the request"):
+        for _ in stream:
+            pass
+    assert time.monotonic() - began >= HANG_S  # noticed by the timeout, not earlier
+    second_pid = int(answer(watched, "pid"))
+    assert second_pid != first_pid
+    assert not psutil.pid_exists(first_pid) or psutil.Process(first_pid).status() == psutil.STATUS_ZOMBIE
+    assert answer(watched, "") == "t1 t2 t3 "
+    status = watched.status()
+    assert (status["restarts"], status["hangs"], status["hang_timeout_s"]) == (1, 1, HANG_S)
+    assert status["last_exit"].startswith("it hung: nothing came from it for")
+
+
+def test_an_alive_engine_whose_passes_stop_is_killed_as_hung(watched: EngineProcess) -> None:
+    first_pid = int(answer(watched, "pid"))
+    with pytest.raises(EngineRestarted, match=r"it hung: no forward pass finished for"):
+        list(watched.generate(fake_request("stuck")))
+    assert int(answer(watched, "pid")) != first_pid
+    assert watched.status()["hangs"] == 1
+
+
+def test_a_slow_engine_that_keeps_finishing_passes_is_not_killed(tmp_path: Path) -> None:
+    # Each pass takes a third of the hang timeout (several heartbeats without progress), three timeouts in all.
+    hang_s = 1.5
+    engine = EngineProcess({"m": tmp_path}.__getitem__, fake_factory, hang_timeout_s=hang_s)
+    try:
+        pid = int(answer(engine, "pid"))
+        began = time.monotonic()
+        chunks = list(engine.generate(fake_request(f"slow:{hang_s / 3}", max_tokens=9)))
+        assert time.monotonic() - began > 2 * hang_s
+        assert [c.text for c in chunks] == [f"t{i} " for i in range(1, 10)]
+        assert int(answer(engine, "pid")) == pid
+        status = engine.status()
+        assert (status["restarts"], status["hangs"]) == (0, 0)
+    finally:
+        engine.close()
+
+
+def test_health_shows_the_engines_adapter_memory_against_its_budget(fake: EngineProcess) -> None:
+    answer(fake, "")
+    wait_for(lambda: fake.status()["adapters"] is not None, "a heartbeat")
+    assert fake.status()["adapters"] == {
+        "m": {"loaded": 1, "loaded_bytes": 3 * 2**20, "budget_bytes": 8 * 2**20, "loaded_mb": 3.0, "budget_mb": 8.0}
+    }
 
 
 # ------------------------------------------------------------------------------------ the real engine
