@@ -201,7 +201,7 @@ class _Entry:
 
 
 def _mib(nbytes: float) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 / 10 else f"{nbytes / 2**10:.1f} KiB"
 
 
 class AdapterCache:
@@ -374,9 +374,10 @@ class AdapterCache:
                 "shortly (or raise inference.max_loaded_adapters)."
             )
         else:
+            held = sum(entry.nbytes for entry in self._entries.values() if entry.pins or entry.adapter is None)
             why = (
-                f"it needs {_mib(need)} and {_mib(self._used())} of the {_mib(self._budget or 0)} adapter memory "
-                "budget are held by adapters of running requests; try again shortly (or raise "
+                f"it needs {_mib(need)} and adapters in use by running requests hold {_mib(held)} of the "
+                f"{_mib(self._budget or 0)} adapter memory budget; try again shortly (or raise "
                 "inference.adapter_cache_mb)."
             )
         return AdapterLoadTimeout(f"Adapter '{name}' could not be loaded within {limit or 0:g} s: {why}", param="model")

@@ -437,7 +437,8 @@ class EngineProcess:
                 f"hang timeout {limit:g} s), so it was killed"
             )
         stalled = child.stalled_since
-        if stalled is not None and now - stalled > limit:
+        talking = silent < 3 * self._beat_s  # heartbeats still come: the process runs, its passes do not
+        if talking and stalled is not None and now - stalled > limit:
             return (
                 f"it hung: no forward pass finished for {now - stalled:.0f} s while it had requests (hang timeout "
                 f"{limit:g} s), so it was killed"
