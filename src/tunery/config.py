@@ -138,7 +138,7 @@ class InferenceSettings(BaseModel):
         "(default: 80% of this machine's memory; 0: no limit)",
     )
     hang_timeout_s: float = Field(
-        default=120.0,
+        default=300.0,
         ge=0,
         description="An engine process with requests that sends no heartbeat, or finishes no forward pass, for this "
         "long is killed as hung and restarted (0: no hang check); must exceed the slowest single pass",

@@ -167,7 +167,7 @@ class EngineProcess:
         memory_limit_mb: int | None = None,
         min_uptime_s: float = 10.0,
         restart_backoff_s: float = 1.0,
-        hang_timeout_s: float | None = 120.0,
+        hang_timeout_s: float | None = 300.0,
     ) -> None:
         if hang_timeout_s is not None and hang_timeout_s <= 0:
             raise ValueError("hang_timeout_s must be more than 0.")

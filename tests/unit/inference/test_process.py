@@ -1,8 +1,9 @@
 """``EngineProcess``: the engine in a supervised child process. With a torch-free fake engine: chunks and errors
 cross the pipe unchanged, cancellation reaches the child, a killed child fails its requests with a 503 and is
 replaced, a child over its memory limit is killed, crash loops back off. With the real engine on the tiny model:
-greedy outputs through the process equal transformers/peft's own, and 20 adapters asked for at once with 8
-slots all answer as they do alone.
+greedy outputs through the process equal transformers/peft's own, and 20 adapters asked for at once with room
+for 8 (an adapter memory budget) all answer as they do alone. Hangs: a stopped child, and a child alive whose
+passes stop, are killed as hung; a slow child that keeps finishing passes is not.
 
 Run: ``.venv/bin/pytest tests/unit/inference/test_process.py -q``
 """
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from tokenizers import Tokenizer
 
 from tests.ceilings import ceiling
 from tests.unit.inference.conftest import TINY, Reference, make_adapter, request, token_ids
 from tests.unit.inference.fake_engines import fake_factory
 from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
+from tunery.inference.adapters import lora_adapter_nbytes
 from tunery.inference.engine import GenerationChunk, GenerationRequest, SamplingParams
 from tunery.inference.errors import AdapterLoadTimeout, EngineRestarted
 from tunery.inference.process import EngineProcess, HFEngineOptions
@@ -216,9 +219,17 @@ def many_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir: Path) -> Iterator[EngineProcess]:
+def budget(many_adapters: dict[str, Path]) -> int:
+    """Room for ``SLOTS`` of the twenty (rank-4) adapters: the loaded set is bounded by bytes, not by a count."""
+    sizes = {lora_adapter_nbytes(path, torch.float32) for path in many_adapters.values()}
+    assert len(sizes) == 1
+    return SLOTS * (sizes.pop() or 0)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, budget: int) -> Iterator[EngineProcess]:
     options = HFEngineOptions(
-        dtype="float32", max_loaded_adapters=SLOTS, max_batch_size=16, adapter_timeout_s=ceiling(120)
+        dtype="float32", adapter_cache_mb=budget / 2**20, max_batch_size=16, adapter_timeout_s=ceiling(120)
     )
     engine = EngineProcess({TINY: tiny_model_dir}.__getitem__, options)
     yield engine
@@ -242,8 +253,8 @@ def test_greedy_outputs_through_the_process_equal_transformers(
         assert chunks[-1].finish_reason is not None
 
 
-def test_twenty_adapters_at_once_with_eight_slots_all_answer_as_alone(
-    served: EngineProcess, many_adapters: dict[str, Path], tiny_model_dir: Path, prompt: list[int]
+def test_twenty_adapters_at_once_in_room_for_eight_all_answer_as_alone(
+    served: EngineProcess, many_adapters: dict[str, Path], tiny_model_dir: Path, prompt: list[int], budget: int
 ) -> None:
     names = list(many_adapters)
     expected = Reference(tiny_model_dir, many_adapters)
@@ -254,3 +265,9 @@ def test_twenty_adapters_at_once_with_eight_slots_all_answer_as_alone(
     assert len({tuple(ids) for ids in wanted.values()}) > N_ADAPTERS // 2  # the adapters really differ
     for name, ids in zip(names, outputs, strict=True):
         assert ids == wanted[name], name
+    # /health (from the engine's heartbeat) shows the adapters in memory within the budget.
+    wait_for(lambda: (served.status()["adapters"] or {}).get(TINY, {}).get("loaded", 0) > 0, "a heartbeat")
+    memory = served.status()["adapters"][TINY]
+    assert memory["budget_bytes"] == budget
+    assert 0 < memory["loaded_bytes"] <= budget
+    assert memory["loaded"] <= SLOTS
