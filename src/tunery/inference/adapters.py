@@ -13,6 +13,7 @@ adapter's size read from its file header before it is loaded); it does not sched
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -275,15 +276,18 @@ class AdapterCache:
         self._check_fits(name, need)
         with self._changed:
             while (entry := self._entries.get(key)) is None:
+                if known and self._size is not None:  # evicted since it was seen: size it now (a header read)
+                    known, need = False, self._size(name, path) or 0
+                    self._check_fits(name, need)
                 if self._make_room(need):
                     entry = self._start_load(key, need)
                     break
-                self._wait(deadline, lambda: self._timeout(name, need, limit, loading=False))
+                self._wait(deadline, functools.partial(self._timeout, name, need, limit, loading=False))
             entry.pins += 1  # a loading entry with waiters is pinned too: its load is not wasted by an eviction
             self._entries.move_to_end(key)
             try:
                 while entry.adapter is None and entry.error is None:
-                    self._wait(deadline, lambda: self._timeout(name, need, limit, loading=True))
+                    self._wait(deadline, functools.partial(self._timeout, name, need, limit, loading=True))
             except AdapterLoadTimeout:
                 entry.pins -= 1
                 raise
