@@ -376,6 +376,7 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
     inference = settings.inference
     options = HFEngineOptions(
         max_loaded_adapters=inference.max_loaded_adapters,
+        adapter_cache_mb=inference.adapter_cache_mb,
         max_batch_size=inference.max_batch_size,
         device=inference.device,
         dtype=inference.dtype,
@@ -390,4 +391,5 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
     limit = inference.memory_limit_mb
     if limit is None:
         limit = int(psutil.virtual_memory().total * 0.8 / 1024**2)
-    return EngineProcess(base_weights, options, memory_limit_mb=limit or None)
+    hang = inference.hang_timeout_s or None
+    return EngineProcess(base_weights, options, memory_limit_mb=limit or None, hang_timeout_s=hang)

@@ -114,7 +114,15 @@ class WorkerSettings(BaseModel):
 class InferenceSettings(BaseModel):
     """The serving engine."""
 
-    max_loaded_adapters: int = Field(default=8, description="Adapters kept loaded (least recently used leave)")
+    adapter_cache_mb: float = Field(
+        default=256,
+        gt=0,
+        description="Memory per base model for loaded LoRA adapters (their tensors' bytes); the least recently used "
+        "idle ones leave to make room, an adapter larger than all of it is refused",
+    )
+    max_loaded_adapters: int | None = Field(
+        default=None, ge=1, description="Optional cap on the count of loaded adapters per base model (default: none)"
+    )
     max_batch_size: int = Field(default=16, description="Requests decoded together in one forward pass")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     dtype: str = Field(default="auto", description="'auto' (bf16 where fast), 'bf16' or 'fp32'; never fp16 on CPU")
@@ -128,6 +136,12 @@ class InferenceSettings(BaseModel):
         default=None,
         description="Resident memory limit of the engine process, over which it is restarted "
         "(default: 80% of this machine's memory; 0: no limit)",
+    )
+    hang_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="An engine process with requests that sends no heartbeat, or finishes no forward pass, for this "
+        "long is killed as hung and restarted (0: no hang check); must exceed the slowest single pass",
     )
     adapter_timeout_s: float = Field(
         default=60.0, description="Longest a request waits for its adapter to get a slot and load (then 503)"

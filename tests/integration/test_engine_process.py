@@ -1,7 +1,9 @@
-"""The engine in its own process, on a real server: kill it mid-request, twice (a streamed and a plain request).
+"""The engine in its own process, on a real server: kill it mid-request, twice (a streamed and a plain request);
+then, on a server with a short hang timeout, stop it (SIGSTOP) twice, which the supervisor must notice as a hang.
 
-Each killed request gets a 503 (``engineRestarted``; inside the stream for a streamed one), the next request is
-answered by the restarted engine exactly as before, and the API and portal never stop answering meanwhile.
+Each killed (or hung) request gets a 503 (``engineRestarted``; inside the stream for a streamed one), the next
+request is answered by the restarted engine exactly as before, and the API and portal never stop answering
+meanwhile.
 Run alone: ``.venv/bin/pytest tests/integration/test_engine_process.py``
 """
 
@@ -9,10 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +24,7 @@ import openai
 import pytest
 
 from tests.ceilings import ceiling
-from tests.integration.harness import Server
+from tests.integration.harness import Server, tunery
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +161,74 @@ def test_killing_the_engine_mid_request_is_a_503_and_the_restarted_engine_answer
     assert watcher.failures == []
     assert watcher.calls >= 3
     assert watcher.slowest < ceiling(2)
+
+
+HANG_S = ceiling(0.5)  # the hang timeout of the server below; a tiny-model pass takes milliseconds
+
+
+def test_a_hung_engine_is_killed_its_requests_get_a_503_and_the_restarted_engine_answers_next(
+    tmp_path: Path, tiny_model_dir: Path, start_server: Callable[..., tuple[subprocess.Popen[str], str]]
+) -> None:
+    env = {
+        **os.environ,
+        "TUNERY_DATA_DIR": str(tmp_path / "data"),
+        "TUNERY_MODELS__BASE_MODELS": f'["tiny-llama={tiny_model_dir}"]',
+        "TUNERY_INFERENCE__HANG_TIMEOUT_S": str(HANG_S),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("TUNERY_STORAGE__DATABASE_URL", None)
+    key = tunery(env, "keys", "create", "--project", "hangs")
+    _proc, url = start_server(env, tmp_path / "server.log")
+    server = Server(url=url, key=key, other_key="", data_dir=tmp_path / "data", env=env)
+    with openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+        messages = long_prompt(client)
+
+        def ask() -> str:
+            reply = client.chat.completions.create(model="tiny-llama", messages=messages, temperature=0, max_tokens=12)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+
+        before = ask()
+        status = engine_status(server)
+        assert status["hang_timeout_s"] == HANG_S
+        assert status["adapters"] == {
+            "tiny-llama": {"loaded": 0, "loaded_bytes": 0, "budget_bytes": 256 * 2**20, "loaded_mb": 0.0,
+                           "budget_mb": 256.0}
+        }  # fmt: skip
+        with Watcher(server) as watcher:
+            # 1. Streamed: the engine is stopped (SIGSTOP: alive, but nothing runs) right after the first piece.
+            first_pid = status["pid"]
+            stream = client.chat.completions.create(
+                model="tiny-llama", messages=messages, temperature=0, max_tokens=LONG, stream=True  # type: ignore[arg-type]
+            )  # fmt: skip
+            chunks = iter(stream)
+            next(chunks)
+            os.kill(first_pid, signal.SIGSTOP)
+            with pytest.raises(openai.APIError) as streamed:
+                for _ in chunks:
+                    pass
+            assert streamed.value.code == "engineRestarted"
+            assert "it hung: nothing came from it for" in streamed.value.message
+            assert "Retry the request" in streamed.value.message
+            assert ask() == before  # answered by the new engine process
+            second_pid = engine_status(server)["pid"]
+            assert second_pid != first_pid
+
+            # 2. Plain: stopped before the request reaches it; the request waits in its pipe until the hang check.
+            os.kill(second_pid, signal.SIGSTOP)
+            with pytest.raises(openai.APIStatusError) as plain:
+                client.chat.completions.create(
+                    model="tiny-llama", messages=messages, temperature=0, max_tokens=LONG, timeout=ceiling(30)  # type: ignore[arg-type]
+                )  # fmt: skip
+            assert plain.value.status_code == 503
+            assert plain.value.code == "engineRestarted"
+            assert plain.value.response.headers.get("retry-after")
+            wait_for(lambda: engine_status(server)["state"] == "running", "the engine to be restarted")
+            assert ask() == before
+
+        status = engine_status(server)
+        assert (status["restarts"], status["hangs"]) == (2, 2)
+        assert status["pid"] not in {first_pid, second_pid}
+        assert status["last_exit"].startswith("it hung: nothing came from it for")
+        assert watcher.failures == []
+        assert watcher.calls >= 3
+        assert watcher.slowest < ceiling(2)

@@ -219,6 +219,7 @@ class Scheduler:
         self._decoding = 0  # rows[:decoding] are decoding
         self._in_flight = 0  # submitted and not yet ended: waiting, prefilling or decoding
         self.generated_tokens = 0  # every token sampled since start, for every request (a serving metric)
+        self.passes = 0  # iterations of the loop run (each a prefill chunk and/or a decode step): progress
         self.step_log: deque[Step] = deque(maxlen=_STEP_LOG_SIZE)
         self._cache = SlotKVCache(loaded.num_layers, max_batch_size, _IDLE_COLUMNS)
         self._plan: LoraPlan | None = None
@@ -229,6 +230,11 @@ class Scheduler:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """Requests are waiting or running, so the loop is stepping (``passes`` must grow) until they end."""
+        return bool(self._rows or self._inbox)
 
     @property
     def active_rows(self) -> int:
@@ -268,7 +274,7 @@ class Scheduler:
         try:
             with torch.inference_mode():
                 while self._iterate():
-                    pass
+                    self.passes += 1
         except BaseException as exc:  # the loop itself broke: nobody may be left waiting
             log.exception("The scheduler of model %s stopped", self._loaded.name)
             cause = exc

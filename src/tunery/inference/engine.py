@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length"]
 
@@ -67,3 +67,19 @@ class Engine(Protocol):
     def close(self) -> None:
         """Stop background work and free the model."""
         ...
+
+
+def adapters_status(memory: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``/health``'s view of ``HFEngine.adapter_memory()``: per base model, adapters loaded and MiB vs budget."""
+    if memory is None:
+        return None
+    mib = 2**20
+    shown: dict[str, Any] = {}
+    for model, usage in memory.items():
+        budget = usage.get("budget_bytes")
+        shown[model] = {
+            **usage,
+            "loaded_mb": round(usage.get("loaded_bytes", 0) / mib, 1),
+            "budget_mb": round(budget / mib, 1) if budget else None,
+        }
+    return shown

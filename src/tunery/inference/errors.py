@@ -20,6 +20,15 @@ class AdapterLoadError(ServiceError):
     default_code = "adapterLoadFailed"
 
 
+class AdapterTooLarge(AdapterLoadError):
+    """An adapter takes more memory than the whole adapter memory budget (``inference.adapter_cache_mb``).
+
+    Refused at once rather than evicting every other adapter and still not fitting; raising the budget is the fix.
+    """
+
+    default_code = "adapterTooLarge"
+
+
 class GenerationError(ServiceError):
     """The engine failed while producing this request's tokens (HTTP 500); the cause is chained.
 
@@ -40,7 +49,8 @@ class AdapterLoadTimeout(Unavailable):
 
 
 class EngineRestarted(Unavailable):
-    """The engine process died (killed, crashed, over its memory limit) while this request was in it (HTTP 503).
+    """The engine process died (killed, crashed, over its memory limit, or hung and was killed) while this request
+    was in it (HTTP 503).
 
     The supervisor restarts it; the same request sent again is answered by the new process.
     """

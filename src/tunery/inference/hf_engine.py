@@ -3,8 +3,8 @@
 It loads each base model once, on its first request (weights in bfloat16 where this CPU has native bf16
 arithmetic, float32 otherwise — never float16 on a CPU, bfloat16 or float16 on a GPU), with its tokenizer
 for detokenization and its end-of-turn tokens. Per base model it keeps an ``AdapterCache`` (adapters loaded on
-demand by name, LRU of ``max_loaded_adapters``) and one ``batching.Scheduler`` thread that batches every
-request of that model — whatever adapter each uses — into one forward pass per step (``multi_lora``).
+demand by name, LRU within ``adapter_cache_mb`` of adapter tensors) and one ``batching.Scheduler`` thread that
+batches every request of that model — whatever adapter each uses — into one forward pass per step (``multi_lora``).
 
 ``generate`` is a generator: nothing happens until the first ``next()``, which validates the request, loads
 the model and the adapter if needed (in the caller's thread) and queues it; each later ``next()`` blocks until
@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
 from tunery.hardware.precision import fastest_format
-from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapter
+from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapter, lora_adapter_nbytes
 from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
 from tunery.inference.engine import GenerationChunk, GenerationRequest
 from tunery.inference.multi_lora import MultiLora
@@ -51,8 +51,11 @@ class HFEngine:
     Args:
         model_dirs: base model name -> folder written by ``save_pretrained`` (weights, config, tokenizer), as a
             mapping or a function such as ``Catalog.weights_dir`` (which may raise ``NotFound``/``Unavailable``).
-        max_loaded_adapters: adapters kept in memory per base model; the least recently used idle one is
-            evicted. Also the most distinct adapters in one batch.
+        adapter_cache_mb: memory per base model for loaded adapters (the bytes of their tensors); the least
+            recently used idle ones are evicted to make room, an adapter larger than all of it is refused
+            (``AdapterTooLarge``). None: no byte limit.
+        max_loaded_adapters: optionally also caps the count of adapters in memory per base model (None: only
+            the bytes count). Either bound also bounds the distinct adapters in one batch.
         max_batch_size: requests decoded together per base model; more wait in line.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         dtype: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (refused on CPU: ~60x slower there).
@@ -65,6 +68,7 @@ class HFEngine:
         prefix_block_tokens: prefixes are reused in blocks of this many tokens.
         adapter_timeout_s: the longest a request waits for its adapter (a free slot and the load, which runs in
             a background thread) before failing with ``AdapterLoadTimeout``; None waits as long as it takes.
+        adapter_cache_mb, max_loaded_adapters: see above.
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -73,7 +77,8 @@ class HFEngine:
         self,
         model_dirs: Callable[[str], Path] | Mapping[str, Path],
         *,
-        max_loaded_adapters: int = 8,
+        max_loaded_adapters: int | None = None,
+        adapter_cache_mb: float | None = 256,
         max_batch_size: int = 16,
         device: str = "auto",
         dtype: str = "auto",
@@ -86,14 +91,17 @@ class HFEngine:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
-        if max_loaded_adapters < 1:
+        if max_loaded_adapters is not None and max_loaded_adapters < 1:
             raise ValueError("max_loaded_adapters must be at least 1.")
+        if adapter_cache_mb is not None and adapter_cache_mb <= 0:
+            raise ValueError("adapter_cache_mb must be more than 0.")
         self._model_dirs = model_dirs
         self._device = resolve_device(device)
         if num_threads is not None:  # before the precision probe: its verdict depends on the threads
             torch.set_num_threads(num_threads)
         self._dtype = resolve_dtype(dtype, self._device, precision_cache)
         self._max_loaded_adapters = max_loaded_adapters
+        self._adapter_budget = int(adapter_cache_mb * 2**20) if adapter_cache_mb is not None else None
         self._max_batch_size = max_batch_size
         self._max_prefill_tokens = max_prefill_tokens
         self._prefix_cache_bytes = prefix_cache_mb * 2**20
@@ -157,6 +165,19 @@ class HFEngine:
             runtime = self._runtimes.get(base_model)
         return runtime.adapters.loaded() if runtime is not None else []
 
+    def adapter_memory(self) -> dict[str, dict[str, int | None]]:
+        """Per loaded base model: adapters in memory, their bytes and the budget (``AdapterCache.memory``)."""
+        with self._lock:
+            runtimes = dict(self._runtimes)
+        return {name: runtime.adapters.memory() for name, runtime in runtimes.items()}
+
+    def progress(self) -> tuple[int, bool]:
+        """For a supervisor's hang check: forward passes run so far over every base model, and whether any
+        scheduler has requests to run now (then the count must keep growing)."""
+        with self._lock:
+            schedulers = [runtime.scheduler for runtime in self._runtimes.values()]
+        return sum(s.passes for s in schedulers), any(s.busy for s in schedulers)
+
     def active_rows(self) -> int:
         """Requests being generated or waiting to be, over every loaded base model (a serving metric)."""
         with self._lock:
@@ -199,8 +220,13 @@ class HFEngine:
             if runtime is not None:
                 return runtime
             loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype)
+            dtype = loaded.model.dtype
             adapters = AdapterCache(
-                _adapter_loader(loaded), self._max_loaded_adapters, timeout_s=self._adapter_timeout_s
+                _adapter_loader(loaded),
+                budget_bytes=self._adapter_budget,
+                size=lambda _name, path: lora_adapter_nbytes(path, dtype),
+                capacity=self._max_loaded_adapters,
+                timeout_s=self._adapter_timeout_s,
             )
             scheduler = Scheduler(
                 loaded,

@@ -6,13 +6,22 @@ real engine (``HFEngine`` by default) and sends every chunk back as it is decode
 hands chunks to the waiting callers. The child runs each request in a thread of its own, so a request waiting
 for its adapter never holds up the others.
 
-Supervision: when the child dies — killed, crashed, or over ``memory_limit_mb`` of resident memory (a watchdog
-samples it twice a second and kills it) — every request in it fails at once with ``EngineRestarted`` (HTTP 503,
-"retry"), and a new child is started at once; requests arriving meanwhile queue in the new child's pipe and are
-answered by it. A child that dies again within ``min_uptime_s`` of starting is restarted after a growing pause
-(1 s doubling to 30 s), during which requests get a 503 at once instead of piling up. The API process, its
-threads and the portal are untouched by any of this. ``status()`` reports the child's pid, state, resident and
-peak memory, the limit and the restarts (served on ``/health``).
+Supervision: when the child dies — killed, crashed, over ``memory_limit_mb`` of resident memory (a watchdog
+samples it twice a second and kills it), or hung (below) — every request in it fails at once with
+``EngineRestarted`` (HTTP 503, "retry"), and a new child is started at once; requests arriving meanwhile
+queue in the new child's pipe and are answered by it. A child that dies again within ``min_uptime_s`` of
+starting is restarted after a growing pause (1 s doubling to 30 s), during which requests get a 503 at once
+instead of piling up. The API process, its threads and the portal are untouched by any of this. ``status()``
+reports the child's pid, state, resident and peak memory, the limit, the restarts and hangs, and the adapters'
+memory against their budget (served on ``/health``).
+
+Hangs: a thread of the child sends a heartbeat every second (or ``hang_timeout_s / 5``) carrying the engine's
+progress — forward passes run so far and whether it has requests to run (``HFEngine.progress``) — and its
+adapter memory. The watchdog kills the child as hung when, while it has work, either nothing at all has come
+from it for ``hang_timeout_s`` (stopped with SIGSTOP, frozen, a deadlock holding the GIL) or heartbeats come but
+its pass count has not moved for ``hang_timeout_s`` (stuck in a kernel, a deadlocked scheduler). A slow pass
+is not a hang as long as each pass ends within ``hang_timeout_s`` (long prompts are read in chunks of
+``max_prefill_tokens``, each a pass); loading a model or an adapter is not a pass and does not count.
 
 Why by hand: ``multiprocessing``'s pools and managers neither stream results nor survive a killed worker with
 its in-flight calls failed individually; this is a small request-id multiplexer over one ``Pipe``.
@@ -40,7 +49,7 @@ from typing import Any
 import psutil
 
 from tunery.domain.errors import NotFound, ServiceError, Unavailable
-from tunery.inference.engine import Engine, GenerationChunk, GenerationRequest
+from tunery.inference.engine import Engine, GenerationChunk, GenerationRequest, adapters_status
 from tunery.inference.errors import EngineRestarted, GenerationError
 
 log = logging.getLogger(__name__)
@@ -50,19 +59,23 @@ EngineFactory = Callable[[Callable[[str], Path]], Engine]
 
 _CANCEL_POLL_S = 0.1  # how often a waiting caller looks at its request's cancel event
 _MEMORY_POLL_S = 0.5
+_BEAT_S = 1.0  # the child's heartbeat period (shorter for a hang timeout under 5 s)
+_START_GRACE_S = 120.0  # the least silence that counts as a hang before the child has said it is ready
 _STOP_WAIT_S = 10.0
 _MAX_BACKOFF_S = 30.0
 
 # Messages, parent -> child: ("generate", rid, request, base_model, weights_dir) | ("cancel", rid) | ("stop",)
-# child -> parent, in lists of: ("ready", pid) | ("chunk", rid, text, token_ids, finish, prompt_tokens,
-#                  completion_tokens) | ("error", rid, error_class, message, param, code)
+# child -> parent, in lists of: ("ready", pid) | ("beat", passes, busy, adapter_memory)
+#                  | ("chunk", rid, text, token_ids, finish, prompt_tokens, completion_tokens)
+#                  | ("error", rid, error_class, message, param, code)
 
 
 @dataclass(frozen=True, slots=True)
 class HFEngineOptions:
     """The child's default engine: ``HFEngine`` with these settings (picklable, unlike the engine)."""
 
-    max_loaded_adapters: int = 8
+    max_loaded_adapters: int | None = None
+    adapter_cache_mb: float | None = 256
     max_batch_size: int = 16
     device: str = "auto"
     dtype: str = "auto"
@@ -100,6 +113,10 @@ class _Child:
         self.dead = False
         self.kill_reason: str | None = None
         self.peak_rss = 0
+        self.last_message = self.started  # when anything (a heartbeat at least) last came from it
+        self.passes: int | None = None  # the engine's pass count in its last heartbeat
+        self.stalled_since: float | None = None  # busy with the same pass count since then (None: not busy)
+        self.adapters: dict[str, Any] | None = None  # the engine's adapter memory, from its last heartbeat
 
     def open(self, rid: int, message: tuple[Any, ...]) -> _Stream:
         stream = _Stream()
@@ -136,6 +153,8 @@ class EngineProcess:
             requests get a 503). None: no limit.
         min_uptime_s: a child that dies this soon after starting, a second time in a row or more, is restarted
             only after a pause: ``restart_backoff_s``, doubling with every further quick death (at most 30 s).
+        hang_timeout_s: a child that has requests but sends nothing, or runs no forward pass, for this long is
+            killed as hung (its requests get a 503) and restarted. None: no hang check.
 
     Thread-safe, like every ``Engine``. The first ``generate`` starts the child.
     """
@@ -148,12 +167,18 @@ class EngineProcess:
         memory_limit_mb: int | None = None,
         min_uptime_s: float = 10.0,
         restart_backoff_s: float = 1.0,
+        hang_timeout_s: float | None = 300.0,
     ) -> None:
+        if hang_timeout_s is not None and hang_timeout_s <= 0:
+            raise ValueError("hang_timeout_s must be more than 0.")
         self._model_dirs = model_dirs
         self._factory: EngineFactory = factory if factory is not None else HFEngineOptions()
         self._memory_limit = memory_limit_mb * 1024**2 if memory_limit_mb else None
         self._min_uptime_s = min_uptime_s
         self._restart_backoff_s = restart_backoff_s
+        self._hang_timeout_s = hang_timeout_s
+        self._beat_s = min(_BEAT_S, hang_timeout_s / 5) if hang_timeout_s is not None else _BEAT_S
+        self._hangs = 0
         self._quick_deaths = 0
         self._context = multiprocessing.get_context("spawn")
         self._ids = itertools.count(1)
@@ -166,7 +191,7 @@ class EngineProcess:
         self._last_exit: str | None = None
         self._generated = 0
         self._dirs: dict[str, Path] = {}
-        self._watchdog = threading.Thread(target=self._watch_memory, name="tunery-engine-watchdog", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="tunery-engine-watchdog", daemon=True)
         self._watchdog.start()
 
     # ------------------------------------------------------------------------------------------- Engine
@@ -223,17 +248,19 @@ class EngineProcess:
             self._stop(child)
 
     def status(self) -> dict[str, Any]:
-        """What ``/health`` shows: the child's pid, state and memory, the limit, the restarts."""
+        """What ``/health`` shows: the child's pid, state and memory, the limit, the restarts and hangs, the
+        adapters' memory against its budget (per base model)."""
         with self._lock:
             child = self._child
             closed = self._closed
         state = "stopped" if closed else "idle"
-        pid = rss = peak = None
+        pid = rss = peak = adapters = None
         if child is not None:
             state = "running" if child.ready else "starting"
             pid = child.process.pid
             rss = _rss(pid)
             peak = child.peak_rss
+            adapters = child.adapters
         elif not closed and self._restarts:
             state = "restarting"
         mib = 1024**2
@@ -245,8 +272,11 @@ class EngineProcess:
             "peak_rss_mb": round(peak / mib, 1) if peak else None,
             "memory_limit_mb": round(self._memory_limit / mib) if self._memory_limit else None,
             "restarts": self._restarts,
+            "hangs": self._hangs,
+            "hang_timeout_s": self._hang_timeout_s,
             "last_exit": self._last_exit,
             "active_requests": self.active_rows(),
+            "adapters": adapters_status(adapters),
         }
 
     # ------------------------------------------------------------------------------------- supervision
@@ -276,7 +306,7 @@ class EngineProcess:
         """Start a child (called with ``_lock`` held) and its reader thread."""
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_child_main, args=(child_end, self._factory), name="tunery-engine", daemon=True
+            target=_child_main, args=(child_end, self._factory, self._beat_s), name="tunery-engine", daemon=True
         )
         process.start()
         child_end.close()
@@ -290,9 +320,18 @@ class EngineProcess:
         conn = child.conn
         try:
             while True:
-                for message in conn.recv():  # the child sends what it has ready together, in one batch
+                messages = conn.recv()  # the child sends what it has ready together, in one batch
+                child.last_message = time.monotonic()
+                for message in messages:
                     kind = message[0]
-                    if kind == "chunk":
+                    if kind == "beat":
+                        _, passes, busy, child.adapters = message
+                        if not busy:
+                            child.stalled_since = None
+                        elif passes != child.passes or child.stalled_since is None:
+                            child.stalled_since = child.last_message
+                        child.passes = passes
+                    elif kind == "chunk":
                         _, rid, text, ids, finish, prompt, completion = message
                         self._generated += len(ids)
                         stream = child.streams.get(rid)
@@ -360,13 +399,20 @@ class EngineProcess:
             child.process.kill()
             child.process.join(_STOP_WAIT_S)
 
-    def _watch_memory(self) -> None:
-        """Twice a second: record the child's peak RSS; kill it when it is over the limit."""
+    def _watch(self) -> None:
+        """Twice a second (or more often, for a short hang timeout): record the child's peak RSS; kill it when it
+        is over its memory limit or hung."""
+        poll = min(_MEMORY_POLL_S, self._hang_timeout_s / 4) if self._hang_timeout_s is not None else _MEMORY_POLL_S
         while not self._closed:
-            time.sleep(_MEMORY_POLL_S)
+            time.sleep(poll)
             with self._lock:
                 child = self._child
-            if child is None or child.dead:
+            if child is None or child.dead or child.kill_reason is not None:
+                continue
+            hung = self._hung(child)
+            if hung is not None:
+                self._hangs += 1
+                self._kill(child, hung)
                 continue
             rss = _rss(child.process.pid)
             if rss is None:
@@ -374,11 +420,35 @@ class EngineProcess:
             child.peak_rss = max(child.peak_rss, rss)
             if self._memory_limit is not None and rss > self._memory_limit:
                 mib = 1024**2
-                child.kill_reason = (
-                    f"it used {rss / mib:.0f} MiB, over its memory limit of {self._memory_limit / mib:.0f} MiB"
-                )
-                log.error("Killing the inference engine process (pid %s): %s", child.process.pid, child.kill_reason)
-                child.process.kill()
+                limit = self._memory_limit / mib
+                self._kill(child, f"it used {rss / mib:.0f} MiB, over its memory limit of {limit:.0f} MiB")
+
+    def _hung(self, child: _Child) -> str | None:
+        """Why the child counts as hung now, or None: silent with requests in it, or busy without a pass."""
+        limit = self._hang_timeout_s
+        if limit is None:
+            return None
+        now = time.monotonic()
+        silent = now - child.last_message
+        # Until it is ready (importing torch, building the engine) a child may be silent longer on a busy machine.
+        if child.streams and silent > (limit if child.ready else max(limit, _START_GRACE_S)):
+            return (
+                f"it hung: nothing came from it for {silent:.0f} s while it had requests (stopped or frozen; "
+                f"hang timeout {limit:g} s), so it was killed"
+            )
+        stalled = child.stalled_since
+        talking = silent < 3 * self._beat_s  # heartbeats still come: the process runs, its passes do not
+        if talking and stalled is not None and now - stalled > limit:
+            return (
+                f"it hung: no forward pass finished for {now - stalled:.0f} s while it had requests (hang timeout "
+                f"{limit:g} s), so it was killed"
+            )
+        return None
+
+    def _kill(self, child: _Child, reason: str) -> None:
+        child.kill_reason = reason
+        log.error("Killing the inference engine process (pid %s): %s", child.process.pid, reason)
+        child.process.kill()  # SIGKILL ends a stopped process too
 
 
 def _rss(pid: int | None) -> int | None:
@@ -406,9 +476,9 @@ def _wire_error(exc: BaseException) -> tuple[type[BaseException], str, str | Non
 
 
 # -------------------------------------------------------------------------------------------- the child
-def _child_main(conn: Connection, factory: EngineFactory) -> None:
-    """The child's main loop: one thread per request, chunks sent back as they come. Exits when the parent
-    goes away (its end of the pipe closes) or asks it to stop."""
+def _child_main(conn: Connection, factory: EngineFactory, beat_s: float = _BEAT_S) -> None:
+    """The child's main loop: one thread per request, chunks sent back as they come, a heartbeat every
+    ``beat_s``. Exits when the parent goes away (its end of the pipe closes) or asks it to stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine[%(process)d] %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which stops this process itself
     dirs: dict[str, Path] = {}
@@ -419,7 +489,6 @@ def _child_main(conn: Connection, factory: EngineFactory) -> None:
         except KeyError:
             raise NotFound(f"Model '{name}' is not served here.", param="model") from None
 
-    engine = factory(lookup)
     outbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
     cancels: dict[int, threading.Event] = {}
     send = outbox.put
@@ -439,6 +508,26 @@ def _child_main(conn: Connection, factory: EngineFactory) -> None:
                 return  # the server is gone; the main loop sees it too
 
     threading.Thread(target=sender, name="engine-sender", daemon=True).start()
+    built: list[Engine] = []
+
+    def heartbeat() -> None:
+        """Every ``beat_s``: the engine's progress and adapter memory (it runs while the engine is being built)."""
+        while True:
+            passes, busy, adapters = 0, False, None
+            if built:
+                try:
+                    progress = getattr(built[0], "progress", None)
+                    passes, busy = progress() if callable(progress) else (0, False)
+                    memory = getattr(built[0], "adapter_memory", None)
+                    adapters = memory() if callable(memory) else None
+                except Exception:  # a report must never stop the heartbeat
+                    log.exception("Reading the engine's progress failed")
+            send(("beat", passes, busy, adapters))
+            time.sleep(beat_s)
+
+    threading.Thread(target=heartbeat, name="engine-heartbeat", daemon=True).start()
+    engine = factory(lookup)
+    built.append(engine)
 
     def serve(rid: int, request: GenerationRequest) -> None:
         try:

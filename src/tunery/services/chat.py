@@ -19,7 +19,7 @@ from typing import Any
 from tunery.catalog import Catalog
 from tunery.domain.errors import InvalidRequest, NotFound, ServiceError, Unavailable
 from tunery.domain.models import AdapterRef
-from tunery.inference.engine import Engine, GenerationChunk, GenerationRequest, SamplingParams
+from tunery.inference.engine import Engine, GenerationChunk, GenerationRequest, SamplingParams, adapters_status
 from tunery.services.deployments import DeploymentService
 from tunery.services.models import ModelService
 from tunery.services.runs import adapter_path
@@ -246,7 +246,10 @@ class ChatService:
         status = getattr(engine, "status", None)
         if callable(status):
             return dict(status())
-        return {"isolation": "thread", "state": "running", "active_requests": engine.active_rows()}
+        memory = getattr(engine, "adapter_memory", None)
+        adapters = adapters_status(memory()) if callable(memory) else None
+        active = engine.active_rows()
+        return {"isolation": "thread", "state": "running", "active_requests": active, "adapters": adapters}
 
     def close(self) -> None:
         if self._engine is not None:

@@ -267,4 +267,4 @@ def test_health_reports_the_engine_without_authentication(api: Api) -> None:
     assert chat(api, model="tiny-llama", temperature=0).status_code == 200
     health = api.client.get("/health").json()
     assert health["status"] == "ok"
-    assert health["engine"] == {"isolation": "thread", "state": "running", "active_requests": 0}
+    assert health["engine"] == {"isolation": "thread", "state": "running", "active_requests": 0, "adapters": None}

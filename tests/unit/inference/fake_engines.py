@@ -3,7 +3,10 @@
 ``request_id`` picks the behaviour: ``""`` streams ``max_tokens`` numbered tokens and stops; ``"forever"``
 streams until cancelled; ``"error"`` raises ``InvalidRequest``; ``"timeout"`` raises ``AdapterLoadTimeout``;
 ``"crash"`` ends the process; ``"hog"`` takes 600 MB and streams until cancelled; ``"cancelled"`` answers
-how many requests this process has seen cancelled; ``"pid"`` answers the process id.
+how many requests this process has seen cancelled; ``"pid"`` answers the process id; ``"stuck"`` blocks for
+good with the engine busy and no pass finishing (a kernel that never returns; the process stays alive and
+its heartbeat goes on); ``"slow:S"`` streams ``max_tokens`` tokens, each after a pass of ``S`` seconds.
+``progress()`` counts every streamed token as a pass and is busy while any request streams (or is stuck).
 """
 
 from __future__ import annotations
@@ -25,8 +28,19 @@ class FakeEngine:
         self.cancelled = 0
         self.hogs: list[bytearray] = []
         self._lock = threading.Lock()
+        self.passes = 0
+        self.running = 0
 
     def generate(self, request: GenerationRequest) -> Iterator[GenerationChunk]:
+        with self._lock:
+            self.running += 1
+        try:
+            yield from self._generate(request)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def _generate(self, request: GenerationRequest) -> Iterator[GenerationChunk]:
         kind = request.request_id
         if kind == "error":
             raise InvalidRequest("The fake engine refuses this.", param="messages")
@@ -38,6 +52,9 @@ class FakeEngine:
             answer = str(self.cancelled if kind == "cancelled" else os.getpid())
             yield GenerationChunk(text=answer, token_ids=[1], finish_reason="stop", completion_tokens=1)
             return
+        if kind == "stuck":
+            threading.Event().wait()  # never set: stuck for good, busy, no pass ever finishes
+        pace = float(kind.removeprefix("slow:")) if kind.startswith("slow:") else 0.0
         if kind == "hog":
             block = bytearray(600 * 1024**2)
             block[::4096] = b"x" * len(block[::4096])  # touch every page: resident, not just reserved
@@ -50,7 +67,11 @@ class FakeEngine:
                 with self._lock:
                     self.cancelled += 1
                 return
+            if pace:
+                cancel.wait(pace)  # one slow pass
             count += 1
+            with self._lock:
+                self.passes += 1
             last = not endless and count == request.params.max_tokens
             yield GenerationChunk(
                 text=f"t{count} ",
@@ -64,6 +85,13 @@ class FakeEngine:
 
     def active_rows(self) -> int:
         return 0
+
+    def progress(self) -> tuple[int, bool]:
+        with self._lock:
+            return self.passes, self.running > 0
+
+    def adapter_memory(self) -> dict[str, dict[str, int | None]]:
+        return {"m": {"loaded": 1, "loaded_bytes": 3 * 2**20, "budget_bytes": 8 * 2**20}}
 
     def generated_tokens(self) -> int:
         return 0

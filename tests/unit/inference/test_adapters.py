@@ -1,5 +1,6 @@
 """Adapters for serving: reading peft folders (and refusing what cannot be served), the LRU of loaded
-adapters with pins, and the per-row LoRA arithmetic of ``MultiLora`` checked against plain matrix maths.
+adapters with pins (bounded by a count or by bytes), and the per-row LoRA arithmetic of ``MultiLora`` checked
+against plain matrix maths.
 
 Run: ``.venv/bin/pytest tests/unit/inference/test_adapters.py -q``
 """
@@ -17,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from tunery.inference.adapters import AdapterCache, LoraAdapter, LoraModule, load_lora_adapter
-from tunery.inference.errors import AdapterLoadError, AdapterLoadTimeout
+from tunery.inference.adapters import AdapterCache, LoraAdapter, LoraModule, load_lora_adapter, lora_adapter_nbytes
+from tunery.inference.errors import AdapterLoadError, AdapterLoadTimeout, AdapterTooLarge
 from tunery.inference.multi_lora import MultiLora
 
 SHAPES = {"model.layers.0.self_attn.q_proj": (64, 64), "model.layers.0.self_attn.k_proj": (64, 32)}
@@ -238,6 +239,104 @@ def test_twenty_adapters_wanted_at_once_share_eight_slots_without_deadlock(tmp_p
     assert most_in_use <= 8
     assert len(cache.loaded()) <= 8
     assert sorted(loader.loads) == sorted(names)
+
+
+# ------------------------------------------------------------------------------------------- memory budget
+class SizedLoader:
+    """Adapters of ``sizes[name]`` bytes of tensors (float32), loaded at once; ``size`` tells them in advance."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.loads: list[str] = []
+
+    def __call__(self, name: str, path: Path) -> LoraAdapter:
+        self.loads.append(name)
+        module = LoraModule(a=torch.zeros(self.sizes[name] // 4, 1), b=torch.zeros(0, 1))
+        return LoraAdapter(name=name, path=path, modules={"m": module})
+
+    def size(self, name: str, path: Path) -> int:
+        return self.sizes[name]
+
+
+def test_eviction_goes_by_bytes_least_recently_used_first(tmp_path: Path) -> None:
+    loader = SizedLoader({"a": 400, "b": 400, "c": 300, "d": 600, "e": 1000, "small": 100})
+    cache = AdapterCache(loader, budget_bytes=1000, size=loader.size)
+    for name in ("a", "b", "small"):
+        cache.release(cache.acquire(name, tmp_path))
+    assert cache.loaded() == ["a", "b", "small"]  # 900 bytes: all fit
+    cache.release(cache.acquire("c", tmp_path))  # 300 more: the least recently used (a) leaves, 100 bytes would not do
+    assert cache.loaded() == ["b", "small", "c"]
+    cache.release(cache.acquire("b", tmp_path))  # b is now the most recently used
+    cache.release(cache.acquire("d", tmp_path))  # 600: small and c leave (LRU), b stays
+    assert cache.loaded() == ["b", "d"]
+    assert cache.memory() == {"loaded": 2, "loaded_bytes": 1000, "budget_bytes": 1000}
+    cache.release(cache.acquire("e", tmp_path))  # the whole budget: everything idle leaves
+    assert cache.loaded() == ["e"]
+    assert loader.loads == ["a", "b", "small", "c", "d", "e"]
+
+
+def test_an_adapter_larger_than_the_whole_budget_is_refused_at_once(tmp_path: Path) -> None:
+    loader = SizedLoader({"a": 2**20, "huge": 3 * 2**20})
+    cache = AdapterCache(loader, budget_bytes=2 * 2**20, size=loader.size, timeout_s=60)
+    cache.release(cache.acquire("a", tmp_path))
+    began = time.monotonic()
+    with pytest.raises(AdapterTooLarge) as refused:
+        cache.acquire("huge", tmp_path)
+    assert time.monotonic() - began < 30  # no wait for the timeout
+    assert refused.value.message.startswith(
+        "Adapter 'huge' takes 3.0 MiB in memory, more than the whole adapter memory budget of 2.0 MiB"
+    )
+    assert "TUNERY_INFERENCE__ADAPTER_CACHE_MB" in refused.value.message
+    assert (refused.value.code, refused.value.param) == ("adapterTooLarge", "model")
+    assert loader.loads == ["a"]  # never loaded, and nothing was evicted for it
+    assert cache.loaded() == ["a"]
+
+
+def test_an_adapter_larger_than_its_header_said_is_refused_after_loading(tmp_path: Path) -> None:
+    loader = SizedLoader({"liar": 3000})
+    cache = AdapterCache(loader, budget_bytes=2000, size=lambda name, path: 100)
+    with pytest.raises(AdapterTooLarge):
+        cache.acquire("liar", tmp_path)
+    assert cache.loaded() == []
+    assert cache.memory()["loaded_bytes"] == 0
+
+
+def test_adapters_in_use_are_never_evicted_and_a_newcomer_waits_for_room(tmp_path: Path) -> None:
+    loader = SizedLoader({"a": 600, "b": 300, "c": 600})
+    cache = AdapterCache(loader, budget_bytes=1000, size=loader.size, timeout_s=0.2)
+    a = cache.acquire("a", tmp_path)  # pinned: a running stream uses it
+    cache.release(cache.acquire("b", tmp_path))
+    with pytest.raises(AdapterLoadTimeout) as late:
+        cache.acquire("c", tmp_path)
+    assert late.value.message.startswith(
+        "Adapter 'c' could not be loaded within 0.2 s: it needs 0.6 KiB and adapters in "
+        "use by running requests hold 0.6 KiB of the 1.0 KiB adapter memory budget; try again shortly"
+    )
+    assert cache.loaded() == ["a", "b"]  # b was not evicted for nothing: c would not have fit anyway
+    got: list[LoraAdapter] = []
+    waiter = threading.Thread(target=lambda: got.append(cache.acquire("c", tmp_path, timeout_s=30)))
+    waiter.start()
+    cache.release(a)  # the stream ends: a (least recently used) leaves, which makes room for c
+    waiter.join(30)
+    assert [x.name for x in got] == ["c"]
+    assert cache.loaded() == ["b", "c"]
+
+
+def test_adapters_of_unknown_size_are_counted_once_loaded(tmp_path: Path) -> None:
+    loader = SizedLoader({"a": 600, "b": 600})
+    cache = AdapterCache(loader, budget_bytes=1000)  # no size function
+    cache.release(cache.acquire("a", tmp_path))
+    cache.release(cache.acquire("b", tmp_path))  # loaded as size 0, then a leaves to keep within the budget
+    assert cache.loaded() == ["b"]
+    assert cache.memory()["loaded_bytes"] == 600
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_size_read_from_the_header_is_the_size_once_loaded(tmp_path: Path, dtype: torch.dtype) -> None:
+    path = write_adapter(tmp_path / "a", r=6)
+    loaded = load_lora_adapter(path, name="x", linear_shapes=SHAPES, dtype=dtype, device=torch.device("cpu"))
+    assert lora_adapter_nbytes(path, dtype) == loaded.nbytes == 6 * (64 + 64 + 64 + 32) * dtype.itemsize
+    assert lora_adapter_nbytes(tmp_path / "missing", dtype) is None
 
 
 # ------------------------------------------------------------------------------------------------ MultiLora
