@@ -7,7 +7,7 @@ closed is ``Unavailable``. Only the failures that need their own name live here.
 
 from __future__ import annotations
 
-from tunery.domain.errors import ServiceError, Unavailable
+from tunery.domain.errors import InvalidRequest, ServiceError, Unavailable
 
 
 class AdapterLoadError(ServiceError):
@@ -20,8 +20,9 @@ class AdapterLoadError(ServiceError):
     default_code = "adapterLoadFailed"
 
 
-class AdapterTooLarge(AdapterLoadError):
-    """An adapter takes more memory than the whole adapter memory budget (``inference.adapter_cache_mb``).
+class AdapterTooLarge(AdapterLoadError, InvalidRequest):
+    """An adapter takes more memory than the whole adapter memory budget (``inference.adapter_cache_mb``): HTTP 400
+    on ``model``, since nothing is broken and retrying cannot help.
 
     Refused at once rather than evicting every other adapter and still not fitting; raising the budget is the fix.
     """

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from tests.ceilings import ceiling
 from tests.unit.inference.conftest import TINY, Reference, make_adapter, request, token_ids
+from tunery.api.errors import status_for
 from tunery.inference.adapters import lora_adapter_nbytes
 from tunery.inference.errors import AdapterTooLarge
 from tunery.inference.hf_engine import HFEngine
@@ -99,7 +100,10 @@ def test_an_adapter_larger_than_the_whole_budget_is_refused_and_the_others_are_s
 ) -> None:
     huge = {"r64": make_adapter(tiny_model_dir, tmp_path / "r64", 300, r=64), "r2": mixed["r2"]}
     assert (lora_adapter_nbytes(huge["r64"], torch.float32) or 0) > budget
-    with pytest.raises(AdapterTooLarge, match=r"Adapter 'r64' takes .* MiB in memory, more than the whole adapter"):
+    too_large = r"Adapter 'r64' takes .* MiB in memory, more than the whole adapter"
+    with pytest.raises(AdapterTooLarge, match=too_large) as refused:
         list(engine.generate(request(prompt, adapter="r64", adapter_dirs=huge)))
+    assert status_for(refused.value) == 400  # a clear 400 on `model`, not a 5xx: retrying cannot help
+    assert refused.value.param == "model"
     ids = token_ids(list(engine.generate(request(prompt, adapter="r2", adapter_dirs=huge, max_tokens=8))))
     assert ids == Reference(tiny_model_dir, huge).greedy(prompt, 8, "r2")
