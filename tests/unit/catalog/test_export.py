@@ -6,16 +6,21 @@ by the other tool with no Tunery code and must answer as peft does on the same b
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import gguf
+import httpx
 import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.ceilings import ceiling
 from tunery.catalog.export import export_model, write_archive
 from tunery.catalog.peft_adapter import AdapterProblem, PeftAdapter, check_against_base
 from tunery.catalog.safetensors_stream import SafetensorsReader, read_infos
@@ -126,11 +131,72 @@ def test_gguf_merged_model_reads_back_and_computes_what_peft_computes(setup: dic
     assert torch.allclose(expected, got, atol=5e-3), (expected - got).abs().max()
 
 
-def test_llama_cpp_answers_like_peft(setup: dict[str, Path]) -> None:
-    binary = shutil.which("llama-cli") or shutil.which("llama-simple")
+def llama_server_binary() -> str | None:
+    """``llama-server`` on PATH, or in ``$LLAMA_CPP_DIR/build/bin`` (bench/serve_http.py builds one there)."""
+    found = shutil.which("llama-server")
+    if found is None and os.environ.get("LLAMA_CPP_DIR"):
+        candidate = Path(os.environ["LLAMA_CPP_DIR"]) / "build" / "bin" / "llama-server"
+        found = str(candidate) if candidate.is_file() else None
+    return found
+
+
+def llama_cpp_greedy(binary: str, model: Path, prompts: list[list[int]], lora: Path | None = None) -> list[list[int]]:
+    """Greedy continuations from a real llama.cpp server for prompts given as token ids (no template, no BOS)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    args = [binary, "-m", str(model), "--port", str(port), "--host", "127.0.0.1", "-c", "256", "-np", "1", "-t", "1"]
+    proc = subprocess.Popen([*args, *(["--lora", str(lora)] if lora else [])], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ceiling(60)
+        while True:
+            assert proc.poll() is None, f"llama-server exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "llama-server did not become healthy"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)  # polling a starting server's /health: a condition, with a ceiling
+        answers = []
+        for ids in prompts:
+            body = {"prompt": ids, "n_predict": 10, "temperature": 0, "top_k": 1, "cache_prompt": False,
+                    "return_tokens": True, "ignore_eos": True}  # fmt: skip
+            answers.append(httpx.post(f"{url}/completion", json=body, timeout=ceiling(30)).json()["tokens"])
+        return answers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_llama_cpp_answers_like_peft(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Both GGUF files in llama.cpp itself: the merged model, and the base with the LoRA GGUF applied on top."""
+    binary = llama_server_binary()
     if binary is None:
-        pytest.skip("no llama.cpp binary (llama-cli / llama-simple) on PATH; GGUF files checked with gguf.GGUFReader")
-    raise AssertionError("a llama.cpp binary is installed: add the answer comparison for it here")
+        pytest.skip("no llama.cpp binary (llama-server on PATH or in $LLAMA_CPP_DIR/build/bin); GGUF files "
+                    "checked with gguf.GGUFReader and transformers instead")  # fmt: skip
+    from tunery.catalog.gguf_export import write_merged_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(setup["base"])
+    prompts = [tokenizer(p).input_ids for p in PROMPTS]
+    ref = reference(setup)
+    with torch.no_grad():
+        expected = [ref.generate(torch.tensor([ids]), max_new_tokens=10, do_sample=False, min_new_tokens=10)[0]
+                    [len(ids):].tolist() for ids in prompts]  # fmt: skip
+    # The base alone as GGUF: "merged" with an adapter whose B is zero (peft's initial state) is the base itself.
+    plain = AutoModelForCausalLM.from_pretrained(setup["base"])
+    get_peft_model(plain, LoraConfig(r=1, target_modules=["q_proj"])).save_pretrained(tmp_path / "zero")
+    with PeftAdapter(tmp_path / "zero") as adapter:
+        write_merged_gguf(adapter, setup["base"], tmp_path / "base.gguf", name="tiny", base_id="org/tiny-llama")
+
+    folder = setup["root"] / "gguf"
+    assert llama_cpp_greedy(binary, folder / "tiny.ft-abc.gguf", prompts) == expected
+    assert llama_cpp_greedy(binary, tmp_path / "base.gguf", prompts, lora=folder / "tiny.ft-abc-lora.gguf") == expected
+    assert llama_cpp_greedy(binary, tmp_path / "base.gguf", prompts) != expected  # the adapter is what answers
 
 
 def test_archive_has_a_top_folder_and_a_checksum(setup: dict[str, Path], tmp_path: Path) -> None:
