@@ -218,6 +218,8 @@ def build_services(
             run_root=settings.run_root,
             metrics_every=worker.metrics_every,
             max_seq_len=worker.max_seq_len,
+            keep_checkpoints=worker.keep_checkpoints,
+            warmup_ratio=worker.warmup_ratio,
             lora=LoraSpec(
                 r=worker.lora_r,
                 alpha=worker.lora_alpha,

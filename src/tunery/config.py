@@ -90,6 +90,16 @@ class WorkerSettings(BaseModel):
     lora_r: int = Field(default=16, description="LoRA rank")
     lora_alpha: int = Field(default=32, description="LoRA alpha")
     lora_dropout: float = Field(default=0.0, description="LoRA dropout")
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, le=0.5, description="Share of a run's steps over which the learning rate warms up"
+    )
+    keep_checkpoints: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Checkpoints kept per job: the newest N, plus the model and any deployed, paused at or "
+        "continued from",
+    )
     lora_target_modules: list[str] | None = Field(
         default=None, description="Modules to adapt; default: attention and MLP projections"
     )

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,10 @@ def browser_type_launch_args() -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="session")
-def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
-    """``python -m tunery serve`` on a free port with the tiny model, exactly as the integration tier runs it."""
-    data_dir = tmp_path_factory.mktemp("portal-data")
+@contextmanager
+def serve(data_dir: Path, tiny_model_dir: Path, **settings: str) -> Iterator[Server]:
+    """``python -m tunery serve`` on a free port with the tiny model (``settings``: more ``TUNERY_…`` variables),
+    exactly as the integration tier runs it; stopped on exit."""
     port = free_port()
     env = {
         **os.environ,
@@ -56,6 +57,7 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         "TUNERY_WORKER__POLL_INTERVAL_S": "0.3",
         "TUNERY_WEBHOOKS__ALLOW_PRIVATE_URLS": "true",  # the webhooks page test's receiver is on 127.0.0.1
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
     env.pop("TUNERY_STORAGE__DATABASE_URL", None)
     key = tunery(env, "keys", "create", "--project", "browser")
@@ -76,6 +78,13 @@ def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
             proc.wait(timeout=ceiling(3))
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def portal_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    """The browser tier's server, shared by its modules (each keeps to its own project where it can)."""
+    with serve(tmp_path_factory.mktemp("portal-data"), tiny_model_dir) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

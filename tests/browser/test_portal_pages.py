@@ -194,6 +194,83 @@ def test_the_wizard_estimates_duration_from_this_servers_measured_speed(
     expect(estimate).to_contain_text("last 1 finished job on tiny-llama")
 
 
+def test_the_wizards_advanced_settings_explain_themselves_and_the_job_echoes_them(
+    page: Page, portal_server: Server, project: dict
+) -> None:
+    """LoRA rank, alpha, target modules, max sequence length and warm-up: collapsed, each with its help and this
+    server's default, checked as typed with the API's ranges, sent, echoed on the job and cloned."""
+    rules = project["client"].get("/fine_tuning/rules").json()["advanced"]
+    page.goto(f"{portal_server.url}/#/jobs/new?training_file={project['train']}")
+    page.get_by_role("button", name="Parameters", exact=True).click()
+    rank = page.get_by_label("LoRA rank")
+    expect(rank).to_be_hidden()  # collapsed until asked for
+    page.get_by_text("Advanced: LoRA, sequence length, warm-up").click()
+    expect(rank).to_have_attribute("placeholder", str(rules["lora_rank"]["default"]))
+    expect(page.locator("#lora_rank-hint")).to_contain_text(f"(1–256; default {rules['lora_rank']['default']})")
+    expect(page.locator("#max_seq_len-hint")).to_contain_text(f"default {rules['max_seq_len']['default']}")
+    expect(page.locator("#warmup_ratio-hint")).to_contain_text("when the loss jumps or spikes in the first steps")
+    expect(page.locator("#lora_target_modules-hint")).to_contain_text("q_proj, k_proj, v_proj")
+    rank.fill(str(rules["lora_rank"]["max"] + 1))
+    expect(rank).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_text(f"Must be between 1 and {rules['lora_rank']['max']}")).to_be_visible()
+    targets = page.get_by_label("Target modules")
+    targets.fill("q_proj, v-proj")
+    expect(page.get_by_text("“v-proj” is not a layer name")).to_be_visible()
+    rank.fill("4")
+    page.get_by_label("LoRA alpha").fill("8")
+    targets.fill("q_proj, v_proj")
+    page.get_by_label("Max sequence length").fill("256")
+    page.get_by_label("Warm-up ratio").fill("0.1")
+    page.get_by_label("Number of epochs").fill("1")
+    expect(page.locator(".field-error:visible")).to_have_count(0)
+    page.get_by_role("button", name="Next", exact=True).click()
+    request = page.get_by_label("Request JSON")
+    expect(request).to_contain_text('"target_modules": [')
+    expect(request).to_contain_text('"warmup_ratio": 0.1')
+    page.get_by_role("button", name="Start fine-tuning").click()
+    page.wait_for_url(re.compile(r"#/jobs/ftjob-\w+$"))
+    job_id = page.url.rsplit("/", 1)[-1]
+    client = project["client"]
+    try:
+        job = client.get(f"/fine_tuning/jobs/{job_id}").json()
+        assert job["lora"] == {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+        assert (job["max_seq_len"], job["warmup_ratio"]) == (256, 0.1)
+        details = page.get_by_role("region", name="Details")
+        expect(details).to_contain_text("LoRA rank4")
+        expect(details).to_contain_text("q_proj, v_proj")
+        page.get_by_role("link", name="Clone settings").first.click()
+        page.get_by_role("button", name="Parameters", exact=True).click()
+        expect(page.get_by_label("LoRA rank")).to_have_value("4")  # opened: the clone differs from the defaults
+        expect(page.get_by_label("Warm-up ratio")).to_have_value("0.1")
+    finally:
+        client.post(f"/fine_tuning/jobs/{job_id}/cancel")
+
+
+def test_the_jobs_list_pages(page: Page, portal_server: Server, project: dict) -> None:
+    """More jobs than a page: 20 a page, Previous/Next, and a search starts again at page one."""
+    client = project["client"]
+    body = {"model": "tiny-llama", "training_file": project["train"],
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}}  # fmt: skip
+    for i in range(22):  # cancelled at once: none trains, and none counts against the waiting-jobs limit
+        created = client.post("/fine_tuning/jobs", json={**body, "suffix": f"bulk-{i:02d}"})
+        assert created.status_code == 200, created.text
+        client.post(f"/fine_tuning/jobs/{created.json()['id']}/cancel")
+    total = len(client.get("/fine_tuning/jobs?limit=100").json()["data"])
+    assert total > 22
+    open_page(page, portal_server, "#/jobs")
+    table = page.get_by_role("table", name="Fine-tuning jobs")
+    expect(page.get_by_text(f"Showing 1–20 of {total}", exact=True)).to_be_visible()
+    expect(table.get_by_role("row")).to_have_count(21)  # the header and 20 jobs
+    expect(page.get_by_role("button", name="Previous page")).to_be_disabled()
+    page.get_by_role("button", name="Next page").click()
+    expect(page.get_by_text(f"Showing 21–{min(40, total)} of {total}", exact=True)).to_be_visible()
+    expect(table.get_by_role("row")).to_have_count(min(40, total) - 20 + 1)
+    expect(table).not_to_contain_text("bulk-21")  # newest first: the newest are on page one
+    page.get_by_label("Search").fill("bulk-0")
+    expect(page.get_by_text(f"Showing 1–10 of 10 ({total} in all)", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Next page")).to_be_hidden()
+
+
 def test_compare_turned_on_mid_chat_sends_both_sides_the_same_history(page: Page, portal_server: Server) -> None:
     """Defect 8: the side added by "Compare" started empty while the other had the whole conversation."""
     open_page(page, portal_server, "#/playground?model=base-chat")
@@ -353,11 +430,15 @@ def test_phone_width_every_page_fits_and_every_nav_item_is_reachable(
         page.set_viewport_size({"width": 1280, "height": 900})
 
 
-@pytest.mark.parametrize("width", [1280, PHONE["width"]])
+@pytest.mark.parametrize(("width", "theme"), [(1280, "light"), (PHONE["width"], "light"), (1280, "dark")])
 def test_axe_finds_no_serious_violations_on_any_page(
-    page: Page, portal_server: Server, project: dict, width: int
+    page: Page, portal_server: Server, project: dict, width: int, theme: str
 ) -> None:
+    """Every page, in the light theme at desktop and phone width and in the dark theme (the footer's Theme menu)."""
     page.set_viewport_size({"width": width, "height": 900})
+    page.goto(portal_server.url)
+    page.evaluate("(theme) => localStorage.setItem('tunery.theme', theme)", theme)
+    page.reload()  # the theme is applied as the portal loads
     found: dict[str, list[str]] = {}
     try:
         for route in every_route(project):
@@ -367,8 +448,10 @@ def test_axe_finds_no_serious_violations_on_any_page(
             result = page.evaluate("""async () => (await axe.run(document, {resultTypes: ['violations']}))
                 .violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
                 .map((v) => `${v.id}: ${v.help} — ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`)""")
+            assert page.evaluate("document.documentElement.dataset.theme") == theme
             if result:
                 found[route] = result
     finally:
+        page.evaluate("localStorage.removeItem('tunery.theme')")
         page.set_viewport_size({"width": 1280, "height": 900})
     assert not found, json.dumps(found, indent=2)

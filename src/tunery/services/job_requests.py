@@ -54,6 +54,16 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "eval_samples": (1, 32, True),
     "compute_multiplier": (0.00001, 10, False),
 }
+# Tunery's training extensions (``lora``, ``max_seq_len``, ``warmup_ratio``): name: (min, max, integer?), both
+# ends inclusive. Absent: the worker's settings (``TUNERY_WORKER__LORA_R`` …), published with these ranges.
+ADVANCED_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lora.rank": (1, 256, True),
+    "lora.alpha": (1, 1024, True),
+    "max_seq_len": (64, 8192, True),
+    "warmup_ratio": (0, 0.5, False),
+}
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+MAX_TARGET_MODULES = 32
 RFT_HYPERPARAMETERS = {"eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort"}
 GRADER_PARAM = "method.reinforcement.grader"
 
@@ -126,6 +136,7 @@ def parse_job_request(body: dict[str, Any]) -> JobRequest:
     if distributed is not None:
         extras["distributed"] = distributed
     extras |= parse_hub_output(body)
+    extras |= parse_training_extensions(body)
     return JobRequest(
         model=model,
         training_file=training_file,
@@ -178,6 +189,66 @@ def parse_hub_output(body: dict[str, Any]) -> dict[str, Any]:
     if token is not None:
         extras["hf_api_token"] = token.strip()
     return extras
+
+
+def parse_training_extensions(body: dict[str, Any]) -> dict[str, Any]:
+    """Tunery's training extensions, each optional (absent: the worker's setting), checked against
+    ``ADVANCED_RANGES`` and echoed on the job as given:
+
+    * ``lora``: ``{"rank": 1-256, "alpha": 1-1024, "target_modules": ["q_proj", ...]}`` — the adapter's size,
+      its scale (the update is multiplied by alpha/rank) and which layers it adapts (names of the base
+      model's linear layers; the trainer refuses a name the model lacks). A continued fine-tune keeps its
+      parent adapter's shape.
+    * ``max_seq_len``: 64-8192 tokens in a packed training row; longer examples are cut to it.
+    * ``warmup_ratio``: 0-0.5, the share of steps over which the learning rate climbs to its peak.
+    """
+    extras: dict[str, Any] = {}
+    lora = body.get("lora")
+    if lora is not None:
+        if not isinstance(lora, dict):
+            raise InvalidRequest('lora must be an object such as {"rank": 8, "alpha": 16}.', param="lora")
+        unknown = sorted(set(lora) - {"rank", "alpha", "target_modules"})
+        if unknown:
+            raise InvalidRequest(
+                f"lora has no field '{unknown[0]}'; use rank, alpha and target_modules.", param=f"lora.{unknown[0]}"
+            )
+        checked: dict[str, Any] = {
+            name: _advanced(lora[name], f"lora.{name}") for name in ("rank", "alpha") if lora.get(name) is not None
+        }
+        if lora.get("target_modules") is not None:
+            checked["target_modules"] = _target_modules(lora["target_modules"])
+        if checked:
+            extras["lora"] = checked
+    for name in ("max_seq_len", "warmup_ratio"):
+        if body.get(name) is not None:
+            extras[name] = _advanced(body[name], name)
+    return extras
+
+
+def _advanced(value: Any, param: str) -> int | float:
+    low, high, integer = ADVANCED_RANGES[param]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{param} must be a number (got {value!r}).", param=param)
+    if integer and not float(value).is_integer():
+        raise InvalidRequest(f"{param} must be a whole number (got {value!r}).", param=param)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{param} must be between {low:g} and {high:g} (got {value:g}).", param=param)
+    return int(value) if integer else float(value)
+
+
+def _target_modules(value: Any) -> list[str]:
+    param = "lora.target_modules"
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_TARGET_MODULES:
+        raise InvalidRequest(
+            f'{param} must be a list of 1 to {MAX_TARGET_MODULES} layer names such as ["q_proj", "v_proj"].',
+            param=param,
+        )
+    for name in value:
+        if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
+            raise InvalidRequest(
+                f"{param}: {name!r} is not a layer name (letters, digits and '_', such as q_proj).", param=param
+            )
+    return list(dict.fromkeys(value))
 
 
 def parse_distributed(value: Any, method: Method) -> dict[str, int] | None:
@@ -480,8 +551,14 @@ def request_rules() -> dict[str, Any]:
         name: {"min": low, "max": high, "integer": integer, "min_exclusive": not integer}
         for name, (low, high, integer) in RANGES.items()
     }
+    advanced = {
+        name.replace(".", "_"): {"min": low, "max": high, "integer": integer, "min_exclusive": False}
+        for name, (low, high, integer) in ADVANCED_RANGES.items()
+    }
+    advanced["lora_target_modules"] = {"pattern": MODULE_NAME_RE.pattern, "max_items": MAX_TARGET_MODULES}
     return {
         "hyperparameters": hyperparameters,
+        "advanced": advanced,
         "seed": {"min": 0, "max": MAX_SEED, "integer": True, "min_exclusive": False},
         "suffix": {
             "pattern": SUFFIX_RE.pattern,

@@ -95,6 +95,7 @@ class RunSettings:
     metrics_every: int = 10
     max_seq_len: int = 2048
     keep_checkpoints: int = 3
+    warmup_ratio: float = 0.0
     lora: LoraSpec = field(default_factory=LoraSpec)
     dtype: str = "auto"
     device: str = "auto"
@@ -283,10 +284,11 @@ class RunService:
             batch_size=int(resolved.batch_size or 1),
             learning_rate=BASE_LEARNING_RATE * float(resolved.learning_rate_multiplier or 1.0),
             seed=job.seed,
-            lora=settings.lora,
+            lora=self._lora(job),
             init_adapter_dir=str(init_adapter) if init_adapter else None,
             resume_from=resume_from,
-            max_seq_len=settings.max_seq_len,
+            max_seq_len=int(job.extras.get("max_seq_len", settings.max_seq_len)),
+            warmup_ratio=float(job.extras.get("warmup_ratio", settings.warmup_ratio)),
             metrics_every=settings.metrics_every,
             keep_checkpoints=settings.keep_checkpoints,
             dpo_beta=float(resolved.beta or 0.1),
@@ -301,6 +303,31 @@ class RunService:
             if job.method in (Method.DPO, Method.REINFORCEMENT)
             else int(distributed.get("processes", settings.processes)),
         )
+
+    def _lora(self, job: Job) -> LoraSpec:
+        """The worker's LoRA settings with the job's ``lora`` extension (rank, alpha, target_modules) over them."""
+        given = job.extras.get("lora") or {}
+        lora = self._settings.lora
+        targets = given.get("target_modules")
+        return replace(
+            lora,
+            r=int(given.get("rank", lora.r)),
+            alpha=int(given.get("alpha", lora.alpha)),
+            target_modules=tuple(targets) if targets else lora.target_modules,
+        )
+
+    def training_defaults(self) -> dict[str, Any]:
+        """What a job gets without the training extensions, and how many checkpoints a job keeps (for the
+        portal: the wizard's defaults and the job page's retention words)."""
+        settings = self._settings
+        return {
+            "lora_rank": settings.lora.r,
+            "lora_alpha": settings.lora.alpha,
+            "lora_target_modules": list(settings.lora.target_modules) if settings.lora.target_modules else None,
+            "max_seq_len": settings.max_seq_len,
+            "warmup_ratio": settings.warmup_ratio,
+            "checkpoints_kept": settings.keep_checkpoints,
+        }
 
     def _rft_fields(self, job: Job, resolved: Hyperparameters) -> dict[str, Any]:
         """The reinforcement part of a spec: the grader, group size, sampling budget and loss settings."""

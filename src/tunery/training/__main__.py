@@ -75,6 +75,7 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
     from tunery.training.examples import InvalidTrainingData
     from tunery.training.loop import TrainingDiverged, UnsupportedMethod
+    from tunery.training.lora import InvalidLoraSettings
     from tunery.training.rft import GraderFailure
 
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or _is_cpu_oom(exc):
@@ -84,6 +85,8 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         )
     if isinstance(exc, InvalidTrainingData):
         return "invalid_training_file", str(exc)
+    if isinstance(exc, InvalidLoraSettings):
+        return "invalid_lora_settings", str(exc)
     if isinstance(exc, GraderFailure):
         return "grader_error", str(exc)
     if isinstance(exc, TrainingDiverged):

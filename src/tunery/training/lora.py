@@ -34,6 +34,23 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 log = logging.getLogger(__name__)
 
 
+class InvalidLoraSettings(ValueError):
+    """The job's LoRA settings do not fit its base model (a target module it does not have)."""
+
+
+def check_target_modules(spec: LoraSpec, model: nn.Module) -> None:
+    """Raise ``InvalidLoraSettings`` naming each ``target_modules`` entry that is not a linear layer of ``model``."""
+    if spec.target_modules is None:
+        return
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    missing = [name for name in spec.target_modules if name not in linear]
+    if missing:
+        raise InvalidLoraSettings(
+            f"lora.target_modules: the base model has no linear layer named {', '.join(missing)}; "
+            f"its linear layers are {', '.join(sorted(linear - {'lm_head'}))}."
+        )
+
+
 def default_target_modules(model: nn.Module) -> list[str] | str:
     """The Llama projections the model has (all of them must be linear layers), else peft's ``"all-linear"``."""
     linear_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
@@ -64,6 +81,7 @@ def add_adapter(model: PreTrainedModel, spec: LoraSpec, init_adapter_dir: Path |
         # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` alias; nothing for us to change.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         if init_adapter_dir is None:
+            check_target_modules(spec, model)
             peft_model = get_peft_model(model, lora_config(spec, model))
         else:
             peft_model = PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)

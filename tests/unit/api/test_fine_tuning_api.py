@@ -124,6 +124,17 @@ BAD_REQUESTS = [
     ({"distributed": {"processes": "two"}}, "distributed.processes"),
     ({"distributed": {"nodes": 2}}, "distributed.nodes"),
     ({"distributed": 2}, "distributed"),
+    ({"lora": {"rank": 0}}, "lora.rank"),
+    ({"lora": {"rank": 8.5}}, "lora.rank"),
+    ({"lora": {"alpha": 2000}}, "lora.alpha"),
+    ({"lora": {"target_modules": []}}, "lora.target_modules"),
+    ({"lora": {"target_modules": ["q_proj", "no spaces"]}}, "lora.target_modules"),
+    ({"lora": {"dropout": 0.1}}, "lora.dropout"),
+    ({"lora": 8}, "lora"),
+    ({"max_seq_len": 10}, "max_seq_len"),
+    ({"max_seq_len": 9000}, "max_seq_len"),
+    ({"warmup_ratio": 0.9}, "warmup_ratio"),
+    ({"warmup_ratio": "some"}, "warmup_ratio"),
 ]
 
 
@@ -160,6 +171,28 @@ def test_distributed_processes_are_echoed_on_the_job(api: Api, train_id: str) ->
     fetched = api.client.get(f"/v1/fine_tuning/jobs/{created['id']}", headers=api.headers()).json()
     assert fetched["distributed"] == {"processes": 2}
     assert "distributed" not in create(api, body).json(), "absent: the worker's setting"
+
+
+def test_training_extensions_are_echoed_and_their_ranges_and_defaults_published(api: Api, train_id: str) -> None:
+    body = {"model": "tiny-llama", "training_file": train_id}
+    given = {"lora": {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}, "max_seq_len": 256,
+             "warmup_ratio": 0.1}  # fmt: skip
+    created = create(api, {**body, **given}).json()
+    assert {k: created[k] for k in given} == given
+    fetched = api.client.get(f"/v1/fine_tuning/jobs/{created['id']}", headers=api.headers()).json()
+    assert {k: fetched[k] for k in given} == given
+    assert_matches("FineTuningJob", fetched)
+    plain = create(api, body).json()
+    assert not set(given) & set(plain), "absent: the worker's settings"
+
+    rules = api.client.get("/v1/fine_tuning/rules", headers=api.headers()).json()
+    advanced = rules["advanced"]
+    assert advanced["lora_rank"] == {"min": 1, "max": 256, "integer": True, "min_exclusive": False, "default": 16}
+    assert advanced["warmup_ratio"]["max"] == 0.5
+    assert advanced["warmup_ratio"]["default"] == 0.0
+    assert advanced["max_seq_len"]["default"] == 2048
+    assert advanced["lora_target_modules"]["default"] is None  # the architecture's attention and MLP projections
+    assert rules["checkpoints_kept"] == 3
 
 
 def test_missing_model_and_bad_json(api: Api, train_id: str) -> None:

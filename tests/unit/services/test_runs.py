@@ -485,6 +485,27 @@ def test_an_rft_run_without_a_model_grader_has_no_relay(services: Services, proj
     assert (spec.judge_url, spec.judge_token) == (None, None)
 
 
+def test_a_jobs_training_extensions_reach_the_trainer_and_absent_ones_are_the_workers(
+    services: Services, project: str
+) -> None:
+    given = {"lora": {"rank": 4, "alpha": 12, "target_modules": ["q_proj", "v_proj"]}, "max_seq_len": 512,
+             "warmup_ratio": 0.2}  # fmt: skip
+    job = new_job(services, project, **given)
+    spec = services.runs.start(services.runs.validate(services.runs.claim_next(WORKER)))  # type: ignore[arg-type]
+    assert spec is not None
+    assert spec.job_id == job.id
+    written = json.loads((spec.run_path / "spec.json").read_text())
+    assert written["lora"] == {"r": 4, "alpha": 12, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    assert (written["max_seq_len"], written["warmup_ratio"]) == (512, 0.2)
+
+    plain = new_job(services, project, lora={"rank": 8})
+    other = services.runs.start(services.runs.validate(services.runs.claim_next("worker-2")))  # type: ignore[arg-type]
+    assert other is not None
+    assert other.job_id == plain.id
+    assert (other.lora.r, other.lora.alpha, other.lora.target_modules) == (8, 32, None)  # alpha: the worker's
+    assert (other.max_seq_len, other.warmup_ratio) == (2048, 0.0)
+
+
 def test_a_queued_job_says_how_many_jobs_are_ahead_not_a_stock_phrase(services: Services, project: str) -> None:
     first = start(services, new_job(services, project))
     assert first.status is JobStatus.RUNNING

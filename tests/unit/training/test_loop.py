@@ -32,7 +32,7 @@ from tunery.training import progress as control
 from tunery.training.__main__ import describe_failure, main
 from tunery.training.examples import InvalidTrainingData, encode_example, read_examples
 from tunery.training.loop import Setup, TrainingDiverged, load_base_model, run, train_step
-from tunery.training.lora import add_adapter, save_adapter
+from tunery.training.lora import InvalidLoraSettings, add_adapter, save_adapter
 from tunery.training.packing import use_varlen_attention
 from tunery.training.progress import ProgressKind, ProgressReader, ProgressRecord, ProgressWriter
 from tunery.training.spec import LoraSpec, TrainingSpec
@@ -220,6 +220,18 @@ def test_only_lora_weights_change(tiny_model_dir: Path, tmp_path: Path) -> None:
     base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()}
     for name, weight in fresh.items():
         assert torch.equal(base[name], weight), name  # bit-identical
+
+
+def test_a_jobs_lora_shape_reaches_the_adapter_and_an_unknown_target_is_named(tiny_model_dir: Path) -> None:
+    model = add_adapter(varlen_model(tiny_model_dir), LoraSpec(r=2, alpha=6, target_modules=("q_proj", "v_proj")))
+    config = model.peft_config["default"]
+    assert (config.r, config.lora_alpha, set(config.target_modules)) == (2, 6, {"q_proj", "v_proj"})
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {"q_proj", "v_proj"}
+    with pytest.raises(InvalidLoraSettings, match="no linear layer named qkv") as caught:
+        add_adapter(varlen_model(tiny_model_dir), LoraSpec(target_modules=("q_proj", "qkv")))
+    assert "q_proj" in str(caught.value)  # the layers it does have
+    assert describe_failure(caught.value)[0] == "invalid_lora_settings"
 
 
 @pytest.mark.parametrize("dtype", precision.sensitive())

@@ -190,11 +190,17 @@ def list_checkpoints(
 @router.get("/fine_tuning/rules")
 def job_rules(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Tunery extension: the limits a create request is checked against (hyperparameter ranges, seed, suffix,
-    the fewest training examples), so the portal checks values as they are typed with the API's own rules."""
+    the fewest training examples; the training extensions' ranges with this server's defaults), so the portal
+    checks values as they are typed with the API's own rules; and how many checkpoints a job keeps."""
+    rules = request_rules()
+    defaults = services.runs.training_defaults()
+    for name, rule in rules["advanced"].items():
+        rule["default"] = defaults[name]
     return {
         "object": "fine_tuning.rules",
-        **request_rules(),
+        **rules,
         "min_training_examples": services.files.min_training_examples,
+        "checkpoints_kept": defaults["checkpoints_kept"],
     }
 
 

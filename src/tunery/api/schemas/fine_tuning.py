@@ -149,6 +149,13 @@ class FineTuningJob(BaseModel):
     """Tunery extension: the evals run on every checkpoint, as requested."""
     distributed: dict[str, int] | None = None
     """Tunery extension: data-parallel training processes, as requested ({processes}); absent: the worker's."""
+    lora: dict[str, Any] | None = None
+    """Tunery extension: the job's LoRA settings ({rank, alpha, target_modules}), as requested; absent: the
+    worker's (``GET /fine_tuning/rules`` shows them)."""
+    max_seq_len: int | None = None
+    """Tunery extension: tokens in a packed training row, as requested; absent: the worker's."""
+    warmup_ratio: float | None = None
+    """Tunery extension: the share of steps the learning rate warms up over, as requested; absent: the worker's."""
     hf_output_repo_name: str | None = None
     """Together's field: the Hugging Face Hub repository the model is pushed to on success (the token is never
     echoed); ``hf_output_format`` says which export (peft, merged, gguf)."""
@@ -164,6 +171,7 @@ class FineTuningJob(BaseModel):
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results",
+                    "lora", "max_seq_len", "warmup_ratio",
                     "hf_output_repo_name", "hf_output_format")  # fmt: skip
         for key in (*optional, "best_checkpoint", "queue"):
             if data.get(key) is None:
@@ -207,6 +215,9 @@ class FineTuningJob(BaseModel):
             prompt_loss_weight=job.extras.get("prompt_loss_weight"),
             early_stopping=job.extras.get("early_stopping"),
             distributed=job.extras.get("distributed"),
+            lora=job.extras.get("lora"),
+            max_seq_len=job.extras.get("max_seq_len"),
+            warmup_ratio=job.extras.get("warmup_ratio"),
             hf_output_repo_name=(job.extras.get("hf_output") or {}).get("repo_id"),
             hf_output_format=(job.extras.get("hf_output") or {}).get("format"),
             progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)

@@ -4,6 +4,7 @@
 
 import { api, fileText, listAll } from "./api.js";
 import { lineChart } from "./charts.js";
+import { pager } from "./lists.js";
 import { openDeployDialog } from "./models.js";
 import {
   alertBox, badge, details, fill, formatDate, formatDuration, formatMetric, formatNumber, formatTime, h, now, pageHeader,
@@ -12,7 +13,7 @@ import {
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const WAITING = new Set(["pending", "queued", "validating_files", "resuming"]);
-const KEEP_LAST = 3; // the server's default keep_checkpoints
+const JOBS_PAGE = 20;
 const COMPARE_MAX = 6;
 
 const jobPath = (id) => `/fine_tuning/jobs/${encodeURIComponent(id)}`;
@@ -41,6 +42,12 @@ export function cloneLink(job) {
   for (const k of ["n_epochs", "batch_size", "learning_rate_multiplier", "beta"]) put(k, hp[k]);
   put("suffix", job.user_provided_suffix);
   put("seed", job.seed);
+  const lora = job.lora || {};
+  put("lora_rank", lora.rank);
+  put("lora_alpha", lora.alpha);
+  put("lora_target_modules", (lora.target_modules || []).join(", "));
+  put("max_seq_len", job.max_seq_len);
+  put("warmup_ratio", job.warmup_ratio);
   return `#/jobs/new?${q}`;
 }
 
@@ -74,20 +81,20 @@ export async function list(main, { learnProject, query }) {
       [["new", "Newest first"], ["old", "Oldest first"], ["name", "Name (suffix)"], ["status", "Status"], ["duration", "Longest first"]]
         .map(([v, t]) => h("option", { value: v }, t))),
     compare: h("button", { type: "button", class: "btn", disabled: true }, "Compare selected"),
-    count: h("span", { class: "muted", role: "status" }),
   };
+  const pages = pager({ pageSize: JOBS_PAGE, onChange: () => draw() });
   ui.compare.addEventListener("click", () => { location.hash = `#/jobs?compare=${[...chosen].join(",")}`; });
   const filters = h("div", { class: "list-filters", role: "search", "aria-label": "Filter jobs" },
     h("div", { class: "field" }, h("label", { for: "job-search" }, "Search"), ui.search),
     h("div", { class: "field" }, h("label", { for: "job-status" }, "Status"), ui.status),
     h("div", { class: "field" }, h("label", { for: "job-sort" }, "Sort"), ui.sort),
-    h("div", { class: "field filter-actions" }, ui.compare, ui.count));
+    h("div", { class: "field filter-actions" }, ui.compare));
   fill(main,
     pageHeader("Fine-tuning", h("a", { class: "btn btn-primary", href: "#/jobs/new" }, "Create a fine-tuned model")),
     h("p", { class: "lead" }, "Jobs train a LoRA adapter on your data. Training runs in the background; ",
       "open a job to watch its loss fall, its checkpoints appear and its events as they happen. ",
       "Tick two or more jobs to overlay their loss curves."),
-    alert, filters, listing);
+    alert, filters, listing, pages.el);
 
   let jobs = [];
   let names = new Map();
@@ -110,7 +117,6 @@ export async function list(main, { learnProject, query }) {
       duration: (a, b) => took(b) - took(a),
     }[ui.sort.value];
     shown = [...shown].sort(by);
-    ui.count.textContent = jobs.length ? `${shown.length} of ${jobs.length} jobs` : "";
     ui.compare.disabled = chosen.size < 2;
     const focused = document.activeElement && listing.contains(document.activeElement) ? document.activeElement.id : null;
     const file = (fid) => (fid ? names.get(fid) || shortId(fid) : "—");
@@ -132,10 +138,11 @@ export async function list(main, { learnProject, query }) {
       { label: "Fine-tuned model", cell: (j) => (j.fine_tuned_model ? h("code", { class: "wrap" }, j.fine_tuned_model) : "—"), class: "hide-lg" },
       { label: "Created", cell: (j) => formatDate(j.created_at), class: "hide-sm" },
       { label: "Duration", cell: jobDuration, class: "num hide-sm" },
-    ], shown, { caption: "Fine-tuning jobs", empty: jobs.length ? "No job matches these filters." : "No fine-tuning jobs yet. Upload data, then create a fine-tuned model." }));
+    ], pages.view(shown, jobs.length), { caption: "Fine-tuning jobs", empty: jobs.length ? "No job matches these filters." : "No fine-tuning jobs yet. Upload data, then create a fine-tuned model." }));
     if (focused) document.getElementById(focused)?.focus();
   }
-  for (const control of [ui.search, ui.status, ui.sort]) control.addEventListener("input", draw);
+  for (const control of [ui.search, ui.status]) control.addEventListener("input", () => { pages.reset(); draw(); });
+  ui.sort.addEventListener("input", draw);
 
   async function refresh() {
     try {
@@ -231,13 +238,14 @@ export function steadyEta(samples, step) {
 
 export async function detail(main, { params: [id], learnProject }) {
   const alert = alertBox();
-  const state = { job: null, events: [], seen: new Set(), metrics: new Map(), lastStep: -1, checkpoints: [], total: null,
+  const state = { job: null, kept: undefined, events: [], seen: new Set(), metrics: new Map(), lastStep: -1, checkpoints: [], total: null,
     deployed: new Map(), names: new Map(), eta: [], views: {}, figures: {}, notified: false };
   const el = {
     header: h("div"), summary: h("section", { class: "card summary", "aria-label": "Status" }),
     charts: h("div", { class: "charts" }), checkpoints: h("div"), details: h("div", { class: "card" }),
     events: h("ol", { class: "events" }),
     notice: h("p", { class: "sr-only", role: "status" }),
+    keptNote: null,
   };
   fill(main,
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Fine-tuning")),
@@ -245,8 +253,7 @@ export async function detail(main, { params: [id], learnProject }) {
     h("section", { "aria-labelledby": "metrics-h" }, h("h2", { id: "metrics-h" }, "Metrics"),
       el.hint = h("p", { class: "muted" }), el.charts),
     h("section", { "aria-labelledby": "ckpt-h" }, h("h2", { id: "ckpt-h" }, "Checkpoints"),
-      h("p", { class: "muted" }, `Tunery keeps the last ${KEEP_LAST} checkpoints, the fine-tuned model, and any older checkpoint that is `,
-        "deployed, was saved at a pause, or is the starting point of another job; it deletes the rest."),
+      el.keptNote = h("p", { class: "muted" }),
       el.checkpoints),
     h("div", { class: "two-col" },
       h("section", { "aria-labelledby": "details-h" }, h("h2", { id: "details-h" }, "Details"), el.details),
@@ -381,6 +388,11 @@ export async function detail(main, { params: [id], learnProject }) {
       hp.beta !== undefined ? ["Beta", String(hp.beta)] : null,
       ["Seed", String(job.seed)],
       ["Suffix", job.user_provided_suffix || "—"],
+      job.lora && job.lora.rank !== undefined ? ["LoRA rank", String(job.lora.rank)] : null,
+      job.lora && job.lora.alpha !== undefined ? ["LoRA alpha", String(job.lora.alpha)] : null,
+      job.lora && job.lora.target_modules ? ["Target modules", job.lora.target_modules.join(", ")] : null,
+      job.max_seq_len !== undefined ? ["Max sequence length", String(job.max_seq_len)] : null,
+      job.warmup_ratio !== undefined ? ["Warm-up ratio", String(job.warmup_ratio)] : null,
       Object.keys(job.metadata || {}).length ? ["Tags", Object.entries(job.metadata).map(([k, v]) => h("span", { class: "tag" }, `${k}: ${v}`))] : null,
       job.trainingType ? ["Training type", job.trainingType] : null,
       ["Created", formatDate(job.created_at)],
@@ -457,8 +469,8 @@ export async function detail(main, { params: [id], learnProject }) {
     const deployments = state.deployed.get(c.fine_tuned_model_checkpoint);
     if (deployments) reasons.push(`deployed as ${deployments.join(", ")}`);
     if (c.saved_at_pause) reasons.push("saved at a pause");
-    const newest = [...state.checkpoints].sort((a, b) => b.step_number - a.step_number).slice(0, KEEP_LAST);
-    if (newest.includes(c)) reasons.push(`one of the last ${KEEP_LAST}`);
+    const newest = [...state.checkpoints].sort((a, b) => b.step_number - a.step_number).slice(0, state.kept ?? 0);
+    if (newest.includes(c)) reasons.push(state.kept === 1 ? "the newest" : `one of the last ${state.kept}`);
     return reasons.length ? reasons.join("; ") : "another job starts from it";
   }
 
@@ -565,6 +577,13 @@ export async function detail(main, { params: [id], learnProject }) {
     const before = state.job && state.job.status;
     state.job = await api(jobPath(id));
     learnProject(state.job.organization_id);
+    if (state.kept === undefined) {  // this server's retention setting (GET /fine_tuning/rules: checkpoints_kept)
+      const rules = await api("/fine_tuning/rules").catch(() => null);
+      state.kept = rules && Number.isInteger(rules.checkpoints_kept) ? rules.checkpoints_kept : null;
+      const newest = state.kept === null ? "the newest checkpoints" : state.kept === 1 ? "the newest checkpoint" : `the last ${state.kept} checkpoints`;
+      fill(el.keptNote, `This server keeps ${newest}, the fine-tuned model, and any older checkpoint that is `,
+        "deployed, was saved at a pause, or is the starting point of another job; it deletes the rest.");
+    }
     if (!state.names.size || !state.names.has(state.job.training_file)) state.names = await fileNames();
     if (state.job.status === "running" && state.job.estimated_finish) {
       const last = state.eta[state.eta.length - 1];

@@ -1,4 +1,4 @@
-// A list with search, a filter, sort and pages over items already fetched (files and models are few per
+// A list with search, a filter, sort and pages over items already fetched (files, models and jobs are few per
 // project: the API caps them), so the controls answer as the user types without another request.
 
 import { fill, h, table } from "./ui.js";
@@ -9,21 +9,18 @@ import { fill, h, table } from "./ui.js";
  * returns an element with .update(items): redraws with the current controls (kept across polls).
  */
 export function listView({ id, caption, columns, empty, text, filter, sorts, pageSize = 20 }) {
-  const state = { query: "", filter: "", sort: sorts[0][0], page: 0, items: [] };
+  const state = { query: "", filter: "", sort: sorts[0][0], items: [] };
   const search = h("input", { type: "search", id: `${id}-search`, autocomplete: "off", placeholder: "Name or ID" });
   const which = filter ? h("select", { id: `${id}-filter` }, h("option", { value: "" }, "All"),
     filter.options.map(([value, label]) => h("option", { value }, label))) : null;
   const order = h("select", { id: `${id}-sort` }, sorts.map(([value, label]) => h("option", { value }, label)));
   const body = h("div");
-  const count = h("p", { class: "list-count", role: "status" });
-  const prev = h("button", { type: "button", class: "btn btn-small" }, "Previous page");
-  const next = h("button", { type: "button", class: "btn btn-small" }, "Next page");
-  const pager = h("div", { class: "pager" }, prev, next);
+  const pages = pager({ pageSize, onChange: () => draw() });
   const controls = h("div", { class: "list-controls", role: "search", "aria-label": `Find ${caption.toLowerCase()}` },
     h("div", { class: "field" }, h("label", { for: search.id }, "Search"), search),
     which ? h("div", { class: "field" }, h("label", { for: which.id }, filter.label), which) : null,
     h("div", { class: "field" }, h("label", { for: order.id }, "Sort by"), order));
-  const el = h("div", { class: "list-view" }, controls, body, h("div", { class: "list-footer" }, count, pager));
+  const el = h("div", { class: "list-view" }, controls, body, pages.el);
 
   function draw() {
     const q = state.query.trim().toLowerCase();
@@ -31,29 +28,49 @@ export function listView({ id, caption, columns, empty, text, filter, sorts, pag
     const compare = sorts.find(([v]) => v === state.sort)[2];
     const shown = state.items.filter((item) => (!q || text(item).toLowerCase().includes(q)) && (!test || test(item)));
     shown.sort(compare);
-    const pages = Math.max(1, Math.ceil(shown.length / pageSize));
-    state.page = Math.min(state.page, pages - 1);
-    const start = state.page * pageSize;
     const filtered = q || test;
-    fill(body, table(columns, shown.slice(start, start + pageSize), {
+    fill(body, table(columns, pages.view(shown, state.items.length), {
       caption, empty: state.items.length && filtered ? "Nothing matches the search or filter." : empty,
     }));
-    count.textContent = shown.length
-      ? `Showing ${start + 1}–${Math.min(start + pageSize, shown.length)} of ${shown.length}` +
-        (shown.length < state.items.length ? ` (${state.items.length} in all)` : "")
-      : "";
-    prev.disabled = state.page === 0;
-    next.disabled = state.page >= pages - 1;
-    pager.hidden = pages < 2;
   }
 
-  search.addEventListener("input", () => { state.query = search.value; state.page = 0; draw(); });
-  if (which) which.addEventListener("change", () => { state.filter = which.value; state.page = 0; draw(); });
+  search.addEventListener("input", () => { state.query = search.value; pages.reset(); draw(); });
+  if (which) which.addEventListener("change", () => { state.filter = which.value; pages.reset(); draw(); });
   order.addEventListener("change", () => { state.sort = order.value; draw(); });
-  prev.addEventListener("click", () => { state.page -= 1; draw(); });
-  next.addEventListener("click", () => { state.page += 1; draw(); });
   el.update = (items) => { state.items = items; draw(); };
   return el;
+}
+
+/**
+ * Pages over a list already searched and sorted: pager({pageSize, onChange}) returns {el, view(shown, total),
+ * reset()}; el is the footer ("Showing 21–40 of 57" and Previous/Next page), view() the rows of the current
+ * page (clamped when the list shrank), reset() goes back to the first page (a new search or filter).
+ */
+export function pager({ pageSize = 20, onChange }) {
+  let page = 0;
+  const count = h("p", { class: "list-count", role: "status" });
+  const prev = h("button", { type: "button", class: "btn btn-small" }, "Previous page");
+  const next = h("button", { type: "button", class: "btn btn-small" }, "Next page");
+  const buttons = h("div", { class: "pager" }, prev, next);
+  prev.addEventListener("click", () => { page -= 1; onChange(); });
+  next.addEventListener("click", () => { page += 1; onChange(); });
+  return {
+    el: h("div", { class: "list-footer" }, count, buttons),
+    reset: () => { page = 0; },
+    view(shown, total = shown.length) {
+      const pages = Math.max(1, Math.ceil(shown.length / pageSize));
+      page = Math.min(page, pages - 1);
+      const start = page * pageSize;
+      count.textContent = shown.length
+        ? `Showing ${start + 1}–${Math.min(start + pageSize, shown.length)} of ${shown.length}` +
+          (shown.length < total ? ` (${total} in all)` : "")
+        : "";
+      prev.disabled = page === 0;
+      next.disabled = page >= pages - 1;
+      buttons.hidden = pages < 2;
+      return shown.slice(start, start + pageSize);
+    },
+  };
 }
 
 export const byNewest = (key) => (a, b) => (b[key] || 0) - (a[key] || 0);

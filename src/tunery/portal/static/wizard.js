@@ -17,22 +17,30 @@ const STEPS = [
 const FIELD_STEP = {
   model: "model", method: "model", type: "model", training_file: "training", validation_file: "validation",
   n_epochs: "params", batch_size: "params", learning_rate_multiplier: "params", beta: "params", seed: "params",
-  suffix: "params", hyperparameters: "params",
+  suffix: "params", hyperparameters: "params", lora: "params", lora_rank: "params", lora_alpha: "params",
+  lora_target_modules: "params", max_seq_len: "params", warmup_ratio: "params",
 };
 const BASE_LEARNING_RATE = 2e-4;
 // Words for the fields an API error's `param` path ends with (the path itself is for programs).
 const FIELD_LABELS = {
   n_epochs: "Number of epochs", batch_size: "Batch size", learning_rate_multiplier: "Learning rate multiplier",
   beta: "Beta", seed: "Seed", suffix: "Suffix", training_file: "Training file", validation_file: "Validation file",
-  model: "Base model",
+  model: "Base model", lora_rank: "LoRA rank", lora_alpha: "LoRA alpha", lora_target_modules: "Target modules",
+  max_seq_len: "Max sequence length", warmup_ratio: "Warm-up ratio",
 };
-const CHECKED_FIELDS = ["n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed"];
+// Tunery's training extensions (the "Advanced" section): the wizard field, the API param it sends.
+export const ADVANCED = ["lora_rank", "lora_alpha", "lora_target_modules", "max_seq_len", "warmup_ratio"];
+const CHECKED_FIELDS = ["n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed", ...ADVANCED];
+
+/** The wizard field an API error's `param` names: its last part ("lora.rank" is the field lora_rank). */
+export const paramField = (param) => param.replace(/^lora\./, "lora_").split(".").pop();
+const moduleNames = (value) => value.split(",").map((x) => x.trim()).filter(Boolean);
 
 /** An API error as a sentence for people: the param path at its start becomes the field's name. */
 export function sentence(error) {
   const message = error.message || String(error);
   if (!error.param) return message;
-  const name = FIELD_LABELS[error.param.split(".").pop()];
+  const name = FIELD_LABELS[paramField(error.param)];
   return message.startsWith(error.param) && name ? name + message.slice(error.param.length) : message;
 }
 
@@ -45,7 +53,15 @@ export function checkValue(rules, key, value) {
   if (key === "suffix") {
     return new RegExp(rules.suffix.pattern).test(value) ? null : `Use ${rules.suffix.description}.`;
   }
-  const r = key === "seed" ? rules.seed : rules.hyperparameters[key];
+  if (key === "lora_target_modules") {
+    const r = rules.advanced[key];
+    const names = moduleNames(String(value));
+    const bad = names.find((x) => !new RegExp(r.pattern).test(x));
+    if (bad) return `“${bad}” is not a layer name: letters, digits and _ (such as q_proj).`;
+    if (!names.length || names.length > r.max_items) return `List 1 to ${r.max_items} layer names, separated by commas.`;
+    return null;
+  }
+  const r = key === "seed" ? rules.seed : (rules.hyperparameters[key] || (rules.advanced || {})[key]);
   if (!r) return null;
   const n = Number(value);
   if (!Number.isFinite(n)) return "Enter a number, or leave it empty for auto.";
@@ -99,7 +115,10 @@ export async function render(main, { query, navigate }) {
     error: null,
   };
   // "Clone settings" on a job page opens the wizard with that job's settings in the query.
-  for (const k of ["method", "validation_file", "n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed"]) if (query.get(k)) s[k] = query.get(k);
+  for (const k of ADVANCED) s[k] = "";
+  s.advancedOpen = false;
+  for (const k of ["method", "validation_file", "n_epochs", "batch_size", "learning_rate_multiplier", "beta", "suffix", "seed", ...ADVANCED]) if (query.get(k)) s[k] = query.get(k);
+  if (ADVANCED.some((k) => s[k] !== "")) s.advancedOpen = true;  // cloned settings: show what differs
   const [modelList, fileList, rules, jobPage] = await Promise.all([
     api("/models"), listAll("/files"), api("/fine_tuning/rules"), api("/fine_tuning/jobs?limit=100"),
   ]);
@@ -137,6 +156,13 @@ export async function render(main, { query, navigate }) {
     if (s.suffix) body.suffix = s.suffix;
     if (s.seed !== "") body.seed = Number(s.seed);
     body.method = { type: s.method, [s.method]: { hyperparameters: hp } };
+    const lora = {};
+    if (s.lora_rank !== "") lora.rank = Number(s.lora_rank);
+    if (s.lora_alpha !== "") lora.alpha = Number(s.lora_alpha);
+    if (s.lora_target_modules.trim() !== "") lora.target_modules = moduleNames(s.lora_target_modules);
+    if (Object.keys(lora).length) body.lora = lora;
+    if (s.max_seq_len !== "") body.max_seq_len = Number(s.max_seq_len);
+    if (s.warmup_ratio !== "") body.warmup_ratio = Number(s.warmup_ratio);
     return body;
   }
 
@@ -151,7 +177,7 @@ export async function render(main, { query, navigate }) {
   function problemOf(name) {
     const typed = checkValue(rules, name, s[name]);
     if (typed) return typed;
-    if (!s.error || !s.error.param || s.error.param.split(".").pop() !== name) return null;
+    if (!s.error || !s.error.param || paramField(s.error.param) !== name) return null;
     const text = sentence(s.error);
     const label = FIELD_LABELS[name];
     if (!label || !text.startsWith(label)) return text;
@@ -186,7 +212,7 @@ export async function render(main, { query, navigate }) {
     const select = control.tagName === "SELECT";
     control.addEventListener(select ? "change" : "input", () => {
       s[key] = control.value;
-      if (s.error && (s.error.param || "").split(".").pop() === key) s.error = null;  // the user is fixing it
+      if (s.error && paramField(s.error.param || "") === key) s.error = null;  // the user is fixing it
       if (select) { draw(); document.getElementById(key)?.focus(); return; }
       showProblem(key, control, problemOf(key));  // checked as typed, with the API's rules
       if (explainBox) fill(explainBox, explain());
@@ -267,6 +293,40 @@ export async function render(main, { query, navigate }) {
           : `Expected duration: not measured yet — no finished job on ${s.model} in this project to time this server by.`) : null));
   }
 
+  /** Tunery's training extensions, collapsed: each with what it does, its default here and when to change it. */
+  function advancedSection() {
+    const a = rules.advanced;
+    const span = (k) => `${a[k].min}–${a[k].max}`;
+    const targets = a.lora_target_modules.default ? a.lora_target_modules.default.join(", ")
+      : "the attention and MLP projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)";
+    const parent = models.some((m) => m.id === s.model && m.fine_tune)
+      ? h("p", { class: "notice" }, "You are continuing a fine-tuned model: it keeps its own LoRA rank, alpha and target modules; "
+        + "only the sequence length and warm-up below apply.") : null;
+    const box = h("details", { class: "advanced", open: s.advancedOpen },
+      h("summary", {}, "Advanced: LoRA, sequence length, warm-up"),
+      h("p", { class: "muted" }, "Leave a value empty for this server's default (shown in each box). Most jobs never need these."),
+      parent,
+      h("div", { class: "grid-2" },
+        field("lora_rank", "LoRA rank", number("lora_rank", { step: "1", placeholder: String(a.lora_rank.default) }),
+          `Size of the trained adapter matrices (${span("lora_rank")}; default ${a.lora_rank.default}). Higher learns more `
+          + "and costs memory and time; try 32–64 when the loss plateaus high on a large, varied dataset, 4–8 for small data."),
+        field("lora_alpha", "LoRA alpha", number("lora_alpha", { step: "1", placeholder: String(a.lora_alpha.default) }),
+          `Scales the adapter's update by alpha ÷ rank (${span("lora_alpha")}; default ${a.lora_alpha.default}). `
+          + "Keep it about twice the rank when you change the rank; raise it for a stronger update."),
+        field("lora_target_modules", "Target modules",
+          bind(h("input", { type: "text", autocomplete: "off", spellcheck: "false", placeholder: a.lora_target_modules.default ? a.lora_target_modules.default.join(", ") : "default" }), "lora_target_modules"),
+          `Layers the adapter trains, separated by commas (default: ${targets}). Fewer layers (q_proj, v_proj) train faster `
+          + "with a smaller adapter; a name the base model lacks fails the job."),
+        field("max_seq_len", "Max sequence length", number("max_seq_len", { step: "1", placeholder: String(a.max_seq_len.default) }),
+          `Tokens in one training row (${span("max_seq_len")}; default ${a.max_seq_len.default}). Longer examples are cut `
+          + "to it; lower it to save memory, raise it when the file's longest examples are longer."),
+        field("warmup_ratio", "Warm-up ratio", number("warmup_ratio", { placeholder: String(a.warmup_ratio.default) }),
+          `Share of the steps over which the learning rate climbs from near zero to its peak (${span("warmup_ratio")}; `
+          + `default ${a.warmup_ratio.default}). Try 0.03–0.1 when the loss jumps or spikes in the first steps.`)));
+    box.addEventListener("toggle", () => { s.advancedOpen = box.open; });
+    return box;
+  }
+
   const number = (key, extra = {}) => bind(h("input", { type: "number", step: "any", placeholder: "auto", inputmode: "decimal", ...extra }), key);
 
   const bodies = {
@@ -295,6 +355,7 @@ export async function render(main, { query, navigate }) {
         s.method === "dpo" ? field("beta", "Beta", number("beta"), `DPO temperature, typically 0.1–0.5 (${range("beta")}).`) : null,
         field("suffix", "Suffix (optional)", bind(h("input", { type: "text", maxlength: 40, autocomplete: "off" }), "suffix"), "Added to the fine-tuned model's name."),
         field("seed", "Seed (optional)", bind(h("input", { type: "number", step: "1" }), "seed"), "Same seed, same data: the same run.")),
+      advancedSection(),
       (explainBox = h("div", {}, explain())),
     ],
     review: () => {
@@ -303,7 +364,7 @@ export async function render(main, { query, navigate }) {
       const v = fileById(s.validation_file);
       const alert = alertBox();
       if (s.error) {
-        const where = STEPS.find((x) => x.id === FIELD_STEP[(s.error.param || "").split(".").pop()]);
+        const where = STEPS.find((x) => x.id === FIELD_STEP[paramField(s.error.param || "")]);
         alert.show({ message: sentence(s.error) });
         if (where) alert.append(" ", h("button", { type: "button", class: "btn btn-link", onclick: () => go(STEPS.indexOf(where)) }, `Fix it in “${where.title}”`));
       }
@@ -311,7 +372,8 @@ export async function render(main, { query, navigate }) {
         h("dl", { class: "details" },
           [["Method", s.method === "dpo" ? "DPO" : "Supervised"], ["Base model", s.model],
             ["Training file", f ? `${f.filename} (${fileSummary(f)})` : "—"], ["Validation file", v ? v.filename : "none"],
-            ["Suffix", s.suffix || "—"], ["Seed", s.seed || "random"]]
+            ["Suffix", s.suffix || "—"], ["Seed", s.seed || "random"],
+            ["Advanced", ADVANCED.filter((k) => s[k] !== "").map((k) => `${FIELD_LABELS[k]} ${s[k]}`).join(" · ") || "this server's defaults"]]
             .map(([k, val]) => h("div", {}, h("dt", {}, k), h("dd", {}, val)))),
         explain(),
         h("h3", {}, "Request"),
@@ -329,6 +391,7 @@ export async function render(main, { query, navigate }) {
       navigate(`#/jobs/${job.id}`);
     } catch (error) {
       s.error = error;
+      if (ADVANCED.includes(paramField(error.param || ""))) s.advancedOpen = true;
       draw();
       panel.querySelector("[role=alert]").focus?.();
     } finally {
@@ -355,7 +418,8 @@ export async function render(main, { query, navigate }) {
       e.preventDefault();
       const paramsStep = STEPS.findIndex((x) => x.id === "params");
       if (s.step >= paramsStep && invalidFields().length) {  // never send what the API would refuse
-        if (s.step !== paramsStep) go(paramsStep);
+        if (ADVANCED.includes(invalidFields()[0])) s.advancedOpen = true;
+        if (s.step !== paramsStep || s.advancedOpen) go(paramsStep);
         document.getElementById(invalidFields()[0])?.focus();
         return;
       }
