@@ -300,11 +300,19 @@ def test_playground_streams_a_reply(page: Page, screenshots: Path, state: dict[s
         pytest.skip("needs the deployment")
     page.get_by_label("System message").fill("Name the colour code.")
     page.get_by_label("Max tokens").fill("48")
+    # Streaming is watched on the random base model, which writes until max tokens; the fine-tune's answer is a
+    # code of a few tokens (its length depends on how this run's job trained), too short to watch grow.
+    model = page.get_by_label("Model", exact=True)
+    model.select_option("tiny-llama")
     page.get_by_label("Message", exact=True).fill("Colour teal number 7?")
     lengths = _assistant_lengths_while_streaming(page)
     growing = [n for n in lengths if n > 0]
     assert growing, "the reply has text"
     assert len(set(growing)) >= 3, f"the reply grew piece by piece as it streamed: {lengths}"
+    page.get_by_role("button", name="Clear chat").click()
+    model.select_option("colours-final")
+    page.get_by_label("Message", exact=True).fill("Colour teal number 7?")
+    page.get_by_role("button", name="Send").click()
     log = page.get_by_role("log", name="Model conversation")
     expect(log.get_by_role("article", name="You said")).to_contain_text("Colour teal number 7?")
     expect(log.get_by_role("article", name="Reply from colours-final")).to_be_visible()
