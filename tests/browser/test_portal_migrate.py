@@ -157,7 +157,9 @@ def test_migrate_from_another_tunery_server_in_the_portal(
     expect(summary).to_contain_text("0 moved, 2 moved before, 0 not moved", timeout=ceiling_ms(30))
     answers = page.get_by_role("region", name="Old and new answers")
     expect(answers).to_be_visible()
-    expect(answers.get_by_text("Prompt:").first).to_be_visible()
+    expect(answers.get_by_text("Prompt:")).to_have_count(len(old) * 3)  # the held-out prompts of each job
+    expect(answers.get_by_text("Old answer", exact=True)).to_have_count(len(old) * 3)
+    expect(answers.get_by_text("New answer", exact=True)).to_have_count(len(old) * 3)
     for job, new in zip(old, moved, strict=True):
         expect(report_row(page, job.id)).to_contain_text("already moved")
         expect(page.get_by_role("region", name="Old ids answering here")).to_contain_text(

@@ -152,9 +152,17 @@ function showReport(section, r) {
         e.comparisons.map((row) => h("div", { class: "comparison-row" },
           h("p", { class: "hint" }, "Prompt: ", promptText(row.messages)),
           h("div", { class: "panes two" },
-            h("div", {}, h("strong", {}, "Old"), h("p", { class: "answer" }, row.old ?? `No answer: ${row.old_error || "the old model did not answer"}`)),
-            h("div", {}, h("strong", {}, "New"), h("p", { class: "answer" }, row.new ?? "No answer"))))))))
+            answer("Old answer", row.old, row.old_error || "the old model did not answer"),
+            answer("New answer", row.new, "the new model did not answer")))))))
       : null);
+}
+
+/** One side of a comparison: the text as the model wrote it (scrollable when long), or why there is none. */
+function answer(label, text, missing) {
+  const body = text === null || text === undefined ? h("p", { class: "muted" }, sentence(`No answer: ${missing}`))
+    : !text.trim() ? h("p", { class: "muted" }, "An empty answer (only spaces or line breaks).")
+      : h("p", { class: "answer", tabindex: "0", "aria-label": label }, text);
+  return h("div", {}, h("strong", {}, label), body);
 }
 
 function promptText(messages) {
