@@ -200,6 +200,7 @@ def build_services(
             hub_token_configured=bool(settings.portability.hf_token),
         ),
         metrics=MetricStore(database),
+        blobs=blobs,
     )
 
     base_weights = BaseWeights(settings, catalog)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 PHONE = {"width": 390, "height": 844}
-NAV = ["Data files", "Fine-tuning", "Models", "Deployments", "Playground", "Evals", "Webhooks"]
+NAV = ["Data files", "Fine-tuning", "Models", "Deployments", "Playground", "Evals", "Webhooks", "Migrate"]
 
 
 def chat_jsonl(n: int, tag: str = "c") -> bytes:
@@ -384,6 +384,7 @@ def every_route(project: dict[str, Any]) -> list[str]:
         "#/playground",
         "#/evals",
         "#/webhooks",
+        "#/migrate",
     ]
 
 

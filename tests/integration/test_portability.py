@@ -317,6 +317,11 @@ def test_migrate_jobs_from_another_server(server: Server, dest: Server) -> None:
     client = client_of(dest)
     body = {"source_url": f"{server.url}/v1", "api_key": source_key, "base_model": "tiny-llama", "compare": False}
 
+    preview: Any = client.post("/migrations", body={**body, "dry_run": True}, cast_to=object)
+    assert (preview["would_move"], preview["moved"], preview["not_moved"]) == (2, 0, 0), preview
+    assert {e["status"] for e in preview["entries"]} == {"would_move"}
+    assert client.get("/migrations", cast_to=object)["data"] == [], "a dry run records nothing"  # type: ignore[index]
+
     report: Any = client.post("/migrations", body=body, cast_to=object)
     assert (report["moved"], report["not_moved"]) == (2, 0), report
     by_source = {e["source_job_id"]: e for e in report["entries"]}

@@ -141,6 +141,7 @@ def migrate(
     ],
     base: Annotated[str | None, typer.Option("--base", help="Base model here for the recreated jobs")] = None,
     compare: Annotated[bool, typer.Option(help="Old vs new answers where both models answer")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would move; create nothing")] = False,
     base_url: BaseUrlOption = URL,
     api_key: ApiKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -150,14 +151,15 @@ def migrate(
     Run it again later: nothing moves twice, failed moves are retried, and finished jobs get their side by side.
     """
     client = make_client(base_url, api_key).with_options(timeout=3600.0)
-    body = {"source_url": from_url, "api_key": source_key, "base_model": base, "compare": compare}
+    body = {"source_url": from_url, "api_key": source_key, "base_model": base, "compare": compare, "dry_run": dry_run}
     with api_errors():
         report: Any = client.post("/migrations", body=body, cast_to=object)
     if as_json:
         print_json(report)
         return
+    moved = f"{report['would_move']} would move (dry run)" if dry_run else f"{report['moved']} moved"
     console.print(
-        f"From {report['source_url']} onto {report['base_model']}: {report['moved']} moved, "
+        f"From {report['source_url']} onto {report['base_model']}: {moved}, "
         f"{report['already_moved']} moved before, {report['not_moved']} not moved"
     )
     table(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +26,14 @@ from tunery.graders import Grader, parse_grader, validate_grader
 from tunery.services.files import FileService
 from tunery.services.job_requests import GRADER_PARAM, JobRequest
 from tunery.services.models import ModelService
+from tunery.services.shared_state import drop_shared_state
+from tunery.storage.blobs import BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.events import EventStore
 from tunery.storage.jobs import JobStore
 from tunery.storage.models import ModelStore
+
+log = logging.getLogger(__name__)
 
 FORMAT_FOR_METHOD = {
     Method.SUPERVISED: DatasetFormat.CHAT,
@@ -66,8 +71,10 @@ class JobService:
         *,
         clock: Callable[[], float] = time.time,
         metrics: MetricStore | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._metrics = metrics
+        self._blobs = blobs
         self._jobs = jobs
         self._events = events
         self._checkpoints = checkpoints
@@ -173,11 +180,18 @@ class JobService:
 
     # ----------------------------------------------------------------------------------------- control
     def cancel(self, project_id: str, job_id: str) -> Job:
-        """Any non-terminal job can be cancelled; a running trainer stops within one optimizer step."""
+        """Any non-terminal job can be cancelled; a running trainer stops within one optimizer step.
+
+        The job can never resume, so its shared trainer state goes now: a paused (or not yet restarted) job has
+        no trainer whose end would drop it. A running trainer's worker drops it again when the trainer exits,
+        should it share one more save meanwhile. Its checkpoints and data stay (they are still deployable).
+        """
         job = self._move(
             project_id, job_id, JobStatus.CANCELLED, "cancel", finished_at=int(self._clock()), estimated_finish=None
         )
         self.log(job.id, "Job cancelled.")
+        if self._blobs is not None:
+            drop_shared_state(self._blobs, job.id)
         return job
 
     def pause(self, project_id: str, job_id: str) -> Job:
@@ -200,7 +214,9 @@ class JobService:
         return job
 
     def delete(self, project_id: str, job_id: str) -> None:
-        """Delete a finished job, its fine-tuned model and checkpoints (Azure dated ``DELETE``).
+        """Delete a finished or paused job, its fine-tuned model and checkpoints (Azure dated ``DELETE``), and
+        its blobs under ``jobs/<id>/``: the shared trainer state a pause left and its copies of its data (the
+        uploaded files it was made from stay).
 
         Raises:
             Conflict: the job is still active (cancel it first), or its model is deployed.
@@ -217,6 +233,13 @@ class JobService:
             self._model_service.delete(project_id, job.fine_tuned_model)
         self._jobs.delete(project_id, job_id)
         self._model_service.notify_deleted(project_id, None)  # its checkpoints are gone too
+        if self._blobs is not None:  # a paused job's shared trainer state, and the job's own copies of its data
+            drop_shared_state(self._blobs, job.id)
+            try:
+                for which in ("training", "validation"):
+                    self._blobs.delete(training_copy_key(job.id, which))
+            except Exception:  # the job is gone already; a store that fails now leaves two files, not a 5xx
+                log.warning("job %s: could not delete its copies of its data", job.id, exc_info=True)
 
     # ----------------------------------------------------------------------------------------- helpers
     def log(

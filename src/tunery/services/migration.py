@@ -42,13 +42,14 @@ class MigrationRequest:
     base_model: str | None = None
     compare: bool = True
     max_tokens: int = 48
+    dry_run: bool = False  # list what would move (and what would not, and why); create nothing
 
 
 @dataclass(slots=True)
 class ReportEntry:
     source_job_id: str
     source_model: str | None
-    status: str  # moved | already_moved | not_moved
+    status: str  # moved | already_moved | not_moved | would_move (a dry run)
     job_id: str | None = None
     reason: str | None = None
     fine_tuned_model: str | None = None
@@ -122,17 +123,22 @@ class MigrationService:
             raise InvalidRequest(
                 f"Cannot use the source URL {url!r}: {exc}.", param="source_url", code="source_unreachable"
             ) from None
-        entries = [self._one(project_id, url, client, job, base) for job in reversed(source_jobs)]
-        if request.compare:
+        if request.dry_run:
+            entries = [self._preview(project_id, url, job) for job in reversed(source_jobs)]
+        else:
+            entries = [self._one(project_id, url, client, job, base) for job in reversed(source_jobs)]
+        if request.compare and not request.dry_run:
             for entry in entries:
                 self._compare(project_id, url, client, entry, request.max_tokens)
         return {
             "object": "migration.report",
             "source_url": url,
             "base_model": base,
+            "dry_run": request.dry_run,
             "moved": sum(e.status == "moved" for e in entries),
             "already_moved": sum(e.status == "already_moved" for e in entries),
             "not_moved": sum(e.status == "not_moved" for e in entries),
+            "would_move": sum(e.status == "would_move" for e in entries),
             "entries": [e.to_dict() for e in entries],
         }
 
@@ -140,6 +146,17 @@ class MigrationService:
         return self._store.list(project_id)
 
     # ----------------------------------------------------------------------------------------- one job
+    def _preview(self, project_id: str, url: str, job: Any) -> ReportEntry:
+        """What a run would do with this source job, without downloading or creating anything."""
+        known = self._store.get(project_id, url, job.id)
+        if known is not None and known.status == "moved":
+            return ReportEntry(job.id, known.source_model, "already_moved", job_id=known.job_id,
+                               fine_tuned_model=self._new_model(project_id, known.job_id))  # fmt: skip
+        if job.status not in MOVABLE:
+            reason = _not_movable(job.status)
+            return ReportEntry(job.id, job.fine_tuned_model, "not_moved", reason=reason)
+        return ReportEntry(job.id, job.fine_tuned_model, "would_move")
+
     def _one(self, project_id: str, url: str, client: openai.OpenAI, job: Any, base: str) -> ReportEntry:
         known = self._store.get(project_id, url, job.id)
         if known is not None and known.status == "moved":
@@ -163,7 +180,7 @@ class MigrationService:
 
     def _recreate(self, project_id: str, client: openai.OpenAI, job: Any, base: str) -> tuple[str, dict[str, Any]]:
         if job.status not in MOVABLE:
-            raise InvalidRequest(f"the source job is {job.status}; only jobs that ran or will run are moved")
+            raise InvalidRequest(_not_movable(job.status))
         training, prompts = self._copy_file(project_id, client, job.training_file, "training_file")
         validation = None
         if job.validation_file:
@@ -246,6 +263,10 @@ class MigrationService:
             answer = self._chat.create(project_id, request)
             row["new"] = answer.texts[0] if isinstance(answer, Completion) else None
             entry.comparisons.append(row)
+
+
+def _not_movable(status: str) -> str:
+    return f"the source job is {status}; only jobs that ran or will run are moved"
 
 
 def _prompts(data: bytes) -> list[Any]:

@@ -52,6 +52,7 @@ from tunery.services.files import FileService
 from tunery.services.job_requests import has_model_grader, response_format_schema
 from tunery.services.jobs import FORMAT_FOR_METHOD, training_copy_key
 from tunery.services.judge_relay import JudgeRelay
+from tunery.services.shared_state import STATE_MANIFEST, drop_shared_state, shared_state_prefix
 from tunery.storage.blobs import BlobStore
 from tunery.storage.checkpoints import CheckpointStore, MetricStore
 from tunery.storage.deployments import DeploymentStore
@@ -82,7 +83,6 @@ log = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_CRASH_RETRIES = 1
-STATE_MANIFEST = "latest.json"  # under shared_state_prefix: {"step": N, "files": [...]}
 SHARE_ATTEMPTS = 5
 SECONDS_PER_HOUR = 3600.0
 
@@ -811,15 +811,8 @@ class RunService:
         return step
 
     def drop_shared_state(self, job_id: str) -> None:
-        """The job has ended: its shared state goes (the manifest first, so a half-done drop is never read as
-        a state to resume from; leftovers of an interrupted share go too)."""
-        prefix = shared_state_prefix(job_id)
-        try:
-            keys = [key for key, _ in self._blobs.listing(f"{prefix}/")]
-            for key in sorted(keys, key=lambda k: not k.endswith(STATE_MANIFEST)):
-                self._blobs.delete(key)
-        except Exception:
-            log.warning("job %s: could not delete its shared state", job_id, exc_info=True)
+        """The job has ended: its shared state goes (``services.shared_state.drop_shared_state``)."""
+        drop_shared_state(self._blobs, job_id)
 
     def _log(self, job_id: str, message: str, *, level: EventLevel = EventLevel.INFO) -> None:
         self._events.append(
@@ -864,11 +857,6 @@ def _early_stop_message(stopped: StoppedEarly, model_step: int) -> str:
         if best is not None
         else f"Stopped early after epoch {stopped.epoch}. The model is the step-{model_step} checkpoint."
     )
-
-
-def shared_state_prefix(job_id: str) -> str:
-    """Where a job's saved state is shared in the blob store."""
-    return f"jobs/{job_id}/state"
 
 
 def _close(handles: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from tunery.config import ModelsSettings, Settings, StorageSettings
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
 from tunery.services.container import Services
-from tunery.services.runs import shared_state_prefix
+from tunery.services.shared_state import shared_state_prefix
 from tunery.storage import Database, JobStore
 from tunery.testing.s3_server import CREDENTIALS, fresh_bucket, s3_client
 from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind

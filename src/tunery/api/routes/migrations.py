@@ -1,6 +1,7 @@
 """``/migrations``: move fine-tuning jobs from another OpenAI-compatible service here (a Tunery extension).
 
-``POST /migrations`` runs one migration and answers its report; ``GET /migrations`` lists what moved.
+``POST /migrations`` runs one migration (or, with ``dry_run``, only lists what would move) and answers its
+report; ``GET /migrations`` lists what moved. The portal's Migrate page calls both.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class MigrationBody(BaseModel):
     api_key: str = Field(min_length=1, description="The source's API key (used for this request only, not stored)")
     base_model: str | None = Field(default=None, description="Base model here for the recreated jobs")
     compare: bool = Field(default=True, description="Set old and new answers side by side where both answer")
+    dry_run: bool = Field(default=False, description="Only report what would move (and what not, and why)")
 
     @field_validator("source_url")
     @classmethod
@@ -35,7 +37,11 @@ class MigrationBody(BaseModel):
 @router.post("/migrations")
 def create_migration(body: MigrationBody, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     request = MigrationRequest(
-        source_url=body.source_url, api_key=body.api_key, base_model=body.base_model, compare=body.compare
+        source_url=body.source_url,
+        api_key=body.api_key,
+        base_model=body.base_model,
+        compare=body.compare,
+        dry_run=body.dry_run,
     )
     return services.migrations.migrate(principal.project_id, request)
 

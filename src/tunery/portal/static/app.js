@@ -6,6 +6,7 @@ import { api, clearKey, getKey, setKey } from "./api.js";
 import * as evals from "./evals.js";
 import * as files from "./files.js";
 import * as jobs from "./jobs.js";
+import * as migrate from "./migrate.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
 import { alertBox, fill, h, shortId } from "./ui.js";
@@ -25,6 +26,7 @@ const ROUTES = [
   [/^\/evals\/([^/]+)$/, evals.detail, "evals", "Eval"],
   [/^\/evals\/([^/]+)\/runs\/([^/]+)$/, evals.run, "evals", "Eval run"],
   [/^\/webhooks$/, webhooks.render, "webhooks", "Webhooks"],
+  [/^\/migrate$/, migrate.render, "migrate", "Migrate"],
 ];
 const PROJECT_STORAGE = "tunery.project";
 
