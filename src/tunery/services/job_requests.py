@@ -198,7 +198,7 @@ def parse_training_extensions(body: dict[str, Any]) -> dict[str, Any]:
     * ``lora``: ``{"rank": 1-256, "alpha": 1-1024, "target_modules": ["q_proj", ...]}`` — the adapter's size,
       its scale (the update is multiplied by alpha/rank) and which layers it adapts (names of the base
       model's linear layers; the trainer refuses a name the model lacks). A continued fine-tune keeps its
-      parent adapter's shape.
+      parent adapter's shape: ``lora`` is refused there (``JobService.create``).
     * ``max_seq_len``: 64-8192 tokens in a packed training row; longer examples are cut to it.
     * ``warmup_ratio``: 0-0.5, the share of steps over which the learning rate climbs to its peak.
     """
@@ -551,7 +551,7 @@ def request_rules() -> dict[str, Any]:
         name: {"min": low, "max": high, "integer": integer, "min_exclusive": not integer}
         for name, (low, high, integer) in RANGES.items()
     }
-    advanced = {
+    advanced: dict[str, dict[str, Any]] = {
         name.replace(".", "_"): {"min": low, "max": high, "integer": integer, "min_exclusive": False}
         for name, (low, high, integer) in ADVANCED_RANGES.items()
     }

@@ -112,6 +112,13 @@ class JobService:
         if request.method is Method.REINFORCEMENT:
             files = {"training_file": training} | ({"validation_file": validation} if validation else {})
             self._check_grader_fields(project_id, request, files)
+        if ref.adapter_key and "lora" in request.extras:
+            raise InvalidRequest(
+                f"lora cannot be set when continuing the fine-tune '{ref.name}': training goes on in its own "
+                "adapter, whose rank, alpha and target modules are fixed. Leave lora out, or start from the base "
+                f"model '{ref.base_model}' to train an adapter of another shape.",
+                param="lora",
+            )
         hub_token = "hf_api_token" in request.extras or self._rules.hub_token_configured
         if "hf_output" in request.extras and not hub_token:
             raise InvalidRequest(

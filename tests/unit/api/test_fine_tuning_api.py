@@ -195,6 +195,21 @@ def test_training_extensions_are_echoed_and_their_ranges_and_defaults_published(
     assert rules["checkpoints_kept"] == 3
 
 
+def test_continuing_a_fine_tune_keeps_its_lora_shape_and_refuses_another(api: Api, train_id: str) -> None:
+    from tests.unit.api.test_chat_and_deployments_api import fine_tuned_model
+
+    parent = fine_tuned_model(api)
+    refused = create(api, {"model": parent, "training_file": train_id, "lora": {"rank": 4}})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "lora"
+    assert parent in error["message"]
+    assert "tiny-llama" in error["message"]  # where to start instead for another shape
+    continued = create(api, {"model": parent, "training_file": train_id, "max_seq_len": 256})
+    assert continued.status_code == 200, continued.text
+    assert continued.json()["max_seq_len"] == 256
+
+
 def test_missing_model_and_bad_json(api: Api, train_id: str) -> None:
     missing = create(api, {"training_file": train_id})
     assert missing.status_code == 400

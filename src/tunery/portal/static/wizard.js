@@ -145,6 +145,8 @@ export async function render(main, { query, navigate }) {
     return f && f.validation && f.validation.statistics ? f.validation.statistics : null;
   };
   const examples = () => (statistics() ? statistics().examples : null);
+  // Continuing a fine-tune trains its own adapter further: its LoRA shape is fixed (the API refuses `lora` then).
+  const continuing = () => models.some((m) => m.id === s.model && m.fine_tune);
 
   function request() {
     const hp = {};
@@ -160,7 +162,7 @@ export async function render(main, { query, navigate }) {
     if (s.lora_rank !== "") lora.rank = Number(s.lora_rank);
     if (s.lora_alpha !== "") lora.alpha = Number(s.lora_alpha);
     if (s.lora_target_modules.trim() !== "") lora.target_modules = moduleNames(s.lora_target_modules);
-    if (Object.keys(lora).length) body.lora = lora;
+    if (Object.keys(lora).length && !continuing()) body.lora = lora;
     if (s.max_seq_len !== "") body.max_seq_len = Number(s.max_seq_len);
     if (s.warmup_ratio !== "") body.warmup_ratio = Number(s.warmup_ratio);
     return body;
@@ -299,7 +301,8 @@ export async function render(main, { query, navigate }) {
     const span = (k) => `${a[k].min}–${a[k].max}`;
     const targets = a.lora_target_modules.default ? a.lora_target_modules.default.join(", ")
       : "the attention and MLP projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)";
-    const parent = models.some((m) => m.id === s.model && m.fine_tune)
+    const fixed = continuing() ? { disabled: true } : {};
+    const parent = continuing()
       ? h("p", { class: "notice" }, "You are continuing a fine-tuned model: it keeps its own LoRA rank, alpha and target modules; "
         + "only the sequence length and warm-up below apply.") : null;
     const box = h("details", { class: "advanced", open: s.advancedOpen },
@@ -307,14 +310,14 @@ export async function render(main, { query, navigate }) {
       h("p", { class: "muted" }, "Leave a value empty for this server's default (shown in each box). Most jobs never need these."),
       parent,
       h("div", { class: "grid-2" },
-        field("lora_rank", "LoRA rank", number("lora_rank", { step: "1", placeholder: String(a.lora_rank.default) }),
+        field("lora_rank", "LoRA rank", number("lora_rank", { step: "1", placeholder: String(a.lora_rank.default), ...fixed }),
           `Size of the trained adapter matrices (${span("lora_rank")}; default ${a.lora_rank.default}). Higher learns more `
           + "and costs memory and time; try 32–64 when the loss plateaus high on a large, varied dataset, 4–8 for small data."),
-        field("lora_alpha", "LoRA alpha", number("lora_alpha", { step: "1", placeholder: String(a.lora_alpha.default) }),
+        field("lora_alpha", "LoRA alpha", number("lora_alpha", { step: "1", placeholder: String(a.lora_alpha.default), ...fixed }),
           `Scales the adapter's update by alpha ÷ rank (${span("lora_alpha")}; default ${a.lora_alpha.default}). `
           + "Keep it about twice the rank when you change the rank; raise it for a stronger update."),
         field("lora_target_modules", "Target modules",
-          bind(h("input", { type: "text", autocomplete: "off", spellcheck: "false", placeholder: a.lora_target_modules.default ? a.lora_target_modules.default.join(", ") : "default" }), "lora_target_modules"),
+          bind(h("input", { type: "text", autocomplete: "off", spellcheck: "false", placeholder: a.lora_target_modules.default ? a.lora_target_modules.default.join(", ") : "default", ...fixed }), "lora_target_modules"),
           `Layers the adapter trains, separated by commas (default: ${targets}). Fewer layers (q_proj, v_proj) train faster `
           + "with a smaller adapter; a name the base model lacks fails the job."),
         field("max_seq_len", "Max sequence length", number("max_seq_len", { step: "1", placeholder: String(a.max_seq_len.default) }),
