@@ -5,9 +5,12 @@ and GEMM throughput in fp32 and bf16; (2) the engine's decode step, taken from t
 (forward pass + sampling, per step) while ``--batch`` requests decode together (greedy, ``--prompt`` tokens of
 context each), for the base model and for a batch spread over ``--adapters`` random LoRA adapters (r=16 on
 q,k,v,o); (3) the bound for that step: every weight read once (bytes / bandwidth) and ``2 x params x batch``
-FLOPs (over the GEMM rate), whichever is larger. Optionally (``--profile``) the top operators of a few steps.
+FLOPs (over the GEMM rate), whichever is larger; (4) the aten operators one decode step runs (torch.profiler:
+the operators of a request generating 9 tokens minus those of one generating 1, over 8 — deterministic, unlike
+times on a shared machine). ``--forward`` compares the lean llama forward (``lean_llama``) with transformers'
+own in the same run. Optionally (``--profile``) the top operators of a few steps.
 
-    PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16
+    PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16 --forward lean transformers
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --model-dir /path/to/prepared/SmolLM2 --profile
 
 The model is prepared into ``bench/out/models/`` on first use unless ``--model-dir`` names a prepared folder.
@@ -48,17 +51,26 @@ def main() -> None:
         f"bf16 {gemm[torch.bfloat16] / 1e9:.0f} GFLOP/s"
     )
     adapter_dirs = make_adapters(model_dir, OUT_DIR / "serve_adapters", args.adapters) if args.adapters else []
-    for dtype in args.dtype:
+    for dtype, forward in [(d, f) for d in args.dtype for f in args.forward]:
         with HFEngine(
             {MODEL.name: model_dir},
             dtype=dtype,
             max_batch_size=max(args.batch),
             max_loaded_adapters=max(1, args.adapters),
+            lean_forward=forward == "lean",
         ) as engine:
             warm(engine)
             loaded = engine._runtimes[MODEL.name].loaded
             params = sum(p.numel() for p in loaded.model.parameters())
             weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+            for batch in args.batch:
+                for mixed in [False, True] if adapter_dirs else [False]:
+                    label = f"{args.adapters} adapters" if mixed else "base"
+                    ops, top = ops_per_step(engine, batch, adapter_dirs if mixed else [])
+                    print(
+                        f"{dtype:>8} {forward:>12} batch {batch:>2} {label:>10}: {ops:.0f} aten ops per decode step "
+                        f"({top:.0f} called from Python)"
+                    )
             for batch in args.batch:
                 for mixed in [False, True] if adapter_dirs else [False]:
                     steps = decode_steps(engine, batch, args.prompt, args.steps, adapter_dirs if mixed else [])
@@ -67,7 +79,7 @@ def main() -> None:
                     bound = max(weight_bytes / bandwidth, flops_s)
                     label = f"{args.adapters} adapters" if mixed else "base"
                     print(
-                        f"{dtype:>8} batch {batch:>2} {label:>10}: step median {median * 1e3:6.1f} ms "
+                        f"{dtype:>8} {forward:>12} batch {batch:>2} {label:>10}: step median {median * 1e3:6.1f} ms "
                         f"(p10 {quantile(steps, 0.1) * 1e3:.1f}, p90 {quantile(steps, 0.9) * 1e3:.1f}) = "
                         f"{batch / median:6.1f} tok/s; bound {bound * 1e3:.1f} ms (weights {weight_bytes / 1e6:.0f} MB "
                         f"/ bandwidth {weight_bytes / bandwidth * 1e3:.1f} ms, compute {flops_s * 1e3:.1f} ms) -> "
@@ -86,6 +98,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--dtype", nargs="+", default=["auto"], help="auto, float32, bfloat16")
+    parser.add_argument(
+        "--forward", nargs="+", default=["lean"], choices=["lean", "transformers"], help="forward pass(es) to run"
+    )
     parser.add_argument("--prompt", type=int, default=256, help="context tokens per row")
     parser.add_argument("--steps", type=int, default=40, help="decode steps timed per row")
     parser.add_argument("--adapters", type=int, default=0, help="also run the batch spread over this many adapters")
@@ -119,6 +134,25 @@ def decode_steps(engine: HFEngine, batch: int, prompt: int, steps: int, adapter_
     return [s.seconds for s in scheduler.step_log if s.kind == "decode" and len(s.requests) == batch]
 
 
+def ops_per_step(engine: HFEngine, batch: int, adapter_dirs: list[Path]) -> tuple[float, float]:
+    """aten operators per decode step of ``batch`` rows, from two profiled runs: all of them (nested ones
+    included) and those called from Python (not from inside another aten operator)."""
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    counts = []
+    every_thread = _ExperimentalConfig(profile_all_threads=True)  # the forward runs in the scheduler's thread
+    for steps in (1, 9):
+        decode_steps(engine, batch, 32, steps - 2, adapter_dirs)  # warm the same shapes first
+        with torch_profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
+            decode_steps(engine, batch, 32, steps - 2, adapter_dirs)
+        events = [e for e in prof.events() if e.name.startswith("aten::")]
+        top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+        counts.append((len(events), len(top)))
+    return (counts[1][0] - counts[0][0]) / 8, (counts[1][1] - counts[0][1]) / 8
+
+
 def shared_prefix_ttft(engine: HFEngine, length: int, repeats: int) -> None:
     """Time to first token of one request: a ``length``-token system prompt + a short distinct question, with the
     system prompt's keys and values cached (after a first request) and with prefix caching bypassed (a distinct
@@ -148,10 +182,12 @@ def warm(engine: HFEngine) -> None:
 
 
 def profile(engine: HFEngine, batch: int, prompt: int) -> None:
+    from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    every_thread = _ExperimentalConfig(profile_all_threads=True)
+    with torch_profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
         decode_steps(engine, batch, prompt, 8, [])
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 

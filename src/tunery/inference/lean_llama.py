@@ -109,6 +109,7 @@ class LeanLlama:
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.group = self.heads // self.kv_heads
         self.eps = float(config.rms_norm_eps)
+        self._eps = torch.tensor(self.eps, dtype=torch.float32, device=inner.embed_tokens.weight.device)
         self.mlp = int(config.intermediate_size)
         self.dtype = inner.embed_tokens.weight.dtype
         self.device = inner.embed_tokens.weight.device
@@ -127,8 +128,6 @@ class LeanLlama:
         self._rope_scale = float(rotary.attention_scaling)
         self._cos = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
         self._sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
-        self._layer_index = [torch.tensor(i, device=self.device) for i in range(self.num_layers)]
-        self._heads_index = torch.arange(self.kv_heads, device=self.device)[None, :]
         self._concats: OrderedDict[tuple[int, ...], dict[tuple[int, str], _GroupDelta]] = OrderedDict()
 
     # ------------------------------------------------------------------------------------------ building
@@ -269,21 +268,21 @@ class LeanLlama:
         length = allowed.shape[-1]
         if cache.keys_buffer is None:
             cache.allocate(torch.empty((1, self.kv_heads, 1, self.head_dim), dtype=self.dtype, device=self.device))
-        assert cache.keys_buffer is not None and cache.values_buffer is not None
-        keys_all = cache.keys_buffer[:, first_slot : first_slot + rows, :, :length]
-        values_all = cache.values_buffer[:, first_slot : first_slot + rows, :, :length]
-        write_rows = torch.arange(first_slot, first_slot + rows, device=self.device).repeat_interleave(tokens)[:, None]
-        write_columns = columns.reshape(n, 1)
+        assert cache.keys_buffer is not None
+        assert cache.values_buffer is not None
+        heads, kv, d, g = self.heads, self.kv_heads, self.head_dim, self.group
+        keys_rows = cache.keys_buffer[:, first_slot : first_slot + rows]  # [layers, rows, kv, columns + 1, d]
+        values_rows = cache.values_buffer[:, first_slot : first_slot + rows]
+        keys_read, values_read = keys_rows[:, :, :, :length], values_rows[:, :, :, :length]
+        write_index = columns.view(rows, 1, tokens, 1).expand(rows, kv, tokens, d)
         flat_positions = positions.reshape(n)
         self._ensure_rope(int(flat_positions.max()) + 1)
         cos = self._cos[flat_positions][:, None, :]  # [n, 1, d]
         sin = self._sin[flat_positions][:, None, :]  # sign folded in: rotate_half(x)·sin == flip(x)·sin_signed
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, float("-inf"))
-        if tokens == 1:
-            mask = mask[:, None]  # [rows, 1, 1, length]: broadcast over heads and the folded group
-        else:  # queries are (group member, token) pairs: repeat the token mask per member of the group
-            mask = mask[:, None].repeat(1, 1, self.group, 1)
-        heads, kv, d, g = self.heads, self.kv_heads, self.head_dim, self.group
+        # Decode: [rows, 1, 1, length], broadcast over heads and the folded group. Prefill: queries are (group
+        # member, token) pairs, so the token mask is repeated per member of the group.
+        mask = mask[:, None] if tokens == 1 else mask[:, None].repeat(1, 1, self.group, 1)
         q_width, k_width = heads * d, kv * d
         h = F.embedding(ids.reshape(n), self.embed)
         for i, layer in enumerate(self.layers):
@@ -294,16 +293,16 @@ class LeanLlama:
                 _apply(x, qkv, deltas["qkv"])
             qk = qkv[:, : q_width + k_width].view(n, heads + kv, d)
             qk = torch.addcmul(qk * cos, qk.view(n, heads + kv, 2, d // 2).flip(2).view(n, heads + kv, d), sin)
-            k = qk[:, heads:]
-            v = qkv[:, q_width + k_width :].view(n, kv, d)
-            index = (self._layer_index[i], write_rows, self._heads_index, write_columns)
-            cache.keys_buffer.index_put_(index, k)
-            cache.values_buffer.index_put_(index, v)
+            k = qk[:, heads:].view(rows, tokens, kv, d).transpose(1, 2)
+            v = qkv[:, q_width + k_width :].view(rows, tokens, kv, d).transpose(1, 2)
+            keys_rows[i].scatter_(2, write_index, k)  # token t of row r into its column
+            values_rows[i].scatter_(2, write_index, v)
             if tokens == 1:
                 q = qk[:, :heads].view(rows, kv, g, d)
             else:
-                q = qk[:, :heads].reshape(rows, tokens, kv, g, d).permute(0, 2, 3, 1, 4).reshape(rows, kv, g * tokens, d)
-            attn = F.scaled_dot_product_attention(q, keys_all[i], values_all[i], attn_mask=mask)
+                q = qk[:, :heads].reshape(rows, tokens, kv, g, d).permute(0, 2, 3, 1, 4)
+                q = q.reshape(rows, kv, g * tokens, d)
+            attn = F.scaled_dot_product_attention(q, keys_read[i], values_read[i], attn_mask=mask)
             if tokens == 1:
                 attn = attn.reshape(n, q_width)
             else:
@@ -311,9 +310,9 @@ class LeanLlama:
             if "o" in deltas:
                 out = torch.mm(attn, layer.o_t)
                 _apply(attn, out, deltas["o"])
-                h = h + out
+                h.add_(out)
             else:
-                h = torch.addmm(h, attn, layer.o_t)
+                h.addmm_(attn, layer.o_t)
             x = self._norm(h, layer.post_norm)
             gate_up = torch.mm(x, layer.gate_up_t)
             if "gate_up" in deltas:
@@ -322,17 +321,17 @@ class LeanLlama:
             if "down" in deltas:
                 out = torch.mm(act, layer.down_t)
                 _apply(act, out, deltas["down"])
-                h = h + out
+                h.add_(out)
             else:
-                h = torch.addmm(h, act, layer.down_t)
+                h.addmm_(act, layer.down_t)
         last = h.view(rows, tokens, -1)[:, -1]
         return torch.mm(self._norm(last, self.final_norm), self.lm_head_t)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``LlamaRMSNorm``: statistics in float32, the weight applied in the model's dtype."""
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True).add_(self.eps))
-        return weight * normed.to(self.dtype)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
+        scale = torch.addcmul(self._eps, norm, norm, value=1.0 / x.shape[-1]).rsqrt_()  # 1 / sqrt(mean(x²) + eps)
+        return weight * (x * scale).to(self.dtype)
 
     def _ensure_rope(self, positions: int) -> None:
         """Extend the cos/sin tables (as ``LlamaRotaryEmbedding`` computes them) to cover ``positions``."""
@@ -415,8 +414,10 @@ def _adjacent(weights: list[torch.Tensor]) -> bool:
     first = weights[0]
     end = first.data_ptr()
     for weight in weights:
-        if not weight.is_contiguous() or weight.data_ptr() != end or weight.untyped_storage().data_ptr() != (
-            first.untyped_storage().data_ptr()
+        if (
+            not weight.is_contiguous()
+            or weight.data_ptr() != end
+            or weight.untyped_storage().data_ptr() != (first.untyped_storage().data_ptr())
         ):
             return False
         end += weight.numel() * weight.element_size()
