@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from tests.unit.inference.conftest import TINY, Reference, quiet_peft, request, run, token_ids
+from tunery.inference import lean_llama
 from tunery.inference.adapters import LoraAdapter, LoraModule
 from tunery.inference.batching import LoadedModel
 from tunery.inference.hf_engine import HFEngine
@@ -58,10 +60,18 @@ def loaded_model(engine: HFEngine) -> LoadedModel:
     return engine._runtimes[TINY].loaded
 
 
-@pytest.fixture
-def counted(tiny_model_dir: Path) -> Iterator[tuple[HFEngine, Calls]]:
+@pytest.fixture(params=[False, True], ids=["fused", "packed"])
+def counted(
+    tiny_model_dir: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[HFEngine, Calls]]:
+    """An fp32 engine on the lean forward, with plain fused weights or oneDNN-packed ones (bf16's default)."""
+    if request.param:
+        monkeypatch.setattr(lean_llama, "PACKED_DTYPES", {torch.float32})
     with HFEngine({TINY: tiny_model_dir}, dtype="float32", max_loaded_adapters=4) as engine:
-        calls = Calls(loaded_model(engine))
+        loaded = loaded_model(engine)
+        assert loaded.lean is not None
+        assert loaded.lean.packed is request.param
+        calls = Calls(loaded)
         try:
             yield engine, calls
         finally:
@@ -133,11 +143,9 @@ def test_an_adapter_on_a_module_it_lacks_falls_back_for_that_pass(tiny_model_dir
     assert lean is not None
     hidden, vocab = model.config.hidden_size, model.config.vocab_size
     on_head = LoraAdapter("head", Path("."), {"lm_head": LoraModule(torch.zeros(hidden, 2), torch.zeros(2, vocab))})
-    on_q = LoraAdapter(
-        "q", Path("."), {"model.layers.1.self_attn.q_proj": LoraModule(torch.zeros(hidden, 2), torch.zeros(2, hidden))}
-    )
-    assert lean.plan([on_q, None]) is not None
-    assert lean.plan([on_q, on_head]) is None  # the scheduler runs this batch through transformers' forward
+    other = LoraAdapter("x", Path("."), {"model.norm": LoraModule(torch.zeros(hidden, 2), torch.zeros(2, hidden))})
+    assert lean.plan([on_head, None]) is not None
+    assert lean.plan([on_head, other]) is None  # the scheduler runs this batch through transformers' forward
 
 
 def test_fusing_the_weights_leaves_the_transformers_forward_unchanged(tiny_model_dir: Path) -> None:
@@ -161,8 +169,9 @@ def test_logits_match_transformers_for_a_prefill_and_decode_steps(tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).eval()
-    lean = LeanLlama.build(model)
+    lean = LeanLlama.build(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype))
     assert lean is not None
+    assert lean.packed is (dtype is torch.bfloat16)  # bf16 weights are packed for oneDNN, fp32 ones fused in place
     rows = [PROMPTS[0], PROMPTS[2]]
     width = max(len(r) for r in rows)
     cache = SlotKVCache(lean.num_layers, 2, 32)
@@ -205,18 +214,20 @@ def mlp_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         "mlp": (["gate_proj", "up_proj", "down_proj"], 4),
         "all": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], 8),
         "qv": (["q_proj", "v_proj"], 2),
+        "head": (["o_proj", "lm_head"], 4),
     }
     dirs = {}
     for seed, (name, (modules, rank)) in enumerate(targets.items(), start=11):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        with quiet_peft():
+        with quiet_peft(), warnings.catch_warnings():  # a LoRA on the tied LM head: peft warns about merging it
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*", category=UserWarning)
             peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=modules))
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for key, param in peft_model.named_parameters():
                 if "lora_" in key:
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
-        peft_model.save_pretrained(root / name)
+        peft_model.save_pretrained(root / name, save_embedding_layers=False)
         dirs[name] = root / name
     return dirs
 
@@ -226,9 +237,12 @@ def test_adapters_on_every_projection_in_one_batch_match_peft(
 ) -> None:
     engine, calls = counted
     reference = Reference(tiny_model_dir, mlp_adapters)
-    jobs = [(p, a) for p in PROMPTS[:3] for a in (None, "mlp", "all", "qv")]
+    jobs = [(p, a) for p in PROMPTS[:3] for a in (None, "mlp", "all", "qv", "head")]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*", category=UserWarning)
+        expected = [reference.greedy(p, 16, a) for p, a in jobs]
     with ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(run, engine, request(p, adapter=a, adapter_dirs=mlp_adapters)) for p, a in jobs]
-        for (p, a), future in zip(jobs, futures, strict=True):
-            assert token_ids(future.result(timeout=120)) == reference.greedy(p, 16, a), (p, a)
+        for (p, a), future, want in zip(jobs, futures, expected, strict=True):
+            assert token_ids(future.result(timeout=120)) == want, (p, a)
     assert calls.transformers == 0
