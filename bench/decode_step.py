@@ -63,6 +63,9 @@ def main() -> None:
             loaded = engine._runtimes[MODEL.name].loaded
             params = sum(p.numel() for p in loaded.model.parameters())
             weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+            if loaded.lean is not None:  # packed weights are not the model's parameters any more
+                weight_bytes = loaded.lean.weight_bytes
+                params = weight_bytes // loaded.lean.embed.element_size()
             for batch in args.batch:
                 for mixed in [False, True] if adapter_dirs else [False]:
                     label = f"{args.adapters} adapters" if mixed else "base"
