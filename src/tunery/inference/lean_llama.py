@@ -17,7 +17,7 @@ the same mathematics with a few operators per layer:
   and SwiGLU are a handful of element-wise operators;
 * attention is ``scaled_dot_product_attention`` reading the ``SlotKVCache`` buffers through views, grouped-query
   heads folded into the query length so keys and values are never repeated; new keys and values are written
-  with one ``scatter_`` each into the rows' slots;
+  with one ``index_copy_`` each into the flat buffers;
 * LoRA deltas of all rows are one product per projection group: ``h = x · [A_1 | … | A_n]`` for the adapters
   of the batch, ``h *= M`` (each row keeps its own adapter's columns), ``out[:, cols] += h[:, rank] · B`` per
   projection (``multi_lora`` explains why this beats a per-row gather on a CPU). A prefill with several
@@ -145,6 +145,8 @@ class LeanLlama:
         self._rope_scale = float(rotary.attention_scaling)
         self._cos = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
         self._sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
+        self._kv_index = torch.arange(self.kv_heads, device=self.device)[None, :]
+        self._layer_index = torch.arange(self.num_layers, device=self.device)[:, None]
         self._concats: OrderedDict[tuple[int, ...], dict[tuple[int, str], _GroupDelta]] = OrderedDict()
 
     @property
@@ -301,10 +303,15 @@ class LeanLlama:
         assert cache.keys_buffer is not None
         assert cache.values_buffer is not None
         heads, kv, d, g = self.heads, self.kv_heads, self.head_dim, self.group
-        keys_rows = cache.keys_buffer[:, first_slot : first_slot + rows]  # [layers, rows, kv, columns + 1, d]
-        values_rows = cache.values_buffer[:, first_slot : first_slot + rows]
-        keys_read, values_read = keys_rows[:, :, :, :length], values_rows[:, :, :, :length]
-        write_index = columns.view(rows, 1, tokens, 1).expand(rows, kv, tokens, d)
+        # Reads: [layers, rows, kv, length, d] views. Writes: one index_copy_ per layer into the flat buffer, at
+        # ((layer · slots + slot) · kv + head) · width + column for each (token, head) in order.
+        keys_read = cache.keys_buffer[:, first_slot : first_slot + rows, :, :length]
+        values_read = cache.values_buffer[:, first_slot : first_slot + rows, :, :length]
+        keys_flat, values_flat = cache.keys_buffer.view(-1, d), cache.values_buffer.view(-1, d)
+        slots, width = cache.keys_buffer.shape[1], cache.keys_buffer.shape[3]
+        token_slots = torch.arange(first_slot, first_slot + rows, device=self.device).repeat_interleave(tokens)
+        where = (token_slots[:, None] * kv + self._kv_index) * width + columns.reshape(n, 1)
+        write_index = where.reshape(1, -1) + self._layer_index * (slots * kv * width)  # [layers, tokens · kv]
         flat_positions = positions.reshape(n)
         self._ensure_rope(int(flat_positions.max()) + 1)
         cos = self._cos[flat_positions][:, None, :]  # [n, 1, d]
@@ -323,10 +330,8 @@ class LeanLlama:
                 _apply(x, qkv, deltas["qkv"])
             qk = qkv[:, : q_width + k_width].view(n, heads + kv, d)
             qk = torch.addcmul(qk * cos, qk.view(n, heads + kv, 2, d // 2).flip(2).view(n, heads + kv, d), sin)
-            k = qk[:, heads:].view(rows, tokens, kv, d).transpose(1, 2)
-            v = qkv[:, q_width + k_width :].view(rows, tokens, kv, d).transpose(1, 2)
-            keys_rows[i].scatter_(2, write_index, k)  # token t of row r into its column
-            values_rows[i].scatter_(2, write_index, v)
+            keys_flat.index_copy_(0, write_index[i], qk[:, heads:].reshape(n * kv, d))
+            values_flat.index_copy_(0, write_index[i], qkv[:, q_width + k_width :].reshape(n * kv, d))
             if tokens == 1:
                 q = qk[:, :heads].view(rows, kv, g, d)
             else:
