@@ -5,11 +5,11 @@ and GEMM throughput in fp32 and bf16; (2) the engine's decode step, taken from t
 (forward pass + sampling, per step) while ``--batch`` requests decode together (greedy, ``--prompt`` tokens of
 context each), for the base model and for a batch spread over ``--adapters`` random LoRA adapters (r=16 on
 q,k,v,o); (3) the bound for that step: every weight read once (bytes / bandwidth) and ``2 x params x batch``
-FLOPs (over the GEMM rate), whichever is larger; (4) the aten operators one decode step runs (torch.profiler:
-the operators of a request generating 9 tokens minus those of one generating 1, over 8 — deterministic, unlike
-times on a shared machine). ``--forward`` compares the lean llama forward (``lean_llama``) with transformers'
-own in the same run: all variants are loaded at once and take turns (``--rounds``). Optionally (``--profile``)
-the top operators of a few steps.
+FLOPs (over the GEMM rate), whichever is larger; (4) the aten operators one decode step runs (torch.profiler,
+inside the scheduler's decode steps with every row in — deterministic, unlike times on a shared machine).
+``--forward`` compares the lean llama forward (``lean_llama``) with transformers' own in the same run: all
+variants are loaded at once and take turns (``--rounds``). Optionally (``--profile``) the top operators of a
+few steps.
 
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16 --forward lean transformers
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --model-dir /path/to/prepared/SmolLM2 --profile
@@ -177,22 +177,46 @@ def decode_steps(engine: HFEngine, batch: int, prompt: int, steps: int, adapter_
 
 
 def ops_per_step(engine: HFEngine, batch: int, adapter_dirs: list[Path]) -> tuple[float, float]:
-    """aten operators per decode step of ``batch`` rows, from two profiled runs: all of them (nested ones
-    included) and those called from Python (not from inside another aten operator)."""
+    """aten operators per decode step of ``batch`` rows: all of them (nested ones included) and those called from
+    Python (not from inside another aten operator), averaged over the profiled decode steps with every row in.
+
+    Each decode step is wrapped in a profiler range (in the bench only), so prefills and partial batches do not
+    count and the figure is exact whatever the threads' timing.
+    """
     from torch._C._profiler import _ExperimentalConfig
-    from torch.profiler import ProfilerActivity
+    from torch.profiler import ProfilerActivity, record_function
     from torch.profiler import profile as torch_profile
 
-    counts = []
+    scheduler = engine._runtimes[MODEL.name].scheduler
+    original = scheduler._decode_step
+
+    def labelled() -> None:
+        with record_function(f"bench-decode-{scheduler._decoding}"):
+            original()
+
     every_thread = _ExperimentalConfig(profile_all_threads=True)  # the forward runs in the scheduler's thread
-    for steps in (1, 9):
-        decode_steps(engine, batch, 32, steps - 2, adapter_dirs)  # warm the same shapes first
+    decode_steps(engine, batch, 32, 4, adapter_dirs)  # warm the same shapes first
+    scheduler._decode_step = labelled  # type: ignore[method-assign]
+    try:
         with torch_profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
-            decode_steps(engine, batch, 32, steps - 2, adapter_dirs)
-        events = [e for e in prof.events() if e.name.startswith("aten::")]
-        top = [e for e in events if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-        counts.append((len(events), len(top)))
-    return (counts[1][0] - counts[0][0]) / 8, (counts[1][1] - counts[0][1]) / 8
+            decode_steps(engine, batch, 32, 8, adapter_dirs)
+    finally:
+        del scheduler._decode_step
+    totals: list[tuple[int, int]] = []
+    for event in prof.events():
+        if event.name == f"bench-decode-{batch}":
+            every, top = 0, 0
+            pending = [(child, True) for child in event.cpu_children]
+            while pending:
+                child, outermost = pending.pop()
+                is_aten = child.name.startswith("aten::")
+                every += is_aten
+                top += is_aten and outermost
+                pending += [(c, outermost and not is_aten) for c in child.cpu_children]
+            totals.append((every, top))
+    if not totals:
+        return float("nan"), float("nan")
+    return statistics.mean(t[0] for t in totals), statistics.mean(t[1] for t in totals)
 
 
 def shared_prefix_ttft(engine: HFEngine, length: int, repeats: int) -> None:
