@@ -7,9 +7,11 @@ each prompt into its slot (``prefix_cache``: per adapter, LRU-bounded); (2) runs
 the next chunks of the prompts being read — at most ``max_prefill_tokens`` padded tokens in all, the oldest
 prompt first — and samples the first token of each prompt it finishes; (3) moves rows whose prompt is read
 among the decoding ones, copying only rows that change slot; and (4) runs ONE decode pass for all decoding
-rows, whatever adapter each row uses (``multi_lora``), then samples a token per row and streams each row's new
-text to its caller's queue. So a long prompt arriving mid-stream delays the running rows by one chunk's pass
-per step, never by the whole prompt. Every pass is recorded in ``step_log`` (kind, requests, tokens).
+rows, whatever adapter each row uses, then samples a token per row and streams each row's new text to its
+caller's queue. Passes run through the model's lean forward where it has one (``lean_llama``: llama models),
+else through transformers' forward with ``multi_lora``'s hooks. So a long prompt arriving mid-stream delays
+the running rows by one chunk's pass per step, never by the whole prompt. Every pass is recorded in
+``step_log`` (kind, requests, tokens).
 
 Decoding rows sit in slots ``0..d-1`` and rows still reading their prompt after them (oldest first), so the
 decode pass reads the cache as a view and a prefill pass reads contiguous slots too. Prompts of different

@@ -4,7 +4,8 @@ It loads each base model once, on its first request (weights in bfloat16 where t
 arithmetic, float32 otherwise — never float16 on a CPU, bfloat16 or float16 on a GPU), with its tokenizer
 for detokenization and its end-of-turn tokens. Per base model it keeps an ``AdapterCache`` (adapters loaded on
 demand by name, LRU of ``max_loaded_adapters``) and one ``batching.Scheduler`` thread that batches every
-request of that model — whatever adapter each uses — into one forward pass per step (``multi_lora``).
+request of that model — whatever adapter each uses — into one forward pass per step: ``lean_llama``'s for
+llama models (weights fused, and packed in bf16, at load), transformers' with ``multi_lora`` otherwise.
 
 ``generate`` is a generator: nothing happens until the first ``next()``, which validates the request, loads
 the model and the adapter if needed (in the caller's thread) and queues it; each later ``next()`` blocks until
