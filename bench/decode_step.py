@@ -5,9 +5,13 @@ and GEMM throughput in fp32 and bf16; (2) the engine's decode step, taken from t
 (forward pass + sampling, per step) while ``--batch`` requests decode together (greedy, ``--prompt`` tokens of
 context each), for the base model and for a batch spread over ``--adapters`` random LoRA adapters (r=16 on
 q,k,v,o); (3) the bound for that step: every weight read once (bytes / bandwidth) and ``2 x params x batch``
-FLOPs (over the GEMM rate), whichever is larger. Optionally (``--profile``) the top operators of a few steps.
+FLOPs (over the GEMM rate), whichever is larger; (4) the aten operators one decode step runs (torch.profiler,
+inside the scheduler's decode steps with every row in — deterministic, unlike times on a shared machine).
+``--forward`` compares the lean llama forward (``lean_llama``) with transformers' own in the same run: all
+variants are loaded at once and take turns (``--rounds``). Optionally (``--profile``) the top operators of a
+few steps.
 
-    PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16
+    PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16 --forward lean transformers
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --model-dir /path/to/prepared/SmolLM2 --profile
 
 The model is prepared into ``bench/out/models/`` on first use unless ``--model-dir`` names a prepared folder.
@@ -17,6 +21,7 @@ On a shared machine the step times include other processes' load: compare rows t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -48,36 +53,84 @@ def main() -> None:
         f"bf16 {gemm[torch.bfloat16] / 1e9:.0f} GFLOP/s"
     )
     adapter_dirs = make_adapters(model_dir, OUT_DIR / "serve_adapters", args.adapters) if args.adapters else []
-    for dtype in args.dtype:
-        with HFEngine(
-            {MODEL.name: model_dir},
-            dtype=dtype,
-            max_batch_size=max(args.batch),
-            max_loaded_adapters=max(1, args.adapters),
-        ) as engine:
+    variants = [(d, f) for d in args.dtype for f in args.forward]
+    with contextlib.ExitStack() as stack:  # every variant loaded at once, so their timings can be interleaved
+        engines = {}
+        for dtype, forward in variants:
+            engine = stack.enter_context(
+                HFEngine(
+                    {MODEL.name: model_dir},
+                    dtype=dtype,
+                    max_batch_size=max(args.batch),
+                    max_loaded_adapters=max(1, args.adapters),
+                    lean_forward=forward == "lean",
+                )
+            )
             warm(engine)
-            loaded = engine._runtimes[MODEL.name].loaded
-            params = sum(p.numel() for p in loaded.model.parameters())
-            weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-            for batch in args.batch:
-                for mixed in [False, True] if adapter_dirs else [False]:
-                    steps = decode_steps(engine, batch, args.prompt, args.steps, adapter_dirs if mixed else [])
-                    median = statistics.median(steps)
-                    flops_s = 2 * params * batch / gemm[loaded.model.dtype]
-                    bound = max(weight_bytes / bandwidth, flops_s)
-                    label = f"{args.adapters} adapters" if mixed else "base"
-                    print(
-                        f"{dtype:>8} batch {batch:>2} {label:>10}: step median {median * 1e3:6.1f} ms "
-                        f"(p10 {quantile(steps, 0.1) * 1e3:.1f}, p90 {quantile(steps, 0.9) * 1e3:.1f}) = "
-                        f"{batch / median:6.1f} tok/s; bound {bound * 1e3:.1f} ms (weights {weight_bytes / 1e6:.0f} MB "
-                        f"/ bandwidth {weight_bytes / bandwidth * 1e3:.1f} ms, compute {flops_s * 1e3:.1f} ms) -> "
-                        f"{bound / median:.0%} of the bound"
-                    )
+            engines[(dtype, forward)] = engine
+        cases = [(batch, mixed) for batch in args.batch for mixed in ([False, True] if adapter_dirs else [False])]
+        for (dtype, forward), engine in engines.items():
+            for batch, mixed in cases:
+                label = f"{args.adapters} adapters" if mixed else "base"
+                ops, top = ops_per_step(engine, batch, adapter_dirs if mixed else [])
+                print(
+                    f"{dtype:>8} {forward:>12} batch {batch:>2} {label:>10}: {ops:.0f} aten ops per decode step "
+                    f"({top:.0f} called from Python)"
+                )
+        for batch, mixed in cases:
+            steps: dict[tuple[str, str], list[float]] = {variant: [] for variant in engines}
+            for _ in range(args.rounds):  # variants alternate, so load drifting on a shared machine hits them alike
+                for variant, engine in engines.items():
+                    rows = decode_steps(engine, batch, args.prompt, args.steps, adapter_dirs if mixed else [])
+                    steps[variant] += rows
+            for (dtype, forward), engine in engines.items():
+                report(
+                    engine,
+                    dtype,
+                    forward,
+                    batch,
+                    args.adapters if mixed else 0,
+                    steps[(dtype, forward)],
+                    bandwidth,
+                    gemm,
+                )
+        for (dtype, forward), engine in engines.items():
             if args.profile:
                 profile(engine, max(args.batch), args.prompt)
             if args.shared_prefix:
+                print(f"{dtype} {forward}:", end=" ")
                 shared_prefix_ttft(engine, args.shared_prefix, args.repeats)
     print(f"load average after {load():.1f}")
+
+
+def report(
+    engine: HFEngine,
+    dtype: str,
+    forward: str,
+    batch: int,
+    adapters: int,
+    steps: list[float],
+    bandwidth: float,
+    gemm: dict[torch.dtype, float],
+) -> None:
+    """Print the step times of one variant against the bound of its weights."""
+    loaded = engine._runtimes[MODEL.name].loaded
+    params = sum(p.numel() for p in loaded.model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    if loaded.lean is not None:  # packed weights are not the model's parameters any more
+        weight_bytes = loaded.lean.weight_bytes
+        params = weight_bytes // loaded.lean.embed.element_size()
+    median = statistics.median(steps)
+    flops_s = 2 * params * batch / gemm[loaded.model.dtype]
+    bound = max(weight_bytes / bandwidth, flops_s)
+    label = f"{adapters} adapters" if adapters else "base"
+    print(
+        f"{dtype:>8} {forward:>12} batch {batch:>2} {label:>10}: step median {median * 1e3:6.1f} ms "
+        f"(p10 {quantile(steps, 0.1) * 1e3:.1f}, p90 {quantile(steps, 0.9) * 1e3:.1f}, {len(steps)} steps) = "
+        f"{batch / median:6.1f} tok/s; bound {bound * 1e3:.1f} ms (weights {weight_bytes / 1e6:.0f} MB "
+        f"/ bandwidth {weight_bytes / bandwidth * 1e3:.1f} ms, compute {flops_s * 1e3:.1f} ms) -> "
+        f"{bound / median:.0%} of the bound"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,8 +139,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--dtype", nargs="+", default=["auto"], help="auto, float32, bfloat16")
+    parser.add_argument(
+        "--forward", nargs="+", default=["lean"], choices=["lean", "transformers"], help="forward pass(es) to run"
+    )
     parser.add_argument("--prompt", type=int, default=256, help="context tokens per row")
-    parser.add_argument("--steps", type=int, default=40, help="decode steps timed per row")
+    parser.add_argument("--steps", type=int, default=40, help="decode steps timed per row and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in which the variants take turns")
     parser.add_argument("--adapters", type=int, default=0, help="also run the batch spread over this many adapters")
     parser.add_argument("--profile", action="store_true", help="print the top operators of a few decode steps")
     parser.add_argument(
@@ -119,6 +176,49 @@ def decode_steps(engine: HFEngine, batch: int, prompt: int, steps: int, adapter_
     return [s.seconds for s in scheduler.step_log if s.kind == "decode" and len(s.requests) == batch]
 
 
+def ops_per_step(engine: HFEngine, batch: int, adapter_dirs: list[Path]) -> tuple[float, float]:
+    """aten operators per decode step of ``batch`` rows: all of them (nested ones included) and those called from
+    Python (not from inside another aten operator), averaged over the profiled decode steps with every row in.
+
+    Each decode step is wrapped in a profiler range (in the bench only), so prefills and partial batches do not
+    count and the figure is exact whatever the threads' timing.
+    """
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    scheduler = engine._runtimes[MODEL.name].scheduler
+    original = scheduler._decode_step
+
+    def labelled() -> None:
+        with record_function(f"bench-decode-{scheduler._decoding}"):
+            original()
+
+    every_thread = _ExperimentalConfig(profile_all_threads=True)  # the forward runs in the scheduler's thread
+    decode_steps(engine, batch, 32, 4, adapter_dirs)  # warm the same shapes first
+    scheduler._decode_step = labelled  # type: ignore[method-assign]
+    try:
+        with torch_profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
+            decode_steps(engine, batch, 32, 8, adapter_dirs)
+    finally:
+        del scheduler._decode_step
+    totals: list[tuple[int, int]] = []
+    for event in prof.events():
+        if event.name == f"bench-decode-{batch}":
+            every, top = 0, 0
+            pending = [(child, True) for child in event.cpu_children]
+            while pending:
+                child, outermost = pending.pop()
+                is_aten = child.name.startswith("aten::")
+                every += is_aten
+                top += is_aten and outermost
+                pending += [(c, outermost and not is_aten) for c in child.cpu_children]
+            totals.append((every, top))
+    if not totals:
+        return float("nan"), float("nan")
+    return statistics.mean(t[0] for t in totals), statistics.mean(t[1] for t in totals)
+
+
 def shared_prefix_ttft(engine: HFEngine, length: int, repeats: int) -> None:
     """Time to first token of one request: a ``length``-token system prompt + a short distinct question, with the
     system prompt's keys and values cached (after a first request) and with prefix caching bypassed (a distinct
@@ -148,10 +248,12 @@ def warm(engine: HFEngine) -> None:
 
 
 def profile(engine: HFEngine, batch: int, prompt: int) -> None:
+    from torch._C._profiler import _ExperimentalConfig
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    every_thread = _ExperimentalConfig(profile_all_threads=True)
+    with torch_profile(activities=[ProfilerActivity.CPU], experimental_config=every_thread) as prof:
         decode_steps(engine, batch, prompt, 8, [])
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 

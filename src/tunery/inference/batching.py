@@ -7,9 +7,11 @@ each prompt into its slot (``prefix_cache``: per adapter, LRU-bounded); (2) runs
 the next chunks of the prompts being read — at most ``max_prefill_tokens`` padded tokens in all, the oldest
 prompt first — and samples the first token of each prompt it finishes; (3) moves rows whose prompt is read
 among the decoding ones, copying only rows that change slot; and (4) runs ONE decode pass for all decoding
-rows, whatever adapter each row uses (``multi_lora``), then samples a token per row and streams each row's new
-text to its caller's queue. So a long prompt arriving mid-stream delays the running rows by one chunk's pass
-per step, never by the whole prompt. Every pass is recorded in ``step_log`` (kind, requests, tokens).
+rows, whatever adapter each row uses, then samples a token per row and streams each row's new text to its
+caller's queue. Passes run through the model's lean forward where it has one (``lean_llama``: llama models),
+else through transformers' forward with ``multi_lora``'s hooks. So a long prompt arriving mid-stream delays
+the running rows by one chunk's pass per step, never by the whole prompt. Every pass is recorded in
+``step_log`` (kind, requests, tokens).
 
 Decoding rows sit in slots ``0..d-1`` and rows still reading their prompt after them (oldest first), so the
 decode pass reads the cache as a view and a prefill pass reads contiguous slots too. Prompts of different
@@ -43,6 +45,7 @@ from tunery.inference.detokenizer import IncrementalDetokenizer, StopStrings
 from tunery.inference.engine import FinishReason, GenerationChunk, GenerationRequest
 from tunery.inference.errors import GenerationError
 from tunery.inference.kv_cache import SlotKVCache
+from tunery.inference.lean_llama import LeanLlama, LeanPlan
 from tunery.inference.multi_lora import LoraPlan, MultiLora
 from tunery.inference.prefix_cache import PrefixCache
 from tunery.inference.sampling import RowSampler, sample_rows
@@ -80,6 +83,7 @@ class LoadedModel:
     context_length: int
     device: torch.device
     num_layers: int
+    lean: LeanLlama | None = None  # the few-operator forward, for llama models (None: transformers' forward)
 
 
 class RequestHandle:
@@ -222,7 +226,7 @@ class Scheduler:
         self.passes = 0  # iterations of the loop run (each a prefill chunk and/or a decode step): progress
         self.step_log: deque[Step] = deque(maxlen=_STEP_LOG_SIZE)
         self._cache = SlotKVCache(loaded.num_layers, max_batch_size, _IDLE_COLUMNS)
-        self._plan: LoraPlan | None = None
+        self._plan: LeanPlan | LoraPlan | None = None  # the decode rows' LoRA plan (a list: the lean forward's)
         self._columns = torch.arange(0, device=loaded.device)
         self._thread = threading.Thread(target=self._run, name=f"tunery-scheduler-{loaded.name}", daemon=True)
         self._thread.start()
@@ -392,20 +396,27 @@ class Scheduler:
                 slice(first, first + len(rows)),
                 read_length,
             )
-            plan = loaded.lora.plan([row.adapter for row in rows], grouped=True)
-            with loaded.lora.applied(plan):
-                output = loaded.model(
-                    input_ids=ids.to(device),
-                    attention_mask=_additive(mask[:, None].to(device), loaded.model.dtype),
-                    position_ids=positions.to(device),
-                    cache=self._cache,
-                    use_cache=True,
-                    logits_to_keep=1,
+            plan = self._plan_for([row.adapter for row in rows], width, grouped=True)
+            if isinstance(plan, list):
+                assert loaded.lean is not None
+                logits = loaded.lean.forward(
+                    ids.to(device), positions.to(device), columns.to(device), mask.to(device), self._cache, first, plan
                 )
+            else:
+                with loaded.lora.applied(plan):
+                    output = loaded.model(
+                        input_ids=ids.to(device),
+                        attention_mask=_additive(mask[:, None].to(device), loaded.model.dtype),
+                        position_ids=positions.to(device),
+                        cache=self._cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+                logits = output.logits[:, -1]
             for row, size in zip(rows, sizes, strict=True):
                 row.fed += size
             done = [i for i, row in enumerate(rows) if not row.prefilling]
-            tokens = sample_rows(output.logits[done, -1], [rows[i].sampler for i in done]) if done else []
+            tokens = sample_rows(logits[done], [rows[i].sampler for i in done]) if done else []
             labels = tuple(row.label for row in rows)
             self.step_log.append(Step("prefill", labels, width * len(rows), time.perf_counter() - began))
         except Exception as exc:
@@ -456,7 +467,7 @@ class Scheduler:
         began = time.perf_counter()
         try:
             if self._plan is None:
-                self._plan = loaded.lora.plan([row.adapter for row in rows])
+                self._plan = self._plan_for([row.adapter for row in rows], 1, grouped=False)
             fed = [row.fed for row in rows]
             length = max(fed) + 1
             self._cache.ensure_columns(length)
@@ -464,17 +475,23 @@ class Scheduler:
                 self._columns = torch.arange(max(length, 2 * self._columns.shape[0]), device=device)
             ids = torch.tensor([[row.last_token] for row in rows], device=device)
             positions = torch.tensor(fed, device=device)[:, None]
-            mask = _additive((self._columns[:length][None, :] <= positions)[:, None, None, :], loaded.model.dtype)
-            self._cache.bind(self._columns[: len(rows), None], positions, slice(0, len(rows)), length)
-            with loaded.lora.applied(self._plan):
-                output = loaded.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=self._cache,
-                    use_cache=True,
-                )
-            tokens = sample_rows(output.logits[:, -1], [row.sampler for row in rows])
+            allowed = self._columns[:length][None, :] <= positions
+            if isinstance(self._plan, list):
+                assert loaded.lean is not None
+                logits = loaded.lean.forward(ids, positions, positions, allowed[:, None], self._cache, 0, self._plan)
+            else:
+                mask = _additive(allowed[:, None, None, :], loaded.model.dtype)
+                self._cache.bind(self._columns[: len(rows), None], positions, slice(0, len(rows)), length)
+                with loaded.lora.applied(self._plan):
+                    output = loaded.model(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        cache=self._cache,
+                        use_cache=True,
+                    )
+                logits = output.logits[:, -1]
+            tokens = sample_rows(logits, [row.sampler for row in rows])
             labels = tuple(row.label for row in rows)
             self.step_log.append(Step("decode", labels, len(rows), time.perf_counter() - began))
         except Exception as exc:
@@ -485,6 +502,15 @@ class Scheduler:
         for row in rows:
             row.fed += 1
         self._accept(rows, tokens)
+
+    def _plan_for(self, adapters: list[LoraAdapter | None], tokens: int, *, grouped: bool) -> LeanPlan | LoraPlan:
+        """The LoRA plan of a pass: the lean forward's (a list) when the model and these adapters allow it."""
+        lean = self._loaded.lean
+        if lean is not None:
+            plan = lean.plan(adapters, tokens, grouped=grouped)
+            if plan is not None:
+                return plan
+        return self._loaded.lora.plan(adapters, grouped=grouped)
 
     def _accept(self, rows: Sequence[_Row], tokens: Sequence[int]) -> None:
         self.generated_tokens += len(rows)

@@ -4,7 +4,8 @@ It loads each base model once, on its first request (weights in bfloat16 where t
 arithmetic, float32 otherwise — never float16 on a CPU, bfloat16 or float16 on a GPU), with its tokenizer
 for detokenization and its end-of-turn tokens. Per base model it keeps an ``AdapterCache`` (adapters loaded on
 demand by name, LRU within ``adapter_cache_mb`` of adapter tensors) and one ``batching.Scheduler`` thread that
-batches every request of that model — whatever adapter each uses — into one forward pass per step (``multi_lora``).
+batches every request of that model — whatever adapter each uses — into one forward pass per step: ``lean_llama``'s
+for llama models (weights fused, and packed in bf16, at load), transformers' with ``multi_lora`` otherwise.
 
 ``generate`` is a generator: nothing happens until the first ``next()``, which validates the request, loads
 the model and the adapter if needed (in the caller's thread) and queues it; each later ``next()`` blocks until
@@ -29,6 +30,7 @@ from tunery.hardware.precision import fastest_format
 from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapter, lora_adapter_nbytes
 from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
 from tunery.inference.engine import GenerationChunk, GenerationRequest
+from tunery.inference.lean_llama import LeanLlama
 from tunery.inference.multi_lora import MultiLora
 from tunery.inference.prefix_cache import PrefixCache
 from tunery.inference.sampling import check_params
@@ -69,6 +71,8 @@ class HFEngine:
         adapter_timeout_s: the longest a request waits for its adapter (a free slot and the load, which runs in
             a background thread) before failing with ``AdapterLoadTimeout``; None waits as long as it takes.
         adapter_cache_mb, max_loaded_adapters: see above.
+        lean_forward: run llama-architecture models through ``lean_llama`` (a few operators per layer, weights
+            fused at load) instead of the ``transformers`` forward; other architectures always use the latter.
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -88,6 +92,7 @@ class HFEngine:
         prefix_block_tokens: int = 32,
         precision_cache: Path | None = None,
         adapter_timeout_s: float | None = None,
+        lean_forward: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
@@ -107,6 +112,7 @@ class HFEngine:
         self._prefix_cache_bytes = prefix_cache_mb * 2**20
         self._prefix_block_tokens = prefix_block_tokens
         self._adapter_timeout_s = adapter_timeout_s
+        self._lean_forward = lean_forward
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -219,7 +225,7 @@ class HFEngine:
                 runtime = self._runtimes.get(name)
             if runtime is not None:
                 return runtime
-            loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype)
+            loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype, lean=self._lean_forward)
             dtype = loaded.model.dtype
             adapters = AdapterCache(
                 _adapter_loader(loaded),
@@ -283,8 +289,12 @@ def _adapter_loader(loaded: LoadedModel) -> Callable[[str, Path], LoraAdapter]:
     return load
 
 
-def load_base_model(name: str, path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_base_model(
+    name: str, path: Path, device: torch.device, dtype: torch.dtype, *, lean: bool = True
+) -> LoadedModel:
     """Load a causal LM folder for serving: weights, tokenizer decode function, stop tokens, context length.
+
+    With ``lean`` a llama-architecture model also gets its ``LeanLlama`` forward (its weights fused in place).
 
     Raises:
         Unavailable: the folder cannot be loaded (the message names it).
@@ -308,6 +318,7 @@ def load_base_model(name: str, path: Path, device: torch.device, dtype: torch.dt
         context_length=int(context),
         device=device,
         num_layers=int(text_config.num_hidden_layers),
+        lean=LeanLlama.build(model) if lean else None,
     )
 
 

@@ -55,9 +55,24 @@ def adapter_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return {name: make_adapter(tiny_model_dir, root / name, seed) for seed, name in enumerate(ADAPTERS, start=1)}
 
 
+# Every engine test runs on both forward passes: the lean one (llama models) and transformers' own.
+FORWARDS = pytest.mark.parametrize("lean", [True, False], ids=["lean", "transformers"])
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["lean", "transformers"])
+def lean_forward(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Iterator[HFEngine]:
-    with HFEngine({TINY: tiny_model_dir}, dtype="float32", max_loaded_adapters=4, max_batch_size=16) as engine:
+def engine(tiny_model_dir: Path, lean_forward: bool) -> Iterator[HFEngine]:
+    with HFEngine(
+        {TINY: tiny_model_dir},
+        dtype="float32",
+        max_loaded_adapters=4,
+        max_batch_size=16,
+        lean_forward=lean_forward,
+    ) as engine:
         yield engine
 
 

@@ -24,9 +24,10 @@ BLOCK = 4
 
 
 @pytest.fixture(scope="module")
-def chunked(tiny_model_dir: Path) -> Iterator[HFEngine]:
+def chunked(tiny_model_dir: Path, lean_forward: bool) -> Iterator[HFEngine]:
     with HFEngine(
         {TINY: tiny_model_dir},
+        lean_forward=lean_forward,
         dtype="float32",
         max_loaded_adapters=4,
         max_batch_size=8,

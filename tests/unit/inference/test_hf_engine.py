@@ -14,12 +14,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from tokenizers import Tokenizer
 
-from tests.unit.inference.conftest import ADAPTERS, TINY, Reference, request, run, text, token_ids
+from tests.unit.inference.conftest import ADAPTERS, FORWARDS, TINY, Reference, request, run, text, token_ids
 from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
 from tunery.inference.engine import GenerationChunk
 from tunery.inference.errors import AdapterLoadError, GenerationError
@@ -258,12 +259,13 @@ def test_a_bad_adapter_fails_only_its_request(
     assert "missing" not in engine.loaded_adapters(TINY)
 
 
+@FORWARDS
 def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(
-    tiny_model_dir: Path, prompts: list[list[int]]
+    tiny_model_dir: Path, prompts: list[list[int]], lean: bool
 ) -> None:
-    with HFEngine({TINY: tiny_model_dir}, dtype="float32") as engine:
+    with HFEngine({TINY: tiny_model_dir}, dtype="float32", lean_forward=lean) as engine:
         healthy = token_ids(run(engine, request(prompts[0])))
-        model = engine._runtimes[TINY].loaded.model  # fault injection: break the next forward pass
+        loaded = engine._runtimes[TINY].loaded  # fault injection: break the third forward pass from now
         calls = 0
 
         def explode(*_: object) -> None:
@@ -272,12 +274,23 @@ def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(
             if calls == 3:
                 raise RuntimeError("injected failure")
 
-        hook = model.register_forward_pre_hook(explode)
+        if lean:
+            assert loaded.lean is not None
+            forward = loaded.lean.forward
+
+            def failing(*args: Any) -> torch.Tensor:
+                explode()
+                return forward(*args)
+
+            loaded.lean.forward = failing  # type: ignore[method-assign]
+            undo = lambda: delattr(loaded.lean, "forward")  # noqa: E731
+        else:
+            undo = loaded.model.register_forward_pre_hook(explode).remove
         try:
             with pytest.raises(GenerationError, match="injected failure"):
                 run(engine, request(prompts[0], max_tokens=10))
         finally:
-            hook.remove()
+            undo()
         assert token_ids(run(engine, request(prompts[0]))) == healthy
 
 
