@@ -388,6 +388,7 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
         adapter_timeout_s=inference.adapter_timeout_s,
         max_prefill_tokens=inference.max_prefill_tokens,
         prefix_cache_mb=inference.prefix_cache_mb,
+        lean_forward=inference.lean_forward,
     )
     if inference.isolation == "thread":
         return options(base_weights)  # imports transformers + peft into this process

@@ -162,6 +162,10 @@ class InferenceSettings(BaseModel):
     prefix_cache_mb: int = Field(
         default=256, description="Memory per base model for reused prompt prefixes (shared system prompts); 0: off"
     )
+    lean_forward: bool = Field(
+        default=True,
+        description="Llama models decode through Tunery's lean forward (fused weights); false: transformers' forward",
+    )
 
 
 class DeploymentsSettings(BaseModel):

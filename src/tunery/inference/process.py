@@ -84,6 +84,7 @@ class HFEngineOptions:
     adapter_timeout_s: float | None = None
     max_prefill_tokens: int = 512
     prefix_cache_mb: int = 256
+    lean_forward: bool = True
 
     def __call__(self, model_dirs: Callable[[str], Path]) -> Engine:
         from tunery.inference.hf_engine import HFEngine  # torch: in the child only

@@ -101,6 +101,22 @@ def test_the_lean_forward_can_be_turned_off(tiny_model_dir: Path, reference: Ref
         calls.close()
 
 
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_server_setting_chooses_the_forward(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    from tunery.bootstrap import build_engine
+    from tunery.config import Settings
+
+    monkeypatch.setenv("TUNERY_INFERENCE__LEAN_FORWARD", str(lean).lower())
+    monkeypatch.setenv("TUNERY_INFERENCE__ISOLATION", "thread")
+    monkeypatch.setenv("TUNERY_INFERENCE__DTYPE", "float32")
+    engine = build_engine(Settings(data_dir=tmp_path), lambda _name: tiny_model_dir)
+    assert isinstance(engine, HFEngine)
+    with engine:
+        assert (loaded_model(engine).lean is not None) is lean
+
+
 def test_an_unsupported_architecture_falls_back_to_transformers(tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
