@@ -379,6 +379,8 @@ export async function detail(main, { params: [id], learnProject }) {
       ["Batch size", String(hp.batch_size)],
       ["Learning rate multiplier", String(hp.learning_rate_multiplier)],
       hp.beta !== undefined ? ["Beta", String(hp.beta)] : null,
+      // Reinforcement: every validation evaluation is a run of the job's eval, with each graded answer.
+      job.eval_id ? ["Validation evals", h("a", { href: `#/evals/${job.eval_id}` }, "Graded answers of each evaluation")] : null,
       ["Seed", String(job.seed)],
       ["Suffix", job.user_provided_suffix || "—"],
       Object.keys(job.metadata || {}).length ? ["Tags", Object.entries(job.metadata).map(([k, v]) => h("span", { class: "tag" }, `${k}: ${v}`))] : null,
