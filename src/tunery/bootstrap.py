@@ -265,7 +265,8 @@ def build_services(
         ),
     )
     checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
-    rft_evals = RftEvals(evals.store)
+    rft_evals = RftEvals(evals.store, jobs_store)
+    evals.guard_deletes(rft_evals.check_delete)
     jobs.set_eval_creator(rft_evals.create_eval)  # an RFT job's evaluations become runs of its own eval
     runs.set_rft_evals(rft_evals)
     models.set_best_checkpoint(checkpoint_evals.best_checkpoint)

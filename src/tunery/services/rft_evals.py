@@ -16,6 +16,7 @@ a ``completed`` run of the job's eval.
   is ``row * eval_samples + sample`` (the row itself is ``datasource_item``). An item passes when the reward
   passes the grader (1 for string_check, else ``pass_threshold`` or the middle of its range), so with a
   pass/fail grader the run's pass rate is the evaluation's ``valid_reward_mean``.
+* The eval cannot be deleted while its job has not ended (409).
 * A resumed job re-evaluates the steps after the one it resumes from: their runs are replaced.
 """
 
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunery.domain.errors import NotFound
+from tunery.domain.errors import Conflict, NotFound
 from tunery.domain.evals import (
     NO_ERROR,
     Eval,
@@ -45,6 +46,7 @@ from tunery.graders import GraderMulti, parse_grader, passes
 from tunery.services.eval_runs import summarise
 from tunery.services.evals import SAMPLE_SCHEMA, message_text
 from tunery.storage.evals import EvalStore
+from tunery.storage.jobs import JobStore
 from tunery.training.progress import read_graded
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,30 @@ RUNS_PAGE = 100
 
 
 class RftEvals:
-    def __init__(self, store: EvalStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: EvalStore, jobs: JobStore, *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._jobs = jobs
         self._clock = clock
+
+    def check_delete(self, ev: Eval) -> None:
+        """Refuse to delete the eval of an RFT job that has not ended (its next evaluation is recorded there).
+
+        Raises:
+            Conflict: the job is still running (or waiting, paused...).
+        """
+        job_id = (ev.metadata or {}).get("fine_tuning_job_id")
+        if not job_id:
+            return
+        try:
+            job = self._jobs.get(ev.project_id, job_id)
+        except NotFound:
+            return
+        if job.extras.get("eval_id") == ev.id and not job.status.terminal:
+            raise Conflict(
+                f"Eval {ev.id} records the evaluations of fine-tuning job {job_id}, which is {job.status.value}: "
+                "delete it once the job has ended.",
+                param="eval_id",
+            )
 
     def create_eval(self, project_id: str, job_id: str, raw_grader: dict[str, Any]) -> str:
         """Create the job's eval; returns its id."""

@@ -622,6 +622,8 @@ def test_each_rft_evaluation_is_a_run_of_the_jobs_eval_and_the_best_reward_is_th
         job = feed(services, job, ProgressKind.STEP, step=step, total_steps=8, **values)
         if step in outcomes:
             feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)), metrics=values)
+    with pytest.raises(Conflict, match="delete it once the job has ended"):
+        services.evals.delete(project, eval_id)
     done = feed(services, job, ProgressKind.COMPLETED, step=8, best_step=4)
 
     runs = services.evals.list_runs(project, eval_id, PageRequest(limit=20)).data
@@ -648,6 +650,7 @@ def test_each_rft_evaluation_is_a_run_of_the_jobs_eval_and_the_best_reward_is_th
     assert best.metrics["valid_reward_mean"] == pytest.approx(5 / 6)
     messages = [e.message for e in events]
     assert any("checkpoint at step 4, the best validation reward (0.833)" in m for m in messages), messages
+    services.evals.delete(project, eval_id)  # the job has ended
 
 
 def test_a_resumed_rft_job_replaces_the_eval_runs_of_the_steps_it_repeats(services: Services, project: str) -> None:
