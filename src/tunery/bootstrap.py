@@ -48,6 +48,7 @@ from tunery.services.portability import (
     ImportService,
     JobHubPush,
 )
+from tunery.services.rft_evals import RftEvals
 from tunery.services.runs import RunService, RunSettings
 from tunery.services.trackers import TrackerRunner, TrackerSettings
 from tunery.services.uploads import UploadRules, UploadService
@@ -267,6 +268,10 @@ def build_services(
         ),
     )
     checkpoint_evals = CheckpointEvals(evals, jobs, jobs_store, checkpoints, models)
+    rft_evals = RftEvals(evals.store, jobs_store)
+    evals.guard_deletes(rft_evals.check_delete)
+    jobs.set_eval_creator(rft_evals.create_eval)  # an RFT job's evaluations become runs of its own eval
+    runs.set_rft_evals(rft_evals)
     models.set_best_checkpoint(checkpoint_evals.best_checkpoint)
     graders = GraderService(chat, build_sandbox(settings))
     jobs.set_judge_check(graders.check_models)  # RFT model graders: the judge must be a model the project uses

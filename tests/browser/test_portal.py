@@ -466,6 +466,11 @@ def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Serve
     expect(checkpoints.get_by_role("columnheader", name="Validation reward")).to_be_visible()
     expect(page.get_by_role("log", name="Events, newest first")).to_contain_text("train mean reward=")
     shot(page, screenshots, "17-rft-job")
+    # Each validation evaluation is a run of the job's eval: the job links it, the runs show the graded answers.
+    page.get_by_role("link", name="Graded answers of each evaluation").click()
+    expect(page.get_by_role("link", name="step 0", exact=True)).to_be_visible()
+    page.get_by_role("link", name="step 0", exact=True).click()
+    expect(page.get_by_role("heading", name="Eval run", level=1)).to_be_visible()
 
 
 def test_webhooks_page_adds_an_endpoint_and_sends_a_test_event(page: Page, screenshots: Path) -> None:

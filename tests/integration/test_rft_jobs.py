@@ -136,7 +136,7 @@ def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict
     print("validation reward by evaluation:", valid)
     assert len(valid) == 5  # every eval_interval (4) steps
     assert valid[-1] > valid[0] + 0.05
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    events = client.fine_tuning.jobs.list_events(job.id, limit=300).data
     metrics = [e for e in events if e.type == "metrics"]
     assert any("train mean reward=" in e.message for e in metrics)
     assert any("full validation mean reward=" in (e.message or "") for e in events)
@@ -145,8 +145,39 @@ def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict
     assert "train_reward_mean" in scored[0]["scores"]
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints
-    carried = checkpoints[0].metrics.model_dump() | (checkpoints[0].metrics.model_extra or {})
-    assert "train_reward_mean" in carried, "checkpoints carry the reward"
+    carried = [c.metrics.model_dump() | (c.metrics.model_extra or {}) for c in checkpoints]
+    assert all({"train_reward_mean", "valid_reward_mean"} <= set(m) for m in carried), "checkpoints carry the reward"
+    assert len(checkpoints) == 3, "the three best validation rewards are kept"
+    by_reward = sorted(
+        ((int(r["step"]), float(r["valid_reward_mean"])) for r in rows if r["valid_reward_mean"]),
+        key=lambda pair: (pair[1], pair[0]),
+    )
+    assert sorted(c.step_number for c in checkpoints) == sorted(step for step, _ in by_reward[-3:])
+    model = next(c for c in checkpoints if c.fine_tuned_model_checkpoint == done.fine_tuned_model)
+    assert model.step_number == by_reward[-1][0], "the model is the best validation reward's checkpoint"
+
+    # Each evaluation is a run of the job's eval, holding the graded validation answers (10 rows x 2 samples).
+    eval_id = (done.model_extra or {})["eval_id"]
+    assert (job.model_extra or {})["eval_id"] == eval_id, "the eval exists from the create response on"
+    assert client.evals.retrieve(eval_id).metadata == {"fine_tuning_job_id": job.id}
+    runs = client.evals.runs.list(eval_id, limit=100).data
+    before = next(e.data for e in metrics if e.data and e.data.get("step") == 0)
+    expected = {0: float(before["valid_reward_mean"])}
+    expected |= {int(r["step"]): float(r["valid_reward_mean"]) for r in rows if r["valid_reward_mean"]}
+    assert sorted(int(r.metadata["step"]) for r in runs) == sorted(expected)  # type: ignore[index]
+    linked = {e.data["step"]: e.data["eval_run_id"] for e in events if e.data and "eval_run_id" in e.data}
+    assert linked == {int(r.metadata["step"]): r.id for r in runs}, "each run is linked from the job's events"  # type: ignore[index]
+    for run in runs:
+        step = int(run.metadata["step"])  # type: ignore[index]
+        assert run.status == "completed"
+        items = client.evals.runs.output_items.list(run.id, eval_id=eval_id, limit=100).data
+        assert len(items) == run.result_counts.total == 20
+        scores = [item.results[0].score for item in items]
+        assert sum(scores) / len(scores) == pytest.approx(expected[step], abs=1e-6), step
+        assert (
+            run.result_counts.passed == sum(score >= 0.5 for score in scores) == sum(i.status == "pass" for i in items)
+        )
+        assert all(item.sample.output[0].content is not None for item in items)
 
 
 def test_pause_and_resume_continue_the_same_rft_run(rft_server: Server, files: dict[str, str]) -> None:
@@ -215,6 +246,10 @@ def test_a_response_format_scores_answers_that_do_not_match_it_zero(rft_server: 
     rows = results(client, done)
     assert [float(r["train_parse_error_mean"]) for r in rows] == [1.0] * 4
     assert [float(r["train_reward_mean"]) for r in rows] == [0.0] * 4
+    # The eval's runs (string_check: an answer passes when it scores 1) count no pass, as the reward says.
+    runs = client.evals.runs.list((done.model_extra or {})["eval_id"]).data
+    assert runs
+    assert all(r.result_counts.passed == 0 and r.result_counts.failed == r.result_counts.total == 20 for r in runs)
 
 
 def test_a_score_model_grader_is_judged_by_a_served_model(rft_server: Server, files: dict[str, str]) -> None:

@@ -88,6 +88,11 @@ class EvalService:
         self._chat = chat
         self.rules = rules
         self._clock = clock
+        self._delete_guards: builtins.list[Callable[[Eval], None]] = []
+
+    def guard_deletes(self, guard: Callable[[Eval], None]) -> None:
+        """Add a check that may refuse to delete an eval (raising ``Conflict``): an RFT job's while it runs."""
+        self._delete_guards.append(guard)
 
     @property
     def store(self) -> EvalStore:
@@ -157,6 +162,9 @@ class EvalService:
         return ev
 
     def delete(self, project_id: str, eval_id: str) -> None:
+        ev = self._store.get_eval(project_id, eval_id)
+        for guard in self._delete_guards:
+            guard(ev)
         self._store.delete_eval(project_id, eval_id)
 
     # ------------------------------------------------------------------------------------------- runs

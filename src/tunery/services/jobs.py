@@ -84,6 +84,11 @@ class JobService:
         self._rules = rules
         self._clock = clock
         self._check_judges: Callable[[str, Grader, str], None] | None = None
+        self._create_eval: Callable[[str, str, dict[str, Any]], str] | None = None
+
+    def set_eval_creator(self, create: Callable[[str, str, dict[str, Any]], str]) -> None:
+        """How an RFT job gets its eval at create (``RftEvals.create_eval``: project, job id, grader → eval id)."""
+        self._create_eval = create
 
     def set_judge_check(self, check: Callable[[str, Grader, str], None]) -> None:
         """How an RFT grader's judge models are checked at create (``GraderService.check_models``)."""
@@ -147,6 +152,9 @@ class JobService:
             training_type=request.training_type,
             extras=request.extras,
         )
+        if request.method is Method.REINFORCEMENT and self._create_eval is not None:
+            eval_id = self._create_eval(project_id, job.id, request.extras["grader"])
+            job = job.with_changes(extras={**job.extras, "eval_id": eval_id})
         self._files.copy_to(training, training_copy_key(job.id, "training"))
         if validation is not None:
             self._files.copy_to(validation, training_copy_key(job.id, "validation"))

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunery.domain.checkpoints import Checkpoint, MetricRow, metric_columns
 from tunery.domain.errors import NotFound, ServiceError
@@ -78,6 +79,9 @@ from tunery.training.progress import (
     saved_step,
 )
 from tunery.training.spec import LoraSpec, TrainingSpec
+
+if TYPE_CHECKING:
+    from tunery.services.rft_evals import RftEvals  # imports the chat service, which imports this module
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +151,7 @@ class RunService:
         self._settings = settings
         self._clock = clock
         self._judge: Callable[[str], Judge] | None = None
+        self._rft_evals: RftEvals | None = None
         self._relays: dict[str, JudgeRelay] = {}
         self._relay_lock = threading.Lock()
 
@@ -242,6 +247,10 @@ class RunService:
             self._log(job.id, "Job started.")
             self._log(job.id, "Preprocessing started.")
         return spec
+
+    def set_rft_evals(self, rft_evals: RftEvals) -> None:
+        """Where an RFT job's evaluations become runs of its eval (``services.rft_evals``)."""
+        self._rft_evals = rft_evals
 
     def set_judge(self, judge: Callable[[str], Judge]) -> None:
         """How an RFT run's model graders judge (``project id → Judge``: the chat service's, set at start-up)."""
@@ -422,9 +431,13 @@ class RunService:
             self.heartbeat(job, worker_id, total_steps=total, step=resumed)
             if record.timings:
                 self._log(job.id, _startup_message(record))
+            if resumed and job.method is Method.REINFORCEMENT and self._rft_evals is not None:
+                self._rft_evals.forget_after(job, resumed)  # the steps after it are evaluated again
             if not resumed:
                 self._log(job.id, "Training started.")
                 initial = {k: float(v) for k, v in record.initial_validation.items() if v is not None}
+                if "valid_reward_mean" in initial:
+                    self._record_eval(job, 0, initial["valid_reward_mean"])
                 if initial:
                     self._events.append(
                         JobEvent(
@@ -478,6 +491,8 @@ class RunService:
             eta = int(self._clock() + float(seconds_per_step) * max(total - step, 0))
         self.heartbeat(job, worker_id, step=step, total_steps=total, trained_tokens=trained, estimated_finish=eta)
         evaluated = "full_valid_loss" in values or "valid_reward_mean" in values
+        if "valid_reward_mean" in values and job.method is Method.REINFORCEMENT:
+            self._record_eval(job, step, values["valid_reward_mean"])
         if step % self._settings.metrics_every == 0 or step == total or evaluated:
             self._events.append(
                 JobEvent(
@@ -491,6 +506,36 @@ class RunService:
                 )
             )
         return job.with_changes(step=step, total_steps=total, trained_tokens=trained)
+
+    def _record_eval(self, job: Job, step: int, reward: float) -> None:
+        """An RFT evaluation becomes a run of the job's eval, announced by an event linking it."""
+        if self._rft_evals is None:
+            return
+        model = job.model if step == 0 else checkpoint_model_name(
+            fine_tuned_model_name(job.base_model, job.id, job.suffix), step
+        )  # fmt: skip
+        try:
+            graded = RunFolder(self.run_dir(job.id)).graded(step)
+            run = self._rft_evals.record(job, step, model, graded, temperature=self._settings.rft_temperature)
+        except Exception:  # the eval is a view of the job's metrics: never the reason a job fails
+            log.exception("job %s: could not record the evaluation at step %d as an eval run", job.id, step)
+            return
+        if run is None:
+            return
+        counts = run.result_counts
+        where = "the base model" if step == 0 else f"step {step}"
+        self._events.append(
+            JobEvent(
+                id=new_id("ftevent"),
+                job_id=job.id,
+                created_at=int(self._clock()),
+                level=EventLevel.INFO,
+                message=(f"Eval run {run.id} on {where}: {counts.get('passed', 0)}/{counts.get('total', 0)} graded "
+                         f"answers passed, mean reward {reward:.3f}"),
+                data={"eval_id": run.eval_id, "eval_run_id": run.id, "step": step, "model": model,
+                      "pass_rate": run.pass_rate, "valid_reward_mean": reward, "result_counts": counts},
+            )
+        )  # fmt: skip
 
     def _save_checkpoint(
         self, job: Job, step: int, folder: Path, metrics: dict[str, float | None], *, pinned: bool = False
@@ -541,13 +586,16 @@ class RunService:
         """
         kept = self._checkpoints.list_all(job.id)
         older = kept[: max(0, len(kept) - self._settings.keep_checkpoints)]
+        if job.method is Method.REINFORCEMENT:  # the best validation rewards stay (OpenAI keeps its best three)
+            ranked = sorted(kept, key=lambda c: (c.metrics.get("valid_reward_mean", -math.inf), c.step_number))
+            older = ranked[: max(0, len(ranked) - self._settings.keep_checkpoints)]
         for old in older:
             reason = self._still_used(old)
             if reason is None:
                 self._checkpoints.delete(old.id)
                 for filename in ADAPTER_FILES:
                     self._blobs.delete(f"{old.adapter_key}/{filename}")
-            elif old is older[-1]:  # it has just left the newest few: say so once
+            elif old is older[-1] and job.method is not Method.REINFORCEMENT:  # it has just left the newest few
                 self._log(
                     job.id,
                     f"Checkpoint at step {old.step_number} kept beyond the last "
@@ -577,6 +625,12 @@ class RunService:
         stopped = completed.stopped_early
         if stopped:
             self._log(job.id, _early_stop_message(stopped, newest.step_number))
+        elif job.method is Method.REINFORCEMENT and "valid_reward_mean" in newest.metrics:
+            self._log(
+                job.id,
+                f"The model is the checkpoint at step {newest.step_number}, the best validation reward "
+                f"({newest.metrics['valid_reward_mean']:.3f}).",
+            )
         self._checkpoints.rename(newest.id, model_name)
         results = self._files.create_results(job.project_id, filename="results.csv", data=self.results_csv(job))
         self._log(job.id, f"Created results file: {results.id}")

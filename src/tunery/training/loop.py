@@ -86,6 +86,8 @@ from tunery.training.progress import (
     STATE_FILE,
     ProgressKind,
     ProgressWriter,
+    RunFolder,
+    write_graded,
 )
 from tunery.training.remote_judge import RemoteJudge
 from tunery.training.rft import (
@@ -127,8 +129,14 @@ class RunState:
     valid_cursor: int = 0  # where the next validation batch starts
     train_examples: int = 0  # a guard: the state belongs to this data
     best_valid_loss: float | None = None  # early stopping: the best full validation loss at an epoch end
-    best_step: int = 0  # ... and the step (checkpoint) it was measured at
+    best_step: int = 0  # ... and the step (checkpoint) it was measured at (RFT: the best valid_reward_mean's)
     epochs_without_improvement: int = 0
+    best_valid_reward: float | None = None  # RFT: the best valid_reward_mean so far (its checkpoint is best_step)
+
+    def note_valid_reward(self, reward: float | None) -> None:
+        """RFT: a checkpoint is saved at every evaluation; the best reward's is the model (the later on a tie)."""
+        if reward is not None and (self.best_valid_reward is None or reward >= self.best_valid_reward):
+            self.best_valid_reward, self.best_step = reward, self.step
 
     def note_full_validation(self, loss: float | None, min_delta: float) -> None:
         """Early stopping's bookkeeping at an epoch end: a new best, or one more epoch without one."""
@@ -186,8 +194,10 @@ def run(
 
     Records (``ProgressKind``): STARTED once; STEP after every optimizer step; CHECKPOINT at each epoch end;
     then exactly one of COMPLETED, PAUSED or CANCELLED (``__main__`` adds FAILED for exceptions).
-    Files: ``checkpoints/step-<N>/`` (adapter + ``metrics.json``) at each epoch end and at a pause, the
-    newest ``keep_checkpoints`` kept; ``state/`` (resumable) at each epoch end and at a pause;
+    Files: ``checkpoints/step-<N>/`` (adapter + ``metrics.json``) at each epoch end and at a pause (RFT: also
+    at each evaluation), the newest ``keep_checkpoints`` kept (RFT: the best by ``valid_reward_mean``);
+    ``graded/step-<N>.jsonl`` (RFT) the graded validation answers of each evaluation; ``state/`` (resumable)
+    at each epoch end and at a pause;
     ``adapter/`` (the final adapter) at the end.
 
     Raises:
@@ -250,11 +260,14 @@ def run(
     if resume is not None:
         state = load_state(resume, optimizer, scheduler, len(train))
     initial: dict[str, Any] = {}
-    # RFT evaluates the whole validation file every rft_eval_interval steps as valid_* (the spec's
-    # valid_reward_mean); the other methods evaluate a batch as valid_* and the whole file as full_valid_*.
+    # RFT evaluates the whole validation file every rft_eval_interval steps, at epoch ends and at the last step,
+    # as valid_* (the spec's valid_reward_mean); the other methods evaluate a batch as valid_* and the whole file
+    # as full_valid_*.
     whole = "valid_" if rft else "full_valid_"
     if valid and state.step == 0 and ranks.main:  # where validation starts: the curve's step 0
         initial = {f"{whole}{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        if objective.graded is not None:
+            write_graded(RunFolder(run_dir).graded(0), objective.graded())
         timings.lap("initial_validation")
     progress.emit(
         ProgressKind.STARTED,
@@ -290,14 +303,20 @@ def run(
         state.trained_tokens += real_tokens
         steps_this_run += 1
         metrics: dict[str, Any] = {"step": state.step, **{f"train_{k}": v for k, v in trained.items()}}
+        epoch_done = state.step_in_epoch == per_epoch
+        evaluated = False  # RFT: the whole validation file was evaluated (and a checkpoint follows)
         if rft:
-            if valid and ranks.main and (state.step % spec.rft_eval_interval == 0 or state.step == total_steps):
+            due = state.step % spec.rft_eval_interval == 0 or state.step == total_steps or epoch_done
+            if valid and ranks.main and due:
                 metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+                if objective.graded is not None:  # before the STEP record: the worker reads it then
+                    write_graded(RunFolder(run_dir).graded(state.step), objective.graded())
+                state.note_valid_reward(metrics.get("valid_reward_mean"))
+                evaluated = True
         elif valid and ranks.main and (state.step % spec.metrics_every == 0 or state.step == total_steps):
             picked = [valid[(state.valid_cursor + i) % len(valid)] for i in range(min(spec.batch_size, len(valid)))]
             state.valid_cursor = (state.valid_cursor + len(picked)) % len(valid)
             metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, picked, setup).items()}
-        epoch_done = state.step_in_epoch == per_epoch
         if epoch_done and valid and not rft and ranks.main:
             metrics |= {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
         for name, value in metrics.items():
@@ -319,8 +338,8 @@ def run(
 
         checkpoint: Path | None = None
         stop_early = False
+        finished_epoch = state.epoch + 1  # the epoch this step belongs to
         if epoch_done:
-            finished_epoch = state.epoch + 1
             if spec.early_stopping_patience:
                 state.note_full_validation(metrics.get("full_valid_loss"), spec.early_stopping_min_delta)
                 stop_early = (
@@ -329,6 +348,7 @@ def run(
             state.epoch += 1
             state.step_in_epoch = 0
             state.order = epoch_order(len(train), spec.seed, state.epoch) if state.epoch < spec.n_epochs else None
+        if epoch_done or evaluated:  # RFT: a checkpoint at every evaluation, as OpenAI's RFT does
             saving = time.perf_counter()
             if ranks.main:
                 checkpoint = save_checkpoint(
@@ -338,9 +358,11 @@ def run(
                     checkpoint_metrics(metrics, spec.method),
                     spec.keep_checkpoints,
                     protect=state.best_step,
+                    by_reward=rft,
                 )
                 save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
-            stop_early = bool(ranks.broadcast(stop_early))  # full validation ran on rank 0 only
+            if epoch_done:
+                stop_early = bool(ranks.broadcast(stop_early))  # full validation ran on rank 0 only
             progress.emit(
                 ProgressKind.CHECKPOINT,
                 step=state.step,
@@ -359,8 +381,9 @@ def run(
         if request == "pause" and state.epoch < spec.n_epochs:
             if checkpoint is None and ranks.main:  # not already saved at this step's epoch end
                 checkpoint = save_checkpoint(
-                    model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints
-                )
+                    model, run_dir, state.step, checkpoint_metrics(metrics, spec.method), spec.keep_checkpoints,
+                    protect=state.best_step, by_reward=rft,
+                )  # fmt: skip
                 save_state(run_dir / STATE_DIR, model, optimizer, scheduler, state)
             progress.emit(
                 ProgressKind.PAUSED,
@@ -373,12 +396,18 @@ def run(
 
     if not ranks.main:
         return
+    if rft and state.best_step and state.best_step != state.step:  # the best validation reward's checkpoint
+        use_checkpoint(run_dir, state.best_step)
+        progress.emit(
+            ProgressKind.COMPLETED,
+            step=state.step,
+            trained_tokens=state.trained_tokens,
+            adapter_path=str(run_dir / ADAPTER_DIR),
+            best_step=state.best_step,
+        )
+        return
     if state.epoch < spec.n_epochs:  # stopped early: the model is the best checkpoint, not the last step
-        best = run_dir / CHECKPOINTS_DIR / f"step-{state.best_step}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIR}~", dir=run_dir))
-        for name in ADAPTER_FILES:
-            shutil.copy2(best / name, staging / name)
-        replace_dir(staging, run_dir / ADAPTER_DIR)
+        use_checkpoint(run_dir, state.best_step)
         progress.emit(
             ProgressKind.COMPLETED,
             step=state.step,
@@ -482,6 +511,7 @@ class Objective:
 
     step: Callable[[PeftModel, torch.optim.Optimizer, Any, Sequence[Any], Setup, Ranks], tuple[dict[str, Any], int]]
     evaluate: Callable[[PeftModel, Sequence[Any], Setup], dict[str, Any]]
+    graded: Callable[[], list[dict[str, Any]]] | None = None  # RFT: the last evaluation's graded answers
 
     @staticmethod
     def for_spec(spec: TrainingSpec, tokenizer: ChatTokenizer | None = None) -> Objective:
@@ -492,6 +522,7 @@ class Objective:
             return Objective(  # one process only (see run): the ranks are not passed on
                 step=lambda model, opt, sched, prompts, setup, _ranks: grpo.step(model, opt, sched, prompts, setup),
                 evaluate=grpo.evaluate,
+                graded=lambda: grpo.graded,
             )
         if spec.method == "dpo":
             beta = spec.dpo_beta
@@ -634,20 +665,50 @@ def checkpoint_metrics(metrics: dict[str, Any], method: str) -> dict[str, float]
 
 
 def save_checkpoint(
-    model: PeftModel, run_dir: Path, step: int, metrics: dict[str, float], keep: int, protect: int = 0
+    model: PeftModel,
+    run_dir: Path,
+    step: int,
+    metrics: dict[str, float],
+    keep: int,
+    protect: int = 0,
+    *,
+    by_reward: bool = False,
 ) -> Path:
     """Write ``checkpoints/step-<step>/`` (adapter + ``metrics.json``), then delete all but the newest ``keep``
-    and the ``protect`` step's (early stopping's best so far, which may become the model)."""
+    and the ``protect`` step's (early stopping's best so far, which may become the model). ``by_reward``
+    (RFT): keep the ``keep`` with the highest ``valid_reward_mean`` instead, and the newest."""
     extra = {METRICS_FILE: json.dumps(metrics, indent=2)}
     folder = save_adapter(model, run_dir / CHECKPOINTS_DIR / f"step-{step}", extra_files=extra)
     existing = sorted(
         (p for p in (run_dir / CHECKPOINTS_DIR).glob("step-*") if p.name[5:].isdigit()),
         key=lambda p: int(p.name[5:]),
     )
-    for old in existing[: max(0, len(existing) - max(keep, 1))]:
+    if by_reward:
+        ranked = sorted(existing, key=lambda p: (_valid_reward(p), int(p.name[5:])), reverse=True)
+        dropped = [p for p in ranked[max(keep, 1) :] if p.name != f"step-{step}"]  # the newest stays for the worker
+    else:
+        dropped = existing[: max(0, len(existing) - max(keep, 1))]
+    for old in dropped:
         if int(old.name[5:]) != protect:
             shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _valid_reward(folder: Path) -> float:
+    try:
+        value = json.loads((folder / METRICS_FILE).read_text()).get("valid_reward_mean")
+    except (OSError, ValueError):
+        return -math.inf
+    return float(value) if isinstance(value, (int, float)) else -math.inf
+
+
+def use_checkpoint(run_dir: Path, step: int) -> None:
+    """Make the checkpoint of ``step`` the final adapter (``adapter/``), atomically."""
+    best = run_dir / CHECKPOINTS_DIR / f"step-{step}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_DIR}~", dir=run_dir))
+    for name in ADAPTER_FILES:
+        shutil.copy2(best / name, staging / name)
+    replace_dir(staging, run_dir / ADAPTER_DIR)
 
 
 def save_state(

@@ -31,6 +31,7 @@ ADAPTER_DIR = "adapter"  # the final adapter
 REFERENCE_FILE = "reference.json"  # DPO: the reference log-probabilities of every pair
 LOG_FILE = "trainer.log"  # the trainer's stdout and stderr
 CRASH_FILE = "crashes"  # how many times a trainer of this job died without a last record (the retry budget)
+GRADED_DIR = "graded"  # RFT: step-<n>.jsonl, every graded validation answer of the evaluation at step n
 
 ControlRequest = Literal["pause", "cancel"]
 
@@ -83,6 +84,32 @@ class RunFolder:
     @property
     def crashes(self) -> Path:
         return self.path / CRASH_FILE
+
+    def graded(self, step: int) -> Path:
+        """RFT: the graded validation answers of the evaluation at ``step`` (0: before training), one JSON
+        object per answer, written before the record that reports the evaluation (``write_graded``)."""
+        return self.path / GRADED_DIR / f"step-{step}.jsonl"
+
+
+def write_graded(path: Path, samples: list[dict[str, Any]]) -> None:
+    """Write graded samples as JSON lines, atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}~{os.getpid()}")
+    with staging.open("w", encoding="utf-8") as out:
+        for sample in samples:
+            out.write(json.dumps(sample) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)
+
+
+def read_graded(path: Path) -> list[dict[str, Any]]:
+    """The graded samples ``write_graded`` wrote; [] when there is no such file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class ProgressKind(StrEnum):
@@ -204,7 +231,7 @@ class Completed(_Record):
     step: int
     trained_tokens: int = 0
     adapter_path: str | None = None
-    best_step: int | None = None  # set when early stopping picked an earlier checkpoint
+    best_step: int | None = None  # an earlier checkpoint picked by early stopping or RFT's best validation reward
     stopped_early: StoppedEarly | None = None
 
 

@@ -16,7 +16,9 @@ python graders in its sandbox, ``concurrency`` at a time) and takes one optimize
   disabled, or for continuous fine-tuning the parent adapter, loaded as a second (frozen, small) adapter.
 
 The answers are packed flat (``packing``) and the LM head runs only on answer tokens (``head``), as for SFT
-and DPO. Evaluation samples ``eval_samples`` answers for every validation prompt and averages their rewards.
+and DPO. Evaluation samples ``eval_samples`` answers for every validation prompt and averages their rewards;
+``graded`` then holds every answer with its grade (one record per answer), which the loop writes to the run
+folder and the worker records as a run of the job's eval (``services.rft_evals``).
 A grading that fails (a raising python grader...) scores 0 and is counted; a round where every sample failed,
 or ``MAX_BAD_STEPS`` steps in a row where more than half failed, ends the job (``GraderFailure``). With a
 ``response_format``, an answer that is not JSON matching its schema scores 0 as a ``sample_parse_error``
@@ -240,6 +242,8 @@ class GrpoObjective:
         self.tokenizer = tokenizer
         self.reference_adapter = reference_adapter
         self.errors = _ErrorWatch()
+        self.graded: list[dict[str, Any]] = []  # the last evaluation's answers and grades (see ``evaluate``)
+        self._last: tuple[Sequence[Prompt], int, list[str], list[Any], list[GraderResult]] | None = None
 
     # ------------------------------------------------------------------------------ sampling + grading
     def rollout(
@@ -260,6 +264,7 @@ class GrpoObjective:
         sampled = time.perf_counter()
         results = self.rewarder.grade(texts, items)
         graded = time.perf_counter()
+        self._last = (prompts, samples, texts, completions, results)
         error_share = self.errors.check(results, where, training=training)
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32).view(len(prompts), samples)
         parse_errors = sum(r.metadata.errors.sample_parse_error for r in results)
@@ -316,9 +321,30 @@ class GrpoObjective:
         return metrics, sum(len(e) for e in sequences)
 
     def evaluate(self, model: PeftModel, prompts: Sequence[Prompt], setup: Setup) -> dict[str, Any]:
+        """The validation metrics; ``graded`` gets one record per answer: ``row`` (0-based index of the
+        prompt), ``sample`` (0..eval_samples-1), ``item`` (the row), ``output_text``, ``reward``,
+        ``sub_rewards``, ``error`` (why grading failed, or null), ``parse_error``, token counts, ``finished``."""
+        self.graded = []
         _, _, metrics = self.rollout(
             model, prompts, self.settings.eval_samples, setup, "a validation run", training=False
         )
+        assert self._last is not None
+        shown, samples, texts, completions, results = self._last
+        stops = set(self.settings.stop_ids)
+        for index, (text, completion, result) in enumerate(zip(texts, completions, results, strict=True)):
+            row, sample = divmod(index, samples)
+            errors = result.metadata.errors
+            failed = errors.any() and not errors.sample_parse_error
+            self.graded.append({
+                "row": row, "sample": sample, "line": shown[row].line, "item": shown[row].item,
+                "output_text": text, "reward": float(result.reward), "sub_rewards": dict(result.sub_rewards),
+                "error": (result.detail or errors.python_grader_runtime_error_details or "grading failed")
+                if failed else None,
+                "parse_error": bool(errors.sample_parse_error),
+                "prompt_tokens": len(shown[row].input_ids),
+                "completion_tokens": len([t for t in completion.tokens if t not in stops]),
+                "finished": bool(completion.finished),
+            })  # fmt: skip
         return metrics
 
     @contextmanager

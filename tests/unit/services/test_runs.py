@@ -28,7 +28,15 @@ from tunery.services.container import Services
 from tunery.services.job_requests import parse_job_request
 from tunery.services.runs import adapter_path
 from tunery.storage import Database, JobStore, LocalBlobStore
-from tunery.training.progress import STATE_DIR, STATE_FILE, ProgressKind, ProgressWriter, parse_record
+from tunery.training.progress import (
+    STATE_DIR,
+    STATE_FILE,
+    ProgressKind,
+    ProgressWriter,
+    RunFolder,
+    parse_record,
+    write_graded,
+)
 from tunery.training.remote_judge import JudgeUnavailable, RemoteJudge
 from tunery.worker.runner import Worker
 
@@ -590,3 +598,98 @@ def test_a_checkpoint_folder_replaced_before_the_worker_read_it_is_skipped(
     job = feed(services, job, ProgressKind.CHECKPOINT, step=10, path=str(tmp_path / "pruned" / "step-10"))
     feed(services, job, ProgressKind.CHECKPOINT, step=20, path=str(adapter(tmp_path, 20)))
     assert checkpoint_steps(services, project, job) == [20]
+
+
+EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+         "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
+
+
+def graded(services: Services, job: Job, step: int, passes: list[bool]) -> float:
+    """Write what the trainer writes for an evaluation: 2 answers for each of len(passes) // 2 rows."""
+    samples = []
+    for index, ok in enumerate(passes):
+        row, sample = divmod(index, 2)
+        item = {"messages": [{"role": "user", "content": f"{row} + 1?"}], "answer": str(row + 1)}
+        samples.append({"row": row, "sample": sample, "line": row + 1, "item": item,
+                        "output_text": str(row + 1) if ok else "no", "reward": 1.0 if ok else 0.0, "sub_rewards": {},
+                        "error": None, "parse_error": False, "prompt_tokens": 9, "completion_tokens": 2,
+                        "finished": True})  # fmt: skip
+    write_graded(RunFolder(services.runs.run_dir(job.id)).graded(step), samples)
+    return sum(passes) / len(passes)
+
+
+def test_each_rft_evaluation_is_a_run_of_the_jobs_eval_and_the_best_reward_is_the_model(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = rft_job(services, project, EXACT)
+    eval_id = job.extras["eval_id"]
+    ev = services.evals.retrieve(project, eval_id)
+    assert ev.name == job.id
+    assert ev.metadata == {"fine_tuning_job_id": job.id}
+    assert [c["type"] for c in ev.testing_criteria] == ["string_check"]
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    job = services.jobs.retrieve(project, job.id)
+    assert services.runs.start(services.runs.validate(claimed)) is not None  # type: ignore[arg-type]
+
+    outcomes = {0: [False] * 6, 2: [True, False] * 3, 4: [True] * 5 + [False], 6: [True] * 4 + [False] * 2,
+                8: [True, False, False, False, False, False]}  # fmt: skip
+    rewards = {step: graded(services, job, step, passes) for step, passes in outcomes.items() if step == 0}
+    job = feed(services, job, ProgressKind.STARTED, total_steps=8, initial_validation={"valid_reward_mean": rewards[0]})
+    for step in range(1, 9):
+        values: dict[str, Any] = {"train_reward_mean": 0.5}
+        if step in outcomes:
+            rewards[step] = values["valid_reward_mean"] = graded(services, job, step, outcomes[step])
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=8, **values)
+        if step in outcomes:
+            feed(services, job, ProgressKind.CHECKPOINT, step=step, path=str(adapter(tmp_path, step)), metrics=values)
+    with pytest.raises(Conflict, match="delete it once the job has ended"):
+        services.evals.delete(project, eval_id)
+    done = feed(services, job, ProgressKind.COMPLETED, step=8, best_step=4)
+
+    runs = services.evals.list_runs(project, eval_id, PageRequest(limit=20)).data
+    assert sorted((r.name, r.status.value) for r in runs) == [(f"step {s}", "completed") for s in (0, 2, 4, 6, 8)]
+    for run in runs:
+        step = int(run.metadata["step"])  # type: ignore[index]
+        assert run.result_counts["total"] == 6
+        assert run.pass_rate == pytest.approx(rewards[step]), "pass/fail grader: the pass rate is the reward"
+        items = services.evals.list_items(project, eval_id, run.id, PageRequest(limit=20)).data
+        assert sorted(i.datasource_item_id for i in items) == list(range(6))
+        assert all(i.results[0]["name"] == ev.testing_criteria[0]["id"] for i in items)
+        assert [i.status == "pass" for i in sorted(items, key=lambda i: i.datasource_item_id)] == outcomes[step]
+    by_step = {int(r.metadata["step"]): r for r in runs}  # type: ignore[index]
+    assert by_step[0].model == "tiny-llama"
+    assert by_step[2].model == f"{done.fine_tuned_model}:ckpt-step-2"
+    events = services.jobs.list_events(project, job.id, PageRequest(limit=100)).data
+    linked = {e.data["step"]: e.data["eval_run_id"] for e in events if e.data and "eval_run_id" in e.data}
+    assert linked == {step: run.id for step, run in by_step.items()}
+
+    checkpoints = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    assert sorted(c.step_number for c in checkpoints) == [2, 4, 6], "the three best validation rewards stay"
+    best = next(c for c in checkpoints if c.step_number == 4)
+    assert best.fine_tuned_model_checkpoint == done.fine_tuned_model
+    assert best.metrics["valid_reward_mean"] == pytest.approx(5 / 6)
+    messages = [e.message for e in events]
+    assert any("checkpoint at step 4, the best validation reward (0.833)" in m for m in messages), messages
+    services.evals.delete(project, eval_id)  # the job has ended
+
+
+def test_a_resumed_rft_job_replaces_the_eval_runs_of_the_steps_it_repeats(services: Services, project: str) -> None:
+    job = rft_job(services, project, {"type": "multi", "name": "both", "calculate_output": "exact",
+                                      "graders": {"exact": EXACT}})  # fmt: skip
+    eval_id = job.extras["eval_id"]
+    assert [c["name"] for c in services.evals.retrieve(project, eval_id).testing_criteria] == ["exact"]
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    assert services.runs.start(services.runs.validate(claimed)) is not None  # type: ignore[arg-type]
+    job = services.jobs.retrieve(project, job.id)
+    job = feed(services, job, ProgressKind.STARTED, total_steps=4)
+    for step in (1, 2):
+        graded(services, job, step, [True, False])
+        job = feed(services, job, ProgressKind.STEP, step=step, total_steps=4, valid_reward_mean=0.5)
+    job = feed(services, job, ProgressKind.STARTED, total_steps=4, resumed_from_step=1)  # crashed after step 1
+    runs = services.evals.list_runs(project, eval_id, PageRequest(limit=20)).data
+    assert [r.name for r in runs] == ["step 1"]
+    items = services.evals.list_items(project, eval_id, runs[0].id, PageRequest(limit=20)).data
+    assert {len(i.results) for i in items} == {2}, "a multi grader: each child, then the combined reward"
+    assert {i.results[-1]["name"] for i in items} == {"both"}

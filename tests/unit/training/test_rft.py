@@ -185,6 +185,36 @@ def test_a_run_raises_the_validation_reward(completed: TrainingSpec) -> None:
     assert {"train_reward_mean", "valid_reward_mean"} <= set(checkpoint["metrics"])
 
 
+def test_each_evaluation_writes_its_graded_answers_for_the_jobs_eval(completed: TrainingSpec) -> None:
+    started = records(completed, ProgressKind.STARTED)[0]
+    evaluated = {0: started["initial_validation"]["valid_reward_mean"]} | {
+        s["step"]: s["valid_reward_mean"] for s in records(completed, ProgressKind.STEP) if "valid_reward_mean" in s
+    }
+    folder = control.RunFolder(completed.run_path)
+    for step, reward in evaluated.items():
+        graded = control.read_graded(folder.graded(step))
+        assert len(graded) == 4 * 2  # every validation row, eval_samples answers each
+        assert sorted((g["row"], g["sample"]) for g in graded) == [(r, k) for r in range(4) for k in range(2)]
+        assert sum(g["reward"] for g in graded) / len(graded) == pytest.approx(reward, abs=1e-6)
+        assert all(g["item"]["target"] == "e" and isinstance(g["output_text"], str) for g in graded)
+        assert all(g["error"] is None and g["completion_tokens"] >= 0 for g in graded)
+
+
+def test_checkpoints_carry_the_validation_reward_and_the_best_one_is_the_model(completed: TrainingSpec) -> None:
+    saved = records(completed, ProgressKind.CHECKPOINT)
+    rewards = {c["step"]: c["metrics"]["valid_reward_mean"] for c in saved}
+    assert sorted(rewards) == [4, 8, 12, 16, 20]
+    best = max(rewards, key=lambda step: (rewards[step], step))
+    done = records(completed, ProgressKind.COMPLETED)[0]
+    assert done.get("best_step", 20) == best
+    model_weights = (completed.run_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    best_weights = (completed.run_path / "checkpoints" / f"step-{best}" / "adapter_model.safetensors").read_bytes()
+    assert model_weights == best_weights
+    kept = sorted(int(p.name[5:]) for p in (completed.run_path / "checkpoints").glob("step-*"))
+    by_reward = sorted(rewards, key=lambda step: (rewards[step], step), reverse=True)[: completed.keep_checkpoints]
+    assert set(kept) == set(by_reward) | {20}, (kept, rewards)
+
+
 def test_pause_and_resume_give_the_same_rewards(
     completed: TrainingSpec, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,6 +242,10 @@ def test_pause_and_resume_give_the_same_rewards(
 
     assert len(rewards(spec)) == 8
     assert rewards(spec) == pytest.approx(rewards(reference), abs=1e-6)
+    # A checkpoint at every evaluation (every 2 steps), not only at epoch ends, each carrying its reward.
+    saved = records(reference, ProgressKind.CHECKPOINT)
+    assert [c["step"] for c in saved] == [2, 4, 6, 8]
+    assert all("valid_reward_mean" in c["metrics"] for c in saved)
 
 
 def test_continuous_fine_tuning_measures_kl_against_the_parent_adapter(

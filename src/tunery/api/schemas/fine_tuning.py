@@ -164,6 +164,8 @@ class FineTuningJob(BaseModel):
     """Tunery extension: one entry per per-checkpoint eval run (step 0 = the base model)."""
     best_checkpoint: dict[str, Any] | None = None
     """Tunery extension: the checkpoint with the highest mean pass rate; deploy it as ``<model>:best``."""
+    eval_id: str | None = None
+    """Reinforcement jobs: the eval holding one run per validation evaluation (OpenAI's ``eval_id``)."""
     queue: dict[str, int] | None = None
     """Tunery extension, while a job waits to start: {ahead: jobs a worker takes first, training: jobs training now}."""
 
@@ -172,7 +174,7 @@ class FineTuningJob(BaseModel):
         data: dict[str, Any] = handler(self)
         optional = ("trainingType", "prompt_loss_weight", "early_stopping", "distributed", "evals", "eval_results",
                     "lora", "max_seq_len", "warmup_ratio",
-                    "hf_output_repo_name", "hf_output_format")  # fmt: skip
+                    "hf_output_repo_name", "hf_output_format", "eval_id")  # fmt: skip
         for key in (*optional, "best_checkpoint", "queue"):
             if data.get(key) is None:
                 data.pop(key, None)
@@ -218,6 +220,7 @@ class FineTuningJob(BaseModel):
             lora=job.extras.get("lora"),
             max_seq_len=job.extras.get("max_seq_len"),
             warmup_ratio=job.extras.get("warmup_ratio"),
+            eval_id=job.extras.get("eval_id"),
             hf_output_repo_name=(job.extras.get("hf_output") or {}).get("repo_id"),
             hf_output_format=(job.extras.get("hf_output") or {}).get("format"),
             progress=JobProgress(step=job.step, total_steps=job.total_steps, trained_tokens=job.trained_tokens)

@@ -386,6 +386,8 @@ export async function detail(main, { params: [id], learnProject }) {
       ["Batch size", String(hp.batch_size)],
       ["Learning rate multiplier", String(hp.learning_rate_multiplier)],
       hp.beta !== undefined ? ["Beta", String(hp.beta)] : null,
+      // Reinforcement: every validation evaluation is a run of the job's eval, with each graded answer.
+      job.eval_id ? ["Validation evals", h("a", { href: `#/evals/${job.eval_id}` }, "Graded answers of each evaluation")] : null,
       ["Seed", String(job.seed)],
       ["Suffix", job.user_provided_suffix || "—"],
       job.lora && job.lora.rank !== undefined ? ["LoRA rank", String(job.lora.rank)] : null,
