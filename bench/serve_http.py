@@ -242,7 +242,8 @@ def llama_files(model_dir: Path, adapters: list[Path], out: Path, bin_dir: Path,
 
 @dataclass
 class Server:
-    name: str
+    name: str  # this server process ("llama.cpp, 64 LoRA loaded")
+    label: str  # the contender it stands for in the tables ("llama.cpp")
     proc: subprocess.Popen[bytes]
     url: str
     headers: dict[str, str]
@@ -324,7 +325,7 @@ def start_tunery(out: Path, adapters: list[Path]) -> Server:
                               data={"base_model": MODEL, "suffix": folder.name})  # fmt: skip
         response.raise_for_status()
         models.append(response.json()["id"])
-    return Server("tunery", proc, url, headers, startup, models, lora_ids=False)
+    return Server("tunery", "tunery", proc, url, headers, startup, models, lora_ids=False)
 
 
 def _tar(folder: Path) -> bytes:
@@ -339,8 +340,12 @@ def _tar(folder: Path) -> bytes:
 def start_llama(
     bin_dir: Path, base: Path, loras: list[Path], out: Path, slots: int, context: int, extra: list[str]
 ) -> Server:
+    """A llama-server with ``loras`` loaded (none applied unless a request names one), or none at all: base-model
+    scenarios go to a server without adapters, as a user serving the base would run it, because a request with
+    an empty ``lora`` list on a server holding adapters was seen answering with adapters applied (slowly, and
+    not as the base model does)."""
     port = free_port()
-    log = out / "llama-server.log"
+    log = out / f"llama-server-{len(loras)}-lora.log"
     args = [str(bin_dir / "llama-server"), "-m", str(base), "--host", "127.0.0.1", "--port", str(port),
             "-t", str(os.cpu_count() or 2), "-np", str(slots), "-c", str(context), "--kv-unified",
             "--no-webui", "--jinja", *extra]  # fmt: skip
@@ -352,7 +357,8 @@ def start_llama(
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(proc, url, log)
-    return Server("llama.cpp", proc, url, {}, time.monotonic() - started, [], lora_ids=True)
+    name = f"llama.cpp, {len(loras)} LoRA loaded"
+    return Server(name, "llama.cpp", proc, url, {}, time.monotonic() - started, [], lora_ids=True)
 
 
 # ---- load ----------------------------------------------------------------------------------------------------
@@ -386,7 +392,10 @@ def one_request(client: httpx.Client, server: Server, index: int, messages: list
     usage_tokens: int | None = None
     chunks = 0
     body = server.body(messages, adapter, max_tokens)
-    with client.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=server.headers) as response:
+    # One connection per request for both servers: llama-server closes a finished stream's connection, and a
+    # client reusing it would fail the next request ("Server disconnected").
+    headers = {**server.headers, "Connection": "close"}
+    with client.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=headers) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{server.name} {response.status_code}: {response.read()[:300]!r}")
         for line in response.iter_lines():
@@ -569,22 +578,31 @@ def main() -> None:
     model_dir = prepare_model(OUT)
     adapters = make_adapters(model_dir, OUT / "adapters", max(s.adapters for s in chosen) or 1)
     base_gguf, loras = llama_files(model_dir, adapters, OUT, bin_dir, dtype)
-    servers = [
-        start_tunery(OUT, adapters),
-        start_llama(bin_dir, base_gguf, loras, OUT, 16, 16 * (2048 + args.max_tokens + 64), args.llama_args.split()),
-    ]
+    context, extra = 16 * (2048 + args.max_tokens + 64), args.llama_args.split()
+    tunery = start_tunery(OUT, adapters)
+    servers = [tunery]
+    llama_lora = llama_base = None
+    if any(s.adapters for s in chosen):
+        llama_lora = start_llama(bin_dir, base_gguf, loras, OUT, 16, context, extra)
+        servers.append(llama_lora)
+    if any(not s.adapters for s in chosen):
+        llama_base = start_llama(bin_dir, base_gguf, [], OUT, 16, context, extra)
+        servers.append(llama_base)
     try:
-        for server in servers:  # warm-up: one request per server on an adapter, then memory
-            run_scenario(server, Scenario("warm", 1, clients=1, requests=1), args.max_tokens, 0)
+        for server in servers:  # warm-up: one request per server (on an adapter where it has them), then memory
+            adapters_here = 0 if server is llama_base else 1
+            run_scenario(server, Scenario("warm", adapters_here, clients=1, requests=1), args.max_tokens, 0)
         report["servers"] = {s.name: {"startup_s": round(s.startup_s, 1), "rss_warm_mb": round(s.rss_mb(), 0)}
                              for s in servers}  # fmt: skip
         report["scenarios"] = {}
         for scenario in chosen:
-            runs: dict[str, list[Run]] = {s.name: [] for s in servers}
+            pair = [tunery, llama_lora if scenario.adapters else llama_base]
+            contenders = [s for s in pair if s is not None]
+            runs: dict[str, list[Run]] = {s.label: [] for s in contenders}
             for _ in range(args.rounds):
-                for server in servers:
-                    runs[server.name].append(run_scenario(server, scenario, args.max_tokens, args.open_seconds))
-            answers = [{s.index: s.text.split() for s in runs[server.name][0].samples} for server in servers]
+                for server in contenders:
+                    runs[server.label].append(run_scenario(server, scenario, args.max_tokens, args.open_seconds))
+            answers = [{s.index: s.text.split() for s in runs[server.label][0].samples} for server in contenders]
             both = sorted(set(answers[0]) & set(answers[1]))
             same = statistics.mean(shared_prefix(answers[0][i], answers[1][i]) for i in both) if both else 0.0
             report["scenarios"][scenario.name] = {
