@@ -130,8 +130,7 @@ class RftEvals:
         grader = parse_grader(job.extras["grader"], param="grader")
         items = [self._item(ev, run, grader, g, samples, model, temperature, now) for g in graded]
         run = run.with_changes(**summarise(items, run))
-        self._store.insert_run(run)
-        self._store.insert_items(items)
+        self._store.insert_finished_run(run, items)
         return run
 
     def forget_after(self, job: Job, step: int) -> None:

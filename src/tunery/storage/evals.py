@@ -80,6 +80,18 @@ class EvalStore:
         with self._db.transaction() as conn:
             conn.execute(eval_runs.insert().values(_run_to_row(run)))
 
+    def insert_finished_run(self, run: EvalRun, items: Iterable[OutputItem]) -> None:
+        """Insert a run that is already over (an RFT job's evaluation) with its output items, and its
+        ``eval.run.*`` webhook event, in one transaction: subscribers hear of it as of any other run."""
+        rows = [_item_to_row(item) for item in items]
+        with self._db.transaction() as conn:
+            row = conn.execute(eval_runs.insert().values(_run_to_row(run)).returning(*eval_runs.c)).mappings().one()
+            if rows:
+                conn.execute(eval_output_items.insert(), rows)
+            event_id = enqueue_eval_run_end(conn, row, time.time()) if run.status.terminal else None
+        if event_id is not None:
+            OUTBOX_WAKEUP.set()
+
     def get_run(self, project_id: str, eval_id: str, run_id: str) -> EvalRun:
         """Raises:
         NotFound: no such run of this eval in this project.

@@ -621,6 +621,8 @@ def graded(services: Services, job: Job, step: int, passes: list[bool]) -> float
 def test_each_rft_evaluation_is_a_run_of_the_jobs_eval_and_the_best_reward_is_the_model(
     services: Services, project: str, tmp_path: Path
 ) -> None:
+    hook = services.webhooks.create(project, name="runs", url="https://93.184.215.14/hook",
+                                    event_types=["eval.run.succeeded"])  # fmt: skip
     job = rft_job(services, project, EXACT)
     eval_id = job.extras["eval_id"]
     ev = services.evals.retrieve(project, eval_id)
@@ -663,6 +665,11 @@ def test_each_rft_evaluation_is_a_run_of_the_jobs_eval_and_the_best_reward_is_th
     events = services.jobs.list_events(project, job.id, PageRequest(limit=100)).data
     linked = {e.data["step"]: e.data["eval_run_id"] for e in events if e.data and "eval_run_id" in e.data}
     assert linked == {step: run.id for step, run in by_step.items()}
+
+    deliveries = services.webhooks.deliveries(project, hook.id, PageRequest(limit=20)).data
+    assert sorted((d.event_type, json.loads(d.payload)["data"]["id"]) for d in deliveries) == sorted(
+        ("eval.run.succeeded", run.id) for run in runs
+    ), "each run is an eval.run.succeeded event to subscribers"
 
     checkpoints = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
     assert sorted(c.step_number for c in checkpoints) == [2, 4, 6], "the three best validation rewards stay"
