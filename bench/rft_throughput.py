@@ -4,7 +4,9 @@ Same base model, prompts, reward, group size, answer length and sampling tempera
 each trainer in its own subprocess (so its peak RSS is its own). Both: LoRA r=16/alpha=32 on attention + MLP
 projections, ``batch`` prompts a step with ``group`` answers each, answers of at most ``new_tokens`` tokens,
 temperature 1, KL beta 0.04 against the base model (adapter disabled), GRPO's per-answer mean loss
-(TRL ``loss_type="grpo"``, rewards scaled within each group), one optimizer step per batch of samples, fp32.
+(TRL ``loss_type="grpo"``, rewards scaled within each group), one optimizer step per batch of samples. Both run
+in the same precision: ``--dtype auto`` (the default) measures it on the machine the way Tunery's dtype "auto"
+does (``tunery.hardware.precision``): bf16 autocast where the CPU is fast at it (TRL ``bf16=True``), else fp32.
 
 Reward (the same function for both): the share of the answer's characters that are the letter "e". TRL calls
 it in-process; Tunery grades through its product path, a ``python`` grader in the sandbox (``graders``), so
@@ -104,7 +106,7 @@ def run_tunery(job: dict[str, Any]) -> dict[str, Any]:
         lora=LoraSpec(r=16, alpha=32),
         max_seq_len=1024,
         num_threads=job["threads"],
-        dtype="fp32",
+        dtype=job["dtype"],
         grader={"type": "python", "name": "e_share", "source": E_SHARE_SOURCE},
         rft_group_size=job["group"],
         rft_eval_samples=1,
@@ -128,6 +130,7 @@ def run_tunery(job: dict[str, Any]) -> dict[str, Any]:
         "last_rewards": [s["train_reward_mean"] for s in steps[-2:]],
         "completion_tokens_mean": statistics.mean(s["train_completion_tokens_mean"] for s in steps),
         "peak_rss_mb": peak_rss_mb(),
+        "dtype": job["dtype"],
     }
 
 
@@ -177,7 +180,7 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
         save_strategy="no",
         report_to=[],
         use_cpu=True,
-        bf16=False,
+        bf16=job["dtype"] == "bf16",
         seed=0,
         gradient_checkpointing=False,
     )
@@ -221,7 +224,17 @@ def run_trl(job: dict[str, Any]) -> dict[str, Any]:
             h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h
         ),
         "peak_rss_mb": peak_rss_mb(),
+        "dtype": job["dtype"],
     }
+
+
+def measured_dtype(choice: str) -> str:
+    """``auto``: the autocast format Tunery's own probe measures fastest here; else the choice."""
+    if choice != "auto":
+        return choice
+    from tunery.hardware.precision import fastest_format
+
+    return fastest_format("autocast")
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -235,6 +248,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="both trainers' precision")
     parser.add_argument("--trainers", nargs="+", default=["tunery", "trl"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,6 +262,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rft-bench-") as tmp:
         folder = Path(tmp)
         base = model_dir(args.model, folder)
+        dtype = measured_dtype(args.dtype)
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in args.trainers}
         for repeat in range(args.repeats):
             for name in args.trainers:
@@ -256,7 +271,7 @@ def main() -> None:
                 job = {
                     "trainer": name, "work": str(work), "model_dir": str(base), "steps": args.steps,
                     "batch": args.batch, "group": args.group, "new_tokens": args.new_tokens, "lr": args.lr,
-                    "threads": args.threads,
+                    "threads": args.threads, "dtype": dtype,
                 }  # fmt: skip
                 done = subprocess.run(
                     [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=False
@@ -265,7 +280,8 @@ def main() -> None:
                 if line is None:
                     raise SystemExit(f"{name} failed:\n{done.stderr[-4000:]}")
                 results[name].append(json.loads(line[7:]))
-    print(f"CPU: {cpu_name()}; model {args.model}; {args.steps} steps × {args.batch} prompts × {args.group} answers")
+    print(f"CPU: {cpu_name()}; {dtype}; model {args.model}; {args.steps} steps × {args.batch} prompts × "
+          f"{args.group} answers")  # fmt: skip
     summary: dict[str, dict[str, Any]] = {}
     for name, runs in results.items():
         prompts_s = [r["steps"] * args.batch / r["seconds"] for r in runs]
@@ -290,7 +306,8 @@ def main() -> None:
         ratio = summary["tunery"]["prompts_per_s_median"] / summary["trl"]["prompts_per_s_median"]
         print(f"Tunery / TRL: {ratio:.2f}x prompts/s")
         summary["ratio_prompts_per_s"] = {"tunery_over_trl": ratio}
-    (OUT / f"results-{args.model}.json").write_text(json.dumps({"args": vars(args), "summary": summary}, indent=2))
+    report = {"args": vars(args), "dtype": dtype, "summary": summary}
+    (OUT / f"results-{args.model}.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

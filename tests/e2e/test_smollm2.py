@@ -235,3 +235,94 @@ def test_dpo_on_smollm2_prefers_the_preferred_style(readme_server: Readme) -> No
     print(f"held-out replies in the preferred style: base {base:.0%}, DPO deployment {tuned:.0%}")
     print(f"  base says: {base_replies[0]!r}; the DPO deployment says: {tuned_replies[0]!r}")
     assert tuned > base
+
+
+# A python grader with partial credit: the exact verdict sentence scores 1; an answer whose first verdict word
+# is right but says more (or says it differently) scores 0.5; a wrong or missing verdict scores 0.
+VERDICT_GRADER = """def grade(sample, item):
+    text = sample["output_text"].strip()
+    if text == "This review is " + item["label"] + ".":
+        return 1.0
+    low = text.lower()
+    pos, neg = low.find("positive"), low.find("negative")
+    first = "positive" if pos >= 0 and (neg < 0 or pos < neg) else ("negative" if neg >= 0 else "")
+    return 0.5 if first == item["label"] else 0.0
+"""
+
+
+def _rft_rows(name: str) -> list[dict[str, Any]]:
+    """The sentiment reviews as RFT prompts: the question in a user turn, the label as a reference field."""
+    rows = []
+    for line in (DATA / f"sentiment_{name}.jsonl").read_text().splitlines():
+        messages = json.loads(line)["messages"]
+        review = next(m["content"] for m in messages if m["role"] == "user")
+        label = {"thumbs-up": "positive", "thumbs-down": "negative"}[messages[-1]["content"]]
+        question = f"Is this review positive or negative? Answer with one word.\nReview: {review}"
+        rows.append({"messages": [{"role": "user", "content": question}], "label": label})
+    return rows
+
+
+def _verdict_exact_match(client: openai.OpenAI, model: str, rows: list[dict[str, Any]]) -> tuple[float, list[str]]:
+    def ask(row: dict[str, Any]) -> str:
+        reply = client.chat.completions.create(model=model, messages=row["messages"], temperature=0, max_tokens=12)
+        return (reply.choices[0].message.content or "").strip()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(ask, rows))
+    hits = [reply == f"This review is {row['label']}." for reply, row in zip(replies, rows, strict=True)]
+    return sum(hits) / len(hits), replies
+
+
+def test_rft_on_smollm2_raises_held_out_exact_match(readme_server: Readme) -> None:
+    """Issue 14: GRPO with a partial-credit grader on SmolLM2; the held-out exact match rises clearly.
+
+    The base model mostly rambles ("This review is positive, as it ...") and leans positive, so few of its
+    greedy answers are the exact verdict sentence; the grader's half credit for a right first verdict word
+    gives GRPO a signal from the first step."""
+    client = openai.OpenAI(base_url=f"{readme_server.url}/v1", api_key=readme_server.key, max_retries=0)
+    ids = {}
+    for name in ("train", "valid"):
+        body = "".join(json.dumps(r) + "\n" for r in _rft_rows(name)).encode()
+        uploaded = client.files.create(file=(f"rft_{name}.jsonl", body), purpose="fine-tune")
+        done = client.files.wait_for_processing(uploaded.id, poll_interval=0.5, max_wait_seconds=ceiling(30))
+        assert done.status == "processed", done.status_details
+        ids[name] = uploaded.id
+    hyperparameters = {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 3, "compute_multiplier": 1,
+                       "eval_interval": 4, "eval_samples": 1, "reasoning_effort": "low"}  # fmt: skip
+    grader = {"type": "python", "name": "verdict", "source": VERDICT_GRADER}
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct",
+        training_file=ids["train"],
+        validation_file=ids["valid"],
+        seed=3,
+        suffix="verdict-rft",
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hyperparameters}},  # type: ignore[arg-type]
+    )
+    deadline = time.monotonic() + ceiling(420)
+    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(2)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", (job.status, job.error)
+
+    rows = list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
+    rewards = [float(r["valid_reward_mean"]) for r in rows if r["valid_reward_mean"]]
+    events = client.fine_tuning.jobs.list_events(job.id, limit=200).data
+    (before,) = [e for e in events if e.message.startswith("Before training:")]
+    at_start = float((before.data or {})["valid_reward_mean"])
+    print(f"\nSmolLM2 RFT: validation reward {at_start:.2f} before training, by evaluation {rewards}")
+
+    client.put(
+        "/deployments/verdict-rft",
+        body={
+            "sku": {"name": "standard", "capacity": 1},
+            "properties": {"model": {"format": "OpenAI", "name": job.fine_tuned_model, "version": "1"}},
+        },
+        cast_to=object,
+    )
+    held_out = _rft_rows("test")
+    base, base_replies = _verdict_exact_match(client, "SmolLM2-135M-Instruct", held_out)
+    tuned, tuned_replies = _verdict_exact_match(client, "verdict-rft", held_out)
+    print(f"held-out exact match: base {base:.0%}, RFT deployment {tuned:.0%}")
+    print(f"  base says: {base_replies[0]!r}; the RFT deployment says: {tuned_replies[0]!r}")
+    assert max(rewards) > at_start + 0.2, "the validation reward rises"
+    assert tuned >= base + 0.3, "held-out exact match is clearly above the base model's"
