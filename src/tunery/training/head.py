@@ -38,6 +38,8 @@ def trained_hidden(
         if causal_lm.config._attn_implementation != VARLEN_ATTENTION:
             raise ValueError("A flat batch needs the model switched to varlen attention (packing.use_varlen_attention)")
         flat["segment_lengths"] = batch.segment_lengths[0]
+        if batch.segment_masks is not None:
+            flat["segment_masks"] = batch.segment_masks
     device_type = batch.input_ids.device.type
     with torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext():
         hidden = causal_lm.get_decoder()(

@@ -548,6 +548,7 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
         clip_epsilon=spec.rft_clip_epsilon,
         max_grad_norm=MAX_GRAD_NORM,
         parse_json=spec.rft_parse_json,
+        lean_sampling=spec.rft_lean_sampling,
     )
     rewarder = Rewarder(
         spec.grader,
@@ -556,7 +557,10 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
         response_schema=spec.rft_response_schema,
         judge=RemoteJudge(spec.judge_url, spec.judge_token or "") if spec.judge_url else None,
     )
-    return GrpoObjective(settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir))
+    return GrpoObjective(
+        settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir),
+        base_model_dir=Path(spec.base_model_dir),
+    )  # fmt: skip
 
 
 def _supervised_step(

@@ -53,6 +53,7 @@ class PackedBatch:
         segment_lengths: per row, the lengths of its examples in order (padding not included).
         real_tokens: non-padding tokens in the batch.
         trainable_tokens: positions with a target.
+        segment_masks: flat only: per segment, None (causal) or its ``(L, L)`` bool mask (``collate_trees``).
     """
 
     input_ids: torch.Tensor
@@ -62,6 +63,7 @@ class PackedBatch:
     segment_lengths: list[list[int]]
     real_tokens: int
     trainable_tokens: int
+    segment_masks: list[torch.Tensor | None] | None = None
 
     def to(self, device: torch.device) -> PackedBatch:
         return PackedBatch(
@@ -72,6 +74,9 @@ class PackedBatch:
             segment_lengths=self.segment_lengths,
             real_tokens=self.real_tokens,
             trainable_tokens=self.trainable_tokens,
+            segment_masks=[m.to(device) if m is not None else None for m in self.segment_masks]
+            if self.segment_masks is not None
+            else None,
         )
 
 
@@ -152,6 +157,51 @@ def collate_rows(rows: Sequence[Sequence[Example]], *, with_mask: bool = True) -
     )
 
 
+def collate_trees(trees: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PackedBatch:
+    """One unpadded row of prompt trees, for ``varlen_attention``: several answers sharing one prompt.
+
+    Each ``(prompt, answers)`` is one segment: the prompt without its last token, once, then per answer a
+    branch ``[prompt[-1]] + answer[:-1]`` whose positions continue the prompt's and whose targets are the answer.
+    A branch attends to the shared prompt and causally to itself, never to another branch, so every answer token
+    gets exactly the logits it would get in ``prompt + answer`` alone, while the prompt is read once instead of
+    once per answer. Targets come branch after branch, each answer's tokens in order.
+    """
+    ids: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
+    lengths: list[int] = []
+    masks: list[torch.Tensor | None] = []
+    for prompt, answers in trees:
+        if not prompt or any(not answer for answer in answers):
+            raise ValueError("a prompt tree needs a prompt and non-empty answers")
+        shared = len(prompt) - 1
+        ids += prompt[:-1]
+        positions += range(shared)
+        targets += [IGNORE_INDEX] * shared
+        branch_of = [-1] * shared  # -1: the shared prompt
+        for b, answer in enumerate(answers):
+            ids += [prompt[-1], *answer[:-1]]
+            positions += range(shared, shared + len(answer))
+            targets += answer
+            branch_of += [b] * len(answer)
+        length = len(branch_of)
+        branch = torch.tensor(branch_of)
+        causal = torch.ones((length, length), dtype=torch.bool).tril()
+        # key j is visible to query i (j <= i) when j is in the prompt or in i's own branch
+        masks.append(causal & ((branch[None, :] == -1) | (branch[None, :] == branch[:, None])))
+        lengths.append(length)
+    return PackedBatch(
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        attention_mask=None,
+        targets=torch.tensor([targets], dtype=torch.long),
+        segment_lengths=[lengths],
+        real_tokens=len(ids),
+        trainable_tokens=sum(t != IGNORE_INDEX for t in targets),
+        segment_masks=masks,
+    )
+
+
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:
     """``(rows, 1, L, L)`` bool: query i may see key j when j <= i and both belong to the same segment.
 
@@ -207,26 +257,32 @@ def varlen_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention example by example over a flat row (``segment_lengths=[...]`` in the model call).
+    """Causal attention example by example over a flat row (``segment_lengths=[...]`` in the model call; a
+    segment with a mask in ``segment_masks=[...]`` attends by that mask instead, as a prompt tree does).
 
     Transformers calls it for every attention layer with ``(batch, heads, tokens, head_dim)`` tensors; it
     returns ``(batch, tokens, heads, head_dim)`` like its SDPA function. Without ``segment_lengths`` it is
     plain SDPA, so a model switched to it still works for ordinary calls (generation, evaluation).
     """
     lengths: list[int] | None = kwargs.pop("segment_lengths", None)
+    masks: list[torch.Tensor | None] | None = kwargs.pop("segment_masks", None)
     if lengths is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if query.shape[0] != 1 or sum(lengths) != query.shape[2]:
         raise ValueError("segment_lengths describe one flat row: batch size 1, lengths summing to its length")
     gqa = query.shape[1] != key.shape[1]
     dropout_p = dropout if module.training else 0.0
+    per_segment = masks if masks is not None else [None] * len(lengths)
     # split (not slicing in a loop): its backward is one concatenation instead of a zero-filled copy per example
     outputs = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scaling, enable_gqa=gqa)
-        for q, k, v in zip(
-            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), strict=True
+        F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None, scale=scaling, enable_gqa=gqa
         )
-    ]
+        for q, k, v, mask in zip(
+            query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), per_segment,
+            strict=True,
+        )
+    ]  # fmt: skip
     return torch.cat([out.transpose(1, 2) for out in outputs], dim=1), None  # (batch, tokens, heads, dim)
 
 

@@ -1,9 +1,11 @@
 """Reinforcement fine-tuning's objective: GRPO on the LoRA adapter, with rewards from the job's grader.
 
 A step takes ``batch_size`` prompts (``read_prompts``: an RFT file's messages, rendered with the generation
-prompt; the whole row is the grader's ``item``), samples ``group_size`` answers for each
-(``rollouts.sample_completions``: one batch, KV cache), grades them (``Rewarder``: the ``graders`` package,
-python graders in its sandbox, ``concurrency`` at a time) and takes one optimizer step on the GRPO loss:
+prompt; the whole row is the grader's ``item``), samples ``group_size`` answers for each in one batch with a KV
+cache (``lean_rollouts.LeanSampler``: the engine's lean forward on a copy of the base model with the policy's
+LoRA; ``rollouts.sample_completions`` on the trainer's own model where that cannot run), grades them
+(``Rewarder``: the ``graders`` package, python graders in its sandbox, ``concurrency`` at a time) and takes one
+optimizer step on the GRPO loss:
 
 * advantages are group-normalised: ``(r - mean(group)) / (std(group) + 1e-4)`` (population std), so a
   prompt whose answers all score the same teaches nothing;
@@ -15,10 +17,11 @@ python graders in its sandbox, ``concurrency`` at a time) and takes one optimize
 * the reference is the starting model without a second copy of its weights: the base model with the adapter
   disabled, or for continuous fine-tuning the parent adapter, loaded as a second (frozen, small) adapter.
 
-The answers are packed flat (``packing``) and the LM head runs only on answer tokens (``head``), as for SFT
-and DPO. Evaluation samples ``eval_samples`` answers for every validation prompt and averages their rewards;
-``graded`` then holds every answer with its grade (one record per answer), which the loop writes to the run
-folder and the worker records as a run of the job's eval (``services.rft_evals``).
+The answers are packed flat as prompt trees (``packing.collate_trees``: a group's answers share one reading of
+their prompt, each answer token getting the logits it would get alone) and the LM head runs only on answer
+tokens (``head``), as for SFT and DPO. Evaluation samples ``eval_samples`` answers for every validation prompt
+and averages their rewards; ``graded`` then holds every answer with its grade (one record per answer), which
+the loop writes to the run folder and the worker records as a run of the job's eval (``services.rft_evals``).
 A grading that fails (a raising python grader...) scores 0 and is counted; a round where every sample failed,
 or ``MAX_BAD_STEPS`` steps in a row where more than half failed, ends the job (``GraderFailure``). With a
 ``response_format``, an answer that is not JSON matching its schema scores 0 as a ``sample_parse_error``
@@ -56,7 +59,8 @@ from tunery.graders import (
 )
 from tunery.training.examples import IGNORE_INDEX, Example, InvalidTrainingData, chat_tools, records
 from tunery.training.head import head_log_probs, head_weight, trained_hidden
-from tunery.training.packing import collate_flat, collate_rows
+from tunery.training.lean_rollouts import LeanSampler
+from tunery.training.packing import PackedBatch, collate_rows, collate_trees
 from tunery.training.rollouts import sample_completions
 
 if TYPE_CHECKING:
@@ -123,6 +127,7 @@ class GrpoSettings:
     clip_epsilon: float = 0.2
     max_grad_norm: float = 1.0
     parse_json: bool = True  # the grader's sample gets output_json when the answer parses
+    lean_sampling: bool = True  # sample with the engine's lean forward (``lean_rollouts``) where it can run
 
 
 # --------------------------------------------------------------------------------------------- math
@@ -235,12 +240,21 @@ class GrpoObjective:
     """The ``Objective`` of a reinforcement run (see the module docstring)."""
 
     def __init__(
-        self, settings: GrpoSettings, rewarder: Rewarder, tokenizer: ChatTokenizer, *, reference_adapter: bool
+        self,
+        settings: GrpoSettings,
+        rewarder: Rewarder,
+        tokenizer: ChatTokenizer,
+        *,
+        reference_adapter: bool,
+        base_model_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.rewarder = rewarder
         self.tokenizer = tokenizer
         self.reference_adapter = reference_adapter
+        self.base_model_dir = base_model_dir  # for the lean sampler's copy of the base model
+        self._lean: LeanSampler | None = None
+        self._lean_built = False
         self.errors = _ErrorWatch()
         self.graded: list[dict[str, Any]] = []  # the last evaluation's answers and grades (see ``evaluate``)
         self._last: tuple[Sequence[Prompt], int, list[str], list[Any], list[GraderResult]] | None = None
@@ -255,9 +269,17 @@ class GrpoObjective:
         s = self.settings
         rows = [p.input_ids for p in prompts for _ in range(samples)]
         started = time.perf_counter()
-        completions = sample_completions(
-            model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature, amp=setup.amp
-        )
+        sampler = self._sampler(setup)
+        completions = None
+        if sampler is not None:
+            completions = sampler.sample(
+                model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature
+            )
+        if completions is None:
+            completions = sample_completions(
+                model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature,
+                amp=setup.amp,
+            )  # fmt: skip
         stops = set(s.stop_ids)
         texts = [self.tokenizer.decode([t for t in c.tokens if t not in stops]) for c in completions]
         items = [p.item for p in prompts for _ in range(samples)]
@@ -279,6 +301,14 @@ class GrpoObjective:
         }
         return [c.tokens or [s.stop_ids[0]] for c in completions], rewards, metrics
 
+    def _sampler(self, setup: Setup) -> LeanSampler | None:
+        """The lean sampler, built at the first rollout (None: sample with the trainer's own model)."""
+        if not self._lean_built:
+            self._lean_built = True
+            if self.settings.lean_sampling and self.base_model_dir is not None:
+                self._lean = LeanSampler.build(self.base_model_dir, setup.amp or torch.float32, setup.device)
+        return self._lean
+
     # ------------------------------------------------------------------------------------------- step
     def step(
         self,
@@ -291,20 +321,15 @@ class GrpoObjective:
         s = self.settings
         answers, rewards, metrics = self.rollout(model, prompts, s.group_size, setup, "a training step", training=True)
         advantages = group_advantages(rewards).view(-1).tolist()
-        sequences = [
-            _sequence(prompt.input_ids, answer)
-            for prompt, answer in zip((p for p in prompts for _ in range(s.group_size)), answers, strict=True)
-        ]
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        total = len(sequences)
+        total = len(answers)
         loss_sum = kl_sum = 0.0
-        for index in _groups(sequences, setup.micro_batch_tokens):
-            group = [sequences[i] for i in index]
+        for index, batch in _micro_batches(prompts, answers, s.group_size, setup):
             with torch.no_grad(), self._reference(model):
-                ref = _token_log_probs(model, group, setup, s.temperature)
-            logp = _token_log_probs(model, group, setup, s.temperature)
-            lengths = [e.trainable_count for e in group]
+                ref = _token_log_probs(model, batch, setup, s.temperature)
+            logp = _token_log_probs(model, batch, setup, s.temperature)
+            lengths = [len(answers[i]) for i in index]
             adv = torch.repeat_interleave(
                 torch.tensor([advantages[i] for i in index], device=logp.device),
                 torch.tensor(lengths, device=logp.device),
@@ -318,7 +343,8 @@ class GrpoObjective:
         optimizer.step()
         scheduler.step()
         metrics |= {"loss": loss_sum / total, "kl": kl_sum / total, "training_s": time.perf_counter() - started}
-        return metrics, sum(len(e) for e in sequences)
+        pairs = zip(_repeat(prompts, s.group_size), answers, strict=True)
+        return metrics, sum(len(p.input_ids) + len(a) for p, a in pairs)
 
     def evaluate(self, model: PeftModel, prompts: Sequence[Prompt], setup: Setup) -> dict[str, Any]:
         """The validation metrics; ``graded`` gets one record per answer: ``row`` (0-based index of the
@@ -371,26 +397,66 @@ def _sequence(prompt: list[int], answer: list[int]) -> Example:
     return Example(input_ids=prompt + answer, labels=[IGNORE_INDEX] * len(prompt) + list(answer))
 
 
-def _groups(sequences: Sequence[Example], micro_batch_tokens: int) -> Iterator[list[int]]:
-    """Indices of consecutive sequences while their tokens stay ``<= micro_batch_tokens`` (at least one each)."""
-    group: list[int] = []
+def _repeat(prompts: Sequence[Prompt], times: int) -> Iterator[Prompt]:
+    return (p for p in prompts for _ in range(times))
+
+
+def _micro_batches(
+    prompts: Sequence[Prompt], answers: Sequence[list[int]], group_size: int, setup: Setup
+) -> Iterator[tuple[list[int], PackedBatch]]:
+    """(answer indices, batch) for the step's answers, at most ``micro_batch_tokens`` tokens a batch (at least one
+    answer each).
+
+    Flat layout: prompt trees (``packing.collate_trees``): a group's answers share one reading of their prompt,
+    so a step computes ``prompt + Σ answers`` tokens per prompt instead of ``group × prompt + Σ answers``
+    (a group too large for one batch is split, each part with its prompt). Mask layout: one row per answer.
+    """
+    budget = setup.micro_batch_tokens
+    if setup.layout != "flat":
+        sequences = [_sequence(p.input_ids, a) for p, a in zip(_repeat(prompts, group_size), answers, strict=True)]
+        index: list[int] = []
+        tokens = 0
+        for i, sequence in enumerate(sequences):
+            if index and tokens + len(sequence) > budget:
+                yield index, collate_rows([[sequences[j]] for j in index])
+                index, tokens = [], 0
+            index.append(i)
+            tokens += len(sequence)
+        if index:
+            yield index, collate_rows([[sequences[j]] for j in index])
+        return
+    pieces: list[tuple[list[int], list[int]]] = []  # (prompt ids, answer indices), each at most one batch
+    for k, prompt in enumerate(prompts):
+        piece: list[int] = []
+        size = len(prompt) - 1
+        for i in range(k * group_size, (k + 1) * group_size):
+            if piece and size + len(answers[i]) > budget:
+                pieces.append((prompt.input_ids, piece))
+                piece, size = [], len(prompt) - 1
+            piece.append(i)
+            size += len(answers[i])
+        pieces.append((prompt.input_ids, piece))
+    batch: list[tuple[list[int], list[int]]] = []
     tokens = 0
-    for i, sequence in enumerate(sequences):
-        if group and tokens + len(sequence) > micro_batch_tokens:
-            yield group
-            group, tokens = [], 0
-        group.append(i)
-        tokens += len(sequence)
-    if group:
-        yield group
+    for ids, piece in pieces:
+        size = len(ids) - 1 + sum(len(answers[i]) for i in piece)
+        if batch and tokens + size > budget:
+            yield _trees(batch, answers)
+            batch, tokens = [], 0
+        batch.append((ids, piece))
+        tokens += size
+    if batch:
+        yield _trees(batch, answers)
 
 
-def _token_log_probs(
-    model: PeftModel, sequences: Sequence[Example], setup: Setup, temperature: float = 1.0
-) -> torch.Tensor:
-    """The log-probability of every answer token of ``sequences`` under the sampling distribution
-    (``softmax(logits / temperature)``), in order (flat: answer after answer)."""
-    batch = collate_flat(sequences) if setup.layout == "flat" else collate_rows([[e] for e in sequences])
+def _trees(pieces: list[tuple[list[int], list[int]]], answers: Sequence[list[int]]) -> tuple[list[int], PackedBatch]:
+    index = [i for _, piece in pieces for i in piece]
+    return index, collate_trees([(ids, [answers[i] for i in piece]) for ids, piece in pieces])
+
+
+def _token_log_probs(model: PeftModel, batch: PackedBatch, setup: Setup, temperature: float = 1.0) -> torch.Tensor:
+    """The log-probability of every answer token of ``batch`` under the sampling distribution
+    (``softmax(logits / temperature)``), in order (answer after answer)."""
     hidden, targets, _ = trained_hidden(model, batch.to(setup.device), setup.amp)
     if temperature > 0 and temperature != 1.0:
         hidden = hidden / temperature  # logits / T == head(hidden / T): the head is linear

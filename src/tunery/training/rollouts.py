@@ -99,7 +99,7 @@ def _sample_chunk(
     stop_set = set(stop_ids)
     next_positions = torch.tensor(lengths, device=device)
     for step in range(max_new_tokens):
-        chosen = _draw(output.logits[:, -1], temperature)
+        chosen = draw(output.logits[:, -1], temperature)
         for i, token in enumerate(chosen.tolist()):
             if not done[i]:
                 tokens[i].append(token)
@@ -118,7 +118,7 @@ def _sample_chunk(
     return [Completion(tokens=t, finished=bool(t) and t[-1] in stop_set) for t in tokens]
 
 
-def _draw(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def draw(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """One token per row: argmax at temperature 0, else a draw from softmax(logits / temperature)."""
     if temperature <= 0:
         return logits.argmax(dim=-1)

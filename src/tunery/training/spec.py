@@ -65,6 +65,7 @@ class TrainingSpec:
     rft_temperature: float = 1.0
     rft_kl_beta: float = 0.04
     rft_clip_epsilon: float = 0.2
+    rft_lean_sampling: bool = True  # sample with the inference engine's lean forward where it can run the model
     rft_parse_json: bool = True  # response_format given (or not): the grader sees output_json when it parses
     # response_format's JSON schema: an answer that is not JSON matching it scores 0 (sample_parse_error)
     rft_response_schema: dict[str, Any] | None = None

@@ -17,15 +17,20 @@ import torch
 
 from tunery.graders import GraderErrors, GraderMetadata, GraderResult, parse_failure
 from tunery.training import progress as control
-from tunery.training.loop import load_base_model, run
+from tunery.training.lean_rollouts import LeanSampler
+from tunery.training.loop import Setup, load_base_model, run
 from tunery.training.lora import add_adapter
-from tunery.training.packing import use_varlen_attention
+from tunery.training.packing import PackedBatch, collate_flat, collate_trees, use_varlen_attention
 from tunery.training.progress import ProgressKind, ProgressReader, ProgressWriter
 from tunery.training.rft import (
     MAX_BAD_STEPS,
     GraderFailure,
+    Prompt,
     Rewarder,
     _ErrorWatch,
+    _micro_batches,
+    _sequence,
+    _token_log_probs,
     group_advantages,
     grpo_token_loss,
     sequence_means,
@@ -318,3 +323,76 @@ def test_a_run_with_a_response_format_scores_unformatted_answers_zero_and_comple
     assert all(s["train_grader_error_mean"] == 0.0 for s in steps)
     assert steps[-1]["valid_parse_error_mean"] == 1.0
     assert records(spec, ProgressKind.COMPLETED)
+
+
+def test_lean_sampling_matches_the_trainers_own_model_token_for_token(tiny_model_dir: Path) -> None:
+    """The lean sampler (a copy of the base model, the policy's live LoRA) gives the greedy answers of the
+    trained model itself, groups of equal prompts included; after an update it follows the new weights."""
+    torch.manual_seed(0)
+    base = load_base_model(tiny_model_dir, torch.device("cpu"))
+    use_varlen_attention(base)
+    model = add_adapter(base, LoraSpec(r=4, alpha=8))
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    sampler = LeanSampler.build(tiny_model_dir, torch.float32, torch.device("cpu"))
+    assert sampler is not None
+    prompts = [[1, 5, 9, 30, 31]] * 3 + [[1, 7]] * 2 + [[1, 40, 41, 42, 43, 44, 45, 46]]
+    stop = [2]
+
+    def both() -> tuple[list[list[int]], list[list[int]]]:
+        lean = sampler.sample(model, prompts, max_new_tokens=8, stop_ids=stop, temperature=0, max_rows=4)
+        assert lean is not None
+        plain = sample_completions(model, prompts, max_new_tokens=8, stop_ids=stop, temperature=0)
+        return [c.tokens for c in lean], [c.tokens for c in plain]
+
+    lean, plain = both()
+    assert lean == plain
+    assert lean[0] == lean[1] == lean[2]  # one prefill shared by the group, the same greedy answer
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)  # the optimizer moved the adapter
+    moved, plain_moved = both()
+    assert moved == plain_moved
+    assert moved != lean, "the sampler reads the adapter's current weights"
+
+
+def test_prompt_trees_give_each_answer_the_log_probs_and_gradients_it_gets_alone(tiny_model_dir: Path) -> None:
+    """A group's answers share one reading of their prompt (``collate_trees``): every answer token's
+    log-probability and the adapter's gradient equal those of the answers packed one by one, with fewer tokens."""
+    torch.manual_seed(0)
+    base = load_base_model(tiny_model_dir, torch.device("cpu"))
+    use_varlen_attention(base)
+    model = add_adapter(base, LoraSpec(r=4, alpha=8))
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.2)
+    setup = Setup(torch.device("cpu"), None, 256, 4096)
+    trees = [([1, 5, 9, 30, 31], [[7, 8, 2], [9], [10, 11, 12, 13]]), ([1, 7], [[40, 41], [42, 2]])]
+    alone = collate_flat([_sequence(prompt, answer) for prompt, answers in trees for answer in answers])
+    shared = collate_trees(trees)
+    assert shared.real_tokens < alone.real_tokens
+
+    def log_probs_and_grads(batch: PackedBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        values = _token_log_probs(model, batch, setup)
+        values.sum().backward()
+        return values.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    want, want_grads = log_probs_and_grads(alone)
+    got, got_grads = log_probs_and_grads(shared)
+    assert got.shape == want.shape == (12,)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_a_group_too_large_for_one_micro_batch_is_split_with_its_prompt() -> None:
+    prompts = [Prompt(input_ids=[1, 2, 3, 4], item={}, line=1), Prompt(input_ids=[1, 9], item={}, line=2)]
+    answers = [[5] * 6, [6] * 6, [7] * 6, [8, 2], [9, 2], [10, 2]]
+    setup = Setup(torch.device("cpu"), None, 256, micro_batch_tokens=12)
+    batches = list(_micro_batches(prompts, answers, 3, setup))
+    assert [index for index, _ in batches] == [[0], [1], [2], [3, 4, 5]]
+    assert [batch.real_tokens for _, batch in batches] == [9, 9, 9, 7]  # the prompt (less its last token) in each
+    assert [batch.trainable_tokens for _, batch in batches] == [6, 6, 6, 6]
