@@ -16,9 +16,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests import precision
+from tunery.training import packing
 from tunery.training.examples import IGNORE_INDEX, Example
 from tunery.training.packing import (
     PAD_ID,
+    _measure_short_attention,
     collate_flat,
     collate_rows,
     epoch_order,
@@ -27,6 +29,7 @@ from tunery.training.packing import (
     step_examples,
     steps_per_epoch,
     use_varlen_attention,
+    varlen_attention,
 )
 
 
@@ -161,3 +164,44 @@ def test_each_step_takes_batch_size_examples_of_a_seeded_order() -> None:
     steps = [step_examples(order, s, 4) for s in range(3)]
     assert [len(s) for s in steps] == [4, 4, 2]  # the last step of an epoch takes what is left
     assert [i for step in steps for i in step] == order
+
+
+def test_short_segments_attend_in_fp32_only_where_measured_faster() -> None:
+    """The fp32-or-bf16 choice for short segments follows the timings (a fake timer here), per head shape."""
+    bf16_slower = iter([0.0, 2.0, 2.0, 3.0] * 5)  # each run: bf16 takes 2, fp32 takes 1
+    assert _measure_short_attention(4, 2, 8, runs=5, timer=lambda: next(bf16_slower)) is True
+    fp32_slower = iter([0.0, 1.0, 1.0, 3.0] * 5)  # bf16 takes 1, fp32 takes 2
+    assert _measure_short_attention(4, 2, 8, runs=5, timer=lambda: next(fp32_slower)) is False
+
+
+@pytest.mark.parametrize("fp32", [True, False])
+def test_varlen_attention_in_fp32_or_bf16_gives_the_same_bf16_result(
+    fp32: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under bf16 autocast, short segments attend in fp32 when the machine is faster at it, long ones in bf16;
+    either way the output is bf16 and agrees with plain bf16 attention within bf16's precision."""
+    monkeypatch.setattr(packing, "short_attention_in_fp32", lambda q, k: fp32)
+    used: list[tuple[int, bool]] = []
+    real_attend = packing._attend
+
+    def spy(q: torch.Tensor, *args: Any, fp32: bool) -> torch.Tensor:
+        used.append((q.shape[2], fp32))
+        return real_attend(q, *args, fp32=fp32)
+
+    monkeypatch.setattr(packing, "_attend", spy)
+    lengths = [40, packing.SHORT_SEGMENT_TOKENS + 20, 7]
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, sum(lengths), 16, generator=generator) for h in (4, 2, 2))
+    module = torch.nn.Module().eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = varlen_attention(module, q, k, v, None, segment_lengths=lengths)
+        want = torch.cat(
+            [
+                torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=True, enable_gqa=True)
+                for a, b, c in zip(q.split(lengths, 2), k.split(lengths, 2), v.split(lengths, 2), strict=True)
+            ],
+            dim=2,
+        ).transpose(1, 2)
+    assert out.dtype == torch.bfloat16
+    assert used == [(40, fp32), (packing.SHORT_SEGMENT_TOKENS + 20, False), (7, fp32)]
+    torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
