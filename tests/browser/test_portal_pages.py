@@ -147,6 +147,31 @@ def test_not_found_pages_say_so(page: Page, portal_server: Server, route: str, h
     expect(page.locator("main a").last).to_be_visible()  # a way back
 
 
+def test_a_page_still_loading_when_the_user_moves_on_does_not_draw_over_the_next(
+    page: Page, portal_server: Server, project: dict
+) -> None:
+    """Defect (CI, stop 21): Migrate's data arrived after the user had opened a job, and Migrate replaced it."""
+    held: list[Any] = []
+    page.route("**/openai/v1/migrations", lambda route: held.append(route))
+    try:
+        open_page(page, portal_server, "#/jobs")
+        with page.expect_request("**/openai/v1/migrations"):
+            page.evaluate("location.hash = '#/migrate'")
+        page.evaluate(f"location.hash = '#/jobs/{project['job']}'")
+        expect(page.locator(".crumbs")).to_be_visible()
+        job_heading = page.get_by_role("heading", level=1).inner_text()
+        assert len(held) == 1
+        with page.expect_response("**/openai/v1/migrations"):
+            held[0].continue_()
+        # Migrate's page has its data once the body's parse has run; two frames later its drawing would be done.
+        page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+        page.wait_for_load_state("networkidle")
+        expect(page.get_by_role("heading", level=1)).to_have_text(job_heading)
+        expect(page.get_by_role("heading", name="Migrate")).to_have_count(0)
+    finally:
+        page.unroute("**/openai/v1/migrations")
+
+
 def test_wizard_checks_ranges_as_typed_with_the_api_rules(page: Page, portal_server: Server, project: dict) -> None:
     """Defect 7: 100 epochs was accepted and refused only at submit, with the param path twice."""
     rules = project["client"].get("/fine_tuning/rules").json()["hyperparameters"]

@@ -1,6 +1,8 @@
 // The portal shell: sign-in, the header, and a hash router (#/files, #/jobs/ftjob-..., ...).
 // Each page module exports functions render(main, route) that may return a cleanup function
 // (stop polling, abort streams) which the router calls before showing the next page.
+// Each page draws into a view of its own: a page whose data arrives after the user has moved on draws into a
+// detached view (and is cleaned up at once), never over the page now shown.
 
 import { api, clearKey, getKey, setKey } from "./api.js";
 import * as evals from "./evals.js";
@@ -34,6 +36,7 @@ const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const account = document.getElementById("account");
 let cleanup = null;
+let current = null; // the view the shown page draws into
 let checkingKey = false; // a 401 while signing in is the sign-in form's to report
 
 export function navigate(hash) {
@@ -48,29 +51,37 @@ function parse() {
 
 async function route() {
   if (cleanup) { try { cleanup(); } catch (e) { console.warn(e); } cleanup = null; }
+  current = null;
   if (!getKey()) return showSignIn();
   const { path, query } = parse();
   const found = ROUTES.map(([re, page, section, title]) => ({ m: path.match(re), page, section, title })).find((r) => r.m);
   renderChrome(found ? found.section : null);
-  main.replaceChildren();
+  const view = h("div", { class: "view" });
+  current = view;
+  main.replaceChildren(view);
   if (!found) {
-    main.append(h("h1", { tabindex: "-1" }, "Page not found"), h("p", {}, h("a", { href: "#/jobs" }, "Go to fine-tuning jobs")));
+    view.append(h("h1", { tabindex: "-1" }, "Page not found"), h("p", {}, h("a", { href: "#/jobs" }, "Go to fine-tuning jobs")));
     return;
   }
   document.title = `${found.title} · Tunery`;
   try {
-    const result = await found.page(main, { params: found.m.slice(1).map(decodeURIComponent), query, navigate, learnProject });
-    if (typeof result === "function") cleanup = result;
+    const result = await found.page(view, { params: found.m.slice(1).map(decodeURIComponent), query, navigate, learnProject });
+    if (typeof result === "function") {
+      if (current === view) cleanup = result;
+      else try { result(); } catch (e) { console.warn(e); } // the user moved on while it loaded
+    }
   } catch (error) {
+    if (current !== view) return;
     // No half-drawn page ("Loading…", empty sections): a heading that says what happened, the error, a way back.
     const box = alertBox();
     box.show(error);
     const missing = error.status === 404;
     if (missing) document.title = `${found.title} not found · Tunery`;
-    main.replaceChildren(h("h1", { tabindex: "-1" }, missing ? `${found.title} not found` : found.title), box,
+    view.replaceChildren(h("h1", { tabindex: "-1" }, missing ? `${found.title} not found` : found.title), box,
       h("p", {}, h("a", { href: `#/${found.section}` }, "Back to the list")));
   }
-  const heading = main.querySelector("h1");
+  if (current !== view) return;
+  const heading = view.querySelector("h1");
   if (heading && document.activeElement === document.body) heading.focus({ preventScroll: true });
 }
 
@@ -147,6 +158,7 @@ window.addEventListener("tunery:unauthorized", () => {
   if (!getKey() || checkingKey) return;
   clearKey();
   if (cleanup) { cleanup(); cleanup = null; }
+  current = null;
   showSignIn("The server no longer accepts your key. Sign in again.");
 });
 window.addEventListener("hashchange", route);
