@@ -296,12 +296,14 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: fl
     raise SystemExit(f"server not healthy after {timeout:.0f} s; see {log}")
 
 
-def start_tunery(out: Path, adapters: list[Path]) -> Server:
-    data_dir = out / f"tunery-data-{int(time.time())}"
+def start_tunery(
+    out: Path, adapters: list[Path], name: str = "tunery", extra_env: dict[str, str] | None = None
+) -> Server:
+    data_dir = out / f"tunery-data-{int(time.time())}-{name.replace('+', '-')}"
     data_dir.mkdir(parents=True)
     (data_dir / "models").symlink_to(out / "models", target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_") or k == "TUNERY_WORKER__DTYPE"}
-    env |= {"TUNERY_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT / "src")}
+    env |= {"TUNERY_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT / "src"), **(extra_env or {})}
     key = subprocess.run([sys.executable, "-m", "tunery", "keys", "create", "--project", "bench"], env=env,
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     port = free_port()
@@ -325,7 +327,7 @@ def start_tunery(out: Path, adapters: list[Path]) -> Server:
                               data={"base_model": MODEL, "suffix": folder.name})  # fmt: skip
         response.raise_for_status()
         models.append(response.json()["id"])
-    return Server("tunery", "tunery", proc, url, headers, startup, models, lora_ids=False)
+    return Server(name, name, proc, url, headers, startup, models, lora_ids=False)
 
 
 def _tar(folder: Path) -> bytes:
@@ -560,6 +562,11 @@ def main() -> None:
     parser.add_argument("--open-seconds", type=float, default=20.0)
     parser.add_argument("--only", nargs="+", help="scenario names")
     parser.add_argument("--llama-args", default="", help="more llama-server flags, e.g. '--poll 0' on a busy machine")
+    parser.add_argument(
+        "--with-llama-backend",
+        action="store_true",
+        help="also run Tunery with its llama.cpp backend (inference.llama_cpp=auto, 16 slots)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of base-c1, a1-c16 and a8-c16")
     args = parser.parse_args()
     chosen = scenarios(args.max_tokens)
@@ -581,6 +588,14 @@ def main() -> None:
     context, extra = 16 * (2048 + args.max_tokens + 64), args.llama_args.split()
     tunery = start_tunery(OUT, adapters)
     servers = [tunery]
+    routed = None
+    if args.with_llama_backend:  # the same llama-server binary, behind Tunery's API, slots as llama-server's here
+        routed = start_tunery(OUT, adapters, "tunery+llama.cpp", {
+            "TUNERY_INFERENCE__LLAMA_CPP": "auto", "TUNERY_INFERENCE__LLAMA_CPP_SERVER": str(bin_dir / "llama-server"),
+            "TUNERY_INFERENCE__LLAMA_CPP_SLOTS": "16", "TUNERY_INFERENCE__LLAMA_CPP_SLOT_CONTEXT": str(2048 + 128),
+            "TUNERY_INFERENCE__LLAMA_CPP_ARGS": json.dumps(extra),
+        })  # fmt: skip
+        servers.append(routed)
     llama_lora = llama_base = None
     if any(s.adapters for s in chosen):
         llama_lora = start_llama(bin_dir, base_gguf, loras, OUT, 16, context, extra)
@@ -596,7 +611,7 @@ def main() -> None:
                              for s in servers}  # fmt: skip
         report["scenarios"] = {}
         for scenario in chosen:
-            pair = [tunery, llama_lora if scenario.adapters else llama_base]
+            pair = [tunery, llama_lora if scenario.adapters else llama_base, routed]
             contenders = [s for s in pair if s is not None]
             runs: dict[str, list[Run]] = {s.label: [] for s in contenders}
             for _ in range(args.rounds):

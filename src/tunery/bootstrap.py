@@ -24,7 +24,9 @@ from tunery.domain.errors import ServiceError, Unavailable
 from tunery.domain.webhooks import Target
 from tunery.graders import PythonSandbox, SandboxLimits
 from tunery.inference.engine import Engine
+from tunery.inference.llama_cpp import LlamaCppEngine, LlamaCppOptions, find_llama_server
 from tunery.inference.process import EngineProcess, HFEngineOptions
+from tunery.inference.routing import RoutedEngine
 from tunery.services.chat import ChatService
 from tunery.services.checkpoint_evals import CheckpointEvals
 from tunery.services.container import Services
@@ -395,10 +397,47 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
         prefix_cache_mb=inference.prefix_cache_mb,
         lean_forward=inference.lean_forward,
     )
-    if inference.isolation == "thread":
-        return options(base_weights)  # imports transformers + peft into this process
-    limit = inference.memory_limit_mb
-    if limit is None:
-        limit = int(psutil.virtual_memory().total * 0.8 / 1024**2)
-    hang = inference.hang_timeout_s or None
-    return EngineProcess(base_weights, options, memory_limit_mb=limit or None, hang_timeout_s=hang)
+
+    def tunery_engine() -> Engine:
+        if inference.isolation == "thread":
+            return options(base_weights)  # imports transformers + peft into this process
+        limit = inference.memory_limit_mb
+        if limit is None:
+            limit = int(psutil.virtual_memory().total * 0.8 / 1024**2)
+        hang = inference.hang_timeout_s or None
+        return EngineProcess(base_weights, options, memory_limit_mb=limit or None, hang_timeout_s=hang)
+
+    llama = llama_cpp_backend(settings, base_weights)
+    if llama is None:
+        return tunery_engine()
+    return RoutedEngine(tunery_engine, llama, "always" if inference.llama_cpp == "always" else "auto")
+
+
+def llama_cpp_backend(settings: Settings, base_weights: Callable[[str], Path]) -> LlamaCppEngine | None:
+    """llama.cpp as a second backend when ``inference.llama_cpp`` asks for it and a ``llama-server`` is found."""
+    inference = settings.inference
+    if inference.llama_cpp == "off":
+        return None
+    if inference.device == "cuda":
+        log.warning("inference.llama_cpp is ignored on cuda: Tunery's llama.cpp backend runs on the CPU")
+        return None
+    binary = find_llama_server(inference.llama_cpp_server)
+    if binary is None:
+        where = inference.llama_cpp_server or "PATH"
+        log.warning(
+            "inference.llama_cpp=%s but no llama-server in %s: Tunery's engine serves alone", inference.llama_cpp, where
+        )
+        return None
+    return LlamaCppEngine(
+        base_weights,
+        LlamaCppOptions(
+            binary=binary,
+            cache_dir=settings.data_dir / "cache" / "llama.cpp",
+            threads=inference.num_threads,
+            slots=inference.llama_cpp_slots,
+            slot_context=inference.llama_cpp_slot_context,
+            max_servers=inference.llama_cpp_max_servers,
+            extra_args=tuple(inference.llama_cpp_args),
+            weights=inference.llama_cpp_weights,
+        ),
+    )

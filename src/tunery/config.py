@@ -166,6 +166,26 @@ class InferenceSettings(BaseModel):
         default=True,
         description="Llama models decode through Tunery's lean forward (fused weights); false: transformers' forward",
     )
+    llama_cpp: Literal["off", "auto", "always"] = Field(
+        default="off",
+        description="llama.cpp's llama-server as a second backend (CPU): 'auto' sends it the requests while one model "
+        "(base or one adapter) is in flight, where it was measured faster per stream, and Tunery's engine the rest; "
+        "'always' every request it can take; needs llama_cpp_server or llama-server on PATH",
+    )
+    llama_cpp_server: str | None = Field(default=None, description="Path to llama-server (default: the one on PATH)")
+    llama_cpp_slots: int = Field(default=4, ge=1, description="Requests one llama-server decodes together")
+    llama_cpp_slot_context: int = Field(
+        default=2048, ge=64, description="Tokens per llama.cpp slot (prompt + answer); longer requests go to Tunery's"
+    )
+    llama_cpp_max_servers: int = Field(
+        default=4, ge=1, description="llama-server processes at once (one per base model + adapter; LRU)"
+    )
+    llama_cpp_weights: Literal["auto", "F16", "BF16"] = Field(
+        default="auto",
+        description="The base model's GGUF matrices for llama.cpp; 'auto': whichever it decodes faster here, timed "
+        "once per machine at the first request",
+    )
+    llama_cpp_args: list[str] = Field(default_factory=list, description="Extra llama-server arguments")
 
 
 class DeploymentsSettings(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gguf
 import numpy as np
@@ -24,6 +24,8 @@ from tunery.catalog.peft_adapter import LoraPair, PeftAdapter
 from tunery.catalog.safetensors_stream import SafetensorsReader, TensorInfo, weight_files
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+BF16 = np.dtype("<u2")  # a planned tensor of bfloat16 bits (numpy has no bfloat16)
+F32 = np.dtype(np.float32)
 
 
 class UnsupportedForGguf(ValueError):
@@ -41,11 +43,20 @@ def model_config(base_dir: Path) -> dict[str, Any]:
     return config
 
 
-def write_merged_gguf(adapter: PeftAdapter, base_dir: Path, target: Path, *, name: str, base_id: str) -> None:
-    """The base model with the adapter merged in, as one GGUF file (F16 matrices, F32 vectors)."""
+def write_merged_gguf(
+    adapter: PeftAdapter | None,
+    base_dir: Path,
+    target: Path,
+    *,
+    name: str,
+    base_id: str,
+    matrices: Literal["F16", "BF16"] = "F16",
+) -> None:
+    """The base model with the adapter merged in (or the base alone: ``adapter`` None), as one GGUF file (F16 or
+    BF16 matrices, F32 vectors)."""
     config = model_config(base_dir)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
-    by_weight = {pair.base_weight: pair for pair in adapter.pairs.values()}
+    by_weight = {pair.base_weight: pair for pair in adapter.pairs.values()} if adapter is not None else {}
     readers = [SafetensorsReader(path) for path in weight_files(base_dir)]
     try:
         plan: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]] = []
@@ -54,12 +65,12 @@ def write_merged_gguf(adapter: PeftAdapter, base_dir: Path, target: Path, *, nam
                 if info.name.endswith("rotary_emb.inv_freq"):
                     continue
                 gguf_name = _gguf_name(names, info.name)
-                dtype = np.dtype(np.float16 if len(info.shape) == 2 else np.float32)
+                dtype = (BF16 if matrices == "BF16" else np.dtype(np.float16)) if len(info.shape) == 2 else F32
                 plan.append((gguf_name, info.shape, dtype, _merged_tensor(reader, info, by_weight, adapter, config)))
         writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         _add_model_metadata(writer, config, name=name, base_id=base_id)
         _add_tokenizer(writer, base_dir, config, base_id)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16 if matrices == "BF16" else gguf.LlamaFileType.MOSTLY_F16)
         _write_streamed(writer, target, plan)
     finally:
         for reader in readers:
@@ -94,12 +105,18 @@ def _write_streamed(
     writer: gguf.GGUFWriter, target: Path, plan: list[tuple[str, tuple[int, ...], np.dtype, Callable[[], np.ndarray]]]
 ) -> None:
     for gguf_name, shape, dtype, _ in plan:
-        writer.add_tensor_info(gguf_name, shape, dtype, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        raw = gguf.GGMLQuantizationType.BF16 if dtype == BF16 else None
+        writer.add_tensor_info(gguf_name, shape, dtype, nbytes, raw_dtype=raw)
     writer.write_header_to_file(target)
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for gguf_name, shape, dtype, make in plan:
-        tensor = np.ascontiguousarray(make(), dtype=dtype)
+        if dtype == BF16:  # bfloat16 bits (round to nearest even), as gguf's own converter makes them
+            values = np.ascontiguousarray(make(), dtype=np.float32)
+            tensor = gguf.quants.quantize(values, gguf.GGMLQuantizationType.BF16).view(BF16).reshape(values.shape)
+        else:
+            tensor = np.ascontiguousarray(make(), dtype=dtype)
         if tensor.shape != shape:
             raise ValueError(f"{gguf_name}: made {tensor.shape}, planned {shape}")
         writer.write_tensor_data(tensor)
@@ -138,13 +155,13 @@ def _merged_tensor(
     reader: SafetensorsReader,
     info: TensorInfo,
     by_weight: dict[str, LoraPair],
-    adapter: PeftAdapter,
+    adapter: PeftAdapter | None,
     config: dict[str, Any],
 ) -> Callable[[], np.ndarray]:
     def make() -> np.ndarray:
         values = reader.array(info.name)
         pair = by_weight.get(info.name)
-        if pair is not None:
+        if pair is not None and adapter is not None:
             values = values + adapter.delta(pair)
         return _rope_permutation(info.name, config)(values)
 

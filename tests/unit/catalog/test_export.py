@@ -131,6 +131,27 @@ def test_gguf_merged_model_reads_back_and_computes_what_peft_computes(setup: dic
     assert torch.allclose(expected, got, atol=5e-3), (expected - got).abs().max()
 
 
+def test_the_base_model_alone_as_bf16_gguf_reads_back_as_the_base(setup: dict[str, Path], tmp_path: Path) -> None:
+    """What the llama.cpp serving backend writes where BF16 decodes faster: BF16 matrices, F32 vectors, and
+    logits of the base model to bfloat16 precision."""
+    from tunery.catalog.gguf_export import write_merged_gguf
+
+    write_merged_gguf(None, setup["base"], tmp_path / "base.gguf", name="tiny", base_id="org/tiny-llama",
+                      matrices="BF16")  # fmt: skip
+    reader = gguf.GGUFReader(tmp_path / "base.gguf")
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.BF16
+    assert types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="base.gguf", dtype=torch.float32).eval()
+    plain = AutoModelForCausalLM.from_pretrained(setup["base"], dtype=torch.float32).eval()
+    q = "model.layers.0.self_attn.v_proj.weight"  # not permuted for rope: compared as stored
+    assert torch.equal(model.state_dict()[q], plain.state_dict()[q].to(torch.bfloat16).float())
+    ids = AutoTokenizer.from_pretrained(setup["base"])(PROMPTS[1], return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected, got = plain(ids).logits, model(ids).logits
+    assert torch.allclose(expected, got, atol=3e-2), (expected - got).abs().max()
+
+
 def llama_server_binary() -> str | None:
     """``llama-server`` on PATH, or in ``$LLAMA_CPP_DIR/build/bin`` (bench/serve_http.py builds one there)."""
     found = shutil.which("llama-server")
