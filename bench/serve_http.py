@@ -567,6 +567,11 @@ def main() -> None:
         action="store_true",
         help="also run Tunery with its llama.cpp backend (inference.llama_cpp=auto, 16 slots)",
     )
+    parser.add_argument(
+        "--routed-llama-args",
+        default=None,
+        help="llama-server flags for Tunery's llama.cpp backend (default: --llama-args)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of base-c1, a1-c16 and a8-c16")
     args = parser.parse_args()
     chosen = scenarios(args.max_tokens)
@@ -593,7 +598,8 @@ def main() -> None:
         routed = start_tunery(OUT, adapters, "tunery+llama.cpp", {
             "TUNERY_INFERENCE__LLAMA_CPP": "auto", "TUNERY_INFERENCE__LLAMA_CPP_SERVER": str(bin_dir / "llama-server"),
             "TUNERY_INFERENCE__LLAMA_CPP_SLOTS": "16", "TUNERY_INFERENCE__LLAMA_CPP_SLOT_CONTEXT": str(2048 + 128),
-            "TUNERY_INFERENCE__LLAMA_CPP_ARGS": json.dumps(extra),
+            "TUNERY_INFERENCE__LLAMA_CPP_ARGS": json.dumps(
+                extra if args.routed_llama_args is None else args.routed_llama_args.split()),
         })  # fmt: skip
         servers.append(routed)
     llama_lora = llama_base = None

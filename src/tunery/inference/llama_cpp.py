@@ -107,6 +107,12 @@ class LlamaCppEngine:
             return False
         return self._base_supported(request.base_model)
 
+    def running(self, key: ServerKey) -> bool:
+        """Whether a server for this (base model, adapter) is up already."""
+        with self._lock:
+            server = self._servers.get(key)
+            return server is not None and server.alive()
+
     def open(self, request: GenerationRequest) -> Iterator[GenerationChunk] | None:
         """Start serving the request (its server started first if needed), or None when every server is busy.
 

@@ -2,13 +2,13 @@
 
 Which one answers a request is decided when it arrives, from what is in flight (``inference.llama_cpp``):
 
-* ``auto``: llama.cpp while every request in flight, and every request of the last ``window_s`` seconds, is for
-  the same model (base model + adapter) as this one — the load where it was measured about 2× faster per stream
-  — and Tunery's engine once requests for different models mix, since only Tunery's engine decodes different
-  adapters in one batch (there it was measured 1.6–2.5× ahead, with a time to first token of 1 s against
-  8–37 s). The window keeps mixed traffic on Tunery's engine through the moments when, by chance, only one
-  model is in flight (measured: without it, 8 adapters at 16 clients kept starting llama-servers and both
-  backends fought over the cores). Requests already running stay where they are; the switch happens request by
+* ``auto``: llama.cpp while no request for another model (base model + adapter) is in flight — the load where
+  it was measured about 2× faster per stream — and Tunery's engine while requests for different models are,
+  since only Tunery's engine decodes different adapters in one batch (there it was measured 1.6–2.5× ahead,
+  with a time to first token of 1 s against 8–37 s). A llama.cpp server is only *started* for a model when no
+  other model had a request in the last ``window_s`` seconds: without that, mixed traffic (8 adapters at 16
+  clients, measured) kept starting servers in the rare moments one model was alone in flight, and both
+  backends fought over the cores. Requests already running stay where they are; the switch happens request by
   request, so an answer never changes backend half-way.
 * ``always``: llama.cpp for every request it can take.
 
@@ -42,7 +42,7 @@ class RoutedEngine:
         llama: LlamaCppEngine,
         policy: Policy = "auto",
         *,
-        window_s: float = 30.0,
+        window_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._window_s = window_s
@@ -63,9 +63,9 @@ class RoutedEngine:
             now = self._clock()
             self._seen = {k: t for k, t in self._seen.items() if now - t <= self._window_s}
             others = any(count and other != key for other, count in self._in_flight.items())
-            others = others or any(other != key for other in self._seen)
+            mixed = any(other != key for other in self._seen)
             self._seen[key] = now
-            wanted = self._policy == "always" or not others
+            wanted = self._policy == "always" or (not others and (self._llama.running(key) or not mixed))
             self._in_flight[key] += 1
         try:
             chunks = self._open_on_llama(request) if wanted and self._llama.fits(request) else None

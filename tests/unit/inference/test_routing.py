@@ -51,6 +51,9 @@ class FakeLlama:
     def fits(self, request: GenerationRequest) -> bool:
         return self._fits
 
+    def running(self, key: tuple[str, str | None]) -> bool:
+        return key[1] in self.served
+
     def open(self, request: GenerationRequest) -> Iterator[GenerationChunk] | None:
         if self._broken:
             raise Unavailable("llama-server exited with code 1 at start-up")
@@ -92,7 +95,7 @@ def routed(llama: FakeLlama, policy: str = "auto", clock: Clock | None = None) -
         built.append(FakeTunery())
         return built[-1]
 
-    engine = RoutedEngine(factory, cast(LlamaCppEngine, llama), policy, window_s=30.0, clock=clock or Clock())  # type: ignore[arg-type]
+    engine = RoutedEngine(factory, cast(LlamaCppEngine, llama), policy, window_s=10.0, clock=clock or Clock())  # type: ignore[arg-type]
     return engine, built
 
 
@@ -114,11 +117,13 @@ def test_auto_sends_one_model_at_a_time_to_llama_cpp_and_mixed_models_to_tunery(
     assert first_text(base) == "tunery:None"
     for stream in (a1, a2, b, base):
         list(stream)
-    # Nothing else in flight, but models mixed within the window: mixed traffic stays on Tunery's engine.
+    # Nothing else in flight, but models mixed within the window: no llama.cpp server is started for "b" ...
     assert [c.text for c in engine.generate(req("b"))] == ["tunery:b", ""]
-    clock.now += 31  # a window with "b" alone
+    # ... while "a", whose server is up, goes back to it as soon as it is alone in flight.
+    assert [c.text for c in engine.generate(req("a"))] == ["llama.cpp:a", ""]
+    clock.now += 11  # a window with one model alone
     assert first_text(engine.generate(req("b"))) == "llama.cpp:b"
-    assert engine.routed == {"llama.cpp": 3, "tunery": 3}
+    assert engine.routed == {"llama.cpp": 4, "tunery": 3}
     assert len(built) == 1
 
 
@@ -128,7 +133,7 @@ def test_a_closed_stream_stops_counting_as_in_flight() -> None:
     a = engine.generate(req("a"))
     first_text(a)
     a.close()  # the client left mid-answer
-    clock.now += 31
+    clock.now += 11
     assert first_text(engine.generate(req("b"))) == "llama.cpp:b"
 
 
@@ -158,7 +163,7 @@ def test_status_shows_both_backends_and_close_closes_both() -> None:
     list(engine.generate(req("b")))
     status = engine.status()
     assert status["llama_cpp"]["routed"] == {"llama.cpp": 2, "tunery": 1}
-    assert status["llama_cpp"]["window_s"] == 30.0
+    assert status["llama_cpp"]["window_s"] == 10.0
     assert status["llama_cpp"]["policy"] == "auto"
     engine.close()
     assert built[0].closed
