@@ -260,7 +260,7 @@ class SlotKVCache(Cache):
     Args:
         num_layers: decoder layers of the model.
         slots: the most rows at once.
-        capacity: columns to allocate at first (the buffers double when a row needs more).
+        capacity: columns to allocate at first (the buffers grow when a row needs more).
     """
 
     def __init__(self, num_layers: int, slots: int, capacity: int = 256) -> None:
@@ -288,7 +288,9 @@ class SlotKVCache(Cache):
         """Make room for ``columns`` columns per slot (copying the buffers once when they must grow)."""
         if columns <= self.capacity:
             return
-        capacity = max(columns, 2 * self.capacity)
+        # A quarter more than asked (growth stays geometric, so copies stay rare), but never doubling past what a
+        # long prompt needs: every slot gets the columns, so 2,100 needed used to allocate 4,096 in all 16 slots.
+        capacity = max(columns, min(2 * self.capacity, columns + columns // 4))
         if self.keys_buffer is not None and self.values_buffer is not None:
             old = self.capacity
             for name in ("keys_buffer", "values_buffer"):

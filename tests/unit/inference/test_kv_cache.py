@@ -78,6 +78,19 @@ def test_slot_cache_writes_each_row_at_its_own_columns_and_reads_a_view() -> Non
     assert slot_values(cache, 0, 3) == [1, 2, 4]
 
 
+def test_slot_cache_grows_to_about_what_a_long_row_needs_and_geometrically_when_a_little_short() -> None:
+    cache = SlotKVCache(num_layers=1, slots=16, capacity=256)
+    cache.write(0, 0, torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2))
+    cache.ensure_columns(2100)  # a 2,100-token prompt: not 4,096 columns in every slot
+    assert 2100 <= cache.capacity <= 2100 * 5 // 4 + 64
+    assert cache.keys_buffer is not None
+    assert cache.keys_buffer.shape[3] == cache.capacity + 1
+    assert slot_values(cache, 0, 3) == [1, 1, 1]
+    before = cache.capacity
+    cache.ensure_columns(before + 1)  # one column short: a quarter more, so the next rows do not copy again
+    assert cache.capacity >= before * 5 // 4
+
+
 def test_slot_cache_moves_rows_and_copies_prefixes_in_and_out() -> None:
     cache = SlotKVCache(num_layers=1, slots=3, capacity=4)
     keys = torch.arange(12.0).view(1, 3, 1, 4, 1).expand(1, 3, 1, 4, 1)
