@@ -618,6 +618,13 @@ class RunService:
         self._log(job.id, "Postprocessing started.")
         model_name = fine_tuned_model_name(job.base_model, job.id, job.suffix)
         checkpoints = self._checkpoints.list_all(job.id)
+        final = Path(completed.adapter_path) if completed.adapter_path else None
+        if final is not None and final.is_dir() and not any(c.step_number == completed.step for c in checkpoints):
+            # The final adapter was never read as a checkpoint: the worker that ran the trainer stopped before it
+            # read the last records (the trainer had already replaced those folders), and this run resumed from
+            # a state saved at the last step. The adapter it wrote is the model.
+            self._save_checkpoint(job, completed.step, final, {})
+            checkpoints = self._checkpoints.list_all(job.id)
         if not checkpoints:
             return self._fail(job, JobError("internal_error", "Training finished without saving a model."))
         best_step = completed.best_step

@@ -600,6 +600,23 @@ def test_a_checkpoint_folder_replaced_before_the_worker_read_it_is_skipped(
     assert checkpoint_steps(services, project, job) == [20]
 
 
+def test_a_run_resumed_at_its_last_step_makes_the_adapter_it_wrote_the_model(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    """Seen on CI: the first worker stopped before reading any checkpoint (the fast trainer had replaced the
+    folders), the second resumed from the state saved at the last step and only wrote the adapter."""
+    job = start(services, new_job(services, project))
+    job = feed(services, job, ProgressKind.STARTED, total_steps=20)
+    job = feed(services, job, ProgressKind.CHECKPOINT, step=10, path=str(tmp_path / "pruned" / "step-10"))
+    done = feed(services, job, ProgressKind.COMPLETED, step=20, trained_tokens=200,
+                adapter_path=str(adapter(tmp_path, 20)))  # fmt: skip
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert checkpoint_steps(services, project, job) == [20]
+    model = services.models.resolve(project, str(done.fine_tuned_model))
+    folder = adapter_path(LocalBlobStore(tmp_path / "blobs"), str(model.adapter_key))
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"weights 20"
+
+
 EXACT = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
          "reference": "{{item.answer}}", "operation": "eq"}  # fmt: skip
 
