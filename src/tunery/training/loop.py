@@ -98,8 +98,10 @@ from tunery.training.rft import (
     load_reference_adapter,
     read_prompts,
 )
+from tunery.training.segment_attention import allow_compiled
 from tunery.training.spec import TrainingSpec
 
+COMPILED_ATTENTION_MIN_TOKENS = 50_000  # trained tokens from which short segments may use compiled attention
 DEFAULT_MICRO_BATCH_TOKENS = 4096  # padded tokens per forward/backward pass: bounds activation memory
 LOGIT_CHUNK_ELEMENTS = 1 << 24  # positions × vocabulary per LM-head chunk (64 MiB of fp32 logits)
 MAX_GRAD_NORM = 1.0
@@ -236,6 +238,11 @@ def run(
     )
 
     timings.lap("data")
+    allow_compiled(  # compiling takes seconds: only where the run is long enough to win them back
+        device.type == "cpu"
+        and amp is torch.bfloat16
+        and sum(len(e) for e in train) * spec.n_epochs >= COMPILED_ATTENTION_MIN_TOKENS
+    )
     resume = Path(spec.resume_from) if spec.resume_from else None
     base = load_base_model(Path(spec.base_model_dir), device)
     if layout == "flat":

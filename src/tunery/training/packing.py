@@ -34,6 +34,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from tunery.training.examples import IGNORE_INDEX, Example
+from tunery.training.segment_attention import COMPILED_SEGMENT_TOKENS, attend_compiled, compiled_pays
 
 Layout = Literal["flat", "mask"]
 VARLEN_ATTENTION = "tunery_varlen"  # the attn_implementation name of ``varlen_attention``
@@ -279,9 +280,18 @@ def varlen_attention(
         torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.bfloat16
     )  # under autocast SDPA runs in bf16 whatever its inputs (rotary leaves q and k in fp32)
     short_in_fp32 = in_bf16 and short_attention_in_fp32(query, key)
+    compiled = in_bf16 and dropout_p == 0.0 and compiled_pays(query, key)
+
+    def one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if compiled and mask is None and q.shape[2] <= COMPILED_SEGMENT_TOKENS:
+            return attend_compiled(q, k, v, scaling)
+        return _attend(
+            q, k, v, mask, dropout_p, scaling, gqa, fp32=short_in_fp32 and q.shape[2] <= SHORT_SEGMENT_TOKENS
+        )
+
     # split (not slicing in a loop): its backward is one concatenation instead of a zero-filled copy per example
     outputs = [
-        _attend(q, k, v, mask, dropout_p, scaling, gqa, fp32=short_in_fp32 and q.shape[2] <= SHORT_SEGMENT_TOKENS)
+        one(q, k, v, mask)
         for q, k, v, mask in zip(
             query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2), per_segment,
             strict=True,
