@@ -129,6 +129,16 @@ def choose(select: Locator, text: str) -> None:
     select.select_option(value)
 
 
+def signed_in(page: Page, server: Server) -> None:
+    """Sign in with the server's key unless this tab already is (so a test does not need ``test_sign_in``)."""
+    if not page.url.startswith(server.url):
+        page.goto(server.url)
+    if page.evaluate("localStorage.getItem('tunery.apiKey')") != server.key:
+        page.get_by_label("API key").fill(server.key)
+        page.get_by_label("API key").press("Enter")
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+
 def accept_dialogs(page: Page) -> None:
     def accept(dialog: Dialog) -> None:
         dialog.accept()
@@ -392,6 +402,7 @@ def test_cancel_another_job(page: Page, portal_server: Server, screenshots: Path
 
 
 def test_a_dpo_job_from_the_wizard_charts_reward_accuracy(page: Page, portal_server: Server, screenshots: Path) -> None:
+    signed_in(page, portal_server)
     prefs = Path(__file__).resolve().parents[1] / "data"
     with api(portal_server) as client:
         for name in ("preference_train.jsonl", "preference_valid.jsonl"):
@@ -430,6 +441,8 @@ def test_a_dpo_job_from_the_wizard_charts_reward_accuracy(page: Page, portal_ser
 
 
 def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Server, screenshots: Path) -> None:
+    signed_in(page, portal_server)
+
     def prompts(n: int) -> bytes:
         rows = [{"messages": [{"role": "user", "content": f"Say e {i}"}], "target": "e"} for i in range(n)]
         return "".join(json.dumps(r) + "\n" for r in rows).encode()
@@ -471,6 +484,26 @@ def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Serve
     expect(page.get_by_role("link", name="step 0", exact=True)).to_be_visible()
     page.get_by_role("link", name="step 0", exact=True).click()
     expect(page.get_by_role("heading", name="Eval run", level=1)).to_be_visible()
+    # The run lists every graded answer: its text and the grader's score, as the Evals API has them.
+    eval_id = job.json()["eval_id"]
+    with api(portal_server) as client:
+        runs = client.get(f"/evals/{eval_id}/runs", params={"limit": 100}).json()["data"]
+        step0 = next(r for r in runs if r["name"] == "step 0")
+        items = client.get(f"/evals/{eval_id}/runs/{step0['id']}/output_items", params={"limit": 100}).json()["data"]
+    assert len(items) == 10  # every validation prompt, eval_samples=1 answer each
+    rows = page.get_by_role("table", name="Output items").locator("tbody tr")
+    expect(rows).to_have_count(len(items))
+    for item in items:
+        row = rows.filter(
+            has=page.locator("td[data-label='#']", has_text=re.compile(f"^{item['datasource_item_id']}$"))
+        )
+        expect(row).to_have_count(1)
+        assert row.locator(".answer").text_content() == item["sample"]["output"][0]["content"]
+        grade = row.locator("ul.grades li").first.text_content() or ""
+        assert grade.startswith("e_share"), grade
+        score = float(re.search(r": (\S+)", grade).group(1))  # type: ignore[union-attr]
+        assert score == pytest.approx(item["results"][0]["score"], abs=1e-9)
+    shot(page, screenshots, "17b-rft-eval-run")
 
 
 def test_webhooks_page_adds_an_endpoint_and_sends_a_test_event(page: Page, screenshots: Path) -> None:

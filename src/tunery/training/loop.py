@@ -45,6 +45,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,18 @@ def run(
         InvalidTrainingData: a training or validation line cannot be tokenized.
         TrainingDiverged: the loss became NaN or infinite.
     """
+    with ExitStack() as cleanup:  # closed however the run ends (completed, paused, cancelled, raised)
+        _run(spec, progress, micro_batch_tokens, layout, ranks, cleanup)
+
+
+def _run(
+    spec: TrainingSpec,
+    progress: ProgressWriter,
+    micro_batch_tokens: int,
+    layout: Layout,
+    ranks: Ranks,
+    cleanup: ExitStack,
+) -> None:
     if spec.method not in ("supervised", "dpo", "reinforcement"):
         raise UnsupportedMethod(f"Training method '{spec.method}' is not supported by this trainer.")
     if spec.method in ("dpo", "reinforcement") and ranks.world > 1:
@@ -257,6 +270,7 @@ def run(
         train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
         timings.lap("dpo_reference")
     objective = Objective.for_spec(spec, tokenizer)
+    cleanup.callback(objective.close)  # RFT: the grader's threads and python sandbox
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     per_epoch = steps_per_epoch(len(train), spec.batch_size)
@@ -519,6 +533,7 @@ class Objective:
     step: Callable[[PeftModel, torch.optim.Optimizer, Any, Sequence[Any], Setup, Ranks], tuple[dict[str, Any], int]]
     evaluate: Callable[[PeftModel, Sequence[Any], Setup], dict[str, Any]]
     graded: Callable[[], list[dict[str, Any]]] | None = None  # RFT: the last evaluation's graded answers
+    close: Callable[[], None] = lambda: None  # what the run holds beyond the model (RFT: the rewarder)
 
     @staticmethod
     def for_spec(spec: TrainingSpec, tokenizer: ChatTokenizer | None = None) -> Objective:
@@ -530,6 +545,7 @@ class Objective:
                 step=lambda model, opt, sched, prompts, setup, _ranks: grpo.step(model, opt, sched, prompts, setup),
                 evaluate=grpo.evaluate,
                 graded=lambda: grpo.graded,
+                close=grpo.close,
             )
         if spec.method == "dpo":
             beta = spec.dpo_beta

@@ -373,6 +373,10 @@ class GrpoObjective:
             })  # fmt: skip
         return metrics
 
+    def close(self) -> None:
+        """Stop the grader's threads and python sandbox (the loop calls it however the run ends)."""
+        self.rewarder.close()
+
     @contextmanager
     def _reference(self, model: PeftModel) -> Iterator[None]:
         """The starting model: the parent adapter for continuous fine-tuning, else the adapter disabled."""
