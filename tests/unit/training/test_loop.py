@@ -28,6 +28,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tests import precision
 from tunery.catalog.chat_tokenizer import ChatTokenizer
+from tunery.training import loop, packing, segment_attention
 from tunery.training import progress as control
 from tunery.training.__main__ import describe_failure, main
 from tunery.training.examples import InvalidTrainingData, encode_example, read_examples
@@ -294,6 +295,36 @@ def test_bf16_autocast_trains_the_same_curve_as_fp32(tiny_model_dir: Path, tmp_p
     assert of_kind(fp32, ProgressKind.STARTED)[0]["dtype"] == "fp32"
     for step, loss in losses(fp32).items():
         assert losses(bf16)[step] == pytest.approx(loss, rel=1e-3), step
+
+
+def test_a_long_bf16_run_attends_with_the_compiled_kernel_and_learns_the_same_curve(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs of at least ``COMPILED_ATTENTION_MIN_TOKENS`` in bf16 may use the compiled segment attention (made the
+    measured winner here); the losses stay those of flash attention to 0.5 %. Shorter runs never compile."""
+    short = make_spec(tiny_model_dir, tmp_path, "short", dtype="bf16")
+    run(short, ProgressWriter(short.run_path))
+    assert segment_attention._allowed is False
+
+    calls: list[int] = []
+    real = packing.attend_compiled
+
+    def counted(q: torch.Tensor, *args: Any) -> torch.Tensor:
+        calls.append(q.shape[2])
+        return real(q, *args)
+
+    monkeypatch.setattr(loop, "COMPILED_ATTENTION_MIN_TOKENS", 1)
+    monkeypatch.setattr(segment_attention, "measure", lambda *args, **kwargs: True)
+    monkeypatch.setattr(packing, "attend_compiled", counted)
+    try:
+        compiled = make_spec(tiny_model_dir, tmp_path, "compiled", dtype="bf16")
+        run(compiled, ProgressWriter(compiled.run_path))
+    finally:
+        segment_attention.allow_compiled(False)
+        segment_attention._PAYS.clear()
+    assert calls
+    for step, loss in losses(short).items():
+        assert losses(compiled)[step] == pytest.approx(loss, rel=5e-3), step
 
 
 def test_loss_drops_when_overfitting_one_example(tiny_model_dir: Path, tmp_path: Path) -> None:
