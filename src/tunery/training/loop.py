@@ -99,7 +99,7 @@ from tunery.training.rft import (
     load_reference_adapter,
     read_prompts,
 )
-from tunery.training.segment_attention import allow_compiled
+from tunery.training.segment_attention import allow_compiled, decide, is_allowed
 from tunery.training.spec import TrainingSpec
 
 COMPILED_ATTENTION_MIN_TOKENS = 50_000  # trained tokens from which short segments may use compiled attention
@@ -266,6 +266,8 @@ def _run(
         load_reference_adapter(model, Path(spec.init_adapter_dir))
     model.train()
     timings.lap("model_load")
+    if layout == "flat" and decide_attention_kernel(base.config):
+        timings.lap("attention_kernel")
     if spec.method == "dpo":
         train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
         timings.lap("dpo_reference")
@@ -487,6 +489,18 @@ def pick_amp_dtype(requested: str, device: torch.device, cache_file: Path | None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if fastest_format("autocast", cache_file=cache_file) == "bf16" else None
+
+
+def decide_attention_kernel(config: Any) -> bool:
+    """Measure (and so compile) the segment attention kernel now, if compiling is allowed for this run; returns
+    whether it was measured. Llama-like configs only (heads, KV heads, head size)."""
+    if not is_allowed():
+        return False
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    decide(heads, kv_heads, head_dim)
+    return True
 
 
 def seed_everything(seed: int) -> None:

@@ -134,13 +134,25 @@ def allow_compiled(allowed: bool) -> None:
     _allowed = allowed
 
 
+def is_allowed() -> bool:
+    return _allowed
+
+
 def compiled_pays(query: torch.Tensor, key: torch.Tensor) -> bool:
-    """Whether short bf16 segments with these head shapes attend fastest with the compiled kernel here: allowed,
-    on a CPU, and measured faster than flash in bf16 and in fp32 (once per process and shape: the compilation,
-    then ~50 ms)."""
+    """Whether short bf16 segments with these ``(1, heads, L, dim)`` queries and keys attend fastest with the
+    compiled kernel here: allowed, on a CPU, and measured faster (``decide``)."""
     if not _allowed or query.device.type != "cpu":
         return False
-    shape = (query.shape[1], key.shape[1], query.shape[3])
+    return decide(query.shape[1], key.shape[1], query.shape[3])
+
+
+def decide(heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether the compiled kernel is allowed and measured faster than flash in bf16 and in fp32 for these head
+    shapes; measured once per process and shape (the compilation, then ~50 ms). The trainer calls it at start-up
+    so the compilation is timed there, not inside the first step."""
+    if not _allowed:
+        return False
+    shape = (heads, kv_heads, head_dim)
     verdict = _PAYS.get(shape)
     if verdict is None:
         verdict = _PAYS[shape] = measure(*shape)

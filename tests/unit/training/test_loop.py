@@ -323,6 +323,8 @@ def test_a_long_bf16_run_attends_with_the_compiled_kernel_and_learns_the_same_cu
         segment_attention.allow_compiled(False)
         segment_attention._PAYS.clear()
     assert calls
+    assert "attention_kernel" in of_kind(compiled, ProgressKind.STARTED)[0]["timings"]  # compiled at start-up
+    assert "attention_kernel" not in of_kind(short, ProgressKind.STARTED)[0]["timings"]
     for step, loss in losses(short).items():
         assert losses(compiled)[step] == pytest.approx(loss, rel=5e-3), step
 
