@@ -3,8 +3,9 @@
 Reinforcement fine-tuning with ``method.reinforcement.response_format`` (evals-graders-rft.md §3.2): an answer
 that is not JSON, or JSON that does not match the schema, is a ``sample_parse_error`` ("not valid JSON or not
 matching ``response_format``", §1.11) and scores 0 without calling the grader; a conforming answer is graded
-with ``sample.output_json`` filled. Tunery does not constrain decoding to the schema: the zero reward is what
-teaches the policy the format. The schema checks use ``jsonschema`` (Draft 2020-12).
+with ``sample.output_json`` filled. The trainer samples inside the schema (``training.constrained``), so this
+is the safety net: an answer cut off at ``max_new_tokens``, or one breaking a keyword the sampler's grammar
+could not express. The schema checks use ``jsonschema`` (Draft 2020-12).
 """
 
 from __future__ import annotations
