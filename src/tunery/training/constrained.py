@@ -21,11 +21,12 @@ Choices:
 
 * compact JSON: ``json.dumps``'s separators (``", "``, ``": "``) and no other whitespace, unless the schema's
   ``x-guidance`` says otherwise — with free whitespace a random policy can write blanks until
-  ``max_new_tokens``;
+  ``max_new_tokens`` (``graders.response_format.SAMPLING_JSON_OPTIONS``);
 * lenient: keywords llguidance does not implement are ignored, so the constraint may be looser than the
   schema; the grader side (``graders.response_format``) still scores an answer that does not conform 0 as a
   ``sample_parse_error`` — as it does an answer cut off at ``max_new_tokens``. A schema llguidance cannot
-  compile at all leaves sampling unconstrained (logged), with the same safety net;
+  compile at all is refused at job create (``graders.schema_error``); should one reach a run, sampling is left
+  unconstrained (logged), with the same safety net;
 * log-probabilities: the GRPO loss (``rft._token_log_probs``) scores each drawn token under the model's own,
   unmasked distribution, and ``π_old`` is that same forward detached (no log-probs are stored from sampling),
   so the ratio and the KL to the reference compare like with like. The mask only decides which tokens are
@@ -45,16 +46,10 @@ import numpy as np
 import torch
 
 from tunery.catalog.chat_tokenizer import ChatTokenizer
+from tunery.graders.response_format import SAMPLING_JSON_OPTIONS
 
 log = logging.getLogger(__name__)
 
-# Applied before the schema's own "x-guidance" options (llguidance: defaults -> x-guidance -> overrides).
-JSON_OPTIONS: dict[str, Any] = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-    "lenient": True,
-}
 _ALL = -1  # a bitmask word allowing its 32 tokens
 
 
@@ -73,7 +68,7 @@ class SchemaConstraint:
         """The schema as a grammar over ``tokenizer``, ending at ``stop_ids``; None (logged) if llguidance cannot
         compile it."""
         lltok = llguidance.LLTokenizer(tokenizer.tokenizer_json(), eos_token=list(stop_ids))
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_OPTIONS)  # type: ignore[arg-type]
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=SAMPLING_JSON_OPTIONS)  # type: ignore[arg-type]
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
         if is_error:
             log.warning("response_format cannot constrain sampling (%s); sampling unconstrained", "; ".join(messages))
