@@ -225,11 +225,16 @@ def test_a_crashing_grader_fails_the_job_with_grader_error(rft_server: Server, f
     assert "kaboom" in done.error.message
 
 
-def test_a_response_format_scores_answers_that_do_not_match_it_zero(rft_server: Server, files: dict[str, str]) -> None:
+def test_a_response_format_constrains_sampling_so_every_graded_answer_parses(
+    rft_server: Server, files: dict[str, str]
+) -> None:
+    # The random tiny model never writes JSON on its own; sampling constrained to the schema makes every answer
+    # JSON matching it (short enough for the server's 12-token answers), graded through sample.output_json.
     client = client_for(rft_server)
-    schema = {"type": "object", "properties": {"solution": {"type": "string"}}, "required": ["solution"]}
+    schema = {"type": "object", "properties": {"s": {"enum": ["e", "f"]}}, "required": ["s"],
+              "additionalProperties": False}  # fmt: skip
     response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
-    grader = {"type": "string_check", "name": "solution", "input": "{{sample.output_json.solution}}",
+    grader = {"type": "string_check", "name": "s", "input": "{{sample.output_json.s}}",
               "reference": "{{item.target}}", "operation": "eq"}  # fmt: skip
     method = rft_method(grader, n_epochs=1)
     method["reinforcement"]["response_format"] = response_format
@@ -241,15 +246,22 @@ def test_a_response_format_scores_answers_that_do_not_match_it_zero(rft_server: 
     )
     assert (job.method.reinforcement.model_extra or {})["response_format"] == response_format  # type: ignore[union-attr]
     done = wait_for(client, job.id, finished)
-    # The tiny model never writes JSON: every answer is a parse error scoring 0, and that is no grader failure.
     assert done.status == "succeeded", done.error
     rows = results(client, done)
-    assert [float(r["train_parse_error_mean"]) for r in rows] == [1.0] * 4
-    assert [float(r["train_reward_mean"]) for r in rows] == [0.0] * 4
-    # The eval's runs (string_check: an answer passes when it scores 1) count no pass, as the reward says.
+    assert [float(r["train_parse_error_mean"]) for r in rows] == [0.0] * 4
+    assert [float(r["valid_parse_error_mean"]) for r in rows if r["valid_parse_error_mean"]] == [0.0]
+    assert [float(r["train_grader_error_mean"]) for r in rows] == [0.0] * 4
     runs = client.evals.runs.list((done.model_extra or {})["eval_id"]).data
     assert runs
-    assert all(r.result_counts.passed == 0 and r.result_counts.failed == r.result_counts.total == 20 for r in runs)
+    for run in runs:
+        items = client.evals.runs.output_items.list(run.id, eval_id=run.eval_id, limit=100).data
+        assert len(items) == run.result_counts.total == 20
+        for item in items:
+            answer = json.loads(item.sample.output[0].content or "")  # each answer is JSON matching the schema
+            assert answer in ({"s": "e"}, {"s": "f"})
+            assert item.sample.finish_reason == "stop"
+            assert item.results[0].score == (1.0 if answer["s"] == "e" else 0.0)
+            assert item.status == ("pass" if answer["s"] == "e" else "fail")
 
 
 def test_a_score_model_grader_is_judged_by_a_served_model(rft_server: Server, files: dict[str, str]) -> None:

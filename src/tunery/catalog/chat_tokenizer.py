@@ -212,6 +212,11 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         return str(self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens))
 
+    def tokenizer_json(self) -> str:
+        """The ``tokenizers`` definition as ``tokenizer.json`` holds it (for libraries that read it, such as
+        llguidance's constrained decoding)."""
+        return str(self._tokenizer.to_str())
+
     def encode_chat(self, messages: Sequence[Message], tools: Tools = None) -> EncodedChat:
         """Tokenize the rendered chat and mark what the loss is taken on.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
@@ -35,6 +36,9 @@ from tunery.inference.adapters import LoraAdapter, LoraModule
 from tunery.inference.kv_cache import SlotKVCache
 from tunery.inference.lean_llama import LeanLlama
 from tunery.training.rollouts import DEFAULT_MAX_ROWS, Completion, draw
+
+if TYPE_CHECKING:
+    from tunery.training.constrained import SchemaConstraint
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +95,18 @@ class LeanSampler:
         stop_ids: Sequence[int],
         temperature: float = 1.0,
         max_rows: int = DEFAULT_MAX_ROWS,
+        constraint: SchemaConstraint | None = None,
     ) -> list[Completion] | None:
         """One sampled completion per prompt (repeat a prompt for several), in order; None if the policy's
-        adapter cannot run here (sample another way)."""
+        adapter cannot run here (sample another way). With ``constraint``, each row is drawn inside the JSON
+        schema (``training.constrained``)."""
         adapter = self.policy_adapter(model)
         if adapter is None:
             return None
         out: list[Completion] = []
         for start in range(0, len(prompts), max_rows):
             chunk = prompts[start : start + max_rows]
-            out.extend(self._sample_chunk(adapter, chunk, max_new_tokens, stop_ids, temperature))
+            out.extend(self._sample_chunk(adapter, chunk, max_new_tokens, stop_ids, temperature, constraint))
         return out
 
     def _sample_chunk(
@@ -110,6 +116,7 @@ class LeanSampler:
         max_new_tokens: int,
         stop_ids: Sequence[int],
         temperature: float,
+        constraint: SchemaConstraint | None = None,
     ) -> list[Completion]:
         rows = len(prompts)
         lengths = [len(p) for p in prompts]
@@ -122,11 +129,14 @@ class LeanSampler:
         tokens: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         stop_set = set(stop_ids)
+        constrained = constraint.rows(rows) if constraint is not None else None
         for step in range(max_new_tokens):
-            chosen = draw(logits, temperature)
+            chosen = draw(logits if constrained is None else constrained.mask(logits, done), temperature)
             for i, token in enumerate(chosen.tolist()):
                 if not done[i]:
                     tokens[i].append(token)
+                    if constrained is not None:
+                        constrained.accept(i, token)
                     done[i] = token in stop_set
             if all(done) or step == max_new_tokens - 1:
                 break

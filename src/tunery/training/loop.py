@@ -59,6 +59,7 @@ from tunery.catalog.chat_tokenizer import ChatTokenizer
 from tunery.domain.checkpoints import metric_columns
 from tunery.hardware.precision import fastest_format
 from tunery.training import progress as control
+from tunery.training.constrained import SchemaConstraint
 from tunery.training.distributed import SINGLE, Ranks
 from tunery.training.dpo import (
     REFERENCE_FILE,
@@ -594,9 +595,12 @@ def rft_objective(spec: TrainingSpec, tokenizer: ChatTokenizer) -> GrpoObjective
         response_schema=spec.rft_response_schema,
         judge=RemoteJudge(spec.judge_url, spec.judge_token or "") if spec.judge_url else None,
     )
+    constraint = None
+    if spec.rft_response_schema is not None:  # sampling constrained to response_format (training.constrained)
+        constraint = SchemaConstraint.compile(spec.rft_response_schema, tokenizer, settings.stop_ids)
     return GrpoObjective(
         settings, rewarder, tokenizer, reference_adapter=bool(spec.init_adapter_dir),
-        base_model_dir=Path(spec.base_model_dir),
+        base_model_dir=Path(spec.base_model_dir), constraint=constraint,
     )  # fmt: skip
 
 

@@ -24,9 +24,11 @@ and averages their rewards; ``graded`` then holds every answer with its grade (o
 the loop writes to the run folder and the worker records as a run of the job's eval (``services.rft_evals``).
 A grading that fails (a raising python grader...) scores 0 and is counted; a round where every sample failed,
 or ``MAX_BAD_STEPS`` steps in a row where more than half failed, ends the job (``GraderFailure``). With a
-``response_format``, an answer that is not JSON matching its schema scores 0 as a ``sample_parse_error``
-without reaching the grader (``graders.response_format``); parse errors are the policy's, never the grader's,
-so they do not count towards ending the job.
+``response_format``, sampling is constrained to its JSON schema (``constraint``: ``training.constrained``; the
+loss keeps the model's own, unmasked log-probabilities, see there), and an answer that still is not JSON
+matching it (cut off at ``max_new_tokens``...) scores 0 as a ``sample_parse_error`` without reaching the
+grader (``graders.response_format``); parse errors are the policy's, never the grader's, so they do not count
+towards ending the job.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from tunery.graders import (
     run_grader,
     sample_from_text,
 )
+from tunery.training.constrained import SchemaConstraint
 from tunery.training.examples import IGNORE_INDEX, Example, InvalidTrainingData, chat_tools, records
 from tunery.training.head import head_log_probs, head_weight, trained_hidden
 from tunery.training.lean_rollouts import LeanSampler
@@ -247,8 +250,10 @@ class GrpoObjective:
         *,
         reference_adapter: bool,
         base_model_dir: Path | None = None,
+        constraint: SchemaConstraint | None = None,
     ) -> None:
         self.settings = settings
+        self.constraint = constraint  # response_format's schema: every answer is sampled inside it
         self.rewarder = rewarder
         self.tokenizer = tokenizer
         self.reference_adapter = reference_adapter
@@ -273,12 +278,13 @@ class GrpoObjective:
         completions = None
         if sampler is not None:
             completions = sampler.sample(
-                model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature
-            )
+                model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature,
+                constraint=self.constraint,
+            )  # fmt: skip
         if completions is None:
             completions = sample_completions(
                 model, rows, max_new_tokens=s.max_new_tokens, stop_ids=s.stop_ids, temperature=s.temperature,
-                amp=setup.amp,
+                amp=setup.amp, constraint=self.constraint,
             )  # fmt: skip
         stops = set(s.stop_ids)
         texts = [self.tokenizer.decode([t for t in c.tokens if t not in stops]) for c in completions]

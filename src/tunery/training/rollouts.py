@@ -17,11 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
 
 from tunery.inference.kv_cache import PaddedKVCache
+
+if TYPE_CHECKING:
+    from tunery.training.constrained import SchemaConstraint
 
 DEFAULT_MAX_ROWS = 64  # rows decoded together (cache memory: rows × (prompt + answer) × layers × kv width)
 
@@ -44,15 +48,19 @@ def sample_completions(
     temperature: float = 1.0,
     amp: torch.dtype | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
+    constraint: SchemaConstraint | None = None,
 ) -> list[Completion]:
-    """One sampled completion per prompt (repeat a prompt to get several), in order; dropout is off meanwhile."""
+    """One sampled completion per prompt (repeat a prompt to get several), in order; dropout is off meanwhile.
+    With ``constraint``, each row is drawn inside the JSON schema (``training.constrained``)."""
     was_training = model.training
     model.eval()
     try:
         out: list[Completion] = []
         for start in range(0, len(prompts), max_rows):
             out.extend(
-                _sample_chunk(model, prompts[start : start + max_rows], max_new_tokens, stop_ids, temperature, amp)
+                _sample_chunk(
+                    model, prompts[start : start + max_rows], max_new_tokens, stop_ids, temperature, amp, constraint
+                )
             )
         return out
     finally:
@@ -66,6 +74,7 @@ def _sample_chunk(
     stop_ids: Sequence[int],
     temperature: float,
     amp: torch.dtype | None,
+    constraint: SchemaConstraint | None,
 ) -> list[Completion]:
     device = next(model.parameters()).device
     rows = len(prompts)
@@ -98,11 +107,15 @@ def _sample_chunk(
     done = [False] * rows
     stop_set = set(stop_ids)
     next_positions = torch.tensor(lengths, device=device)
+    constrained = constraint.rows(rows) if constraint is not None else None
     for step in range(max_new_tokens):
-        chosen = draw(output.logits[:, -1], temperature)
+        logits = output.logits[:, -1]
+        chosen = draw(logits if constrained is None else constrained.mask(logits, done), temperature)
         for i, token in enumerate(chosen.tolist()):
             if not done[i]:
                 tokens[i].append(token)
+                if constrained is not None:
+                    constrained.accept(i, token)
                 done[i] = token in stop_set
         if all(done) or step == max_new_tokens - 1:
             break

@@ -67,7 +67,7 @@ class TrainingSpec:
     rft_clip_epsilon: float = 0.2
     rft_lean_sampling: bool = True  # sample with the inference engine's lean forward where it can run the model
     rft_parse_json: bool = True  # response_format given (or not): the grader sees output_json when it parses
-    # response_format's JSON schema: an answer that is not JSON matching it scores 0 (sample_parse_error)
+    # response_format's JSON schema: sampling is constrained to it; an answer still not matching it scores 0
     rft_response_schema: dict[str, Any] | None = None
     # model graders (score_model, label_model) ask the worker's judge relay (services.judge_relay) here
     judge_url: str | None = None

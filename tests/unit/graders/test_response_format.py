@@ -6,6 +6,8 @@ Run alone: ``.venv/bin/pytest tests/unit/graders/test_response_format.py``
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tunery.graders import ResponseFormat, parse_failure, parse_grader, schema_error
@@ -51,3 +53,20 @@ def test_a_parse_failure_scores_zero_with_sample_parse_error() -> None:
 def test_schema_error_names_a_malformed_schema() -> None:
     assert schema_error(SCHEMA) is None
     assert "objekt" in (schema_error({"type": "objekt"}) or "")
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "'/$defs/missing' does not exist"),
+        ({"type": "string", "pattern": "(?<=a)b"}, "look-around"),
+        ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "Unsatisfiable schema"),
+    ],
+)
+def test_schema_error_names_a_schema_sampling_cannot_be_constrained_to(schema: dict[str, Any], expected: str) -> None:
+    # Valid JSON Schema, but RFT samples inside the schema (training.constrained) and llguidance cannot compile it.
+    why = schema_error(schema)
+    assert why is not None
+    assert why.startswith("sampling cannot be constrained to it")
+    assert expected in why
+    assert schema_error({"type": "object", "properties": {"e": {"type": "string", "format": "email"}}}) is None

@@ -308,23 +308,6 @@ def test_parse_errors_never_fail_the_run_but_grader_failures_do() -> None:
         watch.check([broken] * 2, "a training step", training=True)
 
 
-def test_a_run_with_a_response_format_scores_unformatted_answers_zero_and_completes(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    # The random tiny model never writes JSON: every answer is a parse error, and the run still completes.
-    spec = make_spec(tiny_model_dir, tmp_path, "formatted", n_epochs=1, rft_group_size=2, rft_eval_interval=4,
-                     grader={**SOLUTION_CHECK, "reference": "{{item.target}}"},
-                     rft_response_schema=ANSWER_SCHEMA)  # fmt: skip
-    run(spec, ProgressWriter(spec.run_path))
-    steps = records(spec, ProgressKind.STEP)
-    assert len(steps) == 4
-    assert all(s["train_parse_error_mean"] == 1.0 for s in steps)
-    assert all(s["train_reward_mean"] == 0.0 for s in steps)
-    assert all(s["train_grader_error_mean"] == 0.0 for s in steps)
-    assert steps[-1]["valid_parse_error_mean"] == 1.0
-    assert records(spec, ProgressKind.COMPLETED)
-
-
 def test_lean_sampling_matches_the_trainers_own_model_token_for_token(tiny_model_dir: Path) -> None:
     """The lean sampler (a copy of the base model, the policy's live LoRA) gives the greedy answers of the
     trained model itself, groups of equal prompts included; after an update it follows the new weights."""
