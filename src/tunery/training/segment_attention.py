@@ -7,12 +7,13 @@ segment with 9 query and 3 KV heads of 64: 256 tokens 3.5 ms, 351 tokens 7.4 ms,
 
 ``compiled`` is written here by hand because no library offers a better CPU kernel for this: the segment as
 batched bf16 matmuls (query heads grouped by the KV head they share, so K and V are never repeated) with the
-mask, softmax and casts between them fused by inductor (``torch.compile``). Like flash attention it keeps
-only the row log-sum-exp for backward and recomputes the probabilities there, so its memory stays linear in
-the segment length (keeping them costs 13.5 MiB per layer for one 512-token segment). Measured on the same
-machine: 256 tokens 1.2 ms, 351 tokens 2.8 ms, 512 tokens 9.5 ms. Its scores are rounded to bf16 before the
-softmax, as eager attention under bf16 autocast does (the flash kernel keeps them in fp32): a mean error of
-0.004 against 0.002 for flash on unit-variance inputs, the precision class of every other bf16 matmul output.
+mask, softmax and casts between them fused by inductor (``torch.compile``). It keeps the probabilities for
+backward in bf16: ``heads × L² × 2`` bytes per layer and segment (4.5 MiB for a 9-head 512-token segment), at
+most ``heads × 512 × 2`` bytes per layer and token of a micro-batch. Recomputing them in backward instead, as
+flash does, made forward + backward 60-75 % slower here. Measured on the same machine, forward + backward:
+256 tokens 1.2 ms, 351 tokens 2.1 ms, 512 tokens 9.4 ms. Its scores are rounded to bf16 before the softmax, as
+eager attention under bf16 autocast does (the flash kernel keeps them in fp32): a mean error of 0.004 against
+0.002 for flash on unit-variance inputs, the precision class of every other bf16 matmul output.
 
 Whether short segments use it is measured once per process and head shape (``compiled_pays``): against flash
 in bf16 and in fp32 (faster than bf16 below ~256 tokens on some CPUs). It is a candidate only after
@@ -58,28 +59,19 @@ def _scores(qg: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, groups: int)
 def _forward(
     qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    s = _scores(qg, k, scale, groups)
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
-    p = torch.exp(s - lse).to(torch.bfloat16).view(qg.shape[0], qg.shape[1], -1)
-    return torch.bmm(p, v), lse
+    """The output ``(kv_heads, groups * L, dim)`` and the bf16 probabilities ``(kv_heads, groups * L, L)``."""
+    p = torch.softmax(_scores(qg, k, scale, groups), dim=-1).to(torch.bfloat16).view(qg.shape[0], qg.shape[1], -1)
+    return torch.bmm(p, v), p
 
 
 def _backward(
-    qg: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lse: torch.Tensor,
-    grad: torch.Tensor,
-    scale: torch.Tensor,
-    groups: int,
+    qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p16: torch.Tensor, grad: torch.Tensor, scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    kv_heads, rows, _ = qg.shape
-    p = torch.exp(_scores(qg, k, scale, groups) - lse)  # fp32 (kv_heads, groups, L, L)
-    p16 = p.to(torch.bfloat16).view(kv_heads, rows, -1)
     grad_v = torch.bmm(p16.transpose(1, 2), grad)
-    grad_p = torch.bmm(grad, v.transpose(1, 2)).float().view_as(p)
+    grad_p = torch.bmm(grad, v.transpose(1, 2)).float()
+    p = p16.float()
     # softmax's backward applied to the rounded grad_p itself (not dO·O): consistent, exact for one-token rows
-    grad_s = (p * (grad_p - (p * grad_p).sum(-1, keepdim=True)) * scale).to(torch.bfloat16).view(kv_heads, rows, -1)
+    grad_s = (p * (grad_p - (p * grad_p).sum(-1, keepdim=True)) * scale).to(torch.bfloat16)
     return torch.bmm(grad_s, k), torch.bmm(grad_s.transpose(1, 2), qg), grad_v
 
 
@@ -88,7 +80,7 @@ _compiled_backward: Callable[..., Any] = torch.compile(_backward, dynamic=True)
 
 
 class _CompiledAttention(torch.autograd.Function):
-    """Causal GQA attention of one ``(1, heads, L, dim)`` segment; backward recomputes the probabilities."""
+    """Causal GQA attention of one ``(1, heads, L, dim)`` segment; keeps the bf16 probabilities for backward."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -101,19 +93,19 @@ class _CompiledAttention(torch.autograd.Function):
         k16, v16 = k[0].to(torch.bfloat16).contiguous(), v[0].to(torch.bfloat16).contiguous()
         scale_t = torch.tensor(scale, dtype=torch.float32)  # a tensor: no recompilation per head size
         with torch.autocast(q.device.type, enabled=False):
-            out, lse = _compiled_forward(qg, k16, v16, scale_t, groups)
-        ctx.save_for_backward(qg, k16, v16, lse, scale_t)
-        ctx.shape, ctx.groups = (q.shape, k.shape), groups
+            out, p16 = _compiled_forward(qg, k16, v16, scale_t, groups)
+        ctx.save_for_backward(qg, k16, v16, p16, scale_t)
+        ctx.shape = (q.shape, k.shape)
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         return out.view(1, heads, length, dim)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        qg, k16, v16, lse, scale_t = ctx.saved_tensors
-        (q_shape, k_shape), groups = ctx.shape, ctx.groups
+        qg, k16, v16, p16, scale_t = ctx.saved_tensors
+        q_shape, k_shape = ctx.shape
         grad = grad_out.to(torch.bfloat16).reshape(qg.shape)
         with torch.autocast(grad.device.type, enabled=False):
-            grad_q, grad_k, grad_v = _compiled_backward(qg, k16, v16, lse, grad, scale_t, groups)
+            grad_q, grad_k, grad_v = _compiled_backward(qg, k16, v16, p16, grad, scale_t)
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return (
             grad_q.view(q_shape).to(q_dtype),
