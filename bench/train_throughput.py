@@ -417,6 +417,7 @@ def train_tunery(job: dict[str, Any]) -> dict[str, Any]:
         "head_fraction": started.data["trainable_tokens_per_epoch"] / started.data["tokens_per_epoch"],
         "peak_rss_mb": rss,
         "valid_loss": validation_loss(model, job),
+        "startup": started.data["timings"],  # where the trainer's start-up went (compiling attention included)
     }
 
 
@@ -831,6 +832,14 @@ def main() -> None:
                 f"{gflops:5.0f} GFLOP/s  others {row['others_cores']:.1f} cores ({row['dtype']})",
                 flush=True,
             )
+            compiling = [
+                r["startup"]["attention_kernel"] for r in runs[trainer] if "attention_kernel" in r.get("startup", {})
+            ]
+            if compiling:  # a start-up cost, outside the timed steps like every trainer's model load
+                print(
+                    f"{'':8} {trainer:14} compiling attention at start-up: "
+                    + ", ".join(f"{c:.1f} s" for c in compiling)
+                )
     nominal = {name: nominal_peak(name, args.threads) for name in ("fp32", "bf16")}
     for row in rows + dpo_rows:  # against the best GEMM rate seen during the whole run, and the nominal one
         row["mfu"] = row["gflops"] / peaks[row["dtype"]]
