@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -945,13 +945,13 @@ def _data_error(problems: list[Any], count: int, param: str) -> JobError:
     )
 
 
-def _row(job: Job, metrics: dict[str, float | None]) -> dict[str, float]:
+def _row(job: Job, metrics: Mapping[str, float | None]) -> dict[str, float]:
     """The results.csv columns of ``metrics`` that have a value."""
     return {k: v for k in rft_metrics.job_columns(job) if (v := metrics.get(k)) is not None}
 
 
 def _event_data(
-    job: Job, metrics: dict[str, float | None], values: dict[str, float], step: int, total: int
+    job: Job, metrics: Mapping[str, float | None], values: dict[str, float], step: int, total: int
 ) -> dict[str, Any]:
     """A metrics event's data, as OpenAI's: ``step``, ``total_steps`` and the step's values; for RFT the
     structured ``scores``/``usage``/``errors``/``timing`` objects too (``rft_metrics``, rft §3.5)."""
