@@ -12,10 +12,14 @@ Reward (the same function for both): the share of the answer's characters that a
 it in-process; Tunery grades through its product path, a ``python`` grader in the sandbox (``graders``), so
 grading costs are included for Tunery and nearly nil for TRL.
 
-Reported per trainer: prompts/s and samples/s over the training steps (model loading and tokenizing left
-out), the share of the step time spent generating (Tunery: from its per-step ``sampling_s``/``grading_s``/
-``training_s``; TRL: a timer around ``generate``), peak RSS, and the mean training reward of the last steps.
-The machine may be shared: say so with the numbers.
+Reported per trainer: prompts/s and samples/s over the training steps, both as wall-clock time around the same
+span: from the moment the trainer is ready to train (TRL: ``on_train_begin``; Tunery: its ``started`` progress
+record, written after the model is loaded, the data tokenized and the step-0 validation done) to the end of its
+last optimizer step (TRL: ``on_train_end``; Tunery: its last ``step`` record, less the final validation that
+record also covers, which TRL does not run). Model loading and tokenizing are left out for both. Also: the share
+of that time spent generating (Tunery: its per-step ``sampling_s``, with ``grading_s`` apart; TRL: a timer
+around ``generate``), peak RSS, and the mean training reward of the last steps. The machine may be shared: say
+so with the numbers.
 
 Run::
 
@@ -116,11 +120,16 @@ def run_tunery(job: dict[str, Any]) -> dict[str, Any]:
         rft_kl_beta=0.04,
     )
     run(spec, ProgressWriter(run_dir))
-    steps = [r.data for r in ProgressReader(run_dir).read_new() if r.kind is ProgressKind.STEP]
+    records = ProgressReader(run_dir).read_new()
+    started = next(r for r in records if r.kind is ProgressKind.STARTED)
+    step_records = [r for r in records if r.kind is ProgressKind.STEP]
+    steps = [r.data for r in step_records]
+    # Wall clock from "ready to train" to the end of the last optimizer step, as TRL's train begin → end; the
+    # last step's record comes after the final validation (TRL runs none), whose own timers are taken off.
+    final_eval = steps[-1].get("valid_sampling_s", 0.0) + steps[-1].get("valid_grading_s", 0.0)
+    total = step_records[-1].time - started.time - final_eval
     sampling = sum(s["train_sampling_s"] for s in steps)
     grading = sum(s["train_grading_s"] for s in steps)
-    training = sum(s["train_training_s"] for s in steps)
-    total = sampling + grading + training
     return {
         "trainer": "tunery",
         "steps": len(steps),
@@ -128,7 +137,7 @@ def run_tunery(job: dict[str, Any]) -> dict[str, Any]:
         "generation_share": sampling / total,
         "grading_share": grading / total,
         "last_rewards": [s["train_reward_mean"] for s in steps[-2:]],
-        "completion_tokens_mean": statistics.mean(s["train_completion_tokens_mean"] for s in steps),
+        "completion_tokens_mean": statistics.mean(s["train_reasoning_tokens_mean"] for s in steps),
         "peak_rss_mb": peak_rss_mb(),
         "dtype": job["dtype"],
     }

@@ -474,6 +474,9 @@ def test_an_rft_job_page_charts_the_mean_reward(page: Page, portal_server: Serve
     expect(status).to_contain_text("succeeded", ignore_case=True, timeout=JOB_TIMEOUT_MS)
     expect(page.get_by_role("img", name=re.compile("^Mean reward:"))).to_be_visible()
     assert chart_points(page, "Mean reward") >= 3
+    expect(page.get_by_role("img", name=re.compile("^Reasoning tokens \\(answer length\\):"))).to_be_visible()
+    expect(page.get_by_role("img", name=re.compile("^Validation parse errors:"))).to_be_visible()
+    expect(page.get_by_role("img", name=re.compile("^Mean reward per grader:"))).to_have_count(0)  # not a multi
     expect(page.get_by_role("region", name="Metrics")).to_contain_text("reward hacking")
     checkpoints = page.get_by_role("table", name="Checkpoints")
     expect(checkpoints.get_by_role("columnheader", name="Validation reward")).to_be_visible()

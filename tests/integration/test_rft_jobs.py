@@ -37,10 +37,10 @@ E_SHARE = {
         "def grade(sample, item):\n    t = sample['output_text']\n    return t.count(item['target']) / max(len(t), 1)\n"
     ),
 }
-RFT_COLUMNS = [
-    "step", "train_reward_mean", "valid_reward_mean", "train_reward_std", "train_loss", "train_kl",
-    "train_completion_tokens_mean", "valid_completion_tokens_mean", "train_grader_error_mean",
-    "valid_grader_error_mean", "train_parse_error_mean", "valid_parse_error_mean",
+RFT_COLUMNS = [  # the spec's recommended header (rft §3.6), then Tunery's columns (a multi grader adds its children)
+    "step", "train_reward_mean", "valid_reward_mean", "train_reasoning_tokens_mean", "valid_reasoning_tokens_mean",
+    "full_valid_mean_parse_error", "train_reward_std", "train_loss", "train_kl", "train_parse_error_mean",
+    "train_grader_error_mean", "valid_grader_error_mean",
 ]  # fmt: skip
 WORDS = ["capital", "France", "Paris", "Rome", "hello", "help", "today"]
 
@@ -140,9 +140,18 @@ def test_an_rft_job_raises_the_validation_reward(rft_server: Server, files: dict
     metrics = [e for e in events if e.type == "metrics"]
     assert any("train mean reward=" in e.message for e in metrics)
     assert any("full validation mean reward=" in (e.message or "") for e in events)
-    scored = [e.data for e in metrics if e.data and "scores" in e.data]
-    assert scored
-    assert "train_reward_mean" in scored[0]["scores"]
+    assert any("full validation mean parse error=0.00" in (e.message or "") for e in events)
+    scored = {int(e.data["step"]): e.data for e in metrics if e.data and "scores" in e.data}
+    assert {0, 4, 8, 12, 16, 20} <= set(scored), "every evaluation is a metrics event"
+    last = scored[20]
+    assert last["scores"]["graders"] == [
+        {"name": "e_share", "type": "python", "train_reward_mean": last["scores"]["train_reward_mean"],
+         "valid_reward_mean": last["scores"]["valid_reward_mean"]}
+    ]  # fmt: skip
+    assert 0 < last["usage"]["samples"]["valid_reasoning_tokens_mean"] <= 12
+    assert last["errors"]["graders"][0]["train_python_grader_runtime_error_count"] == 0
+    assert set(last["timing"]["step"]) == {"sampling", "training", "eval", "full_iteration"}
+    assert all(not k.startswith("valid_") for k in scored[10]["scores"]), "no validation at step 10"
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints
     carried = [c.metrics.model_dump() | (c.metrics.model_extra or {}) for c in checkpoints]
@@ -249,7 +258,7 @@ def test_a_response_format_constrains_sampling_so_every_graded_answer_parses(
     assert done.status == "succeeded", done.error
     rows = results(client, done)
     assert [float(r["train_parse_error_mean"]) for r in rows] == [0.0] * 4
-    assert [float(r["valid_parse_error_mean"]) for r in rows if r["valid_parse_error_mean"]] == [0.0]
+    assert [float(r["full_valid_mean_parse_error"]) for r in rows if r["full_valid_mean_parse_error"]] == [0.0]
     assert [float(r["train_grader_error_mean"]) for r in rows] == [0.0] * 4
     runs = client.evals.runs.list((done.model_extra or {})["eval_id"]).data
     assert runs

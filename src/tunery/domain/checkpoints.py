@@ -35,30 +35,50 @@ DPO_METRIC_COLUMNS = (
 )
 
 
-# A reinforcement job's columns (evals-graders-rft.md §3.6): the mean reward of the step's samples and of the
-# whole validation file (every eval_interval steps; empty in between), answer lengths (Tunery's open models do not
-# reason apart from the answer, so completion tokens stand where OpenAI shows reasoning tokens), the loss and KL
-# to the starting model, and the share of gradings that failed or whose answer did not parse.
-RFT_METRIC_COLUMNS = (
+# A reinforcement job's columns (evals-graders-rft.md §3.6). First the spec's recommended header: the mean reward
+# of the step's samples and of the whole validation file (every eval_interval steps; empty in between), the mean
+# reasoning tokens per answer, and the share of validation answers that did not parse (response_format). Tunery's
+# open models do not reason apart from their answer, so "reasoning tokens" are the tokens of the sampled answer
+# (its stop token excluded): the same number OpenAI would report for a model that answers without hidden
+# reasoning. Then, for a multi grader, ``train_reward_mean:<key>`` / ``valid_reward_mean:<key>`` per child
+# (``rft_columns``), then Tunery's own: the reward spread, the loss and KL to the starting model, the share of
+# training answers that did not parse and the share of gradings that failed.
+RFT_SPEC_COLUMNS = (
     "step",
     "train_reward_mean",
     "valid_reward_mean",
+    "train_reasoning_tokens_mean",
+    "valid_reasoning_tokens_mean",
+    "full_valid_mean_parse_error",
+)
+RFT_EXTRA_COLUMNS = (
     "train_reward_std",
     "train_loss",
     "train_kl",
-    "train_completion_tokens_mean",
-    "valid_completion_tokens_mean",
+    "train_parse_error_mean",
     "train_grader_error_mean",
     "valid_grader_error_mean",
-    "train_parse_error_mean",
-    "valid_parse_error_mean",
 )
+RFT_METRIC_COLUMNS = RFT_SPEC_COLUMNS + RFT_EXTRA_COLUMNS  # for a grader that is not a multi
+GRADER_REWARD_SEPARATOR = ":"  # train_reward_mean:<child key>
 
 
-def metric_columns(method: str) -> tuple[str, ...]:
-    """The results.csv columns of a job trained with ``method`` (``supervised``, ``dpo`` or ``reinforcement``)."""
+def grader_reward_column(split: str, key: str) -> str:
+    """``train_reward_mean:<key>`` (``split`` is ``train`` or ``valid``): a multi grader's child's mean reward."""
+    return f"{split}_reward_mean{GRADER_REWARD_SEPARATOR}{key}"
+
+
+def rft_columns(grader_keys: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A reinforcement job's results.csv header: ``grader_keys`` are its multi grader's children (else empty)."""
+    per_grader = tuple(grader_reward_column(split, key) for key in grader_keys for split in ("train", "valid"))
+    return RFT_SPEC_COLUMNS + per_grader + RFT_EXTRA_COLUMNS
+
+
+def metric_columns(method: str, grader_keys: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The results.csv columns of a job trained with ``method`` (``supervised``, ``dpo`` or ``reinforcement``;
+    ``grader_keys``: a reinforcement job's multi grader's children)."""
     if method == "reinforcement":
-        return RFT_METRIC_COLUMNS
+        return rft_columns(grader_keys)
     return DPO_METRIC_COLUMNS if method == "dpo" else METRIC_COLUMNS
 
 

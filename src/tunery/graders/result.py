@@ -40,6 +40,10 @@ class GraderErrors(BaseModel):
                 setattr(self, key, value)
 
 
+# The error flags (``sample_parse_error``, ``invalid_variable_error`` ...): RFT metric events count each (rft §3.5).
+ERROR_KINDS = tuple(name for name, info in GraderErrors.model_fields.items() if info.annotation is bool)
+
+
 class TokenUsage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -24,13 +24,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunery.domain.checkpoints import Checkpoint, MetricRow, metric_columns
+from tunery.domain.checkpoints import Checkpoint, MetricRow
 from tunery.domain.errors import NotFound, ServiceError
 from tunery.domain.events import EventLevel, EventType, JobEvent
 from tunery.domain.ids import new_id
@@ -49,6 +49,7 @@ from tunery.domain.jobs import (
 )
 from tunery.domain.models import FineTunedModel
 from tunery.graders import Judge
+from tunery.services import rft_metrics
 from tunery.services.files import FileService
 from tunery.services.job_requests import has_model_grader, response_format_schema
 from tunery.services.jobs import FORMAT_FOR_METHOD, training_copy_key
@@ -447,7 +448,9 @@ class RunService:
                             level=EventLevel.INFO,
                             message="Before training: " + _validation_summary(initial),
                             type=EventType.METRICS,
-                            data={"step": 0.0, **initial},
+                            data=_event_data(job, initial, _row(job, initial), 0, int(total or 0))
+                            if job.method is Method.REINFORCEMENT
+                            else {"step": 0.0, **initial},
                         )
                     )
             return job.with_changes(total_steps=total, step=resumed)
@@ -481,7 +484,7 @@ class RunService:
     def _on_step(self, job: Job, worker_id: str, record: Step) -> Job:
         step = record.step
         metrics = record.metrics
-        values = {k: v for k in metric_columns(job.method.value) if (v := metrics.get(k)) is not None}
+        values = _row(job, metrics)
         self._metrics.upsert(MetricRow(job_id=job.id, step=step, values=values))
         total = int(record.total_steps or job.total_steps or step)
         trained = record.trained_tokens
@@ -502,7 +505,7 @@ class RunService:
                     level=EventLevel.INFO,
                     message=_step_message(step, total, values),
                     type=EventType.METRICS,
-                    data=_event_data(values, step, total),
+                    data=_event_data(job, metrics, values, step, total),
                 )
             )
         return job.with_changes(step=step, total_steps=total, trained_tokens=trained)
@@ -680,7 +683,7 @@ class RunService:
 
     def results_csv(self, job: Job) -> bytes:
         """``results.csv``: a header and one row per optimizer step (spec §7.1; DPO jobs have DPO columns)."""
-        columns = metric_columns(job.method.value)
+        columns = rft_metrics.job_columns(job)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
@@ -943,23 +946,28 @@ def _data_error(problems: list[Any], count: int, param: str) -> JobError:
     )
 
 
-def _event_data(values: dict[str, float], step: int, total: int) -> dict[str, Any]:
-    """A metrics event's data, as OpenAI's: ``step``, ``total_steps`` and the step's values; for RFT also the
-    ``scores`` object (rft §3.5)."""
-    data: dict[str, Any] = {**values, "step": step, "total_steps": total}
-    if "train_reward_mean" in values:
-        data["scores"] = {k: values[k] for k in ("train_reward_mean", "valid_reward_mean") if k in values}
-    return data
+def _row(job: Job, metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """The results.csv columns of ``metrics`` that have a value."""
+    return {k: v for k in rft_metrics.job_columns(job) if (v := metrics.get(k)) is not None}
+
+
+def _event_data(
+    job: Job, metrics: Mapping[str, float | None], values: dict[str, float], step: int, total: int
+) -> dict[str, Any]:
+    """A metrics event's data, as OpenAI's: ``step``, ``total_steps`` and the step's values; for RFT the
+    structured ``scores``/``usage``/``errors``/``timing`` objects too (``rft_metrics``, rft §3.5)."""
+    if job.method is Method.REINFORCEMENT:
+        reported = {k: float(v) for k, v in metrics.items() if v is not None}
+        return rft_metrics.event_data(job, reported, values, step, total)
+    return {**values, "step": step, "total_steps": total}
 
 
 def _step_message(step: int, total: int, values: dict[str, float]) -> str:
     """``Step 10/40: training loss=0.6931`` (spec §4.4), with the reward accuracy for DPO; for RFT
-    ``Step 10/20, train mean reward=0.42, full validation mean reward=0.68`` (rft §3.5)."""
+    ``Step 10/20, train mean reward=0.42, full validation mean reward=0.68, full validation mean parse error=0.00``
+    (rft §3.5)."""
     if "train_reward_mean" in values:
-        message = f"Step {step}/{total}, train mean reward={values['train_reward_mean']:.2f}"
-        if "valid_reward_mean" in values:
-            message += f", full validation mean reward={values['valid_reward_mean']:.2f}"
-        return message
+        return rft_metrics.step_message(step, total, values)
     message = f"Step {step}/{total}: training loss={values.get('train_loss', float('nan')):.4f}"
     if "train_reward_accuracy" in values:
         message += f", reward accuracy={values['train_reward_accuracy']:.2f}"
@@ -969,7 +977,7 @@ def _step_message(step: int, total: int, values: dict[str, float]) -> str:
 def _validation_summary(values: dict[str, float]) -> str:
     """``full validation loss=0.6931, reward accuracy=0.00`` from ``full_valid_*`` values (RFT: its mean reward)."""
     if "valid_reward_mean" in values:
-        return f"full validation mean reward={values['valid_reward_mean']:.2f}"
+        return rft_metrics.validation_summary(values)
     parts = [f"full validation loss={values.get('full_valid_loss', float('nan')):.4f}"]
     if "full_valid_reward_accuracy" in values:
         parts.append(f"reward accuracy={values['full_valid_reward_accuracy']:.2f}")

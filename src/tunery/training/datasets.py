@@ -10,8 +10,12 @@ which only need to be JSON objects, one a line.
 Decisions worth knowing:
 
 * Problem messages never start with "Line N": ``Problem.describe()`` adds that.
-* The first JSON object with ``messages`` (chat) or ``input``/``preferred_output``/``non_preferred_output``
-  (preference) decides the format, even if that line has other problems; ``expected`` overrides it.
+* The first JSON object with ``input``/``preferred_output``/``non_preferred_output`` (preference) decides
+  the format, even if that line has other problems; ``expected`` overrides it. Lines with ``messages`` are
+  chat or reinforcement (RFT) by their last turn (assistant or user), and one bad line must not decide a whole
+  file: the first ``DECIDE_LINES`` such lines are read ahead (held, not yet judged) and the format most of them
+  show wins (a tie goes to the first line's), so an RFT file whose line 1 ends with an assistant turn reports
+  line 1, not every other line as a chat example without a reply.
 * ``report.examples`` counts lines that pass the format rules; an example over the tokenizer's context
   length is still counted (and reported as ``exceeds_max_tokens``). The minimum-examples check counts
   those valid lines only, so a 12-line file with 3 broken lines has 9 examples.
@@ -252,8 +256,15 @@ class _TokenTally:
         )
 
 
+DECIDE_LINES = 32  # lines with ``messages`` read ahead to decide chat against reinforcement (see above)
+HOLD_LINES = 4 * DECIDE_LINES  # ... and at most this many lines or bytes held meanwhile (memory stays flat)
+HOLD_BYTES = 8 * 1024 * 1024
+
+
 class _FileCheck:
     """The state of one pass over a file: format, counts, problems so far."""
+
+    decides_family = True  # hold the first lines with ``messages`` until chat or reinforcement is decided
 
     def __init__(
         self,
@@ -277,6 +288,9 @@ class _FileCheck:
         self.no_user = _LineSample()
         self.waiting: list[_Waiting] = []  # valid examples not counted yet, in line order
         self.waiting_bytes = 0
+        self.held: list[tuple[int, bytes | int]] | None = None  # lines read ahead while chat/RFT is undecided
+        self.votes: list[tuple[int, DatasetFormat]] = []  # (line, format its last turn shows), in line order
+        self.held_bytes = 0
 
     # ------------------------------------------------------------------------------- whole file
     def give_up(self, code: str, message: str) -> None:
@@ -284,6 +298,7 @@ class _FileCheck:
         self.given_up = True
 
     def finish(self, min_examples: int) -> ValidationReport:
+        self._decide_family()
         self._count_waiting()
         if not self.given_up:
             if not self.lines:
@@ -316,6 +331,9 @@ class _FileCheck:
     def line(self, number: int, line: bytes | int) -> None:
         if self.given_up:
             return
+        undecided = self.held is not None or (self.decides_family and self.format is None)
+        if undecided and self._hold(number, line):
+            return
         if isinstance(line, int):
             self._flush_blanks()
             self.lines += 1
@@ -342,6 +360,35 @@ class _FileCheck:
         example = self._parse(number, line)
         if example is not None:
             self._accept(number, example, len(line))
+
+    def _hold(self, number: int, line: bytes | int) -> bool:
+        """Read a line ahead while chat against reinforcement is undecided; False: judge it now instead."""
+        found = _family_format(line)
+        if self.held is None:
+            if found is None:
+                return False  # no messages yet: nothing to decide
+            self.held = []
+        self.held.append((number, line))
+        self.held_bytes += 0 if isinstance(line, int) else len(line)
+        if found is not None:
+            self.votes.append((number, found))
+        if len(self.votes) >= DECIDE_LINES or len(self.held) >= HOLD_LINES or self.held_bytes >= HOLD_BYTES:
+            self._decide_family()
+        return True
+
+    def _decide_family(self) -> None:
+        """Chat or reinforcement, by most of the lines read ahead; then judge them in order."""
+        held, self.held = self.held, None
+        if held is None:
+            return
+        tally = {fmt: sum(found is fmt for _, found in self.votes) for _, fmt in self.votes}
+        first = self.votes[0][1]
+        winner = max(tally, key=lambda fmt: (tally[fmt], fmt is first))
+        self.format = winner
+        self.format_line = next(n for n, found in self.votes if found is winner)
+        self.decides_family = False
+        for number, line in held:
+            self.line(number, line)
 
     def _accept(self, number: int, example: dict[str, Any], size: int) -> None:
         """Judge one line that is a JSON object against the file's format rules, and count it."""
@@ -508,6 +555,8 @@ class _FileCheck:
 class _RowCheck(_FileCheck):
     """The checks of an evals file: each line one JSON object whose ``item`` and ``sample`` are objects."""
 
+    decides_family = False
+
     def __init__(self, max_problems: int, max_line_bytes: int) -> None:
         super().__init__(None, None, max_problems, max_line_bytes)
 
@@ -524,6 +573,18 @@ class _RowCheck(_FileCheck):
             self._report(number, issues)
             return
         self.examples += 1
+
+
+def _family_format(line: bytes | int) -> DatasetFormat | None:
+    """Chat or reinforcement, when ``line`` is a JSON object with ``messages`` (else ``None``: not a vote)."""
+    if isinstance(line, int) or b"messages" not in line:
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    found = detect_format(value) if isinstance(value, dict) else None
+    return found if found in (DatasetFormat.CHAT, DatasetFormat.REINFORCEMENT) else None
 
 
 _BINARY_MESSAGE = "this line contains NUL (0x00) bytes, so it is binary data, not JSON text"

@@ -56,7 +56,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from tunery.catalog.chat_tokenizer import ChatTokenizer
-from tunery.domain.checkpoints import metric_columns
+from tunery.domain.checkpoints import GRADER_REWARD_SEPARATOR, metric_columns
 from tunery.hardware.precision import fastest_format
 from tunery.training import progress as control
 from tunery.training.constrained import SchemaConstraint
@@ -290,6 +290,8 @@ def _run(
     whole = "valid_" if rft else "full_valid_"
     if valid and state.step == 0 and ranks.main:  # where validation starts: the curve's step 0
         initial = {f"{whole}{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        if rft:
+            initial = rft_validation_names(initial)
         if objective.graded is not None:
             write_graded(RunFolder(run_dir).graded(0), objective.graded())
         timings.lap("initial_validation")
@@ -332,7 +334,9 @@ def _run(
         if rft:
             due = state.step % spec.rft_eval_interval == 0 or state.step == total_steps or epoch_done
             if valid and ranks.main and due:
-                metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+                metrics |= rft_validation_names(
+                    {f"valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+                )
                 if objective.graded is not None:  # before the STEP record: the worker reads it then
                     write_graded(RunFolder(run_dir).graded(state.step), objective.graded())
                 state.note_valid_reward(metrics.get("valid_reward_mean"))
@@ -343,6 +347,8 @@ def _run(
             metrics |= {f"valid_{k}": v for k, v in objective.evaluate(model, picked, setup).items()}
         if epoch_done and valid and not rft and ranks.main:
             metrics |= {f"full_valid_{k}": v for k, v in objective.evaluate(model, valid, setup).items()}
+        if rft:
+            metrics["iteration_s"] = time.perf_counter() - step_start  # sampling, grading, training, evaluation
         for name, value in metrics.items():
             if value is not None and not math.isfinite(value):
                 raise TrainingDiverged(
@@ -705,8 +711,19 @@ def evaluate(model: PeftModel, examples: Sequence[Example], setup: Setup) -> tup
 
 # --------------------------------------------------------------------------------------------- files
 def checkpoint_metrics(metrics: dict[str, Any], method: str) -> dict[str, float]:
-    """The results.csv columns of a step record that have a value (spec §7.3 checkpoint metrics)."""
-    return {key: float(metrics[key]) for key in metric_columns(method) if metrics.get(key) is not None}
+    """The results.csv columns of a step record that have a value (spec §7.3 checkpoint metrics; RFT: with a
+    multi grader's per-child rewards)."""
+    graders = tuple(
+        dict.fromkeys(k.split(GRADER_REWARD_SEPARATOR, 1)[1] for k in metrics if GRADER_REWARD_SEPARATOR in k)
+    )
+    columns = metric_columns(method, graders)
+    return {key: float(metrics[key]) for key in columns if metrics.get(key) is not None}
+
+
+def rft_validation_names(values: dict[str, Any]) -> dict[str, Any]:
+    """An RFT evaluation's ``valid_*`` metrics plus the spec's ``full_valid_mean_parse_error`` (rft §3.6): the
+    share of validation answers that did not parse."""
+    return {**values, "full_valid_mean_parse_error": values.get("valid_parse_error_mean")}
 
 
 def save_checkpoint(

@@ -59,6 +59,7 @@ from tunery.graders import (
     run_grader,
     sample_from_text,
 )
+from tunery.graders.result import ERROR_KINDS
 from tunery.training.constrained import SchemaConstraint
 from tunery.training.examples import IGNORE_INDEX, Example, InvalidTrainingData, chat_tools, records
 from tunery.training.head import head_log_probs, head_weight, trained_hidden
@@ -203,6 +204,29 @@ class Rewarder:
             self._sandbox.close()
 
 
+def grading_metrics(results: Sequence[GraderResult]) -> dict[str, float]:
+    """Per-grader aggregates of one round of gradings (rft §3.5): ``reward_mean:<key>`` for each child of a multi
+    grader (its ``sub_rewards``; a child that never ran counts 0), ``<error kind>_mean``/``_count`` for every error
+    flag (share and number of gradings that raised it), ``grader_latency_mean`` (seconds per grading) and the model
+    graders' token use (``grader_prompt_tokens_mean``/``_count``, ``grader_completion_tokens_mean``/``_count``)."""
+    n = max(len(results), 1)
+    out: dict[str, float] = {}
+    keys = dict.fromkeys(key for r in results for key in r.sub_rewards)
+    for key in keys:
+        out[f"reward_mean:{key}"] = sum(r.sub_rewards.get(key, 0.0) for r in results) / n
+    for kind in ERROR_KINDS:
+        count = sum(bool(getattr(r.metadata.errors, kind)) for r in results)
+        out[f"{kind}_mean"] = count / n
+        out[f"{kind}_count"] = float(count)
+    out["grader_latency_mean"] = sum(r.metadata.execution_time for r in results) / n
+    usage = [u for r in results for u in r.model_grader_token_usage_per_model.values()]
+    for part in ("prompt", "completion"):
+        count = sum(getattr(u, f"{part}_tokens") for u in usage)
+        out[f"grader_{part}_tokens_mean"] = count / n
+        out[f"grader_{part}_tokens_count"] = float(count)
+    return out
+
+
 def _uses_python(raw: Any) -> bool:
     return "python" in json.dumps(raw)  # a python grader anywhere (also a multi's child)
 
@@ -269,8 +293,8 @@ class GrpoObjective:
         self, model: PeftModel, prompts: Sequence[Prompt], samples: int, setup: Setup, where: str, *, training: bool
     ) -> tuple[list[list[int]], torch.Tensor, dict[str, float]]:
         """Sample and grade ``samples`` answers per prompt. Returns (answers, ``(prompts, samples)`` rewards,
-        metrics: reward_mean, reward_std, completion_tokens_mean, grader_error_mean, parse_error_mean; sampling_s
-        and grading_s, the seconds each took)."""
+        metrics: reward_mean, reward_std, reasoning_tokens_mean/_count, grader_error_mean, parse_error_mean,
+        ``grading_metrics``'s; sampling_s and grading_s, the seconds each took)."""
         s = self.settings
         rows = [p.input_ids for p in prompts for _ in range(samples)]
         started = time.perf_counter()
@@ -296,14 +320,17 @@ class GrpoObjective:
         error_share = self.errors.check(results, where, training=training)
         rewards = torch.tensor([r.reward for r in results], dtype=torch.float32).view(len(prompts), samples)
         parse_errors = sum(r.metadata.errors.sample_parse_error for r in results)
+        reasoning = [len([t for t in c.tokens if t not in stops]) for c in completions]
         metrics = {
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
-            "completion_tokens_mean": sum(len(c.tokens) for c in completions) / max(len(completions), 1),
+            "reasoning_tokens_mean": sum(reasoning) / max(len(reasoning), 1),
+            "reasoning_tokens_count": float(sum(reasoning)),
             "grader_error_mean": error_share,
             "parse_error_mean": parse_errors / max(len(results), 1),
             "sampling_s": sampled - started,
             "grading_s": graded - sampled,
+            **grading_metrics(results),
         }
         return [c.tokens or [s.stop_ids[0]] for c in completions], rewards, metrics
 

@@ -23,7 +23,7 @@ from tunery.config import ModelsSettings, Settings
 from tunery.domain.errors import Conflict, NotFound
 from tunery.domain.jobs import Job, JobStatus
 from tunery.domain.pagination import PageRequest
-from tunery.graders import ChatMessage, JudgeSampling
+from tunery.graders import ChatMessage, GraderErrors, GraderMetadata, GraderResult, JudgeSampling
 from tunery.services.container import Services
 from tunery.services.job_requests import parse_job_request
 from tunery.services.runs import adapter_path
@@ -38,6 +38,7 @@ from tunery.training.progress import (
     write_graded,
 )
 from tunery.training.remote_judge import JudgeUnavailable, RemoteJudge
+from tunery.training.rft import grading_metrics
 from tunery.worker.runner import Worker
 
 WORKER = "worker-test"
@@ -717,3 +718,117 @@ def test_a_resumed_rft_job_replaces_the_eval_runs_of_the_steps_it_repeats(servic
     items = services.evals.list_items(project, eval_id, runs[0].id, PageRequest(limit=20)).data
     assert {len(i.results) for i in items} == {2}, "a multi grader: each child, then the combined reward"
     assert {i.results[-1]["name"] for i in items} == {"both"}
+
+
+MULTI = {"type": "multi", "name": "both", "calculate_output": "0.5 * exact + 0.5 * close",
+         "graders": {"exact": EXACT, "close": {**EXACT, "name": "close", "operation": "ilike"}}}  # fmt: skip
+
+
+def round_metrics(split: str, rewards: list[tuple[float, float]], parse_errors: int = 0) -> dict[str, float]:
+    """What the trainer reports for one round of gradings of a multi grader (``training.rft``), ``split``-prefixed."""
+    results = [
+        GraderResult(
+            reward=(exact + close) / 2,
+            metadata=GraderMetadata(name="both", type="multi", execution_time=0.25,
+                                    errors=GraderErrors(sample_parse_error=i < parse_errors)),
+            sub_rewards={"exact": exact, "close": close},
+        )
+        for i, (exact, close) in enumerate(rewards)
+    ]  # fmt: skip
+    metrics = {
+        "reward_mean": sum(r.reward for r in results) / len(results),
+        "reasoning_tokens_mean": 5.0,
+        "reasoning_tokens_count": 5.0 * len(results),
+        "parse_error_mean": parse_errors / len(results),
+        "grader_error_mean": 0.0,
+        "sampling_s": 1.5,
+        "grading_s": 0.5,
+        **grading_metrics(results),
+    }
+    return {f"{split}_{k}": v for k, v in metrics.items()}
+
+
+def test_rft_metric_events_and_results_csv_follow_the_spec_with_a_column_pair_per_child_grader(
+    services: Services, project: str, tmp_path: Path
+) -> None:
+    job = rft_job(services, project, MULTI)
+    claimed = services.runs.claim_next(WORKER)
+    assert claimed is not None
+    assert services.runs.start(services.runs.validate(claimed)) is not None  # type: ignore[arg-type]
+    job = services.jobs.retrieve(project, job.id)
+    before = round_metrics("valid", [(0.0, 1.0), (0.0, 0.0)], parse_errors=1)
+    before["full_valid_mean_parse_error"] = before["valid_parse_error_mean"]
+    graded(services, job, 0, [False, False])
+    job = feed(services, job, ProgressKind.STARTED, total_steps=20, initial_validation=before)
+    train = round_metrics("train", [(1.0, 1.0), (0.0, 1.0), (0.0, 0.0), (1.0, 1.0)]) | {
+        "train_loss": 0.1, "train_kl": 0.01, "train_reward_std": 0.3, "train_training_s": 3.0, "iteration_s": 5.0,
+    }  # fmt: skip
+    job = feed(services, job, ProgressKind.STEP, step=10, total_steps=20, **train)  # no validation
+    valid = round_metrics("valid", [(1.0, 1.0), (0.0, 1.0)])
+    valid["full_valid_mean_parse_error"] = valid["valid_parse_error_mean"]
+    graded(services, job, 20, [True, False])
+    job = feed(services, job, ProgressKind.STEP, step=20, total_steps=20, **train, **valid)
+
+    events = services.jobs.list_events(project, job.id, PageRequest(limit=100)).data
+    by_step = {e.data["step"]: e for e in events if e.type.value == "metrics" and "scores" in (e.data or {})}
+    assert sorted(by_step) == [0, 10, 20]
+    plain, validated = by_step[10], by_step[20]
+    assert plain.message == "Step 10/20, train mean reward=0.62"
+    assert validated.message == (
+        "Step 20/20, train mean reward=0.62, full validation mean reward=0.75, full validation mean parse error=0.00"
+    )
+    assert by_step[0].message == (
+        "Before training: full validation mean reward=0.25, full validation mean parse error=0.50"
+    )
+    data = validated.data
+    assert (data["step"], data["total_steps"]) == (20, 20)
+    assert data["scores"] == {
+        "train_reward_mean": 0.625,
+        "valid_reward_mean": 0.75,
+        "graders": [
+            {"name": "exact", "type": "string_check", "train_reward_mean": 0.5, "valid_reward_mean": 0.5},
+            {"name": "close", "type": "string_check", "train_reward_mean": 0.75, "valid_reward_mean": 1.0},
+        ],
+    }
+    assert data["usage"]["samples"] == {
+        "train_reasoning_tokens_mean": 5.0,
+        "train_reasoning_tokens_count": 20.0,
+        "valid_reasoning_tokens_mean": 5.0,
+        "valid_reasoning_tokens_count": 10.0,
+    }
+    assert "graders" not in data["usage"], "no model grader: no grader token usage"
+    [errors] = data["errors"]["graders"]
+    assert (errors["name"], errors["type"]) == ("both", "multi")
+    for split in ("train", "valid"):
+        for kind in ("sample_parse_error", "invalid_variable_error", "other_error", "python_grader_runtime_error",
+                     "python_grader_server_error", "model_grader_server_error"):  # fmt: skip
+            assert errors[f"{split}_{kind}_mean"] == 0.0
+            assert errors[f"{split}_{kind}_count"] == 0.0
+    assert data["timing"]["step"] == {"sampling": 2.0, "training": 3.0, "eval": 2.0, "full_iteration": 5.0}
+    assert data["timing"]["graders"] == [{"name": "both", "type": "multi", "train_execution_latency_mean": 0.25,
+                                          "valid_execution_latency_mean": 0.25}]  # fmt: skip
+    assert (data["train_mean_reward"], data["full_valid_mean_reward"]) == (0.625, 0.75)
+    assert data["full_valid_mean_parse_error"] == 0.0
+
+    # A step without validation leaves every valid_* key and the eval time out.
+    data = plain.data
+    assert data["scores"]["graders"][0] == {"name": "exact", "type": "string_check", "train_reward_mean": 0.5}
+    assert set(data["usage"]["samples"]) == {"train_reasoning_tokens_mean", "train_reasoning_tokens_count"}
+    assert not [k for k in data["errors"]["graders"][0] if k.startswith("valid_")]
+    assert set(data["timing"]["step"]) == {"sampling", "training", "full_iteration"}
+    assert not [k for k in data if k.startswith(("valid_", "full_valid_"))]
+    assert by_step[0].data["errors"]["graders"][0]["valid_sample_parse_error_count"] == 1.0
+
+    rows = list(csv.reader(io.StringIO(services.runs.results_csv(job).decode())))
+    assert rows[0] == [
+        "step", "train_reward_mean", "valid_reward_mean", "train_reasoning_tokens_mean",
+        "valid_reasoning_tokens_mean", "full_valid_mean_parse_error",
+        "train_reward_mean:exact", "valid_reward_mean:exact", "train_reward_mean:close", "valid_reward_mean:close",
+        "train_reward_std", "train_loss", "train_kl", "train_parse_error_mean", "train_grader_error_mean",
+        "valid_grader_error_mean",
+    ]  # fmt: skip
+    assert rows[1] == ["10", "0.625", "", "5.0", "", "", "0.5", "", "0.75", "", "0.3", "0.1", "0.01", "0.0", "0.0", ""]
+    assert rows[2][:10] == ["20", "0.625", "0.75", "5.0", "5.0", "0.0", "0.5", "0.5", "0.75", "1.0"]
+    feed(services, job, ProgressKind.CHECKPOINT, step=20, path=str(adapter(tmp_path, 20)), metrics={**train, **valid})
+    [checkpoint] = services.jobs.list_checkpoints(project, job.id, PageRequest(limit=10)).data
+    assert checkpoint.metrics["valid_reward_mean"] == 0.75

@@ -194,6 +194,20 @@ def test_mixed_formats_name_the_line_that_decided() -> None:
     assert "line 2 made this a preference file" in report.problems[1].message
 
 
+def test_most_lines_decide_chat_against_reinforcement_not_one_odd_first_line() -> None:
+    prompt = {"messages": [{"role": "user", "content": "What is 2 + 1?"}], "answer": "3"}
+    # A chat file whose line 1 lacks its reply: that line is the problem, not the other eleven.
+    data = b"\n".join([jsonl(prompt).strip(), b"not json", b"", jsonl(*[chat()] * 11)])
+    report = check_bytes(data)
+    assert report.format is DatasetFormat.CHAT
+    assert codes(report) == [(1, "unrecognized_key"), (1, "example_missing_assistant_message"), (2, "invalid_json"),
+                             (3, "empty_line")]  # fmt: skip
+    assert report.examples == 11
+    # Two lines, one of each: the first line decides, as before.
+    assert check_bytes(jsonl(chat(), prompt), min_examples=0).format is DatasetFormat.CHAT
+    assert check_bytes(jsonl(prompt, chat()), min_examples=0).format is DatasetFormat.REINFORCEMENT
+
+
 ODD_VALUES: list[Any] = [
     None,
     True,

@@ -31,6 +31,7 @@ from tunery.training.rft import (
     _micro_batches,
     _sequence,
     _token_log_probs,
+    grading_metrics,
     group_advantages,
     grpo_token_loss,
     sequence_means,
@@ -183,8 +184,13 @@ def test_a_run_raises_the_validation_reward(completed: TrainingSpec) -> None:
     assert [s["step"] for s in steps if "valid_reward_mean" in s] == [4, 8, 12, 16, 20]
     assert curve[-1] > before + 0.05
     assert max(curve[-2:]) > 2 * before
-    for key in ("train_reward_mean", "train_loss", "train_kl", "train_completion_tokens_mean"):
+    for key in ("train_reward_mean", "train_loss", "train_kl", "train_reasoning_tokens_mean", "train_sampling_s",
+                "train_training_s", "iteration_s", "train_sample_parse_error_count"):  # fmt: skip
         assert all(key in s for s in steps)
+    assert all(0 <= s["train_reasoning_tokens_mean"] <= completed.rft_max_new_tokens for s in steps)
+    assert any(s["train_reasoning_tokens_mean"] > 0 for s in steps)
+    assert all(s["full_valid_mean_parse_error"] == 0.0 for s in steps if "valid_reward_mean" in s)
+    assert all("valid_reasoning_tokens_mean" not in s for s in steps if "valid_reward_mean" not in s)
     assert records(completed, ProgressKind.COMPLETED)
     checkpoint = records(completed, ProgressKind.CHECKPOINT)[-1]
     assert {"train_reward_mean", "valid_reward_mean"} <= set(checkpoint["metrics"])
@@ -306,6 +312,25 @@ def test_parse_errors_never_fail_the_run_but_grader_failures_do() -> None:
     broken = GraderResult(reward=0.0, metadata=GraderMetadata(name="x", type="python", errors=errors))
     with pytest.raises(GraderFailure, match="every grading"):
         watch.check([broken] * 2, "a training step", training=True)
+
+
+def test_a_rounds_metrics_hold_each_multi_childs_mean_reward_and_every_error_kind() -> None:
+    def result(reward: float, subs: dict[str, float], **errors: bool) -> GraderResult:
+        meta = GraderMetadata(name="both", type="multi", errors=GraderErrors(**errors), execution_time=0.5)
+        return GraderResult(reward=reward, metadata=meta, sub_rewards=subs)
+
+    metrics = grading_metrics([
+        result(1.0, {"exact": 1.0, "close": 1.0}),
+        result(0.5, {"exact": 0.0, "close": 1.0}),
+        result(0.0, {"exact": 0.0, "close": 0.0}, sample_parse_error=True),
+        result(0.0, {}, formula_parse_error=True),  # no child ran: each counts 0
+    ])  # fmt: skip
+    assert metrics["reward_mean:exact"] == 0.25
+    assert metrics["reward_mean:close"] == 0.5
+    assert (metrics["sample_parse_error_mean"], metrics["sample_parse_error_count"]) == (0.25, 1.0)
+    assert (metrics["formula_parse_error_mean"], metrics["formula_parse_error_count"]) == (0.25, 1.0)
+    assert (metrics["python_grader_runtime_error_mean"], metrics["other_error_count"]) == (0.0, 0.0)
+    assert metrics["grader_latency_mean"] == 0.5
 
 
 def test_lean_sampling_matches_the_trainers_own_model_token_for_token(tiny_model_dir: Path) -> None:

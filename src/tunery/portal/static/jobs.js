@@ -436,11 +436,20 @@ export async function detail(main, { params: [id], learnProject }) {
         "reward does not, the model may be reward hacking: check the grader against a few answers.";
       // Reinforcement: the grader's mean reward (training samples each step; the whole validation file every
       // eval_interval steps). Diverging curves hint at reward hacking.
+      // A multi grader's children each have a reward pair (train_reward_mean:<key>, valid_reward_mean:<key>),
+      // charted below the overall reward as OpenAI's dashboard does.
+      const children = [...new Set(rows.flatMap((r) => Object.keys(r)).filter((k) => k.startsWith("train_reward_mean:"))
+        .map((k) => k.slice("train_reward_mean:".length)))];
       show(
         chart({ title: "Mean reward", series: [series("train_reward_mean", "Training"), series("valid_reward_mean", "Validation", true)] }),
+        children.length ? chart({ title: "Mean reward per grader",
+          series: children.flatMap((c) => [series(`train_reward_mean:${c}`, `${c} (training)`), series(`valid_reward_mean:${c}`, `${c} (validation)`, true)]) }) : null,
         chart({ title: "KL to the starting model", series: [series("train_kl", "Training")] }),
-        chart({ title: "Answer length (tokens)",
-          series: [series("train_completion_tokens_mean", "Training"), series("valid_completion_tokens_mean", "Validation", true)] }));
+        // Tunery's models answer without separate reasoning: reasoning tokens are the answer's tokens.
+        chart({ title: "Reasoning tokens (answer length)",
+          series: [series("train_reasoning_tokens_mean", "Training"), series("valid_reasoning_tokens_mean", "Validation", true)] }),
+        chart({ title: "Validation parse errors", yFormat: (v) => `${(v * 100).toFixed(1)}%`, bounds: [0, 1], percent: true,
+          series: [series("full_valid_mean_parse_error", "Validation", true)] }));
       return;
     }
     el.hint.textContent = "Training loss is measured on each step's batch and should fall (smooth it to see the trend). " +
