@@ -900,7 +900,7 @@ def _startup_message(started: Started) -> str:
         "precision": "precision check",
         "data": "tokenizing the data",
         "model_load": "model load",
-        "attention_kernel": "compiling attention",
+        "attention_kernel": "compiling attention and the LM head",
         "dpo_reference": "reference log-probs",
         "initial_validation": "validation before training",
     }

@@ -4,13 +4,18 @@
 ``head_loss`` (supervised: summed cross-entropy, its gradient computed on the spot) and ``head_log_probs``
 (DPO: each target's log-probability, logits recomputed in backward) apply the LM head to those only. A
 vocabulary of 49k makes the logits the largest tensor of a small model's step: these never hold more than
-``LOGIT_CHUNK_ELEMENTS`` of them at a time, and never for positions without a target.
+``LOGIT_CHUNK_ELEMENTS`` of them at a time, and never for positions without a target. Where the trainer may
+compile (``segment_attention.allow_compiled``: long bf16 runs on a CPU), a supervised chunk's vocabulary-wide
+passes (log-sum-exp, pick, argmax, softmax minus one-hot, cast) are fused by ``torch.compile`` around its two
+matmuls; eager otherwise, or if compiling fails.
 
 Supports Llama-like heads (a bias-free linear layer, no logit soft-capping or scaling).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,6 +24,9 @@ from peft import PeftModel
 
 from tunery.training.examples import IGNORE_INDEX
 from tunery.training.packing import VARLEN_ATTENTION, PackedBatch
+from tunery.training.segment_attention import is_allowed
+
+log = logging.getLogger(__name__)
 
 LOGIT_CHUNK_ELEMENTS = 1 << 24  # positions × vocabulary per LM-head chunk (64 MiB of fp32 logits)
 
@@ -173,10 +181,17 @@ def _head_chunks(
     correct = 0
     grad_hidden = torch.empty_like(hidden) if with_grad else None
     device_type = hidden.device.type
+    fused = _fused_chunk() if grad_hidden is not None and compute == torch.bfloat16 and device_type == "cpu" else None
     with torch.autocast(device_type, enabled=False), torch.no_grad():
         for start in range(0, hidden.shape[0], chunk):
             h = hidden[start : start + chunk].detach().to(compute)
             t = targets[start : start + chunk]
+            if fused is not None and grad_hidden is not None:
+                chunk_loss, chunk_correct, chunk_grad = fused(h, w, t)
+                loss += chunk_loss
+                correct += int(chunk_correct)
+                grad_hidden[start : start + chunk] = chunk_grad.to(hidden.dtype)
+                continue
             log_probs = torch.log_softmax((h @ w.T).float(), dim=-1)
             loss -= log_probs.gather(1, t[:, None]).sum()
             correct += int((log_probs.argmax(dim=-1) == t).sum())
@@ -186,3 +201,53 @@ def _head_chunks(
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 grad_hidden[start : start + chunk] = (probs.to(compute) @ w).to(hidden.dtype)
     return loss, correct, grad_hidden
+
+
+def _loss_and_grad_chunk(
+    h: torch.Tensor, w: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk's summed cross-entropy, argmax hits and ``d loss / d h``, written for inductor to fuse the
+    vocabulary-wide passes (log-sum-exp, pick, argmax, softmax minus one-hot, cast) around the two matmuls."""
+    logits = (h @ w.T).float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    loss = (lse.squeeze(1) - logits.gather(1, t[:, None]).squeeze(1)).sum()
+    correct = (logits.argmax(dim=-1) == t).sum()
+    vocabulary = torch.arange(logits.shape[1], device=logits.device)
+    probs = torch.exp(logits - lse) - (vocabulary[None, :] == t[:, None]).float()
+    return loss, correct, probs.to(h.dtype) @ w
+
+
+_compiled_chunk: Callable[..., Any] = torch.compile(_loss_and_grad_chunk, dynamic=True)
+_chunk_failed = False
+
+
+def _fused_chunk() -> Callable[..., Any] | None:
+    """The compiled chunk where this trainer may compile (``segment_attention.allow_compiled``, the same permission
+    as the attention kernel's: long bf16 runs on a CPU) and compiling has not failed; else None (eager)."""
+    if not is_allowed() or _chunk_failed:
+        return None
+    return _guarded_chunk
+
+
+def prepare_fused(weight: torch.Tensor) -> None:
+    """Compile the fused chunk now (on a few dummy rows against the real head), if this trainer may compile, so
+    the first step does not pay for it."""
+    fused = _fused_chunk()
+    if fused is None or weight.device.type != "cpu":
+        return
+    w = weight.detach().to(torch.bfloat16)
+    with torch.no_grad():
+        fused(torch.zeros(8, w.shape[1], dtype=torch.bfloat16), w, torch.zeros(8, dtype=torch.long))
+
+
+def _guarded_chunk(
+    h: torch.Tensor, w: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    global _chunk_failed
+    try:
+        result: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = _compiled_chunk(h, w, t)
+    except Exception as error:  # no C++ compiler, an inductor defect: eager from now on
+        _chunk_failed = True
+        log.warning("compiled LM-head chunk left out: %s", error)
+        return _loss_and_grad_chunk(h, w, t)
+    return result

@@ -70,7 +70,7 @@ from tunery.training.dpo import (
     with_reference,
 )
 from tunery.training.examples import IGNORE_INDEX, Example, read_examples
-from tunery.training.head import batch_loss
+from tunery.training.head import batch_loss, head_weight, prepare_fused
 from tunery.training.lora import ADAPTER_FILES, add_adapter, replace_dir, save_adapter
 from tunery.training.packing import (
     Layout,
@@ -268,6 +268,8 @@ def _run(
     model.train()
     timings.lap("model_load")
     if layout == "flat" and decide_attention_kernel(base.config):
+        if amp is torch.bfloat16:
+            prepare_fused(head_weight(model))
         timings.lap("attention_kernel")
     if spec.method == "dpo":
         train, valid = dpo_reference(model, train, valid, setup, run_dir, resuming=resume is not None)
