@@ -35,6 +35,7 @@ from tunery.catalog import BUNDLED_MODELS
 from tunery.catalog.materialize import prepare
 from tunery.inference.engine import GenerationRequest, SamplingParams
 from tunery.inference.hf_engine import HFEngine
+from tunery.inference.openmp import in_passing_thread
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MODEL = BUNDLED_MODELS[0]
@@ -44,15 +45,23 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    model_dir = Path(args.model_dir) if args.model_dir else prepare(MODEL, OUT_DIR / "models", "all")
+    # Torch work of this thread runs in passing threads, as the engine's own does (tunery.inference.openmp): an
+    # idle OpenMP pool left in this thread would slow every parallel region of the engine's scheduler.
+    model_dir = (
+        Path(args.model_dir) if args.model_dir else in_passing_thread(lambda: prepare(MODEL, OUT_DIR / "models", "all"))
+    )
     print(f"CPU: {cpu_name()}; torch threads {torch.get_num_threads()}; load average {load():.1f}")
-    bandwidth = memory_bandwidth()
-    gemm = {dtype: gemm_rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    bandwidth = in_passing_thread(memory_bandwidth)
+    gemm = {dtype: in_passing_thread(lambda dtype=dtype: gemm_rate(dtype)) for dtype in (torch.float32, torch.bfloat16)}
     print(
         f"memory bandwidth {bandwidth / 1e9:.1f} GB/s; GEMM fp32 {gemm[torch.float32] / 1e9:.0f} GFLOP/s, "
         f"bf16 {gemm[torch.bfloat16] / 1e9:.0f} GFLOP/s"
     )
-    adapter_dirs = make_adapters(model_dir, OUT_DIR / "serve_adapters", args.adapters) if args.adapters else []
+    adapter_dirs = (
+        in_passing_thread(lambda: make_adapters(model_dir, OUT_DIR / "serve_adapters", args.adapters))
+        if args.adapters
+        else []
+    )
     variants = [(d, f) for d in args.dtype for f in args.forward]
     with contextlib.ExitStack() as stack:  # every variant loaded at once, so their timings can be interleaved
         engines = {}
@@ -63,7 +72,8 @@ def main() -> None:
                     dtype=dtype,
                     max_batch_size=max(args.batch),
                     max_loaded_adapters=max(1, args.adapters),
-                    lean_forward=forward == "lean",
+                    lean_forward=forward != "transformers",
+                    native_attention=forward == "lean",
                 )
             )
             warm(engine)
@@ -140,7 +150,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--dtype", nargs="+", default=["auto"], help="auto, float32, bfloat16")
     parser.add_argument(
-        "--forward", nargs="+", default=["lean"], choices=["lean", "transformers"], help="forward pass(es) to run"
+        "--forward",
+        nargs="+",
+        default=["lean"],
+        choices=["lean", "lean-sdpa", "transformers"],
+        help="forward pass(es) to run (lean-sdpa: the lean forward with torch's attention in decode steps)",
     )
     parser.add_argument("--prompt", type=int, default=256, help="context tokens per row")
     parser.add_argument("--steps", type=int, default=40, help="decode steps timed per row and round")

@@ -396,6 +396,8 @@ def build_engine(settings: Settings, base_weights: Callable[[str], Path]) -> Eng
         max_prefill_tokens=inference.max_prefill_tokens,
         prefix_cache_mb=inference.prefix_cache_mb,
         lean_forward=inference.lean_forward,
+        native_attention=inference.native_attention,
+        kernel_cache=settings.data_dir / "cache" / "kernels",
     )
 
     def tunery_engine() -> Engine:

@@ -166,6 +166,11 @@ class InferenceSettings(BaseModel):
         default=True,
         description="Llama models decode through Tunery's lean forward (fused weights); false: transformers' forward",
     )
+    native_attention: bool = Field(
+        default=True,
+        description="Decode steps attend through a small C kernel compiled on this machine at the first model load "
+        "(~2x torch's attention here); without a C compiler, or false, torch's attention",
+    )
     llama_cpp: Literal["off", "auto", "always"] = Field(
         default="off",
         description="llama.cpp's llama-server as a second backend (CPU): 'auto' sends it the requests while one model "

@@ -478,7 +478,9 @@ class Scheduler:
             allowed = self._columns[:length][None, :] <= positions
             if isinstance(self._plan, list):
                 assert loaded.lean is not None
-                logits = loaded.lean.forward(ids, positions, positions, allowed[:, None], self._cache, 0, self._plan)
+                logits = loaded.lean.forward(
+                    ids, positions, positions, allowed[:, None], self._cache, 0, self._plan, lengths=positions[:, 0] + 1
+                )
             else:
                 mask = _additive(allowed[:, None, None, :], loaded.model.dtype)
                 self._cache.bind(self._columns[: len(rows), None], positions, slice(0, len(rows)), length)

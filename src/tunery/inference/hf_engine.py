@@ -29,9 +29,11 @@ from tunery.domain.errors import InvalidRequest, NotFound, Unavailable
 from tunery.hardware.precision import fastest_format
 from tunery.inference.adapters import AdapterCache, LoraAdapter, load_lora_adapter, lora_adapter_nbytes
 from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
+from tunery.inference.decode_attention import DecodeAttention
 from tunery.inference.engine import GenerationChunk, GenerationRequest
 from tunery.inference.lean_llama import LeanLlama
 from tunery.inference.multi_lora import MultiLora
+from tunery.inference.openmp import in_passing_thread
 from tunery.inference.prefix_cache import PrefixCache
 from tunery.inference.sampling import check_params
 
@@ -73,6 +75,9 @@ class HFEngine:
         adapter_cache_mb, max_loaded_adapters: see above.
         lean_forward: run llama-architecture models through ``lean_llama`` (a few operators per layer, weights
             fused at load) instead of the ``transformers`` forward; other architectures always use the latter.
+        native_attention: decode steps of the lean forward attend through ``decode_attention``'s kernel, compiled
+            here at the first model load (torch's attention where there is no C compiler).
+        kernel_cache: where that kernel is built and kept (default: a folder in the temporary directory).
 
     Thread-safe: call ``generate`` from any number of threads (each caller's thread blocks on its own request).
     """
@@ -93,6 +98,8 @@ class HFEngine:
         precision_cache: Path | None = None,
         adapter_timeout_s: float | None = None,
         lean_forward: bool = True,
+        native_attention: bool = True,
+        kernel_cache: Path | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1.")
@@ -104,7 +111,7 @@ class HFEngine:
         self._device = resolve_device(device)
         if num_threads is not None:  # before the precision probe: its verdict depends on the threads
             torch.set_num_threads(num_threads)
-        self._dtype = resolve_dtype(dtype, self._device, precision_cache)
+        self._dtype = in_passing_thread(lambda: resolve_dtype(dtype, self._device, precision_cache))
         self._max_loaded_adapters = max_loaded_adapters
         self._adapter_budget = int(adapter_cache_mb * 2**20) if adapter_cache_mb is not None else None
         self._max_batch_size = max_batch_size
@@ -113,6 +120,8 @@ class HFEngine:
         self._prefix_block_tokens = prefix_block_tokens
         self._adapter_timeout_s = adapter_timeout_s
         self._lean_forward = lean_forward
+        self._native_attention = native_attention
+        self._kernel_cache = kernel_cache
         self._runtimes: dict[str, _Runtime] = {}
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -225,7 +234,7 @@ class HFEngine:
                 runtime = self._runtimes.get(name)
             if runtime is not None:
                 return runtime
-            loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype, lean=self._lean_forward)
+            loaded = in_passing_thread(lambda: self._load(name), name=f"tunery-load-{name}")
             dtype = loaded.model.dtype
             adapters = AdapterCache(
                 _adapter_loader(loaded),
@@ -248,6 +257,13 @@ class HFEngine:
                     self._check_open()
                 self._runtimes[name] = runtime
             return runtime
+
+    def _load(self, name: str) -> LoadedModel:
+        """Load base model ``name`` (run in a passing thread: ``openmp`` says why)."""
+        loaded = load_base_model(name, self._model_dir(name), self._device, self._dtype, lean=self._lean_forward)
+        if loaded.lean is not None and self._native_attention and self._device.type == "cpu":
+            loaded.lean.decode_attention = DecodeAttention.load(self._kernel_cache)
+        return loaded
 
     def _model_dir(self, name: str) -> Path:
         if callable(self._model_dirs):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunery.inference.adapters import LoraAdapter
+from tunery.inference.decode_attention import DecodeAttention
 from tunery.inference.kv_cache import SlotKVCache
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class LeanLlama:
         self._kv_index = torch.arange(self.kv_heads, device=self.device)[None, :]
         self._layer_index = torch.arange(self.num_layers, device=self.device)[:, None]
         self._concats: OrderedDict[tuple[int, ...], dict[tuple[int, str], _GroupDelta]] = OrderedDict()
+        # Decode steps whose rows attend to prefixes use this kernel when set (``decode_attention``), else SDPA.
+        self.decode_attention: DecodeAttention | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -280,6 +283,7 @@ class LeanLlama:
         cache: SlotKVCache,
         first_slot: int,
         plan: LeanPlan,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run ``ids`` ``[rows, tokens]`` (rows in slots ``first_slot…``) and return last-position logits.
 
@@ -291,6 +295,8 @@ class LeanLlama:
             cache: the slot cache (``ensure_columns`` done by the caller for every column written).
             first_slot: the slot of row 0; rows occupy consecutive slots.
             plan: from ``plan`` for these rows (same ``tokens`` per row).
+            lengths: for a decode step (one token per row) in which row ``i`` attends to exactly its first
+                ``lengths[i]`` cache columns (what ``allowed`` says then): lets ``decode_attention`` run it.
 
         Returns:
             ``[rows, vocab]`` logits of each row's last token.
@@ -316,10 +322,19 @@ class LeanLlama:
         self._ensure_rope(int(flat_positions.max()) + 1)
         cos = self._cos[flat_positions][:, None, :]  # [n, 1, d]
         sin = self._sin[flat_positions][:, None, :]  # sign folded in: rotate_half(x)·sin == flip(x)·sin_signed
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device).masked_fill_(~allowed, float("-inf"))
-        # Decode: [rows, 1, 1, length], broadcast over heads and the folded group. Prefill: queries are (group
-        # member, token) pairs, so the token mask is repeated per member of the group.
-        mask = mask[:, None] if tokens == 1 else mask[:, None].repeat(1, 1, self.group, 1)
+        kernel = self.decode_attention
+        step = None
+        decoding = tokens == 1 and lengths is not None
+        if kernel is not None and decoding and kernel.supports(self.dtype, self.device, g, d, keys_read[0]):
+            assert lengths is not None
+            step = kernel.step(lengths, g)
+        mask = None
+        if step is None:
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            mask.masked_fill_(~allowed, float("-inf"))
+            # Decode: [rows, 1, 1, length], broadcast over heads and the folded group. Prefill: queries are (group
+            # member, token) pairs, so the token mask is repeated per member of the group.
+            mask = mask[:, None] if tokens == 1 else mask[:, None].repeat(1, 1, self.group, 1)
         q_width, k_width = heads * d, kv * d
         h = F.embedding(ids.reshape(n), self.embed)
         for i, layer in enumerate(self.layers):
@@ -337,7 +352,10 @@ class LeanLlama:
             else:
                 q = qk[:, :heads].reshape(rows, tokens, kv, g, d).permute(0, 2, 3, 1, 4)
                 q = q.reshape(rows, kv, g * tokens, d)
-            attn = F.scaled_dot_product_attention(q, keys_read[i], values_read[i], attn_mask=mask)
+            if step is not None:
+                attn = step(q, keys_read[i], values_read[i])
+            else:
+                attn = F.scaled_dot_product_attention(q, keys_read[i], values_read[i], attn_mask=mask)
             if tokens == 1:
                 attn = attn.reshape(n, q_width)
             else:

@@ -85,6 +85,8 @@ class HFEngineOptions:
     max_prefill_tokens: int = 512
     prefix_cache_mb: int = 256
     lean_forward: bool = True
+    native_attention: bool = True
+    kernel_cache: Path | None = None
 
     def __call__(self, model_dirs: Callable[[str], Path]) -> Engine:
         from tunery.inference.hf_engine import HFEngine  # torch: in the child only

@@ -278,9 +278,9 @@ def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(
             assert loaded.lean is not None
             forward = loaded.lean.forward
 
-            def failing(*args: Any) -> torch.Tensor:
+            def failing(*args: Any, **kwargs: Any) -> torch.Tensor:
                 explode()
-                return forward(*args)
+                return forward(*args, **kwargs)
 
             loaded.lean.forward = failing  # type: ignore[method-assign]
             undo = lambda: delattr(loaded.lean, "forward")  # noqa: E731

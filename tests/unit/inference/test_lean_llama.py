@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from tests.unit.inference.conftest import TINY, Reference, quiet_peft, request, run, token_ids
-from tunery.inference import lean_llama
+from tunery.inference import decode_attention, lean_llama
 from tunery.inference.adapters import LoraAdapter, LoraModule
 from tunery.inference.batching import LoadedModel
+from tunery.inference.decode_attention import DecodeAttention
 from tunery.inference.hf_engine import HFEngine
 from tunery.inference.kv_cache import SlotKVCache
 from tunery.inference.lean_llama import LeanLlama, unsupported_reason
@@ -40,9 +41,9 @@ class Calls:
         if loaded.lean is not None:
             forward = loaded.lean.forward
 
-            def counted(*args: Any) -> torch.Tensor:
+            def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
                 self.lean += 1
-                return forward(*args)
+                return forward(*args, **kwargs)
 
             loaded.lean.forward = counted  # type: ignore[method-assign]
 
@@ -179,14 +180,24 @@ def test_fusing_the_weights_leaves_the_transformers_forward_unchanged(tiny_model
         assert torch.equal(plain(input_ids=ids).logits, fused(input_ids=ids).logits)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "native"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logits_match_transformers_for_a_prefill_and_decode_steps(tiny_model_dir: Path, dtype: torch.dtype) -> None:
-    """Two left-padded rows: a prefill chunk, then three decode steps, against transformers on each row alone."""
+def test_logits_match_transformers_for_a_prefill_and_decode_steps(
+    tiny_model_dir: Path, dtype: torch.dtype, attention: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two left-padded rows: a prefill chunk, then three decode steps, against transformers on each row alone.
+
+    ``native``: the decode steps attend through ``decode_attention``'s compiled kernel.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).eval()
     lean = LeanLlama.build(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype))
     assert lean is not None
+    if attention == "native":
+        monkeypatch.setattr(decode_attention, "MIN_TOKENS", 1)  # two short rows: below the floor otherwise
+        lean.decode_attention = DecodeAttention.load(tmp_path)
+        assert lean.decode_attention is not None, "no C compiler to build the kernel with"
     assert lean.packed is (dtype is torch.bfloat16)  # bf16 weights are packed for oneDNN, fp32 ones fused in place
     rows = [PROMPTS[0], PROMPTS[2]]
     width = max(len(r) for r in rows)
@@ -216,7 +227,8 @@ def test_logits_match_transformers_for_a_prefill_and_decode_steps(tiny_model_dir
             fed = torch.tensor([[len(s) - 1] for s in sequences])
             allowed = (torch.arange(int(fed.max()) + 1)[None, :] <= fed)[:, None]
             last = torch.tensor([[s[-1]] for s in sequences])
-            logits = lean.forward(last, fed, fed, allowed, cache, 0, lean.plan([None, None]) or [])
+            plan = lean.plan([None, None]) or []
+            logits = lean.forward(last, fed, fed, allowed, cache, 0, plan, lengths=fed[:, 0] + 1)
 
 
 @pytest.fixture(scope="module")
