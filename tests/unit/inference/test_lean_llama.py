@@ -61,17 +61,23 @@ def loaded_model(engine: HFEngine) -> LoadedModel:
     return engine._runtimes[TINY].loaded
 
 
-@pytest.fixture(params=[False, True], ids=["fused", "packed"])
+@pytest.fixture(params=["fused", "packed", "packed-plain-lora"])
 def counted(
     tiny_model_dir: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[HFEngine, Calls]]:
-    """An fp32 engine on the lean forward, with plain fused weights or oneDNN-packed ones (bf16's default)."""
-    if request.param:
+    """An fp32 engine on the lean forward, with plain fused weights or oneDNN-packed ones (bf16's default).
+
+    Packed, LoRA deltas of few columns are packed block products too; ``packed-plain-lora`` turns that off.
+    """
+    packed = request.param != "fused"
+    if packed:
         monkeypatch.setattr(lean_llama, "PACKED_DTYPES", {torch.float32})
+    if request.param == "packed-plain-lora":
+        monkeypatch.setattr(lean_llama, "_DENSE_RANK", 0)
     with HFEngine({TINY: tiny_model_dir}, dtype="float32", max_loaded_adapters=4) as engine:
         loaded = loaded_model(engine)
         assert loaded.lean is not None
-        assert loaded.lean.packed is request.param
+        assert loaded.lean.packed is packed
         calls = Calls(loaded)
         try:
             yield engine, calls
