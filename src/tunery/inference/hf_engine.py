@@ -32,6 +32,7 @@ from tunery.inference.batching import LoadedModel, RequestHandle, Scheduler
 from tunery.inference.decode_attention import DecodeAttention
 from tunery.inference.engine import GenerationChunk, GenerationRequest
 from tunery.inference.lean_llama import LeanLlama
+from tunery.inference.memory import release_freed_memory
 from tunery.inference.multi_lora import MultiLora
 from tunery.inference.openmp import in_passing_thread
 from tunery.inference.prefix_cache import PrefixCache
@@ -235,6 +236,7 @@ class HFEngine:
             if runtime is not None:
                 return runtime
             loaded = in_passing_thread(lambda: self._load(name), name=f"tunery-load-{name}")
+            release_freed_memory()  # what the load freed stays in malloc's arenas otherwise (``memory``)
             dtype = loaded.model.dtype
             adapters = AdapterCache(
                 _adapter_loader(loaded),
