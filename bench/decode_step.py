@@ -7,9 +7,15 @@ context each), for the base model and for a batch spread over ``--adapters`` ran
 q,k,v,o); (3) the bound for that step: every weight read once (bytes / bandwidth) and ``2 x params x batch``
 FLOPs (over the GEMM rate), whichever is larger; (4) the aten operators one decode step runs (torch.profiler,
 inside the scheduler's decode steps with every row in — deterministic, unlike times on a shared machine).
-``--forward`` compares the lean llama forward (``lean_llama``) with transformers' own in the same run: all
-variants are loaded at once and take turns (``--rounds``). Optionally (``--profile``) the top operators of a
-few steps.
+``--forward`` compares the lean llama forward (``lean_llama``) with transformers' own, or the lean forward with
+torch's attention in decode steps (``lean-sdpa``) against the native kernel (``decode_attention``), in the same
+run: all variants are loaded at once and take turns (``--rounds``). Optionally (``--profile``) the top operators
+of a few steps.
+
+Several variants at once means several scheduler threads, each with its own OpenMP pool: on a 2-core machine
+libgomp then stops spinning between parallel regions and every variant's step is slower (17-19 against 11 ms
+at batch 1 here; ``tunery.inference.openmp``). Their ratio stays comparable; for a step's own time, run one
+variant per process.
 
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --threads 2 --batch 1 16 --forward lean transformers
     PYTHONPATH=src .venv/bin/python bench/decode_step.py --model-dir /path/to/prepared/SmolLM2 --profile

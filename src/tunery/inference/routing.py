@@ -3,7 +3,9 @@
 Which one answers a request is decided when it arrives, from what is in flight (``inference.llama_cpp``):
 
 * ``auto``: llama.cpp while no request for another model (base model + adapter) is in flight — the load where
-  it was measured about 2× faster per stream — and Tunery's engine while requests for different models are,
+  it was measured about 2× faster per stream (1.4× since Tunery's engine got faster, and slower than it from
+  about 4 streams on one model: ``bench/RESULTS.md``, so ``auto`` now pays only where one stream is served at
+  a time) — and Tunery's engine while requests for different models are,
   since only Tunery's engine decodes different adapters in one batch (there it was measured 1.6–2.5× ahead,
   with a time to first token of 1 s against 8–37 s). A llama.cpp server is only *started* for a model when no
   other model had a request in the last ``window_s`` seconds: without that, mixed traffic (8 adapters at 16
