@@ -126,3 +126,25 @@ def test_the_engine_answers_greedily_with_and_without_the_kernel(
         assert lean is not None
         assert (lean.decode_attention is not None) is native
     assert (calls >= 15) is native  # every decode step after the prefill's first token
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_server_setting_turns_the_kernel_on_and_off(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """``TUNERY_INFERENCE__NATIVE_ATTENTION`` reaches the engine; the kernel is built in the data folder's cache."""
+    from tunery.bootstrap import build_engine
+    from tunery.config import Settings
+
+    monkeypatch.setenv("TUNERY_INFERENCE__NATIVE_ATTENTION", str(native).lower())
+    monkeypatch.setenv("TUNERY_INFERENCE__ISOLATION", "thread")
+    monkeypatch.setenv("TUNERY_INFERENCE__DTYPE", "float32")
+    engine = build_engine(Settings(data_dir=tmp_path), lambda _name: tiny_model_dir)
+    assert isinstance(engine, HFEngine)
+    with engine:
+        run(engine, request([5, 6, 7], max_tokens=2))
+        lean = engine._runtimes[TINY].loaded.lean
+        assert lean is not None
+        assert (lean.decode_attention is not None) is native
+    built = list((tmp_path / "cache" / "kernels").glob("decode_attention-*.so"))
+    assert len(built) == (1 if native else 0)
