@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.inference.conftest import TINY, Reference, request, run, token_ids
-from tunery.inference.batching import Scheduler, Step
+from tunery.inference.batching import RequestHandle, Scheduler, Step
 from tunery.inference.hf_engine import HFEngine
 
 CHUNK = 8
@@ -46,8 +47,25 @@ def prompt(seed: int, length: int) -> list[int]:
 
 
 def test_long_prompt_mid_stream_pauses_others_one_chunk_at_most(
-    chunked: HFEngine, reference: Reference, adapter_dirs: dict[str, Path]
+    chunked: HFEngine, reference: Reference, adapter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The runners' decode steps wait until the long prompt is in line, so they are still decoding when it is
+    read however fast the engine is (without that the runners could finish first, on a fast engine)."""
+    for adapter in (None, "alpha", "beta"):  # the model and both adapters loaded: the runners start together
+        run(chunked, request(prompt(0, 3), adapter=adapter, adapter_dirs=adapter_dirs, max_tokens=1))
+    sched = scheduler(chunked)
+    long_queued = threading.Event()
+    submit, decode = sched.submit, sched._decode_step
+
+    def submit_and_tell(handle: RequestHandle) -> None:
+        submit(handle)
+        if handle.request.request_id == "long":
+            long_queued.set()
+
+    def decode_once_it_is_queued() -> None:
+        long_queued.wait(timeout=120)
+        decode()
+
     runners = [
         dataclasses.replace(
             request(prompt(i, 6), adapter=a, adapter_dirs=adapter_dirs, max_tokens=60), request_id=f"r{i}"
@@ -59,6 +77,8 @@ def test_long_prompt_mid_stream_pauses_others_one_chunk_at_most(
     )
     streams = [chunked.generate(r) for r in runners]
     firsts = [next(stream) for stream in streams]  # both are decoding now
+    monkeypatch.setattr(sched, "submit", submit_and_tell)  # from here on their next steps wait for the long one
+    monkeypatch.setattr(sched, "_decode_step", decode_once_it_is_queued)
     with ThreadPoolExecutor(3) as pool:
         rest = [pool.submit(list, stream) for stream in streams]
         long_out = pool.submit(run, chunked, long).result(timeout=120)
